@@ -1,0 +1,39 @@
+//! sealmq's audit log.
+//!
+//! The format code has no I/O and no database, so devices, hubs and
+//! auditors can link it alone (`default-features = false`):
+//!
+//! - [`Record`] ([`PublishRecord`], [`RegistryRecord`]): the log's leaves;
+//! - [`mqs1`]: device signatures ([`SignatureBlock`], [`mqs1::sign`],
+//!   [`mqs1::verify`], [`mqs1::extract`] for both carriers);
+//! - [`tree`]: RFC 6962 hashing, [`Frontier`], inclusion and consistency
+//!   proofs ([`tree::verify_inclusion`], [`tree::verify_consistency`]);
+//! - [`BlockHeader`]: sealed blocks and their hash chain;
+//! - [`Checkpoint`], [`LogKey`], [`VerifierKey`]: C2SP signed notes;
+//! - [`ProofBundle`], [`ConsistencyBundle`]: what auditors check offline.
+//!
+//! With the default `store` feature, [`store`] adds the SQLite log: the
+//! [`store::Log`] handle, its sequencer (the only writer) and sealer, and
+//! [`store::verify`], which re-derives everything from the stored records.
+
+mod block;
+mod bundle;
+mod codec;
+mod error;
+mod hash;
+pub mod mqs1;
+mod note;
+mod record;
+pub mod tree;
+
+#[cfg(feature = "store")]
+pub mod store;
+
+pub use block::{BlockHeader, HEADER_LEN};
+pub use bundle::{CONSISTENCY_FORMAT, ConsistencyBundle, PROOF_FORMAT, ProofBundle, Proven, check_device_signature};
+pub use error::{BundleError, DecodeError, Mqs1Error, NoteError, ProofError};
+pub use hash::{Hash, Rfc6962, empty_root, leaf_hash, merkle_root, node_hash, sha256};
+pub use mqs1::SignatureBlock;
+pub use note::{Checkpoint, LogKey, VerifierKey};
+pub use record::{PublishRecord, Record, RegistryEvent, RegistryRecord};
+pub use tree::{Frontier, NodeId};

@@ -1,0 +1,427 @@
+//! `sealmq audit verify`: re-derives every leaf hash, block root, chain
+//! link, stored tree hash, tree root and checkpoint signature from the
+//! stored records, and names the first place where the log is wrong.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use sqlx::SqlitePool;
+use tokio::sync::mpsc;
+
+use super::reader::LogReader;
+use super::{StoreError, to_i64, to_u64};
+use crate::{BlockHeader, Frontier, Hash, NodeId, Record, VerifierKey, leaf_hash, merkle_root, sha256};
+
+/// Records read from the database per query.
+const RECORD_CHUNK: i64 = 8192;
+/// Blocks read from the database per query.
+const BLOCK_CHUNK: i64 = 1024;
+/// Progress is reported every this many records.
+const PROGRESS_EVERY: u64 = 1 << 16;
+
+/// Where the log is wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// The record at this log index.
+    Record(u64),
+    /// The block at this height.
+    Block(u64),
+    /// A stored interior hash of the tree.
+    TreeNode {
+        /// Its level (a multiple of 8).
+        level: u8,
+        /// Its index at that level.
+        index: u64,
+    },
+}
+
+impl fmt::Display for Place {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Place::Record(index) => write!(f, "record {index}"),
+            Place::Block(height) => write!(f, "block {height}"),
+            Place::TreeNode { level, index } => write!(f, "tree hash (level {level}, index {index})"),
+        }
+    }
+}
+
+/// The first thing found wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// Where.
+    pub place: Place,
+    /// What, in words.
+    pub what: String,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.place, self.what)
+    }
+}
+
+fn failure(place: Place, what: impl Into<String>) -> Failure {
+    Failure { place, what: what.into() }
+}
+
+fn fail<T>(place: Place, what: impl Into<String>) -> Result<T, Failure> {
+    Err(failure(place, what))
+}
+
+/// How far a verification has come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Records checked so far.
+    pub records: u64,
+    /// Records in the log.
+    pub total: u64,
+}
+
+/// The outcome of [`verify`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct VerifyReport {
+    /// Records checked.
+    pub records: u64,
+    /// Blocks checked.
+    pub blocks: u64,
+    /// Size of the latest checkpoint.
+    pub tree_size: u64,
+    /// Committed records not yet in a block (a running broker seals them shortly).
+    pub unsealed: u64,
+    /// Stored payloads checked against their records' hashes.
+    pub payloads: u64,
+    /// The first thing wrong, if anything is.
+    pub failure: Option<Failure>,
+}
+
+impl VerifyReport {
+    /// True when everything held.
+    pub fn is_ok(&self) -> bool {
+        self.failure.is_none()
+    }
+}
+
+/// Re-derives everything from the stored records and checks it against the
+/// stored blocks, tree hashes and checkpoints, which must be signed by
+/// `vkey`. Stops at the first failure. `Err` only when the database
+/// itself cannot be read.
+pub async fn verify(
+    reader: &LogReader,
+    vkey: &VerifierKey,
+    mut progress: impl FnMut(Progress),
+) -> Result<VerifyReport, StoreError> {
+    let mut report = VerifyReport::default();
+    let total = reader.record_count().await?;
+    let mut run = Run { records: RecordStream::spawn(reader.pool().clone()), frontier: Frontier::new(), last: None };
+    let outcome =
+        run.blocks(reader.pool(), vkey, &mut report, &mut |records| progress(Progress { records, total })).await;
+    report.failure = match outcome {
+        Ok(()) => run.rest(reader.pool(), &mut report).await?.err(),
+        Err(Step::Failed(failure)) => Some(failure),
+        Err(Step::Db(e)) => return Err(e),
+    };
+    progress(Progress { records: report.records, total });
+    Ok(report)
+}
+
+/// Why verification stopped early.
+enum Step {
+    Failed(Failure),
+    Db(StoreError),
+}
+
+impl From<Failure> for Step {
+    fn from(failure: Failure) -> Self {
+        Step::Failed(failure)
+    }
+}
+
+impl<E: Into<StoreError>> From<E> for Step {
+    fn from(e: E) -> Self {
+        Step::Db(e.into())
+    }
+}
+
+struct Run {
+    records: RecordStream,
+    frontier: Frontier,
+    /// Height and hash of the last block checked.
+    last: Option<(u64, Hash)>,
+}
+
+impl Run {
+    async fn blocks(
+        &mut self,
+        pool: &SqlitePool,
+        vkey: &VerifierKey,
+        report: &mut VerifyReport,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(), Step> {
+        let mut next_progress = PROGRESS_EVERY;
+        loop {
+            let from = self.last.map_or(0, |(height, _)| height + 1);
+            let rows: Vec<(i64, Vec<u8>, Vec<u8>, i64, String)> = sqlx::query_as(
+                "SELECT height, header, hash, tree_size, checkpoint FROM blocks WHERE height >= ? ORDER BY height LIMIT ?",
+            )
+            .bind(to_i64(from))
+            .bind(BLOCK_CHUNK)
+            .fetch_all(pool)
+            .await?;
+            if rows.is_empty() {
+                return Ok(());
+            }
+            for (height, header, hash, tree_size, checkpoint) in rows {
+                let height = to_u64(height)?;
+                self.block(pool, vkey, report, height, &header, &hash, to_u64(tree_size)?, &checkpoint).await?;
+                report.blocks += 1;
+                if report.records >= next_progress {
+                    progress(report.records);
+                    next_progress = report.records + PROGRESS_EVERY;
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn block(
+        &mut self,
+        pool: &SqlitePool,
+        vkey: &VerifierKey,
+        report: &mut VerifyReport,
+        height: u64,
+        raw_header: &[u8],
+        stored_hash: &[u8],
+        stored_size: u64,
+        checkpoint: &str,
+    ) -> Result<(), Step> {
+        let at = Place::Block(height);
+        let expected_height = self.last.map_or(0, |(h, _)| h + 1);
+        if height != expected_height {
+            return Err(failure(Place::Block(expected_height), "missing").into());
+        }
+        let header = BlockHeader::decode(raw_header).or_else(|e| fail(at, format!("header does not decode: {e}")))?;
+        if header.height != height {
+            fail(at, format!("header says height {}", header.height))?;
+        }
+        if stored_hash != header.hash() {
+            fail(at, "stored block hash does not match its header")?;
+        }
+        let prev = self.last.map_or([0; 32], |(_, hash)| hash);
+        if header.prev_block_hash != prev {
+            let what = match height {
+                0 => "prev_block_hash of the first block is not zero".to_string(),
+                _ => format!("prev_block_hash does not match block {}'s hash", height - 1),
+            };
+            fail(at, what)?;
+        }
+        if header.first_index != self.frontier.size() {
+            fail(
+                at,
+                format!("first_index is {}, but the blocks before end at {}", header.first_index, self.frontier.size()),
+            )?;
+        }
+        if stored_size != header.tree_size {
+            fail(at, format!("stored tree_size {stored_size} differs from the header's {}", header.tree_size))?;
+        }
+
+        let mut leaves = Vec::with_capacity(header.leaf_count as usize);
+        for index in header.first_index..header.tree_size {
+            let Some(record) = self.records.next().await? else {
+                return Err(failure(Place::Record(index), format!("missing (block {height} covers it)")).into());
+            };
+            leaves.push(check_record(index, &record, report)?);
+        }
+        let range = format!("[{}, {})", header.first_index, header.tree_size);
+        if merkle_root(&leaves) != header.block_root {
+            // The leaves match their records, so the records were changed
+            // together with their leaf hashes, or the header was.
+            fail(at, format!("block root does not match records {range}"))?;
+        }
+
+        let mut nodes = Vec::new();
+        for leaf in &leaves {
+            self.frontier.push(*leaf, |id, hash| {
+                if id.level > 0 && id.level % 8 == 0 {
+                    nodes.push((id, *hash));
+                }
+            });
+        }
+        check_tree_nodes(pool, &nodes).await?;
+        if self.frontier.root() != header.tree_root {
+            fail(at, format!("tree root does not match records [0, {})", header.tree_size))?;
+        }
+
+        let signed = vkey.open(checkpoint).or_else(|e| fail(at, format!("checkpoint: {e}")))?;
+        if signed.size != header.tree_size || signed.root != header.tree_root {
+            fail(at, format!("checkpoint is for size {} with another root than the header's", signed.size))?;
+        }
+        report.tree_size = header.tree_size;
+        self.last = Some((height, header.hash()));
+        Ok(())
+    }
+
+    /// Checks the records after the last block, and that no tree hash is
+    /// stored beyond the sealed tree.
+    async fn rest(&mut self, pool: &SqlitePool, report: &mut VerifyReport) -> Result<Result<(), Failure>, StoreError> {
+        let mut index = self.frontier.size();
+        loop {
+            let record = match self.records.next().await {
+                Ok(Some(record)) => record,
+                Ok(None) => break,
+                Err(Step::Failed(f)) => return Ok(Err(f)),
+                Err(Step::Db(e)) => return Err(e),
+            };
+            if let Err(f) = check_record(index, &record, report) {
+                return Ok(Err(f));
+            }
+            report.unsealed += 1;
+            index += 1;
+        }
+        let counts: Vec<(i64, i64)> =
+            sqlx::query_as("SELECT level, count(*) FROM tree_nodes GROUP BY level").fetch_all(pool).await?;
+        let size = self.frontier.size();
+        for (level, count) in counts {
+            let level = u8::try_from(level).unwrap_or(u8::MAX);
+            let expected = if level >= 64 { 0 } else { size >> level };
+            if to_u64(count)? != expected {
+                return Ok(fail(
+                    Place::TreeNode { level, index: expected },
+                    format!("{count} hashes stored at this level, but the sealed tree has {expected}"),
+                ));
+            }
+        }
+        Ok(Ok(()))
+    }
+}
+
+/// Checks one record (see [`RawRecord::check`]) and that it is the next one.
+fn check_record(index: u64, record: &RawRecord, report: &mut VerifyReport) -> Result<Hash, Failure> {
+    if record.index != index {
+        fail(Place::Record(index), "missing")?;
+    }
+    let leaf = record.verdict.clone().or_else(|what| fail(Place::Record(index), what))?;
+    report.payloads += u64::from(record.has_payload);
+    report.records += 1;
+    Ok(leaf)
+}
+
+/// Compares re-derived tile-level hashes with the stored ones.
+async fn check_tree_nodes(pool: &SqlitePool, nodes: &[(NodeId, Hash)]) -> Result<(), Step> {
+    let mut by_level: HashMap<u8, Vec<(u64, Hash)>> = HashMap::new();
+    for (id, hash) in nodes {
+        by_level.entry(id.level).or_default().push((id.index, *hash));
+    }
+    for (level, expected) in by_level {
+        let (first, last) = (expected[0].0, expected[expected.len() - 1].0);
+        let stored: HashMap<i64, Vec<u8>> =
+            sqlx::query_as("SELECT idx, hash FROM tree_nodes WHERE level = ? AND idx >= ? AND idx <= ?")
+                .bind(i64::from(level))
+                .bind(to_i64(first))
+                .bind(to_i64(last))
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .collect();
+        for (index, hash) in expected {
+            let at = Place::TreeNode { level, index };
+            match stored.get(&to_i64(index)) {
+                None => fail(at, "missing")?,
+                Some(found) if found[..] != hash[..] => fail(at, "stored hash does not match the records under it")?,
+                Some(_) => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One stored record, checked on its own.
+struct RawRecord {
+    index: u64,
+    has_payload: bool,
+    /// The leaf hash, or what is wrong with the record.
+    verdict: Result<Hash, String>,
+}
+
+impl RawRecord {
+    /// Checks what can be checked of one record alone: the stored leaf hash
+    /// is the hash of its bytes, it decodes, and a stored payload matches
+    /// the record's payload hash and length.
+    fn check(index: u64, stored_leaf: &[u8], body: &[u8], payload: Option<&[u8]>) -> Self {
+        let verdict = (|| {
+            let leaf = leaf_hash(body);
+            if stored_leaf != leaf {
+                return Err("its bytes do not hash to the stored leaf hash".to_string());
+            }
+            let decoded = Record::decode(body).map_err(|e| format!("does not decode: {e}"))?;
+            if let Some(payload) = payload {
+                let Record::Publish(publish) = &decoded else {
+                    return Err("a payload is stored for a record that is not a publish".into());
+                };
+                if payload.len() as u64 != u64::from(publish.payload_len) || sha256(payload) != publish.payload_sha256 {
+                    return Err("stored payload does not match the record's payload_len and payload_sha256".into());
+                }
+            }
+            Ok(leaf)
+        })();
+        Self { index, has_payload: payload.is_some(), verdict }
+    }
+}
+
+/// Records in index order, read and checked ahead by a separate task so
+/// that SQLite reads, record checks and tree work overlap.
+struct RecordStream {
+    chunks: mpsc::Receiver<Result<Vec<RawRecord>, StoreError>>,
+    current: std::vec::IntoIter<RawRecord>,
+}
+
+impl RecordStream {
+    fn spawn(pool: SqlitePool) -> Self {
+        let (tx, chunks) = mpsc::channel(2);
+        tokio::spawn(async move {
+            let mut from = 0i64;
+            loop {
+                let rows: Result<Vec<(i64, Vec<u8>, Vec<u8>, Option<Vec<u8>>)>, _> = sqlx::query_as(
+                    "SELECT r.idx, r.leaf, r.body, p.data FROM records r LEFT JOIN payloads p ON p.idx = r.idx \
+                     WHERE r.idx >= ? ORDER BY r.idx LIMIT ?",
+                )
+                .bind(from)
+                .bind(RECORD_CHUNK)
+                .fetch_all(&pool)
+                .await;
+                let chunk = match rows {
+                    Ok(rows) if rows.is_empty() => return,
+                    Ok(rows) => rows,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+                from = chunk[chunk.len() - 1].0 + 1;
+                // Hashing and decoding here, on another thread than the
+                // tree work, keeps both cores busy.
+                let chunk = chunk
+                    .iter()
+                    .map(|(idx, leaf, body, payload)| {
+                        Ok(RawRecord::check(to_u64(*idx)?, leaf, body, payload.as_deref()))
+                    })
+                    .collect::<Result<Vec<_>, StoreError>>();
+                if tx.send(chunk).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Self { chunks, current: Vec::new().into_iter() }
+    }
+
+    async fn next(&mut self) -> Result<Option<RawRecord>, Step> {
+        loop {
+            if let Some(record) = self.current.next() {
+                return Ok(Some(record));
+            }
+            match self.chunks.recv().await {
+                None => return Ok(None),
+                Some(chunk) => self.current = chunk?.into_iter(),
+            }
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! `sealmq audit …`: the auditor's commands.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use sealmq_audit::store::synthetic::SyntheticDevice;
+use sealmq_audit::store::{Log, LogConfig, LogReader, Progress, now_ms, verify};
+use sealmq_audit::{ConsistencyBundle, ProofBundle, VerifierKey, check_device_signature, mqs1};
+
+use crate::EXIT_FAILED_CHECK;
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Re-derive every leaf hash, block root, chain link, tree root and
+    /// checkpoint signature from the stored records. Exit 0 when all holds,
+    /// 1 with the first bad record or block named when not.
+    Verify {
+        /// The verifier key to check checkpoints against (default: the one
+        /// stored in the log; pin it to catch a replaced key).
+        #[arg(long)]
+        vkey: Option<String>,
+    },
+    /// Print the sealmq-proof/v1 bundle of the record at INDEX (JSON).
+    Prove {
+        /// The record's log index.
+        index: u64,
+        /// Prove against the checkpoint of this size (default: the latest).
+        #[arg(long)]
+        size: Option<u64>,
+    },
+    /// Check a sealmq-proof/v1 bundle offline, with only the log's verifier key.
+    CheckProof {
+        /// The bundle (JSON), or - for standard input.
+        file: PathBuf,
+        /// The log's verifier key, `<origin>+<key id>+<key>`.
+        #[arg(long)]
+        vkey: String,
+        /// Also check the record's MQS1 signature with this device key (hex).
+        #[arg(long)]
+        device_key: Option<String>,
+    },
+    /// Print the sealmq-consistency/v1 proof between two checkpoints (JSON).
+    Consistency {
+        /// The older checkpoint's tree size.
+        old_size: u64,
+        /// The newer checkpoint's tree size (default: the latest).
+        new_size: Option<u64>,
+    },
+    /// Check a sealmq-consistency/v1 proof offline.
+    CheckConsistency {
+        /// The proof (JSON), or - for standard input.
+        file: PathBuf,
+        /// The log's verifier key.
+        #[arg(long)]
+        vkey: String,
+        /// The older signed note you trust (default: the one in the proof).
+        #[arg(long)]
+        old: Option<PathBuf>,
+        /// The newer signed note (default: the one in the proof).
+        #[arg(long)]
+        new: Option<PathBuf>,
+    },
+    /// Print the latest signed checkpoint.
+    Checkpoint,
+    /// Print the log's verifier key.
+    Vkey,
+    /// Append synthetic signed publishes through the sequencer, as many
+    /// concurrent devices would (for tests and benchmarks).
+    Load {
+        /// How many records to append.
+        #[arg(long)]
+        records: u64,
+        /// Concurrent appenders, each a device.
+        #[arg(long, default_value_t = 64)]
+        concurrency: u64,
+        /// Records per append call.
+        #[arg(long, default_value_t = 1)]
+        batch: u64,
+        /// Application payload size in bytes.
+        #[arg(long, default_value_t = 64)]
+        payload_size: usize,
+        /// Append unsigned (auth = 0) records instead of MQS1-signed ones.
+        #[arg(long)]
+        unsigned: bool,
+        /// The log's origin, when this creates the log.
+        #[arg(long)]
+        origin: Option<String>,
+        /// Seal a block at this many pending records.
+        #[arg(long, default_value_t = 4096)]
+        block_records: u32,
+        /// Seal a block this long after the first pending record.
+        #[arg(long, default_value_t = 250)]
+        block_ms: u64,
+        /// Print `ack START END` on stdout for every durable append.
+        #[arg(long)]
+        print_acks: bool,
+    },
+}
+
+pub async fn run(data: &Path, command: AuditCommand) -> Result<ExitCode> {
+    match command {
+        AuditCommand::Verify { vkey } => verify_log(data, vkey.as_deref()).await,
+        AuditCommand::Prove { index, size } => {
+            let bundle = open_reader(data).await?.prove(index, size).await?;
+            println!("{}", bundle.to_json());
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::CheckProof { file, vkey, device_key } => check_proof(&file, &vkey, device_key.as_deref()),
+        AuditCommand::Consistency { old_size, new_size } => {
+            let bundle = open_reader(data).await?.consistency(old_size, new_size).await?;
+            println!("{}", bundle.to_json());
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::CheckConsistency { file, vkey, old, new } => {
+            check_consistency(&file, &vkey, old.as_deref(), new.as_deref())
+        }
+        AuditCommand::Checkpoint => {
+            let block = open_reader(data).await?.latest_block().await?.context("no block has been sealed yet")?;
+            print!("{}", block.checkpoint);
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Vkey => {
+            println!("{}", open_reader(data).await?.verifier_key());
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Load {
+            records,
+            concurrency,
+            batch,
+            payload_size,
+            unsigned,
+            origin,
+            block_records,
+            block_ms,
+            print_acks,
+        } => {
+            let mut config = LogConfig::new(data);
+            config.origin = origin;
+            config.block_max_records = block_records;
+            config.block_interval = Duration::from_millis(block_ms);
+            let load = Load { records, concurrency, batch, payload_size, signed: !unsigned, print_acks };
+            load.run(config).await
+        }
+    }
+}
+
+async fn open_reader(data: &Path) -> Result<LogReader> {
+    LogReader::open(data).await.with_context(|| format!("opening the log in {}", data.display()))
+}
+
+fn parse_vkey(vkey: &str) -> Result<VerifierKey> {
+    vkey.parse().with_context(|| format!("--vkey {vkey:?}"))
+}
+
+fn read_input(file: &Path) -> Result<String> {
+    if file == Path::new("-") {
+        return std::io::read_to_string(std::io::stdin()).context("reading standard input");
+    }
+    std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))
+}
+
+async fn verify_log(data: &Path, vkey: Option<&str>) -> Result<ExitCode> {
+    let reader = open_reader(data).await?;
+    let vkey = match vkey {
+        Some(vkey) => parse_vkey(vkey)?,
+        None => reader.verifier_key().clone(),
+    };
+    eprintln!("verifying {} against {vkey}", data.display());
+    let started = Instant::now();
+    let mut last_report = Instant::now();
+    let report = verify(&reader, &vkey, |p: Progress| {
+        if last_report.elapsed() >= Duration::from_secs(1) {
+            last_report = Instant::now();
+            let rate = p.records as f64 / started.elapsed().as_secs_f64();
+            eprintln!("  {} of {} records ({rate:.0}/s)", p.records, p.total);
+        }
+    })
+    .await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    if let Some(failure) = &report.failure {
+        println!("FAILED: {failure}");
+        println!("(checked {} records and {} blocks before it)", report.records, report.blocks);
+        return Ok(ExitCode::from(EXIT_FAILED_CHECK));
+    }
+    println!(
+        "ok: {} records in {} blocks, tree size {}, {} unsealed, {} payloads checked ({elapsed:.2} s, {:.0} records/s)",
+        report.records,
+        report.blocks,
+        report.tree_size,
+        report.unsealed,
+        report.payloads,
+        report.records as f64 / elapsed.max(1e-9),
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check_proof(file: &Path, vkey: &str, device_key: Option<&str>) -> Result<ExitCode> {
+    let vkey = parse_vkey(vkey)?;
+    let device_key = device_key
+        .map(|hex_key| -> Result<_> {
+            let raw: [u8; 32] = hex::decode(hex_key.trim())
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .context("--device-key must be 32 bytes of hex")?;
+            Ok(mqs1::device_key(&raw)?)
+        })
+        .transpose()?;
+    let outcome = ProofBundle::from_json(&read_input(file)?).and_then(|bundle| {
+        let proven = bundle.check(&vkey)?;
+        if let Some(key) = &device_key {
+            check_device_signature(&proven.record, key)?;
+        }
+        Ok((bundle, proven))
+    });
+    match outcome {
+        Ok((bundle, proven)) => {
+            println!(
+                "ok: record {} (device {:?}) is in {} at tree size {}{}",
+                bundle.index,
+                proven.record.device_id(),
+                proven.checkpoint.origin,
+                proven.checkpoint.size,
+                if device_key.is_some() { ", and its device signature holds" } else { "" }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            println!("FAILED: {e}");
+            Ok(ExitCode::from(EXIT_FAILED_CHECK))
+        }
+    }
+}
+
+fn check_consistency(file: &Path, vkey: &str, old: Option<&Path>, new: Option<&Path>) -> Result<ExitCode> {
+    let vkey = parse_vkey(vkey)?;
+    let bundle = match ConsistencyBundle::from_json(&read_input(file)?) {
+        Ok(bundle) => bundle,
+        Err(e) => {
+            println!("FAILED: {e}");
+            return Ok(ExitCode::from(EXIT_FAILED_CHECK));
+        }
+    };
+    let note = |given: Option<&Path>, embedded: &Option<String>, which: &str| -> Result<String> {
+        match (given, embedded) {
+            (Some(path), _) => read_input(path),
+            (None, Some(note)) => Ok(note.clone()),
+            (None, None) => bail!("the proof carries no {which} checkpoint: pass --{which} NOTE_FILE"),
+        }
+    };
+    let old_note = note(old, &bundle.old_checkpoint, "old")?;
+    let new_note = note(new, &bundle.new_checkpoint, "new")?;
+    match bundle.check(&vkey, &old_note, &new_note) {
+        Ok((old, new)) => {
+            println!("ok: the checkpoint of size {} extends the one of size {}", new.size, old.size);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            println!("FAILED: {e}");
+            Ok(ExitCode::from(EXIT_FAILED_CHECK))
+        }
+    }
+}
+
+/// `sealmq audit load`: concurrent synthetic devices appending through the sequencer.
+struct Load {
+    records: u64,
+    concurrency: u64,
+    batch: u64,
+    payload_size: usize,
+    signed: bool,
+    print_acks: bool,
+}
+
+impl Load {
+    async fn run(self, config: LogConfig) -> Result<ExitCode> {
+        let log = Arc::new(Log::open(config).await.context("opening the log")?);
+        let remaining = Arc::new(AtomicU64::new(self.records));
+        let started = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for n in 0..self.concurrency.max(1) {
+            let (log, remaining) = (Arc::clone(&log), Arc::clone(&remaining));
+            let (batch, payload_size, print_acks) = (self.batch.max(1), self.payload_size, self.print_acks);
+            let mut device = SyntheticDevice::new(n, self.signed);
+            tasks.spawn(async move {
+                loop {
+                    let take = remaining
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                            (left > 0).then(|| left - left.min(batch))
+                        })
+                        .map(|left| left.min(batch));
+                    let Ok(take) = take else { return Ok::<(), anyhow::Error>(()) };
+                    let entries = (0..take).map(|_| device.next_entry(now_ms(), payload_size)).collect();
+                    let acked = log.append(entries).await?;
+                    if print_acks {
+                        let mut out = std::io::stdout().lock();
+                        writeln!(out, "ack {} {}", acked.start, acked.end)?;
+                        out.flush()?;
+                    }
+                }
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.context("an appender panicked")??;
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let log = Arc::into_inner(log).context("appenders still hold the log")?;
+        let head = log.reader().record_count().await?;
+        log.close().await?;
+        eprintln!(
+            "appended {} records in {elapsed:.2} s ({:.0} records/s); the log now holds {head}",
+            self.records,
+            self.records as f64 / elapsed.max(1e-9)
+        );
+        Ok(ExitCode::SUCCESS)
+    }
+}
