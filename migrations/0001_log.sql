@@ -19,15 +19,16 @@ CREATE TABLE payloads (
     data BLOB    NOT NULL
 );
 
--- Hashes of complete, aligned subtrees at the tile levels of C2SP
--- tlog-tiles: (level, idx) with level a positive multiple of 8 covers
--- leaves [idx << level, (idx + 1) << level). Level 0 is records.leaf. Any
--- other node is rehashed from at most 128 hashes of the tile level below
--- it, so the log stores about n/255 interior hashes instead of n, and a
--- proof still reads O(log n) rows. Written when a block seals the
--- subtree; a complete subtree never changes, so every row is final.
+-- Hashes of complete, aligned subtrees at every fourth level: (level, idx)
+-- with level a positive multiple of 4 covers leaves
+-- [idx << level, (idx + 1) << level). Level 0 is records.leaf. Any other
+-- node is rehashed from at most 8 of the stored hashes below it, so the
+-- log keeps about n/15 interior hashes instead of n and a proof reads a
+-- few dozen rows. Levels 8, 16, … are the hashes of C2SP tlog-tiles.
+-- Written when a block seals the subtree; a complete subtree never
+-- changes, so every row is final.
 CREATE TABLE tree_nodes (
-    level INTEGER NOT NULL CHECK (level >= 8 AND level % 8 = 0),
+    level INTEGER NOT NULL CHECK (level >= 4 AND level % 4 = 0),
     idx   INTEGER NOT NULL,
     hash  BLOB    NOT NULL CHECK (length(hash) = 32),
     PRIMARY KEY (level, idx)

@@ -10,6 +10,25 @@
 
 use crate::{Hash, ProofError, empty_root, node_hash};
 
+/// Interior hashes a store keeps: those at levels that are multiples of
+/// this. Any other node is rehashed from at most `2^(STORED_LEVEL_STEP-1)`
+/// stored hashes below it. Levels 8, 16, … are among them, so the C2SP
+/// tlog-tiles hashes are always stored.
+pub const STORED_LEVEL_STEP: u8 = 4;
+
+/// Whether a store keeps the hash of a node at `level` (level 0, the
+/// leaves, is kept with the records).
+pub fn is_stored_level(level: u8) -> bool {
+    level.is_multiple_of(STORED_LEVEL_STEP)
+}
+
+/// The stored hashes under a node: their level and index range `[start, end)`.
+pub fn stored_base(id: NodeId) -> (u8, u64, u64) {
+    let base = id.level - id.level % STORED_LEVEL_STEP;
+    let shift = id.level - base;
+    (base, id.index << shift, (id.index + 1) << shift)
+}
+
 /// A complete, aligned subtree: leaves `[index << level, (index + 1) << level)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeId {

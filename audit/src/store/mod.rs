@@ -21,7 +21,7 @@ mod writer;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use reader::{LogReader, SealedBlock, StoredRecord, TILE_WIDTH};
+pub use reader::{LogReader, SealedBlock, StoredRecord};
 pub use verify::{Failure, Place, Progress, VerifyReport, verify};
 pub use writer::{Entry, Log};
 

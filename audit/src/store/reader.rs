@@ -1,16 +1,16 @@
 //! Read-only access to a log: blocks, records, proofs. Safe to use from
 //! another process while the broker appends (SQLite WAL readers).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow};
+use sqlx::{AssertSqlSafe, Row};
 
 use super::{DB_FILE, StoreError, to_hash, to_i64, to_u64};
-use crate::tree::{Range, consistency_plan, inclusion_plan, resolve, subtree_root};
+use crate::tree::{Range, consistency_plan, inclusion_plan, resolve, stored_base, subtree_root};
 use crate::{BlockHeader, ConsistencyBundle, Frontier, Hash, NodeId, ProofBundle, ProofError, VerifierKey};
 
 /// A sealed block as stored: header, hash and signed checkpoint.
@@ -108,7 +108,7 @@ impl LogReader {
     /// The block whose checkpoint has `tree_size` records.
     pub async fn block_with_size(&self, tree_size: u64) -> Result<Option<SealedBlock>, StoreError> {
         let row = sqlx::query("SELECT header, hash, checkpoint FROM blocks WHERE tree_size = ?")
-            .bind(to_i64(tree_size))
+            .bind(i64::try_from(tree_size).unwrap_or(-1)) // a size past i64::MAX matches no block
             .fetch_optional(&self.pool)
             .await?;
         row.map(|r| sealed_block(&r)).transpose()
@@ -186,81 +186,84 @@ impl LogReader {
         Ok(resolve(plan, |id| lookup(&found, id))?)
     }
 
-    /// Fetches the hashes of complete subtrees. Only tile levels (multiples
-    /// of 8) are stored, so each node is rehashed from the at most 128
-    /// stored hashes below it; the nodes one proof needs share a few tiles,
-    /// which are read with one range query each.
+    /// Fetches the hashes of complete subtrees, each rehashed from the
+    /// stored hashes under it ([`stored_base`]). All the ranges one proof
+    /// needs are read with at most two statements.
     pub(crate) async fn nodes(&self, ids: &[NodeId]) -> Result<HashMap<NodeId, Hash>, StoreError> {
-        // (tile level, tile index) -> the span of stored hashes needed in it.
-        let mut spans: BTreeMap<(u8, u64), (u64, u64)> = BTreeMap::new();
-        for id in ids {
-            let (start, end) = base_span(*id);
-            let span = spans.entry((tile_level(id.level), start / TILE_WIDTH)).or_insert((start, end));
-            span.0 = span.0.min(start);
-            span.1 = span.1.max(end);
-        }
-        let mut tiles = HashMap::with_capacity(spans.len());
-        for (&(level, tile), &(start, end)) in &spans {
-            tiles.insert((level, tile), (start, self.hashes_at(level, start, end).await?));
-        }
+        let mut spans: Vec<(u8, u64, u64)> = ids.iter().map(|id| stored_base(*id)).collect();
+        spans.sort_unstable();
+        spans.dedup_by(|next, merged| {
+            let joins = next.0 == merged.0 && next.1 <= merged.2;
+            if joins {
+                merged.2 = merged.2.max(next.2);
+            }
+            joins
+        });
+        let (leaves, inner): (Vec<_>, Vec<_>) = spans.into_iter().partition(|(level, ..)| *level == 0);
+        let mut stored = HashMap::new();
+        self.fetch_ranges("SELECT 0, idx, leaf FROM records WHERE idx >= ? AND idx < ?", &leaves, &mut stored).await?;
+        self.fetch_ranges(
+            "SELECT level, idx, hash FROM tree_nodes WHERE level = ? AND idx >= ? AND idx < ?",
+            &inner,
+            &mut stored,
+        )
+        .await?;
         let mut found = HashMap::with_capacity(ids.len());
         for id in ids {
-            let (start, end) = base_span(*id);
-            let level = tile_level(id.level);
-            let (tile_start, hashes) = &tiles[&(level, start / TILE_WIDTH)];
-            let from = usize::try_from(start - tile_start).expect("inside one tile");
-            let to = usize::try_from(end - tile_start).expect("inside one tile");
-            let Some(base) = hashes.get(from..to) else {
-                return Err(ProofError::MissingNode { level: id.level, index: id.index }.into());
-            };
-            found.insert(*id, subtree_root(base));
+            let (level, start, end) = stored_base(*id);
+            let base = (start..end)
+                .map(|index| stored.get(&(level, index)).copied())
+                .collect::<Option<Vec<Hash>>>()
+                .ok_or(ProofError::MissingNode { level: id.level, index: id.index })?;
+            found.insert(*id, subtree_root(&base));
         }
         Ok(found)
     }
 
-    /// The stored hashes at a tile level (0: leaves; 8, 16, …: `tree_nodes`)
-    /// with indices in `[start, end)`, in order; an error if any is missing.
-    pub async fn hashes_at(&self, level: u8, start: u64, end: u64) -> Result<Vec<Hash>, StoreError> {
-        let rows = if level == 0 {
-            sqlx::query("SELECT idx, leaf FROM records WHERE idx >= ? AND idx < ? ORDER BY idx")
-                .bind(to_i64(start))
-                .bind(to_i64(end))
-                .fetch_all(&self.pool)
-                .await?
-        } else {
-            sqlx::query("SELECT idx, hash FROM tree_nodes WHERE level = ? AND idx >= ? AND idx < ? ORDER BY idx")
-                .bind(i64::from(level))
-                .bind(to_i64(start))
-                .bind(to_i64(end))
-                .fetch_all(&self.pool)
-                .await?
-        };
-        let mut hashes = Vec::with_capacity(rows.len());
-        for (expected, row) in (start..end).zip(&rows) {
-            if to_u64(row.try_get(0)?)? != expected {
-                return Err(ProofError::MissingNode { level, index: expected }.into());
+    /// Runs `select` (binding level when it has three parameters, then
+    /// start and end) for each range, as one UNION ALL statement.
+    async fn fetch_ranges(
+        &self,
+        select: &str,
+        ranges: &[(u8, u64, u64)],
+        into: &mut HashMap<(u8, u64), Hash>,
+    ) -> Result<(), StoreError> {
+        if ranges.is_empty() {
+            return Ok(());
+        }
+        let with_level = select.matches('?').count() == 3;
+        let sql = vec![select; ranges.len()].join(" UNION ALL ");
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for (level, start, end) in ranges {
+            if with_level {
+                query = query.bind(i64::from(*level));
             }
-            hashes.push(to_hash(row.try_get::<&[u8], _>(1)?, "tree hash")?);
+            query = query.bind(to_i64(*start)).bind(to_i64(*end));
         }
-        if hashes.len() as u64 != end - start {
-            return Err(ProofError::MissingNode { level, index: start + hashes.len() as u64 }.into());
+        for row in query.fetch_all(&self.pool).await? {
+            let level: i64 = row.try_get(0)?;
+            let level = u8::try_from(level).map_err(|_| StoreError::Corrupt(format!("tree level {level}")))?;
+            into.insert((level, to_u64(row.try_get(1)?)?), to_hash(row.try_get::<&[u8], _>(2)?, "tree hash")?);
         }
-        Ok(hashes)
+        Ok(())
     }
-}
 
-/// Width of a tile: how many hashes of one tile level a tile holds.
-pub const TILE_WIDTH: u64 = 256;
-
-/// The stored level a node is rehashed from: the highest multiple of 8 not above it.
-fn tile_level(level: u8) -> u8 {
-    level & !7
-}
-
-/// The indices, at [`tile_level`], of the stored hashes under a node.
-fn base_span(id: NodeId) -> (u64, u64) {
-    let shift = id.level - tile_level(id.level);
-    (id.index << shift, (id.index + 1) << shift)
+    /// The stored hashes at `level` (0: the leaves; else a multiple of
+    /// [`crate::tree::STORED_LEVEL_STEP`]) with indices in `[start, end)`,
+    /// in order; an error if any is missing. C2SP tlog-tiles are the
+    /// hashes at levels 8, 16, ….
+    pub async fn hashes_at(&self, level: u8, start: u64, end: u64) -> Result<Vec<Hash>, StoreError> {
+        let mut stored = HashMap::new();
+        let select = if level == 0 {
+            "SELECT 0, idx, leaf FROM records WHERE idx >= ? AND idx < ?"
+        } else {
+            "SELECT level, idx, hash FROM tree_nodes WHERE level = ? AND idx >= ? AND idx < ?"
+        };
+        self.fetch_ranges(select, &[(level, start, end)], &mut stored).await?;
+        (start..end)
+            .map(|index| stored.get(&(level, index)).copied().ok_or(ProofError::MissingNode { level, index }.into()))
+            .collect()
+    }
 }
 
 fn lookup(found: &HashMap<NodeId, Hash>, id: NodeId) -> Result<Hash, ProofError> {

@@ -10,10 +10,11 @@ use tokio::sync::mpsc;
 
 use super::reader::LogReader;
 use super::{StoreError, to_i64, to_u64};
+use crate::tree::is_stored_level;
 use crate::{BlockHeader, Frontier, Hash, NodeId, Record, VerifierKey, leaf_hash, merkle_root, sha256};
 
 /// Records read from the database per query.
-const RECORD_CHUNK: i64 = 8192;
+const RECORD_CHUNK: usize = 8192;
 /// Blocks read from the database per query.
 const BLOCK_CHUNK: i64 = 1024;
 /// Progress is reported every this many records.
@@ -111,8 +112,16 @@ pub async fn verify(
     mut progress: impl FnMut(Progress),
 ) -> Result<VerifyReport, StoreError> {
     let mut report = VerifyReport::default();
+    // A broker may be appending and sealing meanwhile: check the blocks
+    // sealed now and the records committed now, nothing later.
+    let sealed = reader.latest_block().await?.map_or(0, |b| b.header.tree_size);
     let total = reader.record_count().await?;
-    let mut run = Run { records: RecordStream::spawn(reader.pool().clone()), frontier: Frontier::new(), last: None };
+    let mut run = Run {
+        records: RecordStream::spawn(reader.pool().clone(), total),
+        frontier: Frontier::new(),
+        last: None,
+        sealed,
+    };
     let outcome =
         run.blocks(reader.pool(), vkey, &mut report, &mut |records| progress(Progress { records, total })).await;
     report.failure = match outcome {
@@ -142,11 +151,23 @@ impl<E: Into<StoreError>> From<E> for Step {
     }
 }
 
+/// One row of `blocks`, as stored.
+#[derive(sqlx::FromRow)]
+struct BlockRow {
+    height: i64,
+    header: Vec<u8>,
+    hash: Vec<u8>,
+    tree_size: i64,
+    checkpoint: String,
+}
+
 struct Run {
     records: RecordStream,
     frontier: Frontier,
     /// Height and hash of the last block checked.
     last: Option<(u64, Hash)>,
+    /// Blocks up to this tree size are checked.
+    sealed: u64,
 }
 
 impl Run {
@@ -160,19 +181,20 @@ impl Run {
         let mut next_progress = PROGRESS_EVERY;
         loop {
             let from = self.last.map_or(0, |(height, _)| height + 1);
-            let rows: Vec<(i64, Vec<u8>, Vec<u8>, i64, String)> = sqlx::query_as(
-                "SELECT height, header, hash, tree_size, checkpoint FROM blocks WHERE height >= ? ORDER BY height LIMIT ?",
+            let rows: Vec<BlockRow> = sqlx::query_as(
+                "SELECT height, header, hash, tree_size, checkpoint FROM blocks \
+                 WHERE height >= ? AND tree_size <= ? ORDER BY height LIMIT ?",
             )
             .bind(to_i64(from))
+            .bind(to_i64(self.sealed))
             .bind(BLOCK_CHUNK)
             .fetch_all(pool)
             .await?;
             if rows.is_empty() {
                 return Ok(());
             }
-            for (height, header, hash, tree_size, checkpoint) in rows {
-                let height = to_u64(height)?;
-                self.block(pool, vkey, report, height, &header, &hash, to_u64(tree_size)?, &checkpoint).await?;
+            for row in rows {
+                self.block(pool, vkey, report, &row).await?;
                 report.blocks += 1;
                 if report.records >= next_progress {
                     progress(report.records);
@@ -182,18 +204,15 @@ impl Run {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn block(
         &mut self,
         pool: &SqlitePool,
         vkey: &VerifierKey,
         report: &mut VerifyReport,
-        height: u64,
-        raw_header: &[u8],
-        stored_hash: &[u8],
-        stored_size: u64,
-        checkpoint: &str,
+        row: &BlockRow,
     ) -> Result<(), Step> {
+        let (height, stored_size) = (to_u64(row.height)?, to_u64(row.tree_size)?);
+        let (raw_header, stored_hash, checkpoint) = (&row.header, &row.hash, &row.checkpoint);
         let at = Place::Block(height);
         let expected_height = self.last.map_or(0, |(h, _)| h + 1);
         if height != expected_height {
@@ -203,7 +222,7 @@ impl Run {
         if header.height != height {
             fail(at, format!("header says height {}", header.height))?;
         }
-        if stored_hash != header.hash() {
+        if stored_hash[..] != header.hash() {
             fail(at, "stored block hash does not match its header")?;
         }
         let prev = self.last.map_or([0; 32], |(_, hash)| hash);
@@ -241,7 +260,7 @@ impl Run {
         let mut nodes = Vec::new();
         for leaf in &leaves {
             self.frontier.push(*leaf, |id, hash| {
-                if id.level > 0 && id.level % 8 == 0 {
+                if id.level > 0 && is_stored_level(id.level) {
                     nodes.push((id, *hash));
                 }
             });
@@ -375,37 +394,52 @@ struct RecordStream {
 }
 
 impl RecordStream {
-    fn spawn(pool: SqlitePool) -> Self {
+    /// Streams records `[0, end)`. Three stages overlap: SQLite reads
+    /// (records and payloads as two sequential scans, merged here), record
+    /// checks (hashing, decoding) on this task, tree work on the caller's.
+    fn spawn(pool: SqlitePool, end: u64) -> Self {
         let (tx, chunks) = mpsc::channel(2);
+        let (raw_tx, mut raw_rx) = mpsc::channel(2);
         tokio::spawn(async move {
-            let mut from = 0i64;
-            loop {
-                let rows: Result<Vec<(i64, Vec<u8>, Vec<u8>, Option<Vec<u8>>)>, _> = sqlx::query_as(
-                    "SELECT r.idx, r.leaf, r.body, p.data FROM records r LEFT JOIN payloads p ON p.idx = r.idx \
-                     WHERE r.idx >= ? ORDER BY r.idx LIMIT ?",
+            for from in (0..end).step_by(RECORD_CHUNK) {
+                let to = (from + RECORD_CHUNK as u64).min(end);
+                let records = sqlx::query_as::<_, (i64, Vec<u8>, Vec<u8>)>(
+                    "SELECT idx, leaf, body FROM records WHERE idx >= ? AND idx < ? ORDER BY idx",
                 )
-                .bind(from)
-                .bind(RECORD_CHUNK)
-                .fetch_all(&pool)
-                .await;
-                let chunk = match rows {
-                    Ok(rows) if rows.is_empty() => return,
-                    Ok(rows) => rows,
-                    Err(e) => {
-                        let _ = tx.send(Err(e.into())).await;
-                        return;
-                    }
+                .bind(to_i64(from))
+                .bind(to_i64(to))
+                .fetch_all(&pool);
+                let payloads = sqlx::query_as::<_, (i64, Vec<u8>)>(
+                    "SELECT idx, data FROM payloads WHERE idx >= ? AND idx < ? ORDER BY idx",
+                )
+                .bind(to_i64(from))
+                .bind(to_i64(to))
+                .fetch_all(&pool);
+                let read = match tokio::try_join!(records, payloads) {
+                    Ok(read) => Ok(read),
+                    Err(e) => Err(StoreError::from(e)),
                 };
-                from = chunk[chunk.len() - 1].0 + 1;
-                // Hashing and decoding here, on another thread than the
-                // tree work, keeps both cores busy.
-                let chunk = chunk
-                    .iter()
-                    .map(|(idx, leaf, body, payload)| {
-                        Ok(RawRecord::check(to_u64(*idx)?, leaf, body, payload.as_deref()))
-                    })
-                    .collect::<Result<Vec<_>, StoreError>>();
-                if tx.send(chunk).await.is_err() {
+                let failed = read.is_err();
+                if raw_tx.send(read).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            while let Some(read) = raw_rx.recv().await {
+                let chunk = read.and_then(|(records, payloads)| {
+                    let mut payloads = payloads.into_iter().peekable();
+                    records
+                        .iter()
+                        .map(|(idx, leaf, body)| {
+                            while payloads.next_if(|(p, _)| p < idx).is_some() {}
+                            let payload = payloads.next_if(|(p, _)| p == idx).map(|(_, data)| data);
+                            Ok(RawRecord::check(to_u64(*idx)?, leaf, body, payload.as_deref()))
+                        })
+                        .collect::<Result<Vec<_>, StoreError>>()
+                });
+                let failed = chunk.is_err();
+                if tx.send(chunk).await.is_err() || failed {
                     return;
                 }
             }

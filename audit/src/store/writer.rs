@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use super::keyfile;
 use super::reader::{LogReader, SealedBlock, connect_options};
 use super::{DB_FILE, KEY_FILE, LogConfig, StoreError, io_error, now_ms, to_i64, to_u64};
+use crate::tree::is_stored_level;
 use crate::{BlockHeader, Checkpoint, DecodeError, Frontier, Hash, LogKey, NodeId, Record, leaf_hash, merkle_root};
 
 /// Rows per multi-row INSERT. Each row binds 3 values; this stays far below
@@ -432,7 +433,7 @@ impl Sequencer {
         let mut nodes: Vec<(NodeId, Hash)> = Vec::new();
         for leaf in leaves {
             frontier.push(*leaf, |id, hash| {
-                if id.level > 0 && id.level % 8 == 0 {
+                if id.level > 0 && is_stored_level(id.level) {
                     nodes.push((id, *hash));
                 }
             });
