@@ -78,6 +78,21 @@ CREATE TABLE replay_windows (
     seen    INTEGER NOT NULL
 );
 
+-- INSERT OR REPLACE deletes the old row without firing DELETE triggers
+-- (recursive_triggers is off by default), so refuse the insert itself.
+CREATE TRIGGER records_append_only_replace BEFORE INSERT ON records
+WHEN EXISTS (SELECT 1 FROM records WHERE idx = NEW.idx)
+BEGIN SELECT RAISE(ABORT, 'records are append-only'); END;
+CREATE TRIGGER tree_nodes_append_only_replace BEFORE INSERT ON tree_nodes
+WHEN EXISTS (SELECT 1 FROM tree_nodes WHERE level = NEW.level AND idx = NEW.idx)
+BEGIN SELECT RAISE(ABORT, 'tree hashes are append-only'); END;
+CREATE TRIGGER blocks_append_only_replace BEFORE INSERT ON blocks
+WHEN EXISTS (SELECT 1 FROM blocks WHERE height = NEW.height OR tree_size = NEW.tree_size)
+BEGIN SELECT RAISE(ABORT, 'blocks are append-only'); END;
+CREATE TRIGGER log_meta_append_only_replace BEFORE INSERT ON log_meta
+WHEN EXISTS (SELECT 1 FROM log_meta WHERE name = NEW.name)
+BEGIN SELECT RAISE(ABORT, 'log metadata is fixed at creation'); END;
+
 CREATE TRIGGER records_append_only_update BEFORE UPDATE ON records
 BEGIN SELECT RAISE(ABORT, 'records are append-only'); END;
 CREATE TRIGGER records_append_only_delete BEFORE DELETE ON records

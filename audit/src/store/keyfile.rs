@@ -15,18 +15,26 @@ pub(crate) fn load_or_create(path: &Path) -> Result<[u8; 32], StoreError> {
     }
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| StoreError::Key(format!("no randomness for a new key: {e}")))?;
+    // Written whole and fsynced under a temporary name, then linked into
+    // place: a crash leaves either no key or a complete one, never an empty
+    // file, and a key another process linked first is never overwritten.
+    let temp = path.with_extension(format!("tmp{}", std::process::id()));
     let mut options = OpenOptions::new();
-    options.write(true).create_new(true);
+    options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = match options.open(path) {
-        Ok(file) => file,
+    let written = options.open(&temp).and_then(|mut file| {
+        file.write_all(format!("{}\n", hex::encode(seed)).as_bytes())?;
+        file.sync_all()
+    });
+    let linked = written.and_then(|()| std::fs::hard_link(&temp, path));
+    let _ = std::fs::remove_file(&temp);
+    match linked {
+        Ok(()) => {}
         // Another process created it first: use theirs.
         Err(e) if e.kind() == ErrorKind::AlreadyExists => return load(path),
         Err(e) => return Err(io_error(path)(e)),
-    };
-    file.write_all(format!("{}\n", hex::encode(seed)).as_bytes()).map_err(io_error(path))?;
-    file.sync_all().map_err(io_error(path))?;
+    }
     if let Some(dir) = path.parent() {
         // Make the new directory entry durable too.
         std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_error(dir))?;
