@@ -1,6 +1,8 @@
 //! `sealmq`: the broker and its auditor tools.
 
 mod audit_cmd;
+mod device_cmd;
+mod serve_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,19 +14,28 @@ use tracing_subscriber::EnvFilter;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
-    /// The data directory: the log database and the log key.
-    #[arg(long, global = true, default_value = "./sealmq-data", env = "SEALMQ_DATA")]
-    data: PathBuf,
+    /// The data directory: the log database and the log key [default: ./sealmq-data].
+    #[arg(long, global = true, env = "SEALMQ_DATA")]
+    data: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the broker: MQTT on 0.0.0.0:1883, HTTP on 127.0.0.1:8080, data
+    /// in ./sealmq-data, unless configured otherwise.
+    Serve(serve_cmd::ServeArgs),
     /// Verify the log, prove records, check proofs offline.
     #[command(subcommand)]
     Audit(audit_cmd::AuditCommand),
+    /// Register devices and their keys, policy, password and ACL.
+    #[command(subcommand)]
+    Device(device_cmd::DeviceCommand),
 }
+
+/// Where the data lives unless `--data` or the configuration says otherwise.
+const DEFAULT_DATA: &str = "./sealmq-data";
 
 /// Exit code when a check was carried out and found the log or a proof wrong.
 pub const EXIT_FAILED_CHECK: u8 = 1;
@@ -33,8 +44,14 @@ pub const EXIT_ERROR: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // rumqttd reports every routine disconnect as an error; the gateway
+    // logs what matters about each connection itself.
+    let default_filter = match cli.command {
+        Command::Serve(_) => "info,rumqttd=off",
+        _ => "warn,rumqttd=off",
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")))
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter)))
         .with_writer(std::io::stderr)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -44,9 +61,13 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_ERROR);
         }
     };
+    let data = cli.data.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_DATA));
     let outcome = runtime.block_on(async {
         match cli.command {
-            Command::Audit(command) => audit_cmd::run(&cli.data, command).await,
+            // The data directory may also come from the configuration file.
+            Command::Serve(args) => serve_cmd::run(cli.data, args).await,
+            Command::Audit(command) => audit_cmd::run(&data, command).await,
+            Command::Device(command) => device_cmd::run(&data, command).await,
         }
     });
     match outcome {

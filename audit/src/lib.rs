@@ -10,12 +10,14 @@
 //!   proofs ([`tree::verify_inclusion`], [`tree::verify_consistency`]);
 //! - [`BlockHeader`]: sealed blocks and their hash chain;
 //! - [`Checkpoint`], [`LogKey`], [`VerifierKey`]: C2SP signed notes;
-//! - [`ProofBundle`], [`ConsistencyBundle`]: what auditors check offline.
+//! - [`ProofBundle`], [`ConsistencyBundle`]: what auditors check offline;
+//! - [`acl`]: device ACL patterns and MQTT topic-filter coverage.
 //!
 //! With the default `store` feature, [`store`] adds the SQLite log: the
 //! [`store::Log`] handle, its sequencer (the only writer) and sealer, and
 //! [`store::verify`], which re-derives everything from the stored records.
 
+pub mod acl;
 mod block;
 mod bundle;
 mod codec;

@@ -1,7 +1,30 @@
 //! The sealmq gateway: terminates MQTT 3.1.1 and 5 clients, checks identity
 //! and MQS1 signatures, appends every accepted PUBLISH to the audit log
-//! ([`sealmq_audit::store::Log`]) and only then forwards it to the embedded
-//! rumqttd.
+//! ([`sealmq_audit::store::Log`]) and only then forwards it, re-encoded as
+//! MQTT 5, to the router (an embedded rumqttd by default).
 //!
-//! Not built yet: this crate is a placeholder so the workspace has its final
-//! shape. See `ARCHITECTURE.md`.
+//! - [`Broker`] ([`server`]): starts and stops everything;
+//! - [`config::BrokerConfig`]: embedded defaults, TOML, flags;
+//! - [`codec`]: MQTT 3.1.1 and 5 framing, translation to one v5 model, and
+//!   the validation the decoders leave out;
+//! - [`session`]: one client connection, the path of every PUBLISH;
+//! - [`admission`]: the decision on a PUBLISH (policy, ACL, MQS1, replay);
+//! - [`identity`], [`replay`]: the device registry view and replay windows;
+//! - [`upstream`]: the router and the links to it (rumqttd types stop there);
+//! - [`system`]: checkpoints on `$SYS/sealmq/checkpoint`, wills;
+//! - [`http`]: the auditors' HTTP endpoints.
+
+pub mod admission;
+pub mod codec;
+pub mod config;
+pub mod gateway;
+pub mod http;
+pub mod identity;
+pub mod replay;
+pub mod server;
+pub mod session;
+pub mod system;
+pub mod upstream;
+
+pub use config::BrokerConfig;
+pub use server::{Broker, StartError};

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod broker;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -232,6 +234,19 @@ impl Db {
         Self { rt, conn: Some(conn) }
     }
 
+    /// A read-only connection to DATA/log.db, as an auditor reading a live
+    /// log (WAL) would open it.
+    pub fn open_read_only(data: &Path) -> Self {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let options = SqliteConnectOptions::new()
+            .filename(data.join("log.db"))
+            .create_if_missing(false)
+            .read_only(true)
+            .busy_timeout(Duration::from_secs(10));
+        let conn = rt.block_on(SqliteConnection::connect_with(&options)).unwrap();
+        Self { rt, conn: Some(conn) }
+    }
+
     /// Runs one statement; rows affected, or the error's text.
     pub fn exec(&mut self, sql: &str) -> Result<u64, String> {
         let query = sqlx::query(AssertSqlSafe(sql.to_string()));
@@ -263,6 +278,13 @@ impl Db {
     /// A column of integers.
     pub fn ints(&mut self, sql: &str) -> Vec<i64> {
         let query = sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql.to_string()));
+        let conn = self.conn.as_mut().unwrap();
+        self.rt.block_on(query.fetch_all(conn)).unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// A column of blobs.
+    pub fn blobs(&mut self, sql: &str) -> Vec<Vec<u8>> {
+        let query = sqlx::query_scalar::<_, Vec<u8>>(AssertSqlSafe(sql.to_string()));
         let conn = self.conn.as_mut().unwrap();
         self.rt.block_on(query.fetch_all(conn)).unwrap_or_else(|e| panic!("{sql}: {e}"))
     }

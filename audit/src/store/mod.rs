@@ -8,12 +8,18 @@
 //! - [`LogReader`]: read-only access (proofs, checkpoints, records), usable
 //!   from another process while a broker writes.
 //! - [`verify()`]: re-derives every hash and signature from the records.
+//! - [`Registry`]: the device registry (devices, keys, ACLs), written by
+//!   `sealmq device …` while a broker may run; each change reaches the log
+//!   as kind-2 records through an outbox the sequencer drains
+//!   ([`Log::drain_registry_outbox`]). Also the sequencer's side tables the
+//!   broker restores state from: MQS1 replay windows and retained topics.
 //!
 //! Files in the data directory: `log.db` (with its WAL) and `log.key`, the
 //! log's Ed25519 seed (mode 0600, created on first use, never logged).
 
 mod keyfile;
 mod reader;
+pub mod registry;
 pub mod synthetic;
 mod verify;
 mod writer;
@@ -22,6 +28,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use reader::{LogReader, SealedBlock, StoredRecord};
+pub use registry::{
+    Change, Device, DeviceKey, DeviceSettings, Policy, Registry, RegistryError, RegistrySnapshot, validate_device_id,
+    verify_password,
+};
 pub use verify::{Failure, Place, Progress, VerifyReport, verify};
 pub use writer::{Entry, Log};
 
@@ -116,6 +126,23 @@ pub enum StoreError {
     /// A note or key could not be parsed.
     #[error(transparent)]
     Note(#[from] NoteError),
+}
+
+/// Brings the schema in `migrations/` up to date on `conn`.
+///
+/// Both the broker ([`Log::open`]) and `sealmq device …` ([`Registry::open`])
+/// may be first to open a data directory, possibly at the same moment.
+/// SQLite gives sqlx's migrator no lock, so two processes could both see a
+/// migration as missing and both apply it; running the whole migration
+/// inside one `BEGIN IMMEDIATE` transaction (sqlx nests its own per-migration
+/// transactions as savepoints) makes the second wait for the first and then
+/// find nothing left to do.
+async fn migrate(conn: &mut sqlx::SqliteConnection) -> Result<(), StoreError> {
+    use sqlx::Connection;
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    sqlx::migrate!("../migrations").run(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {

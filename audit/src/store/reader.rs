@@ -61,6 +61,14 @@ impl LogReader {
         }
         let pool =
             SqlitePoolOptions::new().max_connections(4).connect_with(connect_options(&path).read_only(true)).await?;
+        // `sealmq device …` creates the database (schema only) before any
+        // log exists; that is no log yet, not a corrupt one.
+        let vkey =
+            sqlx::query_scalar::<_, i64>("SELECT 1 FROM log_meta WHERE name = 'vkey'").fetch_optional(&pool).await;
+        if matches!(vkey, Ok(None)) {
+            pool.close().await;
+            return Err(StoreError::NoLog(data_dir.to_path_buf()));
+        }
         Self::from_pool(pool).await
     }
 

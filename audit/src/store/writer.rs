@@ -1,6 +1,7 @@
 //! The writable log: one sequencer task owns the write connection, appends
 //! records in group commits and seals blocks.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::ops::Range;
 use std::path::Path;
@@ -14,7 +15,9 @@ use tokio::time::Instant;
 
 use super::keyfile;
 use super::reader::{LogReader, SealedBlock, connect_options};
+use super::registry::{window_highest_to_sql, window_seen_to_sql};
 use super::{DB_FILE, KEY_FILE, LogConfig, StoreError, io_error, now_ms, to_i64, to_u64};
+use crate::mqs1::Kid;
 use crate::tree::is_stored_level;
 use crate::{BlockHeader, Checkpoint, DecodeError, Frontier, Hash, LogKey, NodeId, Record, leaf_hash, merkle_root};
 
@@ -29,7 +32,10 @@ const SEAL_RETRY: Duration = Duration::from_secs(1);
 const LOCK_FILE: &str = "log.lock";
 
 /// A record ready to append: its canonical bytes, leaf hash and, optionally,
-/// the application payload to store beside it.
+/// the application payload to store beside it, plus the broker state that
+/// must change in the same transaction as the record (so that after a crash
+/// the state never disagrees with the log): the retained index and the
+/// publishing key's MQS1 replay window.
 ///
 /// Built by the caller, so hashing happens on the callers' threads rather
 /// than in the sequencer.
@@ -38,13 +44,61 @@ pub struct Entry {
     body: Vec<u8>,
     leaf: Hash,
     payload: Option<Vec<u8>>,
+    retained: Option<RetainedUpdate>,
+    replay: Option<ReplayUpdate>,
+}
+
+/// What a retained publish does to the `retained` index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RetainedUpdate {
+    topic: String,
+    /// An empty retained payload is MQTT's "clear the retained message".
+    clear: bool,
+}
+
+/// A key's replay window as it stands once this record's counter is accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ReplayUpdate {
+    kid: Kid,
+    highest: u64,
+    seen: u64,
 }
 
 impl Entry {
     /// Encodes `record`; `payload` is stored (deletable later) when given.
+    ///
+    /// A kind-1 record with retain = 1 also updates the retained index when
+    /// it is committed: a non-empty payload makes this record the topic's
+    /// retained message, an empty one (`payload_len` 0) clears the topic.
+    /// Pass the payload of a retained publish, or there is nothing to
+    /// restore it from after a restart.
     pub fn new(record: &Record, payload: Option<Vec<u8>>) -> Result<Self, DecodeError> {
         let body = record.encode()?;
-        Ok(Self { leaf: leaf_hash(&body), body, payload })
+        let retained = match record {
+            Record::Publish(publish) if publish.retain => {
+                Some(RetainedUpdate { topic: publish.topic.clone(), clear: publish.payload_len == 0 })
+            }
+            _ => None,
+        };
+        Ok(Self { leaf: leaf_hash(&body), body, payload, retained, replay: None })
+    }
+
+    /// Persists key `kid`'s MQS1 replay window — `highest` counter accepted
+    /// and the `seen` bitmap of the 64 counters below it, in whatever bit
+    /// order the caller uses — in the same transaction as this record, so a
+    /// restart reopens no window for a record that was logged.
+    ///
+    /// A window only moves forward (spec/mqs1.md: counters strictly
+    /// increase per key), and the store keeps it that way even when states
+    /// of one key reach it out of order (two connections of one device, or
+    /// appends that overtake each other): of two states, the one with the
+    /// higher `highest` wins; at equal `highest` their `seen` bitmaps are
+    /// OR-ed. Within one group commit that is the last state when states
+    /// arrive in order; across commits an older state never overwrites a
+    /// newer one.
+    pub fn with_replay(mut self, kid: Kid, highest: u64, seen: u64) -> Self {
+        self.replay = Some(ReplayUpdate { kid, highest, seen });
+        self
     }
 
     /// The record's canonical bytes.
@@ -61,6 +115,7 @@ impl Entry {
 enum Command {
     Append { entries: Vec<Entry>, reply: Reply },
     Seal { reply: oneshot::Sender<Result<Option<SealedBlock>, StoreError>> },
+    DrainOutbox { reply: oneshot::Sender<Result<Vec<u64>, StoreError>> },
 }
 
 /// The writable audit log.
@@ -94,7 +149,7 @@ impl Log {
 
         let options = connect_options(&dir.join(DB_FILE)).create_if_missing(true).synchronous(SqliteSynchronous::Full);
         let mut conn = SqliteConnection::connect_with(&options).await?;
-        sqlx::migrate!("../migrations").run(&mut conn).await?;
+        super::migrate(&mut conn).await?;
         let key = init_meta(&mut conn, &config, &seed).await?;
 
         let pool = sqlx::sqlite::SqlitePoolOptions::new()
@@ -104,8 +159,15 @@ impl Log {
         let reader = LogReader::from_pool(pool).await?;
 
         let mut sequencer = Sequencer::resume(conn, key, &reader, &config).await?;
-        // A crash may have left committed records unsealed: seal them now,
-        // so every acknowledged record is covered by a checkpoint again.
+        // Registry changes made while no broker ran are logged before the
+        // broker serves anyone with them.
+        let drained = sequencer.drain_outbox().await?;
+        if !drained.is_empty() {
+            tracing::info!(records = drained.len(), "logged registry changes made while the log was closed");
+        }
+        // A crash may have left committed records unsealed: seal them now
+        // (with the registry records just logged), so every acknowledged
+        // record is covered by a checkpoint again.
         while !sequencer.pending.is_empty() {
             sequencer.seal_block().await?;
         }
@@ -136,6 +198,29 @@ impl Log {
     pub async fn seal_now(&self) -> Result<Option<SealedBlock>, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.commands.send(Command::Seal { reply }).await.map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Appends the registry changes waiting in the outbox (written by
+    /// [`Registry`](super::Registry), e.g. `sealmq device …`) as kind-2
+    /// records, in the order they were made, and deletes those outbox rows
+    /// in the same transaction: each change is logged exactly once, even
+    /// across a crash. Returns the new records' indices (empty when nothing
+    /// was waiting; that check is one cheap read).
+    ///
+    /// [`Log::open`] does this too. A running broker calls it when
+    /// [`Registry::version`](super::Registry::version) changes, before it
+    /// uses what changed (see [`Registry::snapshot`](super::Registry::snapshot)).
+    ///
+    /// An outbox row that is not a canonical kind-2 record is an error
+    /// ([`StoreError::Corrupt`], naming the row's seq) and neither it nor
+    /// any row after it is drained: logging it would put a forged record in
+    /// the log, skipping it would hide a change. (Rows are drained in
+    /// transactions of up to 16 Ki rows; batches before the bad one stay
+    /// logged.) At [`Log::open`] this refuses to start the log.
+    pub async fn drain_registry_outbox(&self) -> Result<Vec<u64>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command::DrainOutbox { reply }).await.map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -302,6 +387,14 @@ impl Sequencer {
                     let result = if self.pending.is_empty() { Ok(None) } else { self.seal_block().await.map(Some) };
                     let _ = reply.send(result);
                 }
+                Some(Command::DrainOutbox { reply }) => {
+                    let result = self.drain_outbox().await;
+                    if let Err(e) = &result {
+                        tracing::error!(error = %e, "logging registry changes failed");
+                    }
+                    let _ = reply.send(result);
+                    self.seal_full_blocks().await;
+                }
                 Some(Command::Append { entries, reply }) => {
                     let mut group = vec![(entries, reply)];
                     let mut count = group[0].0.len();
@@ -320,11 +413,7 @@ impl Sequencer {
                         }
                     }
                     self.commit_group(group).await;
-                    while self.pending.len() >= self.block_max_records {
-                        if !self.seal_or_retry().await {
-                            break;
-                        }
-                    }
+                    self.seal_full_blocks().await;
                 }
             }
         }
@@ -340,18 +429,35 @@ impl Sequencer {
         }
     }
 
+    /// Seals blocks while a full block's worth of records is pending.
+    async fn seal_full_blocks(&mut self) {
+        while self.pending.len() >= self.block_max_records {
+            if !self.seal_or_retry().await {
+                break;
+            }
+        }
+    }
+
+    /// Takes committed entries into the head: their indices, from `next_index`.
+    fn committed<'a>(&mut self, entries: impl IntoIterator<Item = &'a Entry>) -> Range<u64> {
+        let start = self.next_index;
+        for entry in entries {
+            self.pending.push(entry.leaf);
+            self.next_index += 1;
+        }
+        if self.seal_due.is_none() && !self.pending.is_empty() {
+            self.seal_due = Some(Instant::now() + self.block_interval);
+        }
+        start..self.next_index
+    }
+
     async fn commit_group(&mut self, group: Vec<(Vec<Entry>, Reply)>) {
         match self.insert(&group).await {
             Ok(()) => {
                 for (entries, reply) in group {
-                    let range = self.next_index..self.next_index + entries.len() as u64;
-                    self.next_index = range.end;
-                    self.pending.extend(entries.iter().map(|e| e.leaf));
+                    let range = self.committed(&entries);
                     // A caller that went away still had its records logged.
                     let _ = reply.send(Ok(range));
-                }
-                if self.seal_due.is_none() && !self.pending.is_empty() {
-                    self.seal_due = Some(Instant::now() + self.block_interval);
                 }
             }
             Err(e) => {
@@ -367,29 +473,58 @@ impl Sequencer {
         }
     }
 
-    /// Inserts one group's records and payloads in one transaction.
+    /// Inserts one group's records, payloads and side effects in one transaction.
     async fn insert(&mut self, group: &[(Vec<Entry>, Reply)]) -> Result<(), StoreError> {
         let rows: Vec<(i64, &Entry)> =
             (self.next_index..).map(to_i64).zip(group.iter().flat_map(|(entries, _)| entries)).collect();
         let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
-        for chunk in rows.chunks(INSERT_CHUNK) {
-            let mut insert = QueryBuilder::<Sqlite>::new("INSERT INTO records (idx, leaf, body) ");
-            insert.push_values(chunk, |mut row, (idx, entry)| {
-                row.push_bind(*idx).push_bind(&entry.leaf[..]).push_bind(&entry.body[..]);
-            });
-            insert.build().execute(&mut *tx).await?;
-        }
-        let payloads: Vec<(i64, &[u8])> =
-            rows.iter().filter_map(|(idx, entry)| Some((*idx, entry.payload.as_deref()?))).collect();
-        for chunk in payloads.chunks(INSERT_CHUNK) {
-            let mut insert = QueryBuilder::<Sqlite>::new("INSERT INTO payloads (idx, data) ");
-            insert.push_values(chunk, |mut row, (idx, data)| {
-                row.push_bind(*idx).push_bind(*data);
-            });
-            insert.build().execute(&mut *tx).await?;
-        }
+        write_entries(&mut tx, &rows).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Logs the registry outbox (see [`Log::drain_registry_outbox`]), at
+    /// most [`GROUP_MAX_RECORDS`] rows per transaction. On failure the
+    /// head is re-read, as after a failed append.
+    async fn drain_outbox(&mut self) -> Result<Vec<u64>, StoreError> {
+        let mut indices = Vec::new();
+        loop {
+            let waiting: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM registry_outbox)").fetch_one(&mut self.conn).await?;
+            if !waiting {
+                return Ok(indices);
+            }
+            match self.drain_outbox_batch().await {
+                Ok(entries) => indices.extend(self.committed(&entries)),
+                Err(e) => {
+                    if let Err(resync) = self.resync().await {
+                        tracing::error!(error = %resync, "cannot re-read the log's head after a failed drain");
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// One transaction: reads the oldest outbox rows, appends them as
+    /// records from `next_index`, deletes them.
+    async fn drain_outbox_batch(&mut self) -> Result<Vec<Entry>, StoreError> {
+        let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
+        // Read inside the write transaction: rows another process adds
+        // meanwhile wait for the next drain, and the DELETE below removes
+        // exactly the rows logged here.
+        let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as("SELECT seq, record FROM registry_outbox ORDER BY seq LIMIT ?")
+            .bind(i64::try_from(GROUP_MAX_RECORDS).unwrap_or(i64::MAX))
+            .fetch_all(&mut *tx)
+            .await?;
+        let entries = rows.iter().map(|(seq, bytes)| outbox_entry(*seq, bytes)).collect::<Result<Vec<_>, _>>()?;
+        let indexed: Vec<(i64, &Entry)> = (self.next_index..).map(to_i64).zip(&entries).collect();
+        write_entries(&mut tx, &indexed).await?;
+        if let Some((last, _)) = rows.last() {
+            sqlx::query("DELETE FROM registry_outbox WHERE seq <= ?").bind(last).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(entries)
     }
 
     /// After a failed transaction, takes the log's head from the database:
@@ -490,3 +625,113 @@ impl Sequencer {
 }
 
 type Reply = oneshot::Sender<Result<Range<u64>, StoreError>>;
+
+/// An outbox row as an entry, if it is a canonical kind-2 record.
+fn outbox_entry(seq: i64, bytes: &[u8]) -> Result<Entry, StoreError> {
+    let bad = |why: String| {
+        StoreError::Corrupt(format!(
+            "registry_outbox row {seq} is not a registry record ({why}); it was not logged, and the registry \
+             change it stands for may be in the device tables unlogged"
+        ))
+    };
+    let record = Record::decode(bytes).map_err(|e| bad(e.to_string()))?;
+    if !matches!(record, Record::Registry(_)) {
+        return Err(bad(format!("kind {}", record.kind())));
+    }
+    let entry = Entry::new(&record, None).map_err(|e| bad(e.to_string()))?;
+    if entry.body != bytes {
+        return Err(bad("not canonically encoded".into()));
+    }
+    Ok(entry)
+}
+
+/// Inserts records (with their payloads) at the given indices, and applies
+/// their side effects: the retained index and replay windows, each as one
+/// multi-row statement per chunk of the group rather than one per record,
+/// so that the group commit's cost stays per group.
+async fn write_entries(conn: &mut SqliteConnection, rows: &[(i64, &Entry)]) -> Result<(), StoreError> {
+    for chunk in rows.chunks(INSERT_CHUNK) {
+        let mut insert = QueryBuilder::<Sqlite>::new("INSERT INTO records (idx, leaf, body) ");
+        insert.push_values(chunk, |mut row, (idx, entry)| {
+            row.push_bind(*idx).push_bind(&entry.leaf[..]).push_bind(&entry.body[..]);
+        });
+        insert.build().execute(&mut *conn).await?;
+    }
+    let payloads: Vec<(i64, &[u8])> =
+        rows.iter().filter_map(|(idx, entry)| Some((*idx, entry.payload.as_deref()?))).collect();
+    for chunk in payloads.chunks(INSERT_CHUNK) {
+        let mut insert = QueryBuilder::<Sqlite>::new("INSERT INTO payloads (idx, data) ");
+        insert.push_values(chunk, |mut row, (idx, data)| {
+            row.push_bind(*idx).push_bind(*data);
+        });
+        insert.build().execute(&mut *conn).await?;
+    }
+
+    // The group's net effect: per topic the last retained publish (log
+    // order), per key the furthest window. Nothing is allocated when no
+    // entry has side effects.
+    let mut retained: HashMap<&str, Option<i64>> = HashMap::new();
+    let mut windows: HashMap<Kid, (u64, u64)> = HashMap::new();
+    for (idx, entry) in rows {
+        if let Some(update) = &entry.retained {
+            retained.insert(&update.topic, (!update.clear).then_some(*idx));
+        }
+        if let Some(r) = entry.replay {
+            windows
+                .entry(r.kid)
+                .and_modify(|window| *window = furthest_window(*window, (r.highest, r.seen)))
+                .or_insert((r.highest, r.seen));
+        }
+    }
+    let (mut set, mut clear) = (Vec::new(), Vec::new());
+    for (topic, idx) in retained {
+        match idx {
+            Some(idx) => set.push((topic, idx)),
+            None => clear.push(topic),
+        }
+    }
+    for chunk in set.chunks(INSERT_CHUNK) {
+        let mut upsert = QueryBuilder::<Sqlite>::new("INSERT INTO retained (topic, idx) ");
+        upsert.push_values(chunk, |mut row, (topic, idx)| {
+            row.push_bind(*topic).push_bind(*idx);
+        });
+        upsert.push(" ON CONFLICT (topic) DO UPDATE SET idx = excluded.idx");
+        upsert.build().execute(&mut *conn).await?;
+    }
+    for chunk in clear.chunks(INSERT_CHUNK) {
+        let mut delete = QueryBuilder::<Sqlite>::new("DELETE FROM retained WHERE topic IN (");
+        let mut topics = delete.separated(", ");
+        for topic in chunk {
+            topics.push_bind(*topic);
+        }
+        delete.push(")");
+        delete.build().execute(&mut *conn).await?;
+    }
+    let windows: Vec<(Kid, (u64, u64))> = windows.into_iter().collect();
+    for chunk in windows.chunks(INSERT_CHUNK) {
+        let mut upsert = QueryBuilder::<Sqlite>::new("INSERT INTO replay_windows (kid, highest, seen) ");
+        upsert.push_values(chunk, |mut row, (kid, (highest, seen))| {
+            row.push_bind(&kid[..]).push_bind(window_highest_to_sql(*highest)).push_bind(window_seen_to_sql(*seen));
+        });
+        // Only forward (see `Entry::with_replay`). `highest` is stored
+        // order-preserving, so SQL compares it as the u64 it is; in DO
+        // UPDATE, bare column names are the stored row's.
+        upsert.push(
+            " ON CONFLICT (kid) DO UPDATE SET \
+             seen = CASE WHEN excluded.highest = highest THEN seen | excluded.seen ELSE excluded.seen END, \
+             highest = excluded.highest \
+             WHERE excluded.highest >= highest",
+        );
+        upsert.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// The further of two states of one key's replay window.
+fn furthest_window(a: (u64, u64), b: (u64, u64)) -> (u64, u64) {
+    match a.0.cmp(&b.0) {
+        std::cmp::Ordering::Less => b,
+        std::cmp::Ordering::Greater => a,
+        std::cmp::Ordering::Equal => (a.0, a.1 | b.1),
+    }
+}

@@ -1,0 +1,232 @@
+//! The broker's configuration: embedded defaults, overridden by a TOML file
+//! (`broker/sealmq.example.toml` documents every key) and then by command-line flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Everything `sealmq serve` needs. Every field has a default, so an empty
+/// file (or none) is a working broker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// MQTT listener (3.1.1 and 5 on the same port).
+    pub listen: SocketAddr,
+    /// HTTP listener for auditors.
+    pub http: SocketAddr,
+    /// The data directory: log database, log key, registry.
+    pub data: PathBuf,
+    /// The log's origin, its name in checkpoints (default: chosen once, at creation).
+    pub origin: Option<String>,
+    /// Seal a block at this many pending records…
+    pub block_max_records: u32,
+    /// …or this many milliseconds after the first pending one.
+    pub block_interval_ms: u64,
+    /// What happens to client ids that are not in the device registry.
+    pub unknown_devices: UnknownDevices,
+    /// Limits that protect the broker from any one client.
+    pub limits: Limits,
+    /// Where accepted messages are routed.
+    pub upstream: Upstream,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
+            http: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data: PathBuf::from("./sealmq-data"),
+            origin: None,
+            block_max_records: 4096,
+            block_interval_ms: 250,
+            unknown_devices: UnknownDevices::default(),
+            limits: Limits::default(),
+            upstream: Upstream::default(),
+        }
+    }
+}
+
+/// The policy for client ids that are not registered devices.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UnknownDevices {
+    /// `legacy` (accept, log unsigned publishes as unsigned), `signed`
+    /// (accept, but every publish must carry a valid MQS1 signature — which
+    /// an unregistered device cannot have), or `reject` (refuse the CONNECT).
+    pub policy: UnknownPolicy,
+    /// Topics they may publish to (MQTT filters; `{device}` is the client id).
+    pub allow_pub: Vec<String>,
+    /// Filters they may subscribe to.
+    pub allow_sub: Vec<String>,
+}
+
+impl Default for UnknownDevices {
+    fn default() -> Self {
+        Self {
+            policy: UnknownPolicy::Legacy,
+            allow_pub: vec!["#".into()],
+            allow_sub: vec!["#".into(), "$SYS/#".into()],
+        }
+    }
+}
+
+/// See [`UnknownDevices::policy`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownPolicy {
+    /// Accept and log unsigned publishes as unsigned (the out-of-the-box default).
+    Legacy,
+    /// Require signatures (so unregistered devices cannot publish).
+    Signed,
+    /// Refuse the connection (production).
+    Reject,
+}
+
+/// Per-client and broker-wide limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest MQTT packet accepted or sent, in bytes.
+    pub max_packet_size: u32,
+    /// Most client connections at once.
+    pub max_connections: usize,
+    /// Time a new connection has to send its CONNECT, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// QoS 1 and 2 publishes a client may have unacknowledged (its Receive Maximum).
+    pub max_inflight: u16,
+    /// Topic aliases a v5 client may use.
+    pub max_topic_aliases: u16,
+    /// Longest topic name or filter, in bytes.
+    pub max_topic_length: usize,
+    /// Most levels in a topic name or filter.
+    pub max_topic_levels: usize,
+    /// Most subscriptions per client.
+    pub max_subscriptions: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_packet_size: 1024 * 1024 + 1024,
+            max_connections: 10_000,
+            connect_timeout_ms: 10_000,
+            max_inflight: 64,
+            max_topic_aliases: 64,
+            max_topic_length: 1024,
+            max_topic_levels: 32,
+            max_subscriptions: 256,
+        }
+    }
+}
+
+/// The router behind the gateway.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Upstream {
+    /// An external MQTT 5 broker (`host:port`); default: the embedded rumqttd
+    /// on a loopback port with a random per-boot credential.
+    pub address: Option<SocketAddr>,
+    /// Username for the external broker.
+    pub username: Option<String>,
+    /// Password for the external broker.
+    pub password: Option<String>,
+}
+
+/// A configuration file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this configuration.
+    #[error("{path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why, with line and column.
+        source: Box<toml::de::Error>,
+    },
+    /// A value is out of range.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl BrokerConfig {
+    /// Reads a TOML file over the defaults.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { source, .. } => ConfigError::Parse { path: path.to_path_buf(), source },
+            other => other,
+        })
+    }
+
+    /// Parses TOML over the defaults and checks the values.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text)
+            .map_err(|source| ConfigError::Parse { path: PathBuf::new(), source: Box::new(source) })?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Refuses values the broker cannot work with.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |why: &str| Err(ConfigError::Invalid(why.to_string()));
+        if self.block_max_records == 0 {
+            return invalid("block_max_records must be at least 1");
+        }
+        if self.limits.max_packet_size < 64 {
+            return invalid("limits.max_packet_size must be at least 64 bytes");
+        }
+        if self.limits.max_inflight == 0 {
+            return invalid("limits.max_inflight must be at least 1");
+        }
+        if self.upstream.address.is_none() && (self.upstream.username.is_some() || self.upstream.password.is_some()) {
+            return invalid("upstream.username and upstream.password need upstream.address");
+        }
+        Ok(())
+    }
+
+    /// The block interval as a duration.
+    pub fn block_interval(&self) -> Duration {
+        Duration::from_millis(self.block_interval_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_is_the_defaults() {
+        let config = BrokerConfig::from_toml("").unwrap();
+        assert_eq!(config.listen, SocketAddr::from(([0, 0, 0, 0], 1883)));
+        assert_eq!(config.unknown_devices.policy, UnknownPolicy::Legacy);
+        assert_eq!(config.block_max_records, 4096);
+    }
+
+    #[test]
+    fn the_example_config_parses() {
+        let example = include_str!("../sealmq.example.toml");
+        let config = BrokerConfig::from_toml(example).unwrap();
+        assert_eq!(config.unknown_devices.policy, UnknownPolicy::Reject);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused_with_the_reason() {
+        let err = BrokerConfig::from_toml("lisen = \"0.0.0.0:1\"").unwrap_err().to_string();
+        assert!(err.contains("lisen"), "{err}");
+        let err = BrokerConfig::from_toml("block_max_records = 0").unwrap_err().to_string();
+        assert!(err.contains("block_max_records"), "{err}");
+        let err = BrokerConfig::from_toml("[unknown_devices]\npolicy = \"maybe\"").unwrap_err().to_string();
+        assert!(err.contains("maybe") || err.contains("variant"), "{err}");
+    }
+}

@@ -1,0 +1,141 @@
+//! The gateway's shared state and its accept loop.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use sealmq_audit::mqs1::Kid;
+use sealmq_audit::store::Log;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, broadcast, mpsc, oneshot, watch};
+
+use crate::codec::v5;
+use crate::config::BrokerConfig;
+use crate::identity::Identities;
+use crate::replay::ReplayWindows;
+use crate::upstream::UpstreamTarget;
+
+/// Counters an operator watches.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Publishes logged and forwarded.
+    pub accepted: AtomicU64,
+    /// Publishes refused (signature, ACL, policy, format).
+    pub rejected: AtomicU64,
+    /// MQS1 retransmissions acknowledged without a second record.
+    pub duplicates: AtomicU64,
+    /// Connections refused at CONNECT.
+    pub refused_connections: AtomicU64,
+}
+
+/// A connected client, as the session table knows it.
+pub(crate) struct SessionEntry {
+    /// Distinguishes this connection from a later one with the same id.
+    pub generation: u64,
+    /// Tells the connection it was taken over.
+    pub kick: Option<oneshot::Sender<()>>,
+}
+
+/// What every connection shares.
+pub struct Shared {
+    /// The configuration.
+    pub config: BrokerConfig,
+    /// The audit log (its sequencer is the only writer).
+    pub log: Arc<Log>,
+    /// The device registry view; replaced whole when the registry changes.
+    pub identities: RwLock<Arc<Identities>>,
+    /// MQS1 replay windows.
+    pub replay: ReplayWindows,
+    /// The router.
+    pub upstream: UpstreamTarget,
+    /// Counters.
+    pub stats: Stats,
+    /// Keys revoked while the broker runs: connections that used one close.
+    pub revoked: broadcast::Sender<Arc<Vec<Kid>>>,
+    /// Wills and other publishes the gateway makes itself.
+    pub system: mpsc::Sender<v5::Publish>,
+    /// True once the broker is shutting down.
+    pub shutdown: watch::Receiver<bool>,
+    pub(crate) sessions: Mutex<HashMap<String, SessionEntry>>,
+    pub(crate) next_generation: AtomicU64,
+}
+
+impl Shared {
+    /// The current registry view.
+    pub fn identities(&self) -> Arc<Identities> {
+        Arc::clone(&self.identities.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Registers a new connection for `client_id`, kicking out an older one
+    /// with the same id (session takeover). Returns its generation and the
+    /// receiver that fires if it is taken over in turn.
+    pub(crate) fn claim_session(&self, client_id: &str) -> (u64, oneshot::Receiver<()>) {
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        let (kick, kicked) = oneshot::channel();
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(mut old) = sessions.insert(client_id.to_string(), SessionEntry { generation, kick: Some(kick) })
+            && let Some(kick) = old.kick.take()
+        {
+            let _ = kick.send(());
+        }
+        (generation, kicked)
+    }
+
+    /// Forgets a connection, unless a newer one has taken its id.
+    pub(crate) fn release_session(&self, client_id: &str, generation: u64) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if sessions.get(client_id).is_some_and(|s| s.generation == generation) {
+            sessions.remove(client_id);
+        }
+    }
+
+    /// Whether a client id is connected now.
+    pub fn is_connected(&self, client_id: &str) -> bool {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).contains_key(client_id)
+    }
+}
+
+/// Accepts MQTT connections until shutdown; each runs in its own task, so
+/// one client's trouble never stops another's.
+pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+    let slots = Arc::new(Semaphore::new(shared.config.limits.max_connections));
+    let mut shutdown = shared.shutdown.clone();
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off briefly.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+                    tracing::warn!(%peer, "connection limit reached; refusing");
+                    drop(stream);
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let shared = Arc::clone(&shared);
+                connections.spawn(async move {
+                    crate::session::serve(shared, stream, peer).await;
+                    drop(permit);
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            () = crate::session::stopped(&mut shutdown) => break,
+        }
+    }
+    // Stop accepting; let every connection finish its in-flight appends.
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+}
+
+/// The address a listener is bound to, for the start-up banner.
+pub fn bound(listener: &TcpListener) -> Option<SocketAddr> {
+    listener.local_addr().ok()
+}

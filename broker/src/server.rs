@@ -1,0 +1,271 @@
+//! Starting and stopping the whole broker: log, registry, router, system
+//! link, MQTT and HTTP listeners.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use sealmq_audit::store::registry::{Registry, RegistryError, RegistrySnapshot};
+use sealmq_audit::store::{Log, LogConfig, LogReader, StoreError};
+use sealmq_audit::{Record, VerifierKey};
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::admission::{PROP_FROM, PROP_INDEX, PROP_QOS};
+use crate::codec::v5;
+use crate::config::BrokerConfig;
+use crate::gateway::{Shared, Stats, accept_loop};
+use crate::identity::Identities;
+use crate::replay::{ReplayWindows, Window};
+use crate::upstream::{UpstreamError, UpstreamLink, UpstreamTarget, start_embedded, up_topic};
+
+/// How often the registry is checked for changes made by `sealmq device`.
+const REGISTRY_POLL: Duration = Duration::from_millis(250);
+
+/// Errors starting the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The log could not be opened.
+    #[error("audit log: {0}")]
+    Store(#[from] StoreError),
+    /// The device registry could not be read.
+    #[error("device registry: {0}")]
+    Registry(#[from] RegistryError),
+    /// The router could not be started or reached.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A running broker.
+pub struct Broker {
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    mqtt: SocketAddr,
+    http: SocketAddr,
+    tasks: Vec<JoinHandle<()>>,
+    accept: JoinHandle<()>,
+}
+
+impl Broker {
+    /// Opens the log, starts the router and listens. Returns once clients can connect.
+    pub async fn start(config: BrokerConfig) -> Result<Self, StartError> {
+        let mut log_config = LogConfig::new(&config.data);
+        log_config.origin = config.origin.clone();
+        log_config.block_max_records = config.block_max_records;
+        log_config.block_interval = config.block_interval();
+        // Opening the log also logs registry changes made while no broker ran.
+        let log = Arc::new(Log::open(log_config).await?);
+        let registry = Registry::open(&config.data).await?;
+        let snapshot = logged_snapshot(&log, &registry).await?;
+        let identities = Identities::new(&snapshot, config.unknown_devices.clone());
+        let registry_version = snapshot.version;
+        let windows = registry.replay_windows().await?;
+        let replay = ReplayWindows::from_persisted(
+            windows.into_iter().map(|(kid, highest, seen)| (kid, Window { highest, seen })),
+        );
+
+        let upstream = match config.upstream.address {
+            Some(addr) => UpstreamTarget {
+                addr,
+                username: config.upstream.username.clone().unwrap_or_default(),
+                password: config.upstream.password.clone().unwrap_or_default(),
+            },
+            None => start_embedded(config.limits.max_packet_size, config.limits.max_connections).await?,
+        };
+        restore_retained(&upstream, log.reader(), &registry).await?;
+
+        let mqtt_listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Bind { addr: config.listen, source })?;
+        let http_listener =
+            TcpListener::bind(config.http).await.map_err(|source| StartError::Bind { addr: config.http, source })?;
+        let mqtt = mqtt_listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
+        let http = http_listener.local_addr().map_err(|source| StartError::Bind { addr: config.http, source })?;
+
+        let (stop, shutdown) = watch::channel(false);
+        let (system, system_rx) = mpsc::channel(1024);
+        let (revoked, _) = broadcast::channel(16);
+        let shared = Arc::new(Shared {
+            config,
+            log: Arc::clone(&log),
+            identities: RwLock::new(Arc::new(identities)),
+            replay,
+            upstream,
+            stats: Stats::default(),
+            revoked,
+            system,
+            shutdown,
+            sessions: Mutex::new(Default::default()),
+            next_generation: AtomicU64::new(0),
+        });
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(crate::system::run(Arc::clone(&shared), system_rx, log.sealed_blocks())));
+        tasks.push(tokio::spawn(watch_registry(Arc::clone(&shared), registry, registry_version)));
+        let app = crate::http::router(log.reader().clone());
+        let mut http_stop = shared.shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            let stopped = async move {
+                let _ = http_stop.wait_for(|stop| *stop).await;
+            };
+            if let Err(e) = axum::serve(http_listener, app).with_graceful_shutdown(stopped).await {
+                tracing::error!(error = %e, "the HTTP listener failed");
+            }
+        }));
+        let accept = tokio::spawn(accept_loop(Arc::clone(&shared), mqtt_listener));
+        Ok(Self { shared, stop, mqtt, http, tasks, accept })
+    }
+
+    /// The MQTT listener's address.
+    pub fn mqtt_addr(&self) -> SocketAddr {
+        self.mqtt
+    }
+
+    /// The HTTP listener's address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http
+    }
+
+    /// The log's verifier key.
+    pub fn verifier_key(&self) -> &VerifierKey {
+        self.shared.log.reader().verifier_key()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    /// Stops accepting, lets connections finish their in-flight appends,
+    /// seals a final block and closes the log.
+    pub async fn shutdown(self) -> Result<(), StoreError> {
+        let Self { shared, stop, tasks, accept, .. } = self;
+        let _ = stop.send(true);
+        let _ = accept.await;
+        for task in tasks {
+            task.abort();
+            let _ = task.await;
+        }
+        let log = Arc::clone(&shared.log);
+        drop(shared);
+        match Arc::try_unwrap(log) {
+            Ok(log) => log.close().await,
+            Err(log) => {
+                // Someone still holds the log (a will being logged): seal what is pending.
+                log.seal_now().await.map(|_| ())
+            }
+        }
+    }
+}
+
+/// Polls the registry; on a change, logs the change records (through the
+/// sequencer), swaps in the new view and disconnects users of revoked keys.
+async fn watch_registry(shared: Arc<Shared>, registry: Registry, mut seen: u64) {
+    let mut tick = tokio::time::interval(REGISTRY_POLL);
+    loop {
+        tick.tick().await;
+        let version = match registry.version().await {
+            Ok(version) => version,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the registry version");
+                continue;
+            }
+        };
+        if version == seen {
+            continue;
+        }
+        match logged_snapshot(&shared.log, &registry).await {
+            Ok(snapshot) => {
+                let next = Identities::new(&snapshot, shared.config.unknown_devices.clone());
+                let before = shared.identities();
+                let revoked = next.newly_revoked(&before);
+                *shared.identities.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+                if !revoked.is_empty() {
+                    let _ = shared.revoked.send(Arc::new(revoked));
+                }
+                seen = snapshot.version;
+                tracing::info!(version = seen, "device registry reloaded");
+            }
+            Err(e) => tracing::error!(error = %e, "cannot log or read registry changes; they take effect once logged"),
+        }
+    }
+}
+
+/// A registry snapshot all of whose changes are in the log: a key is in the
+/// log before anything it signs is accepted. Changes made meanwhile by
+/// `sealmq device` are drained and the snapshot taken again.
+async fn logged_snapshot(log: &Log, registry: &Registry) -> Result<RegistrySnapshot, StartError> {
+    loop {
+        let snapshot = registry.snapshot().await?;
+        if snapshot.unlogged == 0 {
+            return Ok(snapshot);
+        }
+        log.drain_registry_outbox().await?;
+    }
+}
+
+/// Rebuilds the router's retained messages from the log: the latest retained
+/// record per topic and its stored payload, published before any client
+/// connects, each acknowledged by the router.
+async fn restore_retained(target: &UpstreamTarget, reader: &LogReader, registry: &Registry) -> Result<(), StartError> {
+    let retained = registry.retained().await?;
+    if retained.is_empty() {
+        return Ok(());
+    }
+    let link = UpstreamLink::connect(target, "sealmq-restore", 60).await?;
+    let (mut up_read, mut up_write) = link.split();
+    let mut restored = 0usize;
+    for (n, (topic, index)) in retained.iter().enumerate() {
+        let Some(stored) = reader.record(*index).await? else { continue };
+        let Ok(Record::Publish(record)) = Record::decode(&stored.body) else { continue };
+        let Some(payload) = stored.payload else {
+            tracing::warn!(topic, index, "retained message not restored: its payload was erased");
+            continue;
+        };
+        let mut properties = v5::PublishProperties::default();
+        if let Some(sb) = &record.signature {
+            properties.user_properties.push((sealmq_audit::mqs1::PROPERTY_NAME.to_string(), sb.to_property_value()));
+        }
+        properties.user_properties.push((PROP_FROM.to_string(), record.device_id.clone()));
+        properties.user_properties.push((PROP_QOS.to_string(), record.qos.to_string()));
+        properties.user_properties.push((PROP_INDEX.to_string(), index.to_string()));
+        let publish = v5::Publish {
+            dup: false,
+            qos: v5::QoS::AtLeastOnce,
+            retain: true,
+            topic: Bytes::from(up_topic(topic)),
+            pkid: u16::try_from(n % usize::from(u16::MAX)).unwrap_or(0) + 1,
+            payload: Bytes::from(payload),
+            properties: Some(properties),
+        };
+        up_write.send(&v5::Packet::Publish(publish)).await?;
+        // One at a time: the router acknowledges in order and the count is small.
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), up_read.recv()).await {
+                Ok(Ok(Some(v5::Packet::PubAck(_)))) => break,
+                Ok(Ok(Some(_))) => continue,
+                Ok(Ok(None)) => {
+                    return Err(UpstreamError::Refused("closed while restoring retained messages".into()).into());
+                }
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => {
+                    return Err(UpstreamError::Refused("no PUBACK while restoring retained messages".into()).into());
+                }
+            }
+        }
+        restored += 1;
+    }
+    up_write.close().await;
+    tracing::info!(restored, "retained messages rebuilt from the log");
+    Ok(())
+}

@@ -1,0 +1,1031 @@
+//! One client connection: CONNECT and admission, then the relay between the
+//! client and its upstream link, where every PUBLISH is checked, logged
+//! durably and only then forwarded.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
+use sealmq_audit::mqs1::Kid;
+use sealmq_audit::store::StoreError;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::time::Instant;
+
+use crate::admission::{Admission, PROP_FROM, PROP_INDEX, PROP_QOS, admit};
+use crate::codec::{
+    ClientCodec, CodecError, FilterKind, Version, connack_v31_refused, peek_protocol_level, topic_matches, v5,
+    validate_filter, validate_topic_name,
+};
+use crate::gateway::Shared;
+use crate::identity::{Device, Refusal, check_password};
+use crate::upstream::{UpstreamLink, UpstreamReader, UpstreamWriter, down_topic, up_client_id, up_filter};
+
+use v5::{DisconnectReasonCode as Dc, PubAckReason, PubRecReason, QoS, SubscribeReasonCode};
+
+/// Keep-alive the gateway uses upstream; it pings when idle.
+const UPSTREAM_KEEP_ALIVE: u16 = 60;
+/// Publishes of one connection being logged at once; reading from the
+/// client pauses beyond this (back-pressure, not loss).
+const PIPELINE_DEPTH: usize = 256;
+
+/// Serves one client until it disconnects; errors end only this connection.
+pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+    let (read, write) = stream.into_split();
+    let mut client = Client { read, write, buf: BytesMut::with_capacity(4096), out: BytesMut::with_capacity(4096) };
+    let timeout = Duration::from_millis(shared.config.limits.connect_timeout_ms);
+    let connect = match tokio::time::timeout(timeout, read_connect(&shared, &mut client)).await {
+        Ok(Ok(Some(connect))) => connect,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "refused before CONNECT completed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "no CONNECT within the connect timeout");
+            return;
+        }
+    };
+    let client_id = connect.client_id.clone();
+    if let Err(e) = run(shared, client, connect, peer).await {
+        tracing::debug!(%peer, client_id, error = %e, "connection ended");
+    }
+}
+
+/// Why a connection ended early.
+#[derive(Debug, thiserror::Error)]
+enum End {
+    #[error("client I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("client protocol: {0}")]
+    Codec(#[from] CodecError),
+    #[error("upstream: {0}")]
+    Upstream(#[from] crate::upstream::UpstreamError),
+}
+
+/// The client's socket and buffers.
+struct Client {
+    read: OwnedReadHalf,
+    write: OwnedWriteHalf,
+    buf: BytesMut,
+    out: BytesMut,
+}
+
+impl Client {
+    async fn fill(&mut self) -> Result<bool, std::io::Error> {
+        Ok(self.read.read_buf(&mut self.buf).await? > 0)
+    }
+
+    async fn send(&mut self, codec: &ClientCodec, packet: &v5::Packet) -> Result<(), End> {
+        self.out.clear();
+        match codec.encode(packet, &mut self.out) {
+            Ok(_) => {}
+            // Larger than the client's Maximum Packet Size: MQTT 5 says drop it.
+            Err(CodecError::PacketTooLarge { .. }) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        self.write.write_all(&self.out).await?;
+        Ok(())
+    }
+}
+
+/// A decoded, admitted CONNECT.
+struct Connected {
+    codec: ClientCodec,
+    client_id: String,
+    assigned_id: bool,
+    keep_alive: u16,
+    device: Arc<Device>,
+    will: Option<(v5::LastWill, Option<v5::LastWillProperties>)>,
+    request_problem_info: bool,
+    /// The client's Receive Maximum: QoS 1/2 deliveries it takes unacknowledged.
+    receive_max: usize,
+}
+
+/// Reads the CONNECT and decides on it; answers refusals itself.
+async fn read_connect(shared: &Shared, client: &mut Client) -> Result<Option<Connected>, End> {
+    let level = loop {
+        match peek_protocol_level(&client.buf) {
+            Ok(Some(level)) => break level,
+            Ok(None) => {}
+            Err(e @ CodecError::UnsupportedProtocol { .. }) => {
+                // MQTT 3.1.1 §3.1.2.2: answer CONNACK 0x01, then close.
+                client.write.write_all(&connack_v31_refused()).await?;
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        }
+        if !client.fill().await? {
+            return Ok(None);
+        }
+    };
+    if level == 3 {
+        client.write.write_all(&connack_v31_refused()).await?;
+        return Ok(None);
+    }
+    let version = if level == 5 { Version::V5 } else { Version::V311 };
+    let mut codec = ClientCodec { version, max_incoming: shared.config.limits.max_packet_size, max_outgoing: None };
+    let packet = loop {
+        match codec.decode(&mut client.buf) {
+            Ok(Some(packet)) => break packet,
+            Ok(None) => {
+                if !client.fill().await? {
+                    return Ok(None);
+                }
+            }
+            Err(e) => {
+                refuse(client, &codec, e.connack_code()).await;
+                return Err(e.into());
+            }
+        }
+    };
+    let v5::Packet::Connect(connect, will, login) = packet else {
+        return Err(CodecError::ProtocolError("the first packet is not CONNECT".into()).into());
+    };
+    let properties = connect.properties.clone().unwrap_or_else(v5::ConnectProperties::new);
+    codec.max_outgoing = properties.max_packet_size;
+
+    let (client_id, assigned_id) = if connect.client_id.is_empty() {
+        if !connect.clean_start && version == Version::V311 {
+            refuse(client, &codec, v5::ConnectReturnCode::ClientIdentifierNotValid).await;
+            return Ok(None);
+        }
+        let mut id = [0u8; 8];
+        let _ = getrandom::fill(&mut id);
+        (format!("sealmq-{}", hex::encode(id)), true)
+    } else {
+        (connect.client_id.clone(), false)
+    };
+    if client_id.contains('\0') {
+        refuse(client, &codec, v5::ConnectReturnCode::ClientIdentifierNotValid).await;
+        return Ok(None);
+    }
+    if properties.authentication_method.is_some() {
+        refuse(client, &codec, v5::ConnectReturnCode::BadAuthenticationMethod).await;
+        return Ok(None);
+    }
+    let device = match shared.identities().lookup(&client_id) {
+        Ok(device) => device,
+        Err(refusal) => {
+            shared.stats.refused_connections.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(client_id, "refused: not a registered device");
+            refuse(client, &codec, connack_code(refusal)).await;
+            return Ok(None);
+        }
+    };
+    let password = login.map(|l| l.password.into_bytes());
+    if let Err(refusal) = check_password(&device, password).await {
+        shared.stats.refused_connections.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(client_id, "refused: wrong or missing password");
+        refuse(client, &codec, connack_code(refusal)).await;
+        return Ok(None);
+    }
+    let will = match will {
+        Some(will) => match validate_topic_name(&will.topic) {
+            Ok(topic) if !topic.starts_with('$') && device.may_publish(topic) => {
+                let properties = will.properties.clone();
+                Some((will, properties))
+            }
+            _ => {
+                refuse(client, &codec, v5::ConnectReturnCode::TopicNameInvalid).await;
+                return Ok(None);
+            }
+        },
+        None => None,
+    };
+    Ok(Some(Connected {
+        codec,
+        client_id,
+        assigned_id,
+        keep_alive: connect.keep_alive,
+        device,
+        will,
+        request_problem_info: properties.request_problem_info != Some(0),
+        receive_max: usize::from(properties.receive_maximum.unwrap_or(u16::MAX)),
+    }))
+}
+
+fn connack_code(refusal: Refusal) -> v5::ConnectReturnCode {
+    match refusal {
+        Refusal::NotAuthorized => v5::ConnectReturnCode::NotAuthorized,
+        Refusal::BadPassword => v5::ConnectReturnCode::BadUserNamePassword,
+    }
+}
+
+async fn refuse(client: &mut Client, codec: &ClientCodec, code: v5::ConnectReturnCode) {
+    let ack = v5::ConnAck { session_present: false, code, properties: None };
+    let _ = client.send(codec, &v5::Packet::ConnAck(ack)).await;
+    let _ = client.write.shutdown().await;
+}
+
+/// A client PUBLISH that passed every check, waiting for its record to be durable.
+type Pending = Pin<Box<dyn Future<Output = Logged> + Send>>;
+
+/// A publish whose append finished.
+struct Logged {
+    publish: v5::Publish,
+    result: Result<u64, StoreError>,
+}
+
+/// What the relay keeps per connection.
+struct Relay {
+    shared: Arc<Shared>,
+    codec: ClientCodec,
+    device: Arc<Device>,
+    client_id: String,
+    problem_info: bool,
+    aliases: HashMap<u16, Bytes>,
+    /// Client filter → (granted QoS, No Local, Retain As Published).
+    subscriptions: HashMap<String, (u8, bool, bool)>,
+    /// Client QoS 1/2 publishes forwarded upstream: packet id → log index.
+    forwarded: HashMap<u16, u64>,
+    /// Client QoS 2 publishes answered by the gateway itself (duplicates).
+    local_qos2: HashSet<u16>,
+    /// QoS 1/2 publishes from the client not yet completed (its Receive Maximum is ours).
+    inflight: usize,
+    /// Upstream deliveries awaiting their first ack, in delivery order:
+    /// (packet id, upstream QoS, client QoS, acked by the client).
+    deliveries: VecDeque<(u16, u8, u8, bool)>,
+    /// Upstream QoS 2 deliveries past PUBREC: packet id → QoS given to the client.
+    released: HashMap<u16, u8>,
+    /// SUBSCRIBE/UNSUBSCRIBE answers decided locally, merged with upstream's.
+    pending_subacks: HashMap<u16, Vec<Option<SubscribeReasonCode>>>,
+    pending_unsubacks: HashMap<u16, Vec<Option<v5::UnsubAckReason>>>,
+    used_kids: HashSet<Kid>,
+    pipeline: FuturesOrdered<Pending>,
+    /// The client's Receive Maximum.
+    receive_max: usize,
+    /// QoS 1/2 deliveries the client has not completed.
+    client_inflight: usize,
+    /// Deliveries held back until the client's Receive Maximum allows them.
+    held: VecDeque<v5::Publish>,
+}
+
+/// How the relay loop ended.
+enum Exit {
+    /// The client sent DISCONNECT (normal): no will.
+    Normal { publish_will: bool },
+    /// The client or network failed, keep-alive expired, or the gateway
+    /// closed it for a protocol error: the will is published.
+    Abnormal,
+    /// Shutdown: no will.
+    Shutdown,
+}
+
+async fn run(shared: Arc<Shared>, mut client: Client, connect: Connected, peer: SocketAddr) -> Result<(), End> {
+    let Connected { codec, client_id, assigned_id, keep_alive, device, will, request_problem_info, receive_max } =
+        connect;
+    let link = match UpstreamLink::connect(&shared.upstream, &up_client_id(&client_id), UPSTREAM_KEEP_ALIVE).await {
+        Ok(link) => link,
+        Err(e) => {
+            tracing::error!(client_id, error = %e, "cannot open the upstream link");
+            refuse(&mut client, &codec, v5::ConnectReturnCode::ServerUnavailable).await;
+            return Err(e.into());
+        }
+    };
+    let (generation, mut kicked) = shared.claim_session(&client_id);
+    let limits = &shared.config.limits;
+    let properties = v5::ConnAckProperties {
+        session_expiry_interval: None,
+        receive_max: Some(limits.max_inflight),
+        // QoS 2 is supported; MQTT 5 says to send Maximum QoS only when below 2.
+        max_qos: None,
+        retain_available: Some(1),
+        max_packet_size: Some(limits.max_packet_size),
+        assigned_client_identifier: assigned_id.then(|| client_id.clone()),
+        topic_alias_max: Some(limits.max_topic_aliases),
+        reason_string: None,
+        user_properties: Vec::new(),
+        wildcard_subscription_available: Some(1),
+        subscription_identifiers_available: Some(0),
+        shared_subscription_available: Some(1),
+        server_keep_alive: None,
+        response_information: None,
+        server_reference: None,
+        authentication_method: None,
+        authentication_data: None,
+    };
+    let ack =
+        v5::ConnAck { session_present: false, code: v5::ConnectReturnCode::Success, properties: Some(properties) };
+    client.send(&codec, &v5::Packet::ConnAck(ack)).await?;
+    tracing::debug!(%peer, client_id, version = ?codec.version, "connected");
+
+    let (up_read, up_write) = link.split();
+    let mut relay = Relay {
+        shared: Arc::clone(&shared),
+        codec,
+        device,
+        client_id: client_id.clone(),
+        problem_info: request_problem_info,
+        receive_max,
+        client_inflight: 0,
+        held: VecDeque::new(),
+        aliases: HashMap::new(),
+        subscriptions: HashMap::new(),
+        forwarded: HashMap::new(),
+        local_qos2: HashSet::new(),
+        inflight: 0,
+        deliveries: VecDeque::new(),
+        released: HashMap::new(),
+        pending_subacks: HashMap::new(),
+        pending_unsubacks: HashMap::new(),
+        used_kids: HashSet::new(),
+        pipeline: FuturesOrdered::new(),
+    };
+    let exit = relay.relay(&mut client, up_read, up_write, keep_alive, &mut kicked).await;
+    shared.release_session(&client_id, generation);
+    let _ = client.write.shutdown().await;
+    match exit {
+        Ok(Exit::Normal { publish_will: false }) | Ok(Exit::Shutdown) => {}
+        Ok(Exit::Normal { publish_will: true }) | Ok(Exit::Abnormal) | Err(_) => {
+            if let Some((will, properties)) = will {
+                relay.publish_will(will, properties).await;
+            }
+        }
+    }
+    exit.map(|_| ())
+}
+
+impl Relay {
+    #[allow(clippy::too_many_lines)]
+    async fn relay(
+        &mut self,
+        client: &mut Client,
+        mut up_read: UpstreamReader,
+        mut up_write: UpstreamWriter,
+        keep_alive: u16,
+        kicked: &mut tokio::sync::oneshot::Receiver<()>,
+    ) -> Result<Exit, End> {
+        let client_timeout = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+        let mut client_deadline = client_timeout.map(|t| Instant::now() + t);
+        let mut ping = tokio::time::interval(Duration::from_secs(u64::from(UPSTREAM_KEEP_ALIVE) / 2));
+        ping.reset();
+        let mut shutdown = self.shared.shutdown.clone();
+        let mut revoked = self.shared.revoked.subscribe();
+        loop {
+            // Packets already buffered are handled before reading more.
+            if self.pipeline.len() < PIPELINE_DEPTH {
+                match self.codec.decode(&mut client.buf) {
+                    Ok(Some(packet)) => {
+                        client_deadline = client_timeout.map(|t| Instant::now() + t);
+                        match self.on_client_packet(client, &mut up_write, packet).await? {
+                            None => continue,
+                            Some(exit) => {
+                                self.drain(client, &mut up_write).await?;
+                                up_write.close().await;
+                                return Ok(exit);
+                            }
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::info!(client_id = self.client_id, error = %e, "malformed packet from client");
+                        self.disconnect(client, e.v5_reason(), &e.to_string()).await;
+                        self.drain(client, &mut up_write).await?;
+                        up_write.close().await;
+                        return Ok(Exit::Abnormal);
+                    }
+                }
+            }
+            let reading = self.pipeline.len() < PIPELINE_DEPTH;
+            tokio::select! {
+                read = client.read.read_buf(&mut client.buf), if reading => {
+                    if read? == 0 {
+                        // EOF without DISCONNECT: abnormal, the will goes out.
+                        self.drain(client, &mut up_write).await?;
+                        up_write.close().await;
+                        return Ok(Exit::Abnormal);
+                    }
+                }
+                Some(logged) = self.pipeline.next() => {
+                    self.forward(client, &mut up_write, logged).await?;
+                }
+                packet = up_read.recv() => {
+                    match packet? {
+                        Some(packet) => self.on_router_packet(client, &mut up_write, packet).await?,
+                        None => {
+                            self.disconnect(client, Dc::UnspecifiedError, "the router closed the connection").await;
+                            return Ok(Exit::Abnormal);
+                        }
+                    }
+                }
+                () = sleep_until(client_deadline) => {
+                    tracing::info!(client_id = self.client_id, "keep-alive expired");
+                    self.disconnect(client, Dc::KeepAliveTimeout, "keep-alive expired").await;
+                    self.drain(client, &mut up_write).await?;
+                    up_write.close().await;
+                    return Ok(Exit::Abnormal);
+                }
+                _ = ping.tick() => {
+                    up_write.send(&v5::Packet::PingReq(v5::PingReq)).await?;
+                }
+                _ = &mut *kicked => {
+                    self.disconnect(client, Dc::SessionTakenOver, "another connection took over this client id").await;
+                    self.drain(client, &mut up_write).await?;
+                    up_write.close().await;
+                    return Ok(Exit::Abnormal);
+                }
+                kids = revoked.recv() => {
+                    if let Ok(kids) = kids && kids.iter().any(|kid| self.used_kids.contains(kid)) {
+                        self.disconnect(client, Dc::NotAuthorized, "a key this connection signed with was revoked").await;
+                        self.drain(client, &mut up_write).await?;
+                        up_write.close().await;
+                        return Ok(Exit::Abnormal);
+                    }
+                }
+                () = stopped(&mut shutdown) => {
+                    self.drain(client, &mut up_write).await?;
+                    self.disconnect(client, Dc::ServerShuttingDown, "the broker is shutting down").await;
+                    up_write.close().await;
+                    return Ok(Exit::Shutdown);
+                }
+            }
+        }
+    }
+
+    /// Forwards everything still being logged (so nothing logged is lost).
+    async fn drain(&mut self, client: &mut Client, up: &mut UpstreamWriter) -> Result<(), End> {
+        while let Some(logged) = self.pipeline.next().await {
+            self.forward(client, up, logged).await?;
+        }
+        Ok(())
+    }
+
+    async fn disconnect(&mut self, client: &mut Client, reason: Dc, why: &str) {
+        let properties = self.problem_info.then(|| v5::DisconnectProperties {
+            session_expiry_interval: None,
+            reason_string: Some(why.to_string()),
+            user_properties: Vec::new(),
+            server_reference: None,
+        });
+        let _ =
+            client.send(&self.codec, &v5::Packet::Disconnect(v5::Disconnect { reason_code: reason, properties })).await;
+    }
+
+    /// Handles one packet from the client; `Some` ends the connection.
+    async fn on_client_packet(
+        &mut self,
+        client: &mut Client,
+        up: &mut UpstreamWriter,
+        packet: v5::Packet,
+    ) -> Result<Option<Exit>, End> {
+        match packet {
+            v5::Packet::Publish(publish) => return self.client_publish(client, publish).await,
+            v5::Packet::PubAck(ack) => {
+                if self.client_acked(up, ack.pkid, 1).await? {
+                    self.client_completed(client).await?;
+                }
+            }
+            v5::Packet::PubRec(rec) => {
+                self.client_acked(up, rec.pkid, 2).await?;
+            }
+            v5::Packet::PubRel(rel) => {
+                if self.local_qos2.remove(&rel.pkid) {
+                    client.send(&self.codec, &v5::Packet::PubComp(v5::PubComp::new(rel.pkid, None))).await?;
+                    self.inflight = self.inflight.saturating_sub(1);
+                } else if self.forwarded.contains_key(&rel.pkid) {
+                    // rumqttd ignores a PUBREL with properties: send none.
+                    up.send(&v5::Packet::PubRel(v5::PubRel::new(rel.pkid, None))).await?;
+                } else {
+                    let mut comp = v5::PubComp::new(rel.pkid, None);
+                    comp.reason = v5::PubCompReason::PacketIdentifierNotFound;
+                    client.send(&self.codec, &v5::Packet::PubComp(comp)).await?;
+                }
+            }
+            v5::Packet::PubComp(comp) => {
+                if self.released.remove(&comp.pkid).is_some() {
+                    self.client_completed(client).await?;
+                    up.send(&v5::Packet::PubComp(v5::PubComp::new(comp.pkid, None))).await?;
+                }
+            }
+            v5::Packet::Subscribe(subscribe) => self.client_subscribe(client, up, subscribe).await?,
+            v5::Packet::Unsubscribe(unsubscribe) => self.client_unsubscribe(client, up, unsubscribe).await?,
+            v5::Packet::PingReq(_) => client.send(&self.codec, &v5::Packet::PingResp(v5::PingResp)).await?,
+            v5::Packet::Disconnect(disconnect) => {
+                let publish_will = disconnect.reason_code == Dc::DisconnectWithWillMessage;
+                return Ok(Some(Exit::Normal { publish_will }));
+            }
+            v5::Packet::Connect(..) => {
+                self.disconnect(client, Dc::ProtocolError, "a second CONNECT").await;
+                return Ok(Some(Exit::Abnormal));
+            }
+            other => {
+                tracing::info!(client_id = self.client_id, packet = ?other, "packet not allowed from a client");
+                self.disconnect(client, Dc::ProtocolError, "packet type not allowed from a client").await;
+                return Ok(Some(Exit::Abnormal));
+            }
+        }
+        Ok(None)
+    }
+
+    /// A client finished a QoS 1/2 delivery: send one held back by its Receive Maximum.
+    async fn client_completed(&mut self, client: &mut Client) -> Result<(), End> {
+        self.client_inflight = self.client_inflight.saturating_sub(1);
+        while self.client_inflight < self.receive_max {
+            let Some(delivery) = self.held.pop_front() else { break };
+            self.client_inflight += 1;
+            client.send(&self.codec, &v5::Packet::Publish(delivery)).await?;
+        }
+        Ok(())
+    }
+
+    /// A client acknowledged a delivery (`kind` 1: PUBACK, 2: PUBREC);
+    /// false when it matches none.
+    async fn client_acked(&mut self, up: &mut UpstreamWriter, pkid: u16, kind: u8) -> Result<bool, End> {
+        let Some(entry) = self.deliveries.iter_mut().find(|d| d.0 == pkid && d.2 == kind && !d.3) else {
+            return Ok(false);
+        };
+        entry.3 = true;
+        self.flush_delivery_acks(up).await?;
+        Ok(true)
+    }
+
+    /// Sends upstream the acks of deliveries, in delivery order (rumqttd
+    /// disconnects a client that acknowledges out of order).
+    async fn flush_delivery_acks(&mut self, up: &mut UpstreamWriter) -> Result<(), End> {
+        while let Some(&(pkid, up_qos, client_qos, acked)) = self.deliveries.front() {
+            if !acked {
+                break;
+            }
+            self.deliveries.pop_front();
+            if up_qos == 1 {
+                up.send(&v5::Packet::PubAck(v5::PubAck::new(pkid, None))).await?;
+            } else {
+                self.released.insert(pkid, client_qos);
+                up.send(&v5::Packet::PubRec(v5::PubRec::new(pkid, None))).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn reject_publish(
+        &mut self,
+        client: &mut Client,
+        publish: &v5::Publish,
+        topic: &str,
+        reason: u8,
+        why: &str,
+    ) -> Result<Option<Exit>, End> {
+        self.shared.stats.rejected.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(device = self.client_id, topic, why, "publish rejected");
+        if self.codec.version == Version::V311 {
+            // 3.1.1 has no negative acknowledgement: QoS 0 is dropped, QoS 1/2 close the connection.
+            return Ok(if publish.qos == QoS::AtMostOnce { None } else { Some(Exit::Abnormal) });
+        }
+        let properties = self.problem_info.then(|| why.to_string());
+        match publish.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => {
+                let mut ack = v5::PubAck::new(publish.pkid, None);
+                ack.reason = pub_ack_reason(reason);
+                ack.properties = properties.map(|reason_string| v5::PubAckProperties {
+                    reason_string: Some(reason_string),
+                    user_properties: vec![],
+                });
+                client.send(&self.codec, &v5::Packet::PubAck(ack)).await?;
+                self.inflight = self.inflight.saturating_sub(1);
+            }
+            QoS::ExactlyOnce => {
+                let mut rec = v5::PubRec::new(publish.pkid, None);
+                rec.reason = pub_rec_reason(reason);
+                rec.properties = properties.map(|reason_string| v5::PubRecProperties {
+                    reason_string: Some(reason_string),
+                    user_properties: vec![],
+                });
+                client.send(&self.codec, &v5::Packet::PubRec(rec)).await?;
+                self.inflight = self.inflight.saturating_sub(1);
+            }
+        }
+        Ok(None)
+    }
+
+    async fn client_publish(&mut self, client: &mut Client, mut publish: v5::Publish) -> Result<Option<Exit>, End> {
+        let limits = &self.shared.config.limits;
+        if publish.qos != QoS::AtMostOnce {
+            if publish.qos == QoS::ExactlyOnce
+                && (self.local_qos2.contains(&publish.pkid) || self.forwarded.contains_key(&publish.pkid))
+            {
+                // A retransmitted QoS 2 PUBLISH: already logged; answer PUBREC again once known.
+                if self.local_qos2.contains(&publish.pkid) {
+                    client.send(&self.codec, &v5::Packet::PubRec(v5::PubRec::new(publish.pkid, None))).await?;
+                }
+                return Ok(None);
+            }
+            self.inflight += 1;
+            if self.inflight > usize::from(limits.max_inflight) && self.codec.version == Version::V5 {
+                self.disconnect(
+                    client,
+                    Dc::ReceiveMaximumExceeded,
+                    "more unacknowledged publishes than Receive Maximum",
+                )
+                .await;
+                return Ok(Some(Exit::Abnormal));
+            }
+        }
+        // Topic alias (MQTT 5 §3.3.2.3.4): resolve, and never forward it.
+        let alias = publish.properties.as_mut().and_then(|p| p.topic_alias.take());
+        if let Some(alias) = alias {
+            if alias == 0 || alias > limits.max_topic_aliases {
+                self.disconnect(client, Dc::TopicAliasInvalid, "topic alias out of range").await;
+                return Ok(Some(Exit::Abnormal));
+            }
+            if publish.topic.is_empty() {
+                match self.aliases.get(&alias) {
+                    Some(topic) => publish.topic = topic.clone(),
+                    None => {
+                        self.disconnect(client, Dc::ProtocolError, "unknown topic alias").await;
+                        return Ok(Some(Exit::Abnormal));
+                    }
+                }
+            } else {
+                self.aliases.insert(alias, publish.topic.clone());
+            }
+        }
+        let topic = match validate_topic_name(&publish.topic) {
+            Ok(topic)
+                if topic.len() <= limits.max_topic_length && topic.split('/').count() <= limits.max_topic_levels =>
+            {
+                topic.to_string()
+            }
+            Ok(_) => {
+                self.disconnect(client, Dc::TopicNameInvalid, "topic longer or deeper than this broker allows").await;
+                return Ok(Some(Exit::Abnormal));
+            }
+            Err(e) => {
+                // Not UTF-8 or U+0000 is Malformed Packet (MQTT 5 §1.5.4), wildcards Topic Name Invalid.
+                self.disconnect(client, e.v5_reason(), &e.to_string()).await;
+                return Ok(Some(Exit::Abnormal));
+            }
+        };
+        match admit(&self.shared, &self.device, &topic, publish.clone()) {
+            Admission::Rejected { code, why } => self.reject_publish(client, &publish, &topic, code, &why).await,
+            Admission::Duplicate => {
+                self.shared.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                match publish.qos {
+                    QoS::AtMostOnce => {}
+                    QoS::AtLeastOnce => {
+                        client.send(&self.codec, &v5::Packet::PubAck(v5::PubAck::new(publish.pkid, None))).await?;
+                        self.inflight = self.inflight.saturating_sub(1);
+                    }
+                    QoS::ExactlyOnce => {
+                        self.local_qos2.insert(publish.pkid);
+                        client.send(&self.codec, &v5::Packet::PubRec(v5::PubRec::new(publish.pkid, None))).await?;
+                    }
+                }
+                Ok(None)
+            }
+            Admission::Log { entry, forward, kid } => {
+                self.used_kids.extend(kid);
+                let log = Arc::clone(&self.shared.log);
+                self.pipeline.push_back(Box::pin(async move {
+                    let result = log.append_one(entry).await;
+                    Logged { publish: forward, result }
+                }));
+                Ok(None)
+            }
+        }
+    }
+
+    /// A record is durable (or failed): forward upstream, or tell the client.
+    async fn forward(&mut self, client: &mut Client, up: &mut UpstreamWriter, logged: Logged) -> Result<(), End> {
+        let Logged { mut publish, result } = logged;
+        match result {
+            Ok(index) => {
+                self.shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
+                if let Some(properties) = publish.properties.as_mut() {
+                    properties.user_properties.push((PROP_INDEX.to_string(), index.to_string()));
+                }
+                if publish.qos != QoS::AtMostOnce {
+                    self.forwarded.insert(publish.pkid, index);
+                }
+                up.send(&v5::Packet::Publish(publish)).await?;
+            }
+            Err(e) => {
+                // Not logged, so not forwarded and not acknowledged as a success.
+                tracing::error!(device = self.client_id, error = %e, "could not log a publish; it was not delivered");
+                if self.codec.version == Version::V311 && publish.qos != QoS::AtMostOnce {
+                    return Err(End::Io(std::io::Error::other("the audit log is not accepting records")));
+                }
+                let why = format!("the audit log is not accepting records: {e}");
+                let topic = String::from_utf8_lossy(&publish.topic).into_owned();
+                let _ = self.reject_publish(client, &publish, &topic, 0x80, &why).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn client_subscribe(
+        &mut self,
+        client: &mut Client,
+        up: &mut UpstreamWriter,
+        subscribe: v5::Subscribe,
+    ) -> Result<(), End> {
+        if subscribe.properties.as_ref().is_some_and(|p| p.id.is_some()) {
+            self.disconnect(
+                client,
+                Dc::SubscriptionIdentifiersNotSupported,
+                "subscription identifiers are not supported",
+            )
+            .await;
+            return Err(CodecError::ProtocolError("subscription identifier".into()).into());
+        }
+        let limits = &self.shared.config.limits;
+        let mut decided = Vec::with_capacity(subscribe.filters.len());
+        let mut upstream_filters = Vec::new();
+        for mut filter in subscribe.filters {
+            let code = match validate_filter(&filter.path) {
+                Err(_) => Some(SubscribeReasonCode::TopicFilterInvalid),
+                Ok(_) if filter.path.len() > limits.max_topic_length => Some(SubscribeReasonCode::TopicFilterInvalid),
+                Ok(_) if !self.device.may_subscribe(&filter.path) => Some(SubscribeReasonCode::NotAuthorized),
+                Ok(_)
+                    if !self.subscriptions.contains_key(&filter.path)
+                        && self.subscriptions.len() >= limits.max_subscriptions =>
+                {
+                    Some(SubscribeReasonCode::QuotaExceeded)
+                }
+                Ok(kind) => {
+                    if matches!(kind, FilterKind::Shared { .. }) && filter.nolocal {
+                        // MQTT 5 §3.8.3.1: No Local on a shared subscription is a protocol error.
+                        self.disconnect(client, Dc::ProtocolError, "No Local on a shared subscription").await;
+                        return Err(CodecError::ProtocolError("no local on shared subscription".into()).into());
+                    }
+                    self.subscriptions
+                        .insert(filter.path.clone(), (filter.qos as u8, filter.nolocal, filter.preserve_retain));
+                    filter.path = up_filter(&filter.path);
+                    upstream_filters.push(filter);
+                    None
+                }
+            };
+            decided.push(code);
+        }
+        if upstream_filters.is_empty() {
+            let codes = decided.into_iter().map(|c| c.unwrap_or(SubscribeReasonCode::Unspecified)).collect();
+            let ack = v5::SubAck { pkid: subscribe.pkid, return_codes: codes, properties: None };
+            return client.send(&self.codec, &v5::Packet::SubAck(ack)).await;
+        }
+        self.pending_subacks.insert(subscribe.pkid, decided);
+        let forward = v5::Subscribe { pkid: subscribe.pkid, filters: upstream_filters, properties: None };
+        up.send(&v5::Packet::Subscribe(forward)).await?;
+        Ok(())
+    }
+
+    async fn client_unsubscribe(
+        &mut self,
+        client: &mut Client,
+        up: &mut UpstreamWriter,
+        unsubscribe: v5::Unsubscribe,
+    ) -> Result<(), End> {
+        let mut decided = Vec::with_capacity(unsubscribe.filters.len());
+        let mut upstream_filters = Vec::new();
+        for filter in unsubscribe.filters {
+            if validate_filter(&filter).is_err() {
+                decided.push(Some(v5::UnsubAckReason::TopicFilterInvalid));
+            } else if self.subscriptions.remove(&filter).is_none() {
+                decided.push(Some(v5::UnsubAckReason::NoSubscriptionExisted));
+            } else {
+                upstream_filters.push(up_filter(&filter));
+                decided.push(None);
+            }
+        }
+        if upstream_filters.is_empty() {
+            let reasons = decided.into_iter().map(|r| r.unwrap_or(v5::UnsubAckReason::Success)).collect();
+            let ack = v5::UnsubAck { pkid: unsubscribe.pkid, reasons, properties: None };
+            return client.send(&self.codec, &v5::Packet::UnsubAck(ack)).await;
+        }
+        self.pending_unsubacks.insert(unsubscribe.pkid, decided);
+        let forward = v5::Unsubscribe { pkid: unsubscribe.pkid, filters: upstream_filters, properties: None };
+        up.send(&v5::Packet::Unsubscribe(forward)).await?;
+        Ok(())
+    }
+
+    /// Handles one packet from the router.
+    async fn on_router_packet(
+        &mut self,
+        client: &mut Client,
+        up: &mut UpstreamWriter,
+        packet: v5::Packet,
+    ) -> Result<(), End> {
+        match packet {
+            v5::Packet::Publish(publish) => self.deliver(client, up, publish).await?,
+            v5::Packet::PubAck(ack) => {
+                let index = self.forwarded.remove(&ack.pkid);
+                let mut answer = v5::PubAck::new(ack.pkid, None);
+                answer.reason = ack.reason;
+                answer.properties = index.map(|index| v5::PubAckProperties {
+                    reason_string: None,
+                    user_properties: vec![(PROP_INDEX.to_string(), index.to_string())],
+                });
+                self.inflight = self.inflight.saturating_sub(1);
+                client.send(&self.codec, &v5::Packet::PubAck(answer)).await?;
+            }
+            v5::Packet::PubRec(rec) => {
+                let index = self.forwarded.get(&rec.pkid).copied();
+                let mut answer = v5::PubRec::new(rec.pkid, None);
+                answer.reason = rec.reason;
+                answer.properties = index.map(|index| v5::PubRecProperties {
+                    reason_string: None,
+                    user_properties: vec![(PROP_INDEX.to_string(), index.to_string())],
+                });
+                client.send(&self.codec, &v5::Packet::PubRec(answer)).await?;
+            }
+            v5::Packet::PubComp(comp) => {
+                if self.forwarded.remove(&comp.pkid).is_some() {
+                    self.inflight = self.inflight.saturating_sub(1);
+                }
+                client.send(&self.codec, &v5::Packet::PubComp(v5::PubComp::new(comp.pkid, None))).await?;
+            }
+            v5::Packet::PubRel(rel) => match self.released.get(&rel.pkid) {
+                Some(2) => client.send(&self.codec, &v5::Packet::PubRel(v5::PubRel::new(rel.pkid, None))).await?,
+                _ => {
+                    self.released.remove(&rel.pkid);
+                    up.send(&v5::Packet::PubComp(v5::PubComp::new(rel.pkid, None))).await?;
+                }
+            },
+            v5::Packet::SubAck(ack) => {
+                let decided = self.pending_subacks.remove(&ack.pkid).unwrap_or_default();
+                let mut from_router = ack.return_codes.into_iter();
+                let codes = decided
+                    .into_iter()
+                    .map(|local| local.or_else(|| from_router.next()).unwrap_or(SubscribeReasonCode::Unspecified))
+                    .collect();
+                client
+                    .send(
+                        &self.codec,
+                        &v5::Packet::SubAck(v5::SubAck { pkid: ack.pkid, return_codes: codes, properties: None }),
+                    )
+                    .await?;
+            }
+            v5::Packet::UnsubAck(ack) => {
+                let decided = self.pending_unsubacks.remove(&ack.pkid).unwrap_or_default();
+                let mut from_router = ack.reasons.into_iter();
+                let reasons = decided
+                    .into_iter()
+                    .map(|local| local.or_else(|| from_router.next()).unwrap_or(v5::UnsubAckReason::Success))
+                    .collect();
+                client
+                    .send(
+                        &self.codec,
+                        &v5::Packet::UnsubAck(v5::UnsubAck { pkid: ack.pkid, reasons, properties: None }),
+                    )
+                    .await?;
+            }
+            v5::Packet::PingResp(_) => {}
+            v5::Packet::Disconnect(disconnect) => {
+                tracing::warn!(client_id = self.client_id, reason = ?disconnect.reason_code, "the router disconnected a link");
+                return Err(End::Upstream(crate::upstream::UpstreamError::Refused(format!(
+                    "router sent DISCONNECT {:?}",
+                    disconnect.reason_code
+                ))));
+            }
+            other => tracing::debug!(client_id = self.client_id, packet = ?other, "ignoring a router packet"),
+        }
+        Ok(())
+    }
+
+    /// Delivers a routed message to the client with the MQTT semantics the
+    /// router lacks: QoS is min(published, granted), No Local, Retain As
+    /// Published; the gateway's own properties are stripped.
+    async fn deliver(&mut self, client: &mut Client, up: &mut UpstreamWriter, publish: v5::Publish) -> Result<(), End> {
+        let up_qos = publish.qos as u8;
+        let mut properties = publish.properties.unwrap_or_default();
+        let mut from = None;
+        let mut published_qos = up_qos;
+        properties.user_properties.retain(|(name, value)| match name.as_str() {
+            PROP_FROM => {
+                from = Some(value.clone());
+                false
+            }
+            PROP_QOS => {
+                published_qos = value.parse().unwrap_or(up_qos);
+                false
+            }
+            _ => true,
+        });
+        let topic = std::str::from_utf8(&publish.topic).ok().and_then(down_topic).map(str::to_string);
+        let matching: Vec<(u8, bool, bool)> = match &topic {
+            Some(topic) => self
+                .subscriptions
+                .iter()
+                .filter(|(filter, _)| match validate_filter(filter) {
+                    Ok(FilterKind::Plain(f)) | Ok(FilterKind::Shared { filter: f, .. }) => topic_matches(f, topic),
+                    Err(_) => false,
+                })
+                .map(|(_, options)| *options)
+                .collect(),
+            None => Vec::new(),
+        };
+        let own = from.as_deref() == Some(self.client_id.as_str());
+        let wanted: Vec<&(u8, bool, bool)> = matching.iter().filter(|(_, nolocal, _)| !(own && *nolocal)).collect();
+        let deliver_qos =
+            wanted.iter().map(|(qos, ..)| *qos).max().map(|granted| granted.min(published_qos).min(up_qos));
+        let (Some(topic), Some(client_qos)) = (topic, deliver_qos) else {
+            // Not for this client after all (No Local, or unsubscribed meanwhile): settle it upstream.
+            return self.settle_upstream(up, publish.pkid, up_qos).await;
+        };
+        // The retain flag is the router's: set on retained messages sent at
+        // subscribe time and on live messages that were published retained.
+        let retain = publish.retain;
+        let delivery = v5::Publish {
+            dup: false,
+            qos: qos_from(client_qos),
+            retain,
+            topic: Bytes::from(topic),
+            pkid: if client_qos > 0 { publish.pkid } else { 0 },
+            payload: publish.payload,
+            properties: Some(properties),
+        };
+        if client_qos > 0 && self.client_inflight >= self.receive_max {
+            self.held.push_back(delivery);
+        } else {
+            self.client_inflight += usize::from(client_qos > 0);
+            client.send(&self.codec, &v5::Packet::Publish(delivery)).await?;
+        }
+        if up_qos > 0 {
+            // Delivered at a lower QoS than the router's: settle it ourselves, in order.
+            self.deliveries.push_back((publish.pkid, up_qos, client_qos, client_qos == 0));
+            if client_qos == 0 {
+                self.flush_delivery_acks(up).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Acknowledges a router delivery the client will not see.
+    async fn settle_upstream(&mut self, up: &mut UpstreamWriter, pkid: u16, up_qos: u8) -> Result<(), End> {
+        if up_qos > 0 {
+            self.deliveries.push_back((pkid, up_qos, 0, true));
+            self.flush_delivery_acks(up).await?;
+        }
+        Ok(())
+    }
+
+    /// Publishes the will as the device would have: checked, logged, then routed.
+    async fn publish_will(&mut self, will: v5::LastWill, properties: Option<v5::LastWillProperties>) {
+        let properties = properties.map(|p| v5::PublishProperties {
+            payload_format_indicator: p.payload_format_indicator,
+            message_expiry_interval: p.message_expiry_interval,
+            topic_alias: None,
+            response_topic: p.response_topic,
+            correlation_data: p.correlation_data,
+            user_properties: p.user_properties,
+            subscription_identifiers: Vec::new(),
+            content_type: p.content_type,
+        });
+        let publish = v5::Publish {
+            dup: false,
+            qos: will.qos,
+            retain: will.retain,
+            topic: will.topic,
+            pkid: 0,
+            payload: will.message,
+            properties,
+        };
+        crate::system::publish_as_device(&self.shared, &self.device, publish).await;
+    }
+}
+
+/// Resolves once the broker is shutting down.
+pub(crate) async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn qos_from(qos: u8) -> QoS {
+    match qos {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    }
+}
+
+fn pub_ack_reason(code: u8) -> PubAckReason {
+    match code {
+        0x87 => PubAckReason::NotAuthorized,
+        0x90 => PubAckReason::TopicNameInvalid,
+        0x99 => PubAckReason::PayloadFormatInvalid,
+        _ => PubAckReason::UnspecifiedError,
+    }
+}
+
+fn pub_rec_reason(code: u8) -> PubRecReason {
+    match code {
+        0x87 => PubRecReason::NotAuthorized,
+        0x90 => PubRecReason::TopicNameInvalid,
+        0x99 => PubRecReason::PayloadFormatInvalid,
+        _ => PubRecReason::UnspecifiedError,
+    }
+}

@@ -1,0 +1,132 @@
+//! The gateway's own upstream link: it publishes each sealed block's signed
+//! checkpoint, retained, on `$SYS/sealmq/checkpoint`, re-publishes the
+//! retained messages rebuilt from the log at start, and carries wills.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sealmq_audit::store::SealedBlock;
+use tokio::sync::{mpsc, watch};
+
+use crate::admission::{Admission, PROP_INDEX, admit};
+use crate::codec::{v5, validate_topic_name};
+use crate::gateway::Shared;
+use crate::identity::Device;
+use crate::upstream::{UpstreamLink, UpstreamWriter, up_topic};
+
+/// Where each sealed block's checkpoint is published (retained).
+pub const CHECKPOINT_TOPIC: &str = "$SYS/sealmq/checkpoint";
+
+/// Checks, logs and routes a publish the gateway makes for a device (its will).
+pub async fn publish_as_device(shared: &Shared, device: &Device, publish: v5::Publish) {
+    let topic = match validate_topic_name(&publish.topic) {
+        Ok(topic) => topic.to_string(),
+        Err(e) => {
+            tracing::warn!(device = device.id, error = %e, "will dropped: invalid topic");
+            return;
+        }
+    };
+    match admit(shared, device, &topic, publish) {
+        Admission::Log { entry, mut forward, .. } => match shared.log.append_one(entry).await {
+            Ok(index) => {
+                shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
+                if let Some(properties) = forward.properties.as_mut() {
+                    properties.user_properties.push((PROP_INDEX.to_string(), index.to_string()));
+                }
+                let _ = shared.system.send(forward).await;
+            }
+            Err(e) => tracing::error!(device = device.id, error = %e, "will dropped: could not log it"),
+        },
+        Admission::Duplicate => {}
+        Admission::Rejected { why, .. } => {
+            shared.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(device = device.id, topic, why, "will rejected");
+        }
+    }
+}
+
+/// The retained checkpoint publish of a sealed block.
+fn checkpoint_publish(block: &SealedBlock) -> v5::Publish {
+    v5::Publish {
+        dup: false,
+        qos: v5::QoS::AtMostOnce,
+        retain: true,
+        topic: Bytes::from(up_topic(CHECKPOINT_TOPIC)),
+        pkid: 0,
+        payload: Bytes::from(block.checkpoint.clone()),
+        properties: None,
+    }
+}
+
+/// Runs the system link until `publishes` closes: reconnects when the
+/// router drops it, and republishes the latest checkpoint on each connect.
+pub async fn run(
+    shared: Arc<Shared>,
+    mut publishes: mpsc::Receiver<v5::Publish>,
+    mut sealed: watch::Receiver<Option<SealedBlock>>,
+) {
+    let mut next_pkid: u16 = 0;
+    loop {
+        let link = match UpstreamLink::connect(&shared.upstream, "sealmq-system", 60).await {
+            Ok(link) => link,
+            Err(e) => {
+                tracing::error!(error = %e, "system link to the router failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let (mut reader, mut writer) = link.split();
+        let latest = sealed.borrow_and_update().clone();
+        if let Some(block) = latest
+            && writer.send(&v5::Packet::Publish(checkpoint_publish(&block))).await.is_err()
+        {
+            continue;
+        }
+        let mut ping = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            let sent = tokio::select! {
+                publish = publishes.recv() => match publish {
+                    Some(publish) => send(&mut writer, publish, &mut next_pkid).await,
+                    None => {
+                        writer.close().await;
+                        return;
+                    }
+                },
+                changed = sealed.changed() => match changed {
+                    Ok(()) => {
+                        let latest = sealed.borrow_and_update().clone();
+                        match latest {
+                            Some(block) => writer.send(&v5::Packet::Publish(checkpoint_publish(&block))).await.is_ok(),
+                            None => true,
+                        }
+                    }
+                    // The log is closed: nothing more will be sealed.
+                    Err(_) => std::future::pending().await,
+                },
+                packet = reader.recv() => match packet {
+                    // A QoS 2 will: complete the flow.
+                    Ok(Some(v5::Packet::PubRec(rec))) => {
+                        writer.send(&v5::Packet::PubRel(v5::PubRel::new(rec.pkid, None))).await.is_ok()
+                    }
+                    Ok(Some(_)) => true,
+                    Ok(None) | Err(_) => false,
+                },
+                _ = ping.tick() => writer.send(&v5::Packet::PingReq(v5::PingReq)).await.is_ok(),
+            };
+            if !sent {
+                tracing::warn!("system link to the router lost; reconnecting");
+                break;
+            }
+        }
+    }
+}
+
+async fn send(writer: &mut UpstreamWriter, mut publish: v5::Publish, next_pkid: &mut u16) -> bool {
+    if publish.qos != v5::QoS::AtMostOnce {
+        *next_pkid = next_pkid.checked_add(1).unwrap_or(1);
+        publish.pkid = *next_pkid;
+    }
+    writer.send(&v5::Packet::Publish(publish)).await.is_ok()
+}

@@ -1,0 +1,291 @@
+//! The router behind the gateway: an embedded rumqttd on a loopback port
+//! with a random per-boot credential (or an external MQTT 5 broker), and
+//! [`UpstreamLink`], one MQTT 5 connection to it.
+//!
+//! rumqttd types stop here. Its known traps are avoided by construction:
+//! every topic and filter sent upstream carries an ASCII prefix (a topic
+//! whose first character is multi-byte panics its router), client ids are
+//! hex-encoded (ids with `/`, `+`, `#` or `$` poison its will handling), and
+//! upstream sessions are always clean (a persistent sole member of a shared
+//! group panics it on disconnect).
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener as StdListener};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+use crate::codec::{CodecError, decode_v5, encode_v5, v5};
+
+/// Where and how to reach the router.
+#[derive(Clone)]
+pub struct UpstreamTarget {
+    /// Its MQTT 5 listener.
+    pub addr: SocketAddr,
+    /// Username for every upstream connection.
+    pub username: String,
+    /// Password for every upstream connection (random per boot when embedded).
+    pub password: String,
+}
+
+impl std::fmt::Debug for UpstreamTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTarget").field("addr", &self.addr).field("username", &self.username).finish()
+    }
+}
+
+/// Errors talking to the router.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The socket failed.
+    #[error("upstream I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// The router sent something undecodable.
+    #[error("upstream protocol: {0}")]
+    Codec(#[from] CodecError),
+    /// The router refused or dropped the connection.
+    #[error("upstream refused the connection: {0}")]
+    Refused(String),
+    /// The embedded router did not come up.
+    #[error("the embedded router did not start: {0}")]
+    Start(String),
+}
+
+/// Topic prefix upstream for topics that do not start with `$`.
+const PLAIN: &str = "t/";
+/// Topic prefix upstream for `$` topics, which `#` and `+` must not match.
+const DOLLAR: &str = "d/";
+/// The shared-subscription prefix, which rumqttd interprets itself.
+const SHARE: &str = "$share/";
+
+/// The upstream name of a topic, or of a filter that is not shared.
+pub fn up_topic(topic: &str) -> String {
+    if topic.starts_with('$') { format!("{DOLLAR}{topic}") } else { format!("{PLAIN}{topic}") }
+}
+
+/// The upstream form of a filter (`$share/{group}/` stays in front).
+pub fn up_filter(filter: &str) -> String {
+    if let Some(rest) = filter.strip_prefix(SHARE)
+        && let Some((group, inner)) = rest.split_once('/')
+    {
+        return format!("{SHARE}{group}/{}", up_topic(inner));
+    }
+    up_topic(filter)
+}
+
+/// The client-facing name of an upstream topic; `None` for a topic the
+/// gateway did not write.
+pub fn down_topic(topic: &str) -> Option<&str> {
+    topic.strip_prefix(PLAIN).or_else(|| topic.strip_prefix(DOLLAR).filter(|t| t.starts_with('$')))
+}
+
+/// The upstream client id of a client: hex, so that no character of the
+/// client's id means anything to the router.
+pub fn up_client_id(client_id: &str) -> String {
+    format!("c{}", hex::encode(client_id.as_bytes()))
+}
+
+/// Starts rumqttd on its own thread, on a free loopback port, accepting only
+/// a random per-boot credential, and waits until it answers.
+pub async fn start_embedded(max_packet_size: u32, max_connections: usize) -> Result<UpstreamTarget, UpstreamError> {
+    let mut secret = [0u8; 24];
+    getrandom::fill(&mut secret).map_err(|e| UpstreamError::Start(format!("no randomness: {e}")))?;
+    let username = "sealmq-gateway".to_string();
+    let password = hex::encode(secret);
+    let mut last_error = String::new();
+    // The port is found by binding port 0 and releasing it, since rumqttd
+    // cannot report the port it bound; another process may take it in
+    // between, so a failed probe moves on to another port.
+    for _ in 0..5 {
+        let port = StdListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port();
+        let config = rumqttd_config(port, &username, &password, max_packet_size, max_connections);
+        std::thread::Builder::new().name("rumqttd".into()).spawn(move || {
+            let mut broker = rumqttd::Broker::new(config);
+            // Returns only when every listener thread has ended.
+            if let Err(e) = broker.start() {
+                tracing::error!(error = %e, "the embedded router stopped");
+            }
+        })?;
+        let target = UpstreamTarget {
+            addr: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)),
+            username: username.clone(),
+            password: password.clone(),
+        };
+        for _ in 0..50 {
+            match UpstreamLink::connect(&target, "sealmq-probe", 30).await {
+                Ok(link) => {
+                    link.close().await;
+                    tracing::info!(%target.addr, "embedded router listening on loopback");
+                    return Ok(target);
+                }
+                Err(e) => last_error = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+    }
+    Err(UpstreamError::Start(last_error))
+}
+
+fn rumqttd_config(
+    port: u16,
+    username: &str,
+    password: &str,
+    max_packet_size: u32,
+    max_connections: usize,
+) -> rumqttd::Config {
+    let router = rumqttd::RouterConfig {
+        // Above the gateway's own limit: refusals there would leave stale
+        // state in rumqttd.
+        max_connections: max_connections + 64,
+        max_outgoing_packet_count: 200,
+        // Per-filter logs are kept in memory: small segments, few of them.
+        max_segment_size: (max_packet_size as usize).max(1024 * 1024),
+        max_segment_count: 2,
+        custom_segment: None,
+        initialized_filters: None,
+        shared_subscriptions_strategy: Default::default(),
+    };
+    let connections = rumqttd::ConnectionSettings {
+        connection_timeout_ms: 5_000,
+        // Compared with each packet's remaining length; the gateway's
+        // internal user properties ride on top of the client's packet.
+        max_payload_size: max_packet_size as usize + 4096,
+        max_inflight_count: 100,
+        auth: Some(HashMap::from([(username.to_string(), password.to_string())])),
+        external_auth: None,
+        dynamic_filters: false,
+    };
+    let server = rumqttd::ServerSettings {
+        name: "sealmq-upstream".into(),
+        listen: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)),
+        tls: None,
+        next_connection_delay_ms: 0,
+        connections,
+    };
+    rumqttd::Config {
+        id: 0,
+        router,
+        v4: None,
+        v5: Some(HashMap::from([("1".to_string(), server)])),
+        ws: None,
+        cluster: None,
+        console: None,
+        bridge: None,
+        prometheus: None,
+        metrics: None,
+    }
+}
+
+/// Largest packet read from upstream: a client's largest plus the gateway's properties.
+const UPSTREAM_MAX_PACKET: u32 = 64 * 1024 * 1024;
+
+/// One MQTT 5 connection to the router.
+pub struct UpstreamLink {
+    reader: UpstreamReader,
+    writer: UpstreamWriter,
+}
+
+/// The reading half of an [`UpstreamLink`].
+pub struct UpstreamReader {
+    stream: OwnedReadHalf,
+    buf: BytesMut,
+}
+
+/// The writing half of an [`UpstreamLink`].
+pub struct UpstreamWriter {
+    stream: OwnedWriteHalf,
+    buf: BytesMut,
+}
+
+impl UpstreamLink {
+    /// Connects with a clean session and waits for a successful CONNACK.
+    pub async fn connect(target: &UpstreamTarget, client_id: &str, keep_alive: u16) -> Result<Self, UpstreamError> {
+        let stream = TcpStream::connect(target.addr).await?;
+        stream.set_nodelay(true)?;
+        let (read, write) = stream.into_split();
+        let mut link = Self {
+            reader: UpstreamReader { stream: read, buf: BytesMut::with_capacity(8 * 1024) },
+            writer: UpstreamWriter { stream: write, buf: BytesMut::with_capacity(8 * 1024) },
+        };
+        let connect = v5::Connect { keep_alive, client_id: client_id.to_string(), clean_start: true, properties: None };
+        let login = v5::Login { username: target.username.clone(), password: target.password.clone() };
+        link.writer.send(&v5::Packet::Connect(connect, None, Some(login))).await?;
+        let answer = tokio::time::timeout(Duration::from_secs(5), link.reader.recv()).await;
+        match answer {
+            Ok(Ok(Some(v5::Packet::ConnAck(ack)))) if ack.code == v5::ConnectReturnCode::Success => Ok(link),
+            Ok(Ok(Some(v5::Packet::ConnAck(ack)))) => Err(UpstreamError::Refused(format!("{:?}", ack.code))),
+            Ok(Ok(Some(other))) => Err(UpstreamError::Refused(format!("answered CONNECT with {other:?}"))),
+            Ok(Ok(None)) => Err(UpstreamError::Refused("closed without CONNACK".into())),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(UpstreamError::Refused("no CONNACK within 5 s".into())),
+        }
+    }
+
+    /// Splits into halves that can be used from separate branches of a `select!`.
+    pub fn split(self) -> (UpstreamReader, UpstreamWriter) {
+        (self.reader, self.writer)
+    }
+
+    /// Sends a DISCONNECT and closes.
+    pub async fn close(mut self) {
+        let _ = self
+            .writer
+            .send(&v5::Packet::Disconnect(v5::Disconnect::new(v5::DisconnectReasonCode::NormalDisconnection)))
+            .await;
+        let _ = self.writer.stream.shutdown().await;
+    }
+}
+
+impl UpstreamReader {
+    /// The next packet; `None` when the router closed the connection.
+    pub async fn recv(&mut self) -> Result<Option<v5::Packet>, UpstreamError> {
+        loop {
+            if let Some(packet) = decode_v5(&mut self.buf, UPSTREAM_MAX_PACKET)? {
+                return Ok(Some(packet));
+            }
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return Ok(None);
+            }
+        }
+    }
+}
+
+impl UpstreamWriter {
+    /// Encodes and sends one packet.
+    pub async fn send(&mut self, packet: &v5::Packet) -> Result<(), UpstreamError> {
+        self.buf.clear();
+        encode_v5(packet, &mut self.buf)?;
+        self.stream.write_all(&self.buf).await?;
+        Ok(())
+    }
+
+    /// Sends a DISCONNECT and shuts the socket down.
+    pub async fn close(&mut self) {
+        let _ = self
+            .send(&v5::Packet::Disconnect(v5::Disconnect::new(v5::DisconnectReasonCode::NormalDisconnection)))
+            .await;
+        let _ = self.stream.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_and_filters_get_ascii_prefixes_and_come_back() {
+        assert_eq!(up_topic("é/x"), "t/é/x");
+        assert_eq!(up_topic("$SYS/sealmq/checkpoint"), "d/$SYS/sealmq/checkpoint");
+        assert_eq!(up_filter("#"), "t/#");
+        assert_eq!(up_filter("$SYS/#"), "d/$SYS/#");
+        assert_eq!(up_filter("$share/g/a/+"), "$share/g/t/a/+");
+        assert_eq!(down_topic("t/é/x"), Some("é/x"));
+        assert_eq!(down_topic("d/$SYS/x"), Some("$SYS/x"));
+        assert_eq!(down_topic("d/x"), None);
+        assert_eq!(down_topic("x"), None);
+        assert_eq!(up_client_id("a/b+#"), "c612f622b23");
+    }
+}

@@ -1,0 +1,72 @@
+//! `sealmq serve`: the broker.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use sealmq_broker::{Broker, BrokerConfig};
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// A TOML configuration file (see broker/sealmq.example.toml); without
+    /// one, the embedded defaults are used.
+    #[arg(long, env = "SEALMQ_CONFIG")]
+    config: Option<PathBuf>,
+    /// MQTT listener address (default 0.0.0.0:1883).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// HTTP listener address for auditors (default 127.0.0.1:8080).
+    #[arg(long)]
+    http: Option<SocketAddr>,
+}
+
+pub async fn run(data: Option<PathBuf>, args: ServeArgs) -> Result<ExitCode> {
+    let mut config = match &args.config {
+        Some(path) => BrokerConfig::from_file(path)?,
+        None => BrokerConfig::default(),
+    };
+    if let Some(data) = data {
+        config.data = data;
+    }
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(http) = args.http {
+        config.http = http;
+    }
+    config.check()?;
+    let data = config.data.clone();
+    let broker =
+        Broker::start(config).await.with_context(|| format!("starting the broker (data in {})", data.display()))?;
+    // The banner goes to stdout: scripts and tests read the addresses from it.
+    println!("sealmq {} serving", env!("CARGO_PKG_VERSION"));
+    println!("  mqtt      {}", broker.mqtt_addr());
+    println!("  http      http://{}", broker.http_addr());
+    println!("  data      {}", data.display());
+    println!("  vkey      {}", broker.verifier_key());
+    tracing::info!(mqtt = %broker.mqtt_addr(), http = %broker.http_addr(), "serving");
+
+    wait_for_signal().await?;
+    tracing::info!("shutting down: finishing in-flight appends, sealing the last block");
+    broker.shutdown().await.context("closing the log")?;
+    println!("sealmq stopped cleanly");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Waits for SIGINT (Ctrl-C) or SIGTERM.
+async fn wait_for_signal() -> Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => result.context("waiting for Ctrl-C")?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! A real `sealmq serve` process on ephemeral loopback ports with a real
+//! data directory, for the end-to-end tests.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::BIN;
+
+/// A running broker process.
+pub struct BrokerProcess {
+    child: Option<Child>,
+    /// Its MQTT listener.
+    pub mqtt: SocketAddr,
+    /// Its HTTP listener.
+    pub http: SocketAddr,
+    /// The log's verifier key, from the start-up banner.
+    pub vkey: String,
+    /// The data directory.
+    pub data: PathBuf,
+    /// Everything it printed on stderr so far (its logs).
+    pub stderr: Arc<Mutex<String>>,
+}
+
+impl BrokerProcess {
+    /// Starts `sealmq serve` on 127.0.0.1 ephemeral ports with the embedded
+    /// defaults and `data`, plus `extra` arguments; waits for its banner.
+    pub fn start(data: &Path, extra: &[&str]) -> Self {
+        let mut args =
+            vec!["--data", data.to_str().unwrap(), "serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        let mut child = Command::new(BIN)
+            .args(&args)
+            .env("RUST_LOG", "sealmq=debug,sealmq_broker=debug,sealmq_audit=info,rumqttd=off,warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("sealmq serve starts");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        {
+            let stderr = Arc::clone(&stderr);
+            let pipe = child.stderr.take().unwrap();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    let mut all = stderr.lock().unwrap();
+                    all.push_str(&line);
+                    all.push('\n');
+                }
+            });
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let (mut mqtt, mut http, mut vkey) = (None, None, None);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while mqtt.is_none() || http.is_none() || vkey.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match rx.recv_timeout(left) {
+                Ok(line) => line,
+                Err(_) => panic!("no start-up banner; stderr:\n{}", stderr.lock().unwrap()),
+            };
+            let mut words = line.split_whitespace();
+            match (words.next(), words.next()) {
+                (Some("mqtt"), Some(addr)) => mqtt = Some(addr.parse().unwrap()),
+                (Some("http"), Some(addr)) => http = Some(addr.trim_start_matches("http://").parse().unwrap()),
+                (Some("vkey"), Some(key)) => vkey = Some(key.to_string()),
+                _ => {}
+            }
+        }
+        Self {
+            child: Some(child),
+            mqtt: mqtt.unwrap(),
+            http: http.unwrap(),
+            vkey: vkey.unwrap(),
+            data: data.to_path_buf(),
+            stderr,
+        }
+    }
+
+    /// Starts with a configuration file holding `toml`.
+    pub fn start_with_config(data: &Path, toml: &str) -> Self {
+        std::fs::create_dir_all(data).unwrap();
+        let path = data.with_extension("toml");
+        std::fs::write(&path, toml).unwrap();
+        Self::start(data, &["--config", path.to_str().unwrap()])
+    }
+
+    /// `host:port` of the MQTT listener, for mosquitto clients.
+    pub fn mqtt_port(&self) -> String {
+        self.mqtt.port().to_string()
+    }
+
+    /// Stops with SIGTERM and returns the exit status (a clean stop is 0).
+    pub fn stop(mut self) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("broker did not stop within 30 s of SIGTERM; stderr:\n{}", self.stderr.lock().unwrap());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills with SIGKILL, as a crash would.
+    pub fn kill(mut self) {
+        let mut child = self.child.take().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
