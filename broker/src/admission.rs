@@ -11,12 +11,16 @@ use crate::codec::v5;
 use crate::gateway::Shared;
 use crate::identity::{Device, Policy};
 use crate::replay::{Freshness, Window};
-use crate::upstream::up_topic;
+use crate::retained::{Retained, RetainedStore};
+use crate::upstream::{down_topic, up_topic};
 
 /// The publisher's client id, on upstream packets (for No Local).
 pub const PROP_FROM: &str = "sealmq-from";
 /// The QoS as published, on upstream packets (the router delivers at the subscription's).
 pub const PROP_QOS: &str = "sealmq-qos";
+/// `1` on upstream packets published retained (the router clears the flag on
+/// live deliveries; Retain As Published needs it).
+pub const PROP_RETAIN: &str = "sealmq-retain";
 /// The record's log index: on PUBACK/PUBREC, and on deliveries to v5 subscribers.
 pub const PROP_INDEX: &str = "sealmq-index";
 /// Reason codes of refusals (MQTT 5 PUBACK/PUBREC).
@@ -107,18 +111,43 @@ pub fn admit(shared: &Shared, device: &Device, topic: &str, mut publish: v5::Pub
     }
     properties.user_properties.push((PROP_FROM.to_string(), device.id.clone()));
     properties.user_properties.push((PROP_QOS.to_string(), (publish.qos as u8).to_string()));
+    if publish.retain {
+        properties.user_properties.push((PROP_RETAIN.to_string(), "1".to_string()));
+    }
     properties.topic_alias = None;
     properties.subscription_identifiers.clear();
     let forward = v5::Publish {
         dup: false,
         qos: publish.qos,
-        retain: publish.retain,
+        // The gateway keeps retained messages itself (crate::retained); the
+        // router only routes, and learns of retain from PROP_RETAIN.
+        retain: false,
         topic: Bytes::from(up_topic(topic)),
         pkid: publish.pkid,
         payload,
         properties: Some(properties),
     };
     Admission::Log { entry, forward, kid: sb.map(|sb| sb.kid) }
+}
+
+/// Once a publish is durably logged at `index`: if it was retained, make it
+/// the topic's retained message (or clear the topic, for an empty payload).
+pub fn remember_if_retained(retained: &RetainedStore, forward: &v5::Publish, index: u64) {
+    let Some(properties) = &forward.properties else { return };
+    if !properties.user_properties.iter().any(|(name, value)| name == PROP_RETAIN && value == "1") {
+        return;
+    }
+    let Some(topic) = std::str::from_utf8(&forward.topic).ok().and_then(down_topic) else { return };
+    let mut subscriber_properties = properties.clone();
+    subscriber_properties.user_properties.retain(|(name, _)| !name.starts_with("sealmq-"));
+    subscriber_properties.user_properties.push((PROP_INDEX.to_string(), index.to_string()));
+    let message = Retained {
+        index: Some(index),
+        qos: forward.qos as u8,
+        payload: forward.payload.clone(),
+        properties: subscriber_properties,
+    };
+    retained.set(topic, message);
 }
 
 /// Checks an SB against the device's keys and the replay window (spec/mqs1.md

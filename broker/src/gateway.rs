@@ -14,6 +14,7 @@ use crate::codec::v5;
 use crate::config::BrokerConfig;
 use crate::identity::Identities;
 use crate::replay::ReplayWindows;
+use crate::retained::RetainedStore;
 use crate::upstream::UpstreamTarget;
 
 /// Counters an operator watches.
@@ -47,6 +48,8 @@ pub struct Shared {
     pub identities: RwLock<Arc<Identities>>,
     /// MQS1 replay windows.
     pub replay: ReplayWindows,
+    /// The latest retained message per topic, served by the gateway.
+    pub retained: RetainedStore,
     /// The router.
     pub upstream: UpstreamTarget,
     /// Counters.
@@ -135,7 +138,12 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     while connections.join_next().await.is_some() {}
 }
 
-/// The address a listener is bound to, for the start-up banner.
-pub fn bound(listener: &TcpListener) -> Option<SocketAddr> {
-    listener.local_addr().ok()
+/// Binds the MQTT listener with a backlog fit for thousands of devices
+/// reconnecting at once (the default of 128 drops handshakes, which the
+/// kernel then retries a second later).
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }

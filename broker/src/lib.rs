@@ -10,6 +10,7 @@
 //! - [`session`]: one client connection, the path of every PUBLISH;
 //! - [`admission`]: the decision on a PUBLISH (policy, ACL, MQS1, replay);
 //! - [`identity`], [`replay`]: the device registry view and replay windows;
+//! - [`retained`]: retained messages, served by the gateway itself;
 //! - [`upstream`]: the router and the links to it (rumqttd types stop there);
 //! - [`system`]: checkpoints on `$SYS/sealmq/checkpoint`, wills;
 //! - [`http`]: the auditors' HTTP endpoints.
@@ -21,6 +22,7 @@ pub mod gateway;
 pub mod http;
 pub mod identity;
 pub mod replay;
+pub mod retained;
 pub mod server;
 pub mod session;
 pub mod system;

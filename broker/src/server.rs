@@ -6,21 +6,19 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use bytes::Bytes;
+use sealmq_audit::VerifierKey;
 use sealmq_audit::store::registry::{Registry, RegistryError, RegistrySnapshot};
-use sealmq_audit::store::{Log, LogConfig, LogReader, StoreError};
-use sealmq_audit::{Record, VerifierKey};
+use sealmq_audit::store::{Log, LogConfig, StoreError};
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::admission::{PROP_FROM, PROP_INDEX, PROP_QOS};
-use crate::codec::v5;
 use crate::config::BrokerConfig;
 use crate::gateway::{Shared, Stats, accept_loop};
 use crate::identity::Identities;
 use crate::replay::{ReplayWindows, Window};
-use crate::upstream::{UpstreamError, UpstreamLink, UpstreamTarget, start_embedded, up_topic};
+use crate::retained::RetainedStore;
+use crate::upstream::{UpstreamError, UpstreamTarget, start_embedded};
 
 /// How often the registry is checked for changes made by `sealmq device`.
 const REGISTRY_POLL: Duration = Duration::from_millis(250);
@@ -83,11 +81,10 @@ impl Broker {
             },
             None => start_embedded(config.limits.max_packet_size, config.limits.max_connections).await?,
         };
-        restore_retained(&upstream, log.reader(), &registry).await?;
+        let retained = RetainedStore::load(&registry, log.reader()).await?;
 
-        let mqtt_listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| StartError::Bind { addr: config.listen, source })?;
+        let mqtt_listener =
+            crate::gateway::listen(config.listen).map_err(|source| StartError::Bind { addr: config.listen, source })?;
         let http_listener =
             TcpListener::bind(config.http).await.map_err(|source| StartError::Bind { addr: config.http, source })?;
         let mqtt = mqtt_listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
@@ -101,6 +98,7 @@ impl Broker {
             log: Arc::clone(&log),
             identities: RwLock::new(Arc::new(identities)),
             replay,
+            retained,
             upstream,
             stats: Stats::default(),
             revoked,
@@ -212,60 +210,4 @@ async fn logged_snapshot(log: &Log, registry: &Registry) -> Result<RegistrySnaps
         }
         log.drain_registry_outbox().await?;
     }
-}
-
-/// Rebuilds the router's retained messages from the log: the latest retained
-/// record per topic and its stored payload, published before any client
-/// connects, each acknowledged by the router.
-async fn restore_retained(target: &UpstreamTarget, reader: &LogReader, registry: &Registry) -> Result<(), StartError> {
-    let retained = registry.retained().await?;
-    if retained.is_empty() {
-        return Ok(());
-    }
-    let link = UpstreamLink::connect(target, "sealmq-restore", 60).await?;
-    let (mut up_read, mut up_write) = link.split();
-    let mut restored = 0usize;
-    for (n, (topic, index)) in retained.iter().enumerate() {
-        let Some(stored) = reader.record(*index).await? else { continue };
-        let Ok(Record::Publish(record)) = Record::decode(&stored.body) else { continue };
-        let Some(payload) = stored.payload else {
-            tracing::warn!(topic, index, "retained message not restored: its payload was erased");
-            continue;
-        };
-        let mut properties = v5::PublishProperties::default();
-        if let Some(sb) = &record.signature {
-            properties.user_properties.push((sealmq_audit::mqs1::PROPERTY_NAME.to_string(), sb.to_property_value()));
-        }
-        properties.user_properties.push((PROP_FROM.to_string(), record.device_id.clone()));
-        properties.user_properties.push((PROP_QOS.to_string(), record.qos.to_string()));
-        properties.user_properties.push((PROP_INDEX.to_string(), index.to_string()));
-        let publish = v5::Publish {
-            dup: false,
-            qos: v5::QoS::AtLeastOnce,
-            retain: true,
-            topic: Bytes::from(up_topic(topic)),
-            pkid: u16::try_from(n % usize::from(u16::MAX)).unwrap_or(0) + 1,
-            payload: Bytes::from(payload),
-            properties: Some(properties),
-        };
-        up_write.send(&v5::Packet::Publish(publish)).await?;
-        // One at a time: the router acknowledges in order and the count is small.
-        loop {
-            match tokio::time::timeout(Duration::from_secs(5), up_read.recv()).await {
-                Ok(Ok(Some(v5::Packet::PubAck(_)))) => break,
-                Ok(Ok(Some(_))) => continue,
-                Ok(Ok(None)) => {
-                    return Err(UpstreamError::Refused("closed while restoring retained messages".into()).into());
-                }
-                Ok(Err(e)) => return Err(e.into()),
-                Err(_) => {
-                    return Err(UpstreamError::Refused("no PUBACK while restoring retained messages".into()).into());
-                }
-            }
-        }
-        restored += 1;
-    }
-    up_write.close().await;
-    tracing::info!(restored, "retained messages rebuilt from the log");
-    Ok(())
 }

@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Instant;
 
-use crate::admission::{Admission, PROP_FROM, PROP_INDEX, PROP_QOS, admit};
+use crate::admission::{Admission, PROP_FROM, PROP_INDEX, PROP_QOS, PROP_RETAIN, admit, remember_if_retained};
 use crate::codec::{
     ClientCodec, CodecError, FilterKind, Version, connack_v31_refused, peek_protocol_level, topic_matches, v5,
     validate_filter, validate_topic_name,
@@ -31,6 +31,8 @@ use crate::upstream::{UpstreamLink, UpstreamReader, UpstreamWriter, down_topic, 
 
 use v5::{DisconnectReasonCode as Dc, PubAckReason, PubRecReason, QoS, SubscribeReasonCode};
 
+/// Packet ids above the router's (rumqttd numbers its deliveries 1..=100).
+const FIRST_LOCAL_PKID: u16 = 1000;
 /// Keep-alive the gateway uses upstream; it pings when idle.
 const UPSTREAM_KEEP_ALIVE: u16 = 60;
 /// Publishes of one connection being logged at once; reading from the
@@ -235,6 +237,11 @@ struct Logged {
     result: Result<u64, StoreError>,
 }
 
+/// A SUBSCRIBE waiting for the router's SUBACK: the local decision per
+/// filter (`None`: forwarded), and per forwarded filter the filter whose
+/// retained messages to send once it is granted.
+type PendingSubscribe = (Vec<Option<SubscribeReasonCode>>, Vec<Option<String>>);
+
 /// What the relay keeps per connection.
 struct Relay {
     shared: Arc<Shared>,
@@ -254,10 +261,17 @@ struct Relay {
     /// Upstream deliveries awaiting their first ack, in delivery order:
     /// (packet id, upstream QoS, client QoS, acked by the client).
     deliveries: VecDeque<(u16, u8, u8, bool)>,
-    /// Upstream QoS 2 deliveries past PUBREC: packet id → QoS given to the client.
-    released: HashMap<u16, u8>,
+    /// Upstream QoS 2 deliveries past PUBREC, in PUBREC order: (packet id,
+    /// QoS given to the client, completed). PUBCOMPs go upstream in this
+    /// order: rumqttd disconnects a link that completes out of order.
+    released: VecDeque<(u16, u8, bool)>,
     /// SUBSCRIBE/UNSUBSCRIBE answers decided locally, merged with upstream's.
-    pending_subacks: HashMap<u16, Vec<Option<SubscribeReasonCode>>>,
+    pending_subacks: HashMap<u16, PendingSubscribe>,
+    /// Retained messages the gateway sent at QoS 1/2: packet id → (QoS, PUBREC seen).
+    local_deliveries: HashMap<u16, u8>,
+    /// The next packet id for the gateway's own deliveries; the router's
+    /// are 1..=100, so these start above.
+    next_local_pkid: u16,
     pending_unsubacks: HashMap<u16, Vec<Option<v5::UnsubAckReason>>>,
     used_kids: HashSet<Kid>,
     pipeline: FuturesOrdered<Pending>,
@@ -334,8 +348,10 @@ async fn run(shared: Arc<Shared>, mut client: Client, connect: Connected, peer: 
         local_qos2: HashSet::new(),
         inflight: 0,
         deliveries: VecDeque::new(),
-        released: HashMap::new(),
+        released: VecDeque::new(),
         pending_subacks: HashMap::new(),
+        local_deliveries: HashMap::new(),
+        next_local_pkid: FIRST_LOCAL_PKID,
         pending_unsubacks: HashMap::new(),
         used_kids: HashSet::new(),
         pipeline: FuturesOrdered::new(),
@@ -479,6 +495,17 @@ impl Relay {
     ) -> Result<Option<Exit>, End> {
         match packet {
             v5::Packet::Publish(publish) => return self.client_publish(client, publish).await,
+            v5::Packet::PubAck(ack) if self.local_deliveries.get(&ack.pkid) == Some(&1) => {
+                self.local_deliveries.remove(&ack.pkid);
+                self.client_completed(client).await?;
+            }
+            v5::Packet::PubRec(rec) if self.local_deliveries.get(&rec.pkid) == Some(&2) => {
+                client.send(&self.codec, &v5::Packet::PubRel(v5::PubRel::new(rec.pkid, None))).await?;
+            }
+            v5::Packet::PubComp(comp) if self.local_deliveries.get(&comp.pkid) == Some(&2) => {
+                self.local_deliveries.remove(&comp.pkid);
+                self.client_completed(client).await?;
+            }
             v5::Packet::PubAck(ack) => {
                 if self.client_acked(up, ack.pkid, 1).await? {
                     self.client_completed(client).await?;
@@ -501,9 +528,10 @@ impl Relay {
                 }
             }
             v5::Packet::PubComp(comp) => {
-                if self.released.remove(&comp.pkid).is_some() {
+                if let Some(entry) = self.released.iter_mut().find(|r| r.0 == comp.pkid && r.1 == 2 && !r.2) {
+                    entry.2 = true;
                     self.client_completed(client).await?;
-                    up.send(&v5::Packet::PubComp(v5::PubComp::new(comp.pkid, None))).await?;
+                    self.flush_completions(up).await?;
                 }
             }
             v5::Packet::Subscribe(subscribe) => self.client_subscribe(client, up, subscribe).await?,
@@ -524,6 +552,52 @@ impl Relay {
             }
         }
         Ok(None)
+    }
+
+    /// Sends one retained message after a SUBACK, at min(published, granted) QoS.
+    async fn send_retained(
+        &mut self,
+        client: &mut Client,
+        topic: String,
+        message: &crate::retained::Retained,
+        granted: u8,
+    ) -> Result<(), End> {
+        let qos = message.qos.min(granted);
+        let pkid = if qos > 0 { self.local_pkid() } else { 0 };
+        if qos > 0 {
+            self.local_deliveries.insert(pkid, qos);
+        }
+        let delivery = v5::Publish {
+            dup: false,
+            qos: qos_from(qos),
+            retain: true,
+            topic: Bytes::from(topic),
+            pkid,
+            payload: message.payload.clone(),
+            properties: Some(message.properties.clone()),
+        };
+        self.send_delivery(client, delivery).await
+    }
+
+    /// A free packet id for the gateway's own deliveries.
+    fn local_pkid(&mut self) -> u16 {
+        loop {
+            let pkid = self.next_local_pkid;
+            self.next_local_pkid = self.next_local_pkid.checked_add(1).unwrap_or(FIRST_LOCAL_PKID);
+            if !self.local_deliveries.contains_key(&pkid) {
+                return pkid;
+            }
+        }
+    }
+
+    /// Sends a delivery now, or holds it while the client's Receive Maximum is reached.
+    async fn send_delivery(&mut self, client: &mut Client, delivery: v5::Publish) -> Result<(), End> {
+        if delivery.qos != QoS::AtMostOnce && self.client_inflight >= self.receive_max {
+            self.held.push_back(delivery);
+            return Ok(());
+        }
+        self.client_inflight += usize::from(delivery.qos != QoS::AtMostOnce);
+        client.send(&self.codec, &v5::Packet::Publish(delivery)).await
     }
 
     /// A client finished a QoS 1/2 delivery: send one held back by its Receive Maximum.
@@ -548,6 +622,16 @@ impl Relay {
         Ok(true)
     }
 
+    /// Sends upstream the PUBCOMPs of completed QoS 2 deliveries, in PUBREC
+    /// order (rumqttd disconnects a link that completes out of order).
+    async fn flush_completions(&mut self, up: &mut UpstreamWriter) -> Result<(), End> {
+        while let Some(&(pkid, _, true)) = self.released.front() {
+            self.released.pop_front();
+            up.send(&v5::Packet::PubComp(v5::PubComp::new(pkid, None))).await?;
+        }
+        Ok(())
+    }
+
     /// Sends upstream the acks of deliveries, in delivery order (rumqttd
     /// disconnects a client that acknowledges out of order).
     async fn flush_delivery_acks(&mut self, up: &mut UpstreamWriter) -> Result<(), End> {
@@ -559,7 +643,7 @@ impl Relay {
             if up_qos == 1 {
                 up.send(&v5::Packet::PubAck(v5::PubAck::new(pkid, None))).await?;
             } else {
-                self.released.insert(pkid, client_qos);
+                self.released.push_back((pkid, client_qos, false));
                 up.send(&v5::Packet::PubRec(v5::PubRec::new(pkid, None))).await?;
             }
         }
@@ -649,6 +733,11 @@ impl Relay {
                 self.aliases.insert(alias, publish.topic.clone());
             }
         }
+        if publish.topic.is_empty() {
+            // MQTT 5 §3.3.2.1: an empty topic needs a topic alias.
+            self.disconnect(client, Dc::ProtocolError, "empty topic name without a topic alias").await;
+            return Ok(Some(Exit::Abnormal));
+        }
         let topic = match validate_topic_name(&publish.topic) {
             Ok(topic)
                 if topic.len() <= limits.max_topic_length && topic.split('/').count() <= limits.max_topic_levels =>
@@ -706,6 +795,7 @@ impl Relay {
                 if publish.qos != QoS::AtMostOnce {
                     self.forwarded.insert(publish.pkid, index);
                 }
+                remember_if_retained(&self.shared.retained, &publish, index);
                 up.send(&v5::Packet::Publish(publish)).await?;
             }
             Err(e) => {
@@ -740,6 +830,7 @@ impl Relay {
         let limits = &self.shared.config.limits;
         let mut decided = Vec::with_capacity(subscribe.filters.len());
         let mut upstream_filters = Vec::new();
+        let mut retained = Vec::new();
         for mut filter in subscribe.filters {
             let code = match validate_filter(&filter.path) {
                 Err(_) => Some(SubscribeReasonCode::TopicFilterInvalid),
@@ -757,8 +848,18 @@ impl Relay {
                         self.disconnect(client, Dc::ProtocolError, "No Local on a shared subscription").await;
                         return Err(CodecError::ProtocolError("no local on shared subscription".into()).into());
                     }
-                    self.subscriptions
-                        .insert(filter.path.clone(), (filter.qos as u8, filter.nolocal, filter.preserve_retain));
+                    let is_new = self
+                        .subscriptions
+                        .insert(filter.path.clone(), (filter.qos as u8, filter.nolocal, filter.preserve_retain))
+                        .is_none();
+                    // Retained messages are the gateway's to send (crate::retained):
+                    // never for shared subscriptions, and as Retain Handling says.
+                    let send_retained = match (&kind, &filter.retain_forward_rule) {
+                        (FilterKind::Shared { .. }, _) | (_, v5::RetainForwardRule::Never) => false,
+                        (_, v5::RetainForwardRule::OnNewSubscribe) => is_new,
+                        (_, v5::RetainForwardRule::OnEverySubscribe) => true,
+                    };
+                    retained.push(send_retained.then(|| filter.path.clone()));
                     filter.path = up_filter(&filter.path);
                     upstream_filters.push(filter);
                     None
@@ -771,7 +872,7 @@ impl Relay {
             let ack = v5::SubAck { pkid: subscribe.pkid, return_codes: codes, properties: None };
             return client.send(&self.codec, &v5::Packet::SubAck(ack)).await;
         }
-        self.pending_subacks.insert(subscribe.pkid, decided);
+        self.pending_subacks.insert(subscribe.pkid, (decided, retained));
         let forward = v5::Subscribe { pkid: subscribe.pkid, filters: upstream_filters, properties: None };
         up.send(&v5::Packet::Subscribe(forward)).await?;
         Ok(())
@@ -842,19 +943,34 @@ impl Relay {
                 }
                 client.send(&self.codec, &v5::Packet::PubComp(v5::PubComp::new(comp.pkid, None))).await?;
             }
-            v5::Packet::PubRel(rel) => match self.released.get(&rel.pkid) {
-                Some(2) => client.send(&self.codec, &v5::Packet::PubRel(v5::PubRel::new(rel.pkid, None))).await?,
-                _ => {
-                    self.released.remove(&rel.pkid);
-                    up.send(&v5::Packet::PubComp(v5::PubComp::new(rel.pkid, None))).await?;
+            v5::Packet::PubRel(rel) => match self.released.iter().position(|r| r.0 == rel.pkid) {
+                Some(at) if self.released[at].1 == 2 => {
+                    client.send(&self.codec, &v5::Packet::PubRel(v5::PubRel::new(rel.pkid, None))).await?;
                 }
+                Some(at) => {
+                    // Delivered below QoS 2: complete it, after any earlier ones.
+                    self.released[at].2 = true;
+                    self.flush_completions(up).await?;
+                }
+                None => up.send(&v5::Packet::PubComp(v5::PubComp::new(rel.pkid, None))).await?,
             },
             v5::Packet::SubAck(ack) => {
-                let decided = self.pending_subacks.remove(&ack.pkid).unwrap_or_default();
+                let (decided, retained) = self.pending_subacks.remove(&ack.pkid).unwrap_or_default();
                 let mut from_router = ack.return_codes.into_iter();
+                let mut send_retained = Vec::new();
+                let mut retained = retained.into_iter();
                 let codes = decided
                     .into_iter()
-                    .map(|local| local.or_else(|| from_router.next()).unwrap_or(SubscribeReasonCode::Unspecified))
+                    .map(|local| {
+                        local.unwrap_or_else(|| {
+                            let code = from_router.next().unwrap_or(SubscribeReasonCode::Unspecified);
+                            if let (SubscribeReasonCode::Success(granted), Some(Some(filter))) = (code, retained.next())
+                            {
+                                send_retained.push((filter, granted as u8));
+                            }
+                            code
+                        })
+                    })
                     .collect();
                 client
                     .send(
@@ -862,6 +978,11 @@ impl Relay {
                         &v5::Packet::SubAck(v5::SubAck { pkid: ack.pkid, return_codes: codes, properties: None }),
                     )
                     .await?;
+                for (filter, granted) in send_retained {
+                    for (topic, message) in self.shared.retained.matching(&filter) {
+                        self.send_retained(client, topic, &message, granted).await?;
+                    }
+                }
             }
             v5::Packet::UnsubAck(ack) => {
                 let decided = self.pending_unsubacks.remove(&ack.pkid).unwrap_or_default();
@@ -898,6 +1019,7 @@ impl Relay {
         let mut properties = publish.properties.unwrap_or_default();
         let mut from = None;
         let mut published_qos = up_qos;
+        let mut published_retain = false;
         properties.user_properties.retain(|(name, value)| match name.as_str() {
             PROP_FROM => {
                 from = Some(value.clone());
@@ -905,6 +1027,10 @@ impl Relay {
             }
             PROP_QOS => {
                 published_qos = value.parse().unwrap_or(up_qos);
+                false
+            }
+            PROP_RETAIN => {
+                published_retain = value == "1";
                 false
             }
             _ => true,
@@ -930,9 +1056,10 @@ impl Relay {
             // Not for this client after all (No Local, or unsubscribed meanwhile): settle it upstream.
             return self.settle_upstream(up, publish.pkid, up_qos).await;
         };
-        // The retain flag is the router's: set on retained messages sent at
-        // subscribe time and on live messages that were published retained.
-        let retain = publish.retain;
+        // The router sets retain only on retained messages sent at subscribe
+        // time (it clears it on live deliveries); Retain As Published
+        // (MQTT-3.3.1-13) gives live deliveries the publisher's flag back.
+        let retain = publish.retain || (published_retain && wanted.iter().any(|&&(_, _, rap)| rap));
         let delivery = v5::Publish {
             dup: false,
             qos: qos_from(client_qos),
@@ -942,12 +1069,7 @@ impl Relay {
             payload: publish.payload,
             properties: Some(properties),
         };
-        if client_qos > 0 && self.client_inflight >= self.receive_max {
-            self.held.push_back(delivery);
-        } else {
-            self.client_inflight += usize::from(client_qos > 0);
-            client.send(&self.codec, &v5::Packet::Publish(delivery)).await?;
-        }
+        self.send_delivery(client, delivery).await?;
         if up_qos > 0 {
             // Delivered at a lower QoS than the router's: settle it ourselves, in order.
             self.deliveries.push_back((publish.pkid, up_qos, client_qos, client_qos == 0));

@@ -10,10 +10,11 @@ use bytes::Bytes;
 use sealmq_audit::store::SealedBlock;
 use tokio::sync::{mpsc, watch};
 
-use crate::admission::{Admission, PROP_INDEX, admit};
+use crate::admission::{Admission, PROP_INDEX, PROP_RETAIN, admit, remember_if_retained};
 use crate::codec::{v5, validate_topic_name};
 use crate::gateway::Shared;
 use crate::identity::Device;
+use crate::retained::Retained;
 use crate::upstream::{UpstreamLink, UpstreamWriter, up_topic};
 
 /// Where each sealed block's checkpoint is published (retained).
@@ -35,6 +36,7 @@ pub async fn publish_as_device(shared: &Shared, device: &Device, publish: v5::Pu
                 if let Some(properties) = forward.properties.as_mut() {
                     properties.user_properties.push((PROP_INDEX.to_string(), index.to_string()));
                 }
+                remember_if_retained(&shared.retained, &forward, index);
                 let _ = shared.system.send(forward).await;
             }
             Err(e) => tracing::error!(device = device.id, error = %e, "will dropped: could not log it"),
@@ -47,16 +49,26 @@ pub async fn publish_as_device(shared: &Shared, device: &Device, publish: v5::Pu
     }
 }
 
-/// The retained checkpoint publish of a sealed block.
-fn checkpoint_publish(block: &SealedBlock) -> v5::Publish {
+/// Makes a sealed block's checkpoint the retained message of
+/// [`CHECKPOINT_TOPIC`] and returns its live publish.
+fn checkpoint_publish(shared: &Shared, block: &SealedBlock) -> v5::Publish {
+    let payload = Bytes::from(block.checkpoint.clone());
+    shared.retained.set(
+        CHECKPOINT_TOPIC,
+        Retained { index: None, qos: 0, payload: payload.clone(), properties: Default::default() },
+    );
     v5::Publish {
         dup: false,
         qos: v5::QoS::AtMostOnce,
-        retain: true,
+        retain: false,
         topic: Bytes::from(up_topic(CHECKPOINT_TOPIC)),
         pkid: 0,
-        payload: Bytes::from(block.checkpoint.clone()),
-        properties: None,
+        payload,
+        // Published retained, like every retained publish the gateway forwards.
+        properties: Some(v5::PublishProperties {
+            user_properties: vec![(PROP_RETAIN.to_string(), "1".to_string())],
+            ..Default::default()
+        }),
     }
 }
 
@@ -80,7 +92,7 @@ pub async fn run(
         let (mut reader, mut writer) = link.split();
         let latest = sealed.borrow_and_update().clone();
         if let Some(block) = latest
-            && writer.send(&v5::Packet::Publish(checkpoint_publish(&block))).await.is_err()
+            && writer.send(&v5::Packet::Publish(checkpoint_publish(&shared, &block))).await.is_err()
         {
             continue;
         }
@@ -98,7 +110,7 @@ pub async fn run(
                     Ok(()) => {
                         let latest = sealed.borrow_and_update().clone();
                         match latest {
-                            Some(block) => writer.send(&v5::Packet::Publish(checkpoint_publish(&block))).await.is_ok(),
+                            Some(block) => writer.send(&v5::Packet::Publish(checkpoint_publish(&shared, &block))).await.is_ok(),
                             None => true,
                         }
                     }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod mqtt;
 
 use std::path::Path;
 use std::process::{Command, Stdio};

@@ -1,0 +1,137 @@
+//! Retained messages, kept by the gateway rather than the router.
+//!
+//! rumqttd sends a new subscription at most 100 retained messages (its
+//! in-flight window) and drops the rest silently, and it ignores MQTT 5's
+//! Retain Handling; a hub subscribing to `homeassistant/#` needs hundreds.
+//! So the gateway keeps the latest retained message per topic — only ever
+//! one that is durably in the log — and sends the matching ones itself after
+//! each SUBACK. At start they are rebuilt from the log's retained index and
+//! the stored payloads.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use sealmq_audit::Record;
+use sealmq_audit::store::registry::Registry;
+use sealmq_audit::store::{LogReader, StoreError};
+
+use crate::admission::PROP_INDEX;
+use crate::codec::{topic_matches, v5};
+
+/// One topic's retained message, as subscribers receive it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retained {
+    /// The record's log index (`None` for the gateway's own `$SYS` checkpoint).
+    pub index: Option<u64>,
+    /// QoS as published.
+    pub qos: u8,
+    /// The application payload.
+    pub payload: Bytes,
+    /// Properties for MQTT 5 subscribers (`mqs1`, `sealmq-index`, the publisher's own).
+    pub properties: v5::PublishProperties,
+}
+
+/// The latest retained message of every topic.
+#[derive(Debug, Default)]
+pub struct RetainedStore {
+    topics: RwLock<HashMap<String, Arc<Retained>>>,
+}
+
+impl RetainedStore {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<Retained>>> {
+        self.topics.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets (or, with an empty payload, clears) a topic's retained message.
+    /// A message older in the log than the one held is ignored: two
+    /// connections may finish their appends in either order.
+    pub fn set(&self, topic: &str, message: Retained) {
+        let mut topics = self.write();
+        if let (Some(held), Some(new)) = (topics.get(topic).and_then(|r| r.index), message.index)
+            && held > new
+        {
+            return;
+        }
+        if message.payload.is_empty() {
+            topics.remove(topic);
+        } else {
+            topics.insert(topic.to_string(), Arc::new(message));
+        }
+    }
+
+    /// The retained messages whose topics match `filter` (a plain filter,
+    /// without a `$share/` prefix), sorted by topic.
+    pub fn matching(&self, filter: &str) -> Vec<(String, Arc<Retained>)> {
+        let topics = self.topics.read().unwrap_or_else(|p| p.into_inner());
+        let mut found: Vec<_> = topics
+            .iter()
+            .filter(|(topic, _)| topic_matches(filter, topic))
+            .map(|(topic, message)| (topic.clone(), Arc::clone(message)))
+            .collect();
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        found
+    }
+
+    /// Number of topics with a retained message.
+    pub fn len(&self) -> usize {
+        self.topics.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// True when no topic has a retained message.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Rebuilds the store from the log: the latest retained record per topic
+    /// and its stored payload. A record whose payload was erased cannot be
+    /// restored and is skipped with a warning.
+    pub async fn load(registry: &Registry, reader: &LogReader) -> Result<Self, StoreError> {
+        let store = Self::default();
+        let index = registry.retained().await.map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        for (topic, idx) in index {
+            let Some(stored) = reader.record(idx).await? else { continue };
+            let Ok(Record::Publish(record)) = Record::decode(&stored.body) else { continue };
+            let Some(payload) = stored.payload else {
+                tracing::warn!(topic, idx, "retained message not restored: its payload was erased");
+                continue;
+            };
+            let mut properties = v5::PublishProperties::default();
+            if let Some(sb) = &record.signature {
+                properties
+                    .user_properties
+                    .push((sealmq_audit::mqs1::PROPERTY_NAME.to_string(), sb.to_property_value()));
+            }
+            properties.user_properties.push((PROP_INDEX.to_string(), idx.to_string()));
+            store
+                .set(&topic, Retained { index: Some(idx), qos: record.qos, payload: Bytes::from(payload), properties });
+        }
+        tracing::info!(topics = store.len(), "retained messages rebuilt from the log");
+        Ok(store)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(index: u64, payload: &'static [u8]) -> Retained {
+        Retained { index: Some(index), qos: 1, payload: Bytes::from_static(payload), properties: Default::default() }
+    }
+
+    #[test]
+    fn latest_in_the_log_wins_and_empty_clears() {
+        let store = RetainedStore::default();
+        store.set("a/b", message(5, b"five"));
+        store.set("a/b", message(3, b"three"));
+        assert_eq!(store.matching("a/#")[0].1.payload, Bytes::from_static(b"five"));
+        store.set("a/c", message(6, b"six"));
+        assert_eq!(store.matching("a/+").len(), 2);
+        assert_eq!(store.matching("#").len(), 2);
+        store.set("a/b", message(7, b""));
+        assert_eq!(store.matching("#").len(), 1);
+        store.set("$SYS/x", Retained { index: None, ..message(0, b"cp") });
+        assert_eq!(store.matching("#").len(), 1, "# does not match $ topics");
+        assert_eq!(store.matching("$SYS/#").len(), 1);
+    }
+}
