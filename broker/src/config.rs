@@ -104,6 +104,12 @@ pub struct Limits {
     pub max_topic_levels: usize,
     /// Most subscriptions per client.
     pub max_subscriptions: usize,
+    /// Longest a persistent session (3.1.1 clean session 0, MQTT 5 Session
+    /// Expiry) is kept for a disconnected client, in seconds.
+    pub max_session_expiry_secs: u32,
+    /// QoS 0 messages queued for a disconnected persistent session (QoS 1/2
+    /// wait in the router, at most 100 per session).
+    pub max_queued_messages: usize,
 }
 
 impl Default for Limits {
@@ -117,6 +123,8 @@ impl Default for Limits {
             max_topic_length: 1024,
             max_topic_levels: 32,
             max_subscriptions: 256,
+            max_session_expiry_secs: 86_400,
+            max_queued_messages: 1000,
         }
     }
 }

@@ -30,12 +30,17 @@ pub struct Stats {
     pub refused_connections: AtomicU64,
 }
 
-/// A connected client, as the session table knows it.
+/// Asks the holder of a client id's session (a live connection or a parked
+/// session) to hand it over to a new connection: it answers with the
+/// session when it is persistent.
+pub(crate) type TakeRequest = oneshot::Sender<Option<Box<crate::session::Parked>>>;
+
+/// A client id's current holder, as the session table knows it.
 pub(crate) struct SessionEntry {
-    /// Distinguishes this connection from a later one with the same id.
+    /// Distinguishes this holder from a later one with the same id.
     pub generation: u64,
-    /// Tells the connection it was taken over.
-    pub kick: Option<oneshot::Sender<()>>,
+    /// Where to ask it to hand the session over.
+    pub take: mpsc::Sender<TakeRequest>,
 }
 
 /// What every connection shares.
@@ -70,19 +75,18 @@ impl Shared {
         Arc::clone(&self.identities.read().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Registers a new connection for `client_id`, kicking out an older one
-    /// with the same id (session takeover). Returns its generation and the
-    /// receiver that fires if it is taken over in turn.
-    pub(crate) fn claim_session(&self, client_id: &str) -> (u64, oneshot::Receiver<()>) {
+    /// Registers a new connection as the holder of `client_id`. Returns its
+    /// generation, where it receives take-over requests, and where to ask
+    /// the previous holder (live or parked), if any, for the session.
+    pub(crate) fn claim_session(
+        &self,
+        client_id: &str,
+    ) -> (u64, mpsc::Receiver<TakeRequest>, Option<mpsc::Sender<TakeRequest>>) {
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-        let (kick, kicked) = oneshot::channel();
+        let (take, takes) = mpsc::channel(4);
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(mut old) = sessions.insert(client_id.to_string(), SessionEntry { generation, kick: Some(kick) })
-            && let Some(kick) = old.kick.take()
-        {
-            let _ = kick.send(());
-        }
-        (generation, kicked)
+        let previous = sessions.insert(client_id.to_string(), SessionEntry { generation, take });
+        (generation, takes, previous.map(|entry| entry.take))
     }
 
     /// Forgets a connection, unless a newer one has taken its id.

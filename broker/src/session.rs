@@ -25,7 +25,7 @@ use crate::codec::{
     ClientCodec, CodecError, FilterKind, Version, connack_v31_refused, peek_protocol_level, topic_matches, v5,
     validate_filter, validate_topic_name,
 };
-use crate::gateway::Shared;
+use crate::gateway::{Shared, TakeRequest};
 use crate::identity::{Device, Refusal, check_password};
 use crate::upstream::{UpstreamLink, UpstreamReader, UpstreamWriter, down_topic, up_client_id, up_filter};
 
@@ -110,6 +110,10 @@ struct Connected {
     request_problem_info: bool,
     /// The client's Receive Maximum: QoS 1/2 deliveries it takes unacknowledged.
     receive_max: usize,
+    /// False: resume the session the client id had, if any.
+    clean_start: bool,
+    /// How long the session outlives the connection, in seconds (0: not at all).
+    session_expiry: u32,
 }
 
 /// Reads the CONNECT and decides on it; answers refusals itself.
@@ -212,6 +216,14 @@ async fn read_connect(shared: &Shared, client: &mut Client) -> Result<Option<Con
         will,
         request_problem_info: properties.request_problem_info != Some(0),
         receive_max: usize::from(properties.receive_maximum.unwrap_or(u16::MAX)),
+        clean_start: connect.clean_start,
+        // 3.1.1 clean session 0 keeps the session with no expiry; MQTT 5
+        // keeps it for Session Expiry Interval seconds (default 0).
+        session_expiry: match version {
+            Version::V311 if !connect.clean_start => u32::MAX,
+            Version::V311 => 0,
+            Version::V5 => properties.session_expiry_interval.unwrap_or(0),
+        },
     }))
 }
 
@@ -281,12 +293,30 @@ struct Relay {
     client_inflight: usize,
     /// Deliveries held back until the client's Receive Maximum allows them.
     held: VecDeque<v5::Publish>,
+    /// QoS 1/2 deliveries sent and not yet acknowledged (PUBACK/PUBREC), to
+    /// send again, with DUP, when a persistent session resumes.
+    sent: VecDeque<v5::Publish>,
+    /// QoS 2 deliveries whose PUBREL was sent and not yet completed.
+    relayed_pubrel: Vec<u16>,
+}
+
+/// A persistent session between connections: its state and its upstream
+/// link (the router keeps its subscriptions and holds its QoS 1/2 messages),
+/// plus what arrived meanwhile.
+pub(crate) struct Parked {
+    relay: Relay,
+    up_read: UpstreamReader,
+    up_write: UpstreamWriter,
+    queued: VecDeque<v5::Publish>,
 }
 
 /// How the relay loop ended.
 enum Exit {
-    /// The client sent DISCONNECT (normal): no will.
-    Normal { publish_will: bool },
+    /// The client sent DISCONNECT (normal): no will, unless it asked for
+    /// one (0x04); MQTT 5 may change the Session Expiry Interval there.
+    Normal { publish_will: bool, session_expiry: Option<u32> },
+    /// Another connection with the same client id takes the session over.
+    TakenOver(TakeRequest),
     /// The client or network failed, keep-alive expired, or the gateway
     /// closed it for a protocol error: the will is published.
     Abnormal,
@@ -295,17 +325,60 @@ enum Exit {
 }
 
 async fn run(shared: Arc<Shared>, mut client: Client, connect: Connected, peer: SocketAddr) -> Result<(), End> {
-    let Connected { codec, client_id, assigned_id, keep_alive, device, will, request_problem_info, receive_max } =
-        connect;
-    let link = match UpstreamLink::connect(&shared.upstream, &up_client_id(&client_id), UPSTREAM_KEEP_ALIVE).await {
-        Ok(link) => link,
-        Err(e) => {
-            tracing::error!(client_id, error = %e, "cannot open the upstream link");
-            refuse(&mut client, &codec, v5::ConnectReturnCode::ServerUnavailable).await;
-            return Err(e.into());
+    let Connected {
+        codec,
+        client_id,
+        assigned_id,
+        keep_alive,
+        device,
+        will,
+        request_problem_info,
+        receive_max,
+        clean_start,
+        session_expiry,
+    } = connect;
+    let (generation, mut takes, previous) = shared.claim_session(&client_id);
+    // The client id's previous holder hands its session over (a live
+    // connection is disconnected with 0x8E first).
+    let previous = match previous {
+        Some(take) => request_session(take).await,
+        None => None,
+    };
+    let (mut relay, mut up_read, mut up_write, queued) = match previous {
+        Some(parked) if !clean_start => {
+            let Parked { mut relay, up_read, up_write, queued } = *parked;
+            relay.codec = codec;
+            relay.device = device;
+            relay.problem_info = request_problem_info;
+            relay.receive_max = receive_max;
+            relay.aliases.clear();
+            relay.inflight = 0;
+            (relay, up_read, up_write, Some(queued))
+        }
+        previous => {
+            if let Some(parked) = previous {
+                let mut parked = *parked;
+                parked.up_write.close().await;
+            }
+            let link =
+                match UpstreamLink::connect(&shared.upstream, &up_client_id(&client_id), UPSTREAM_KEEP_ALIVE).await {
+                    Ok(link) => link,
+                    Err(e) => {
+                        tracing::error!(client_id, error = %e, "cannot open the upstream link");
+                        refuse(&mut client, &codec, v5::ConnectReturnCode::ServerUnavailable).await;
+                        shared.release_session(&client_id, generation);
+                        return Err(e.into());
+                    }
+                };
+            let (up_read, up_write) = link.split();
+            (
+                Relay::new(&shared, codec, device, client_id.clone(), request_problem_info, receive_max),
+                up_read,
+                up_write,
+                None,
+            )
         }
     };
-    let (generation, mut kicked) = shared.claim_session(&client_id);
     let limits = &shared.config.limits;
     let properties = v5::ConnAckProperties {
         session_expiry_interval: None,
@@ -327,58 +400,234 @@ async fn run(shared: Arc<Shared>, mut client: Client, connect: Connected, peer: 
         authentication_method: None,
         authentication_data: None,
     };
-    let ack =
-        v5::ConnAck { session_present: false, code: v5::ConnectReturnCode::Success, properties: Some(properties) };
-    client.send(&codec, &v5::Packet::ConnAck(ack)).await?;
-    tracing::debug!(%peer, client_id, version = ?codec.version, "connected");
-
-    let (up_read, up_write) = link.split();
-    let mut relay = Relay {
-        shared: Arc::clone(&shared),
-        codec,
-        device,
-        client_id: client_id.clone(),
-        problem_info: request_problem_info,
-        receive_max,
-        client_inflight: 0,
-        held: VecDeque::new(),
-        aliases: HashMap::new(),
-        subscriptions: HashMap::new(),
-        forwarded: HashMap::new(),
-        local_qos2: HashSet::new(),
-        inflight: 0,
-        deliveries: VecDeque::new(),
-        released: VecDeque::new(),
-        pending_subacks: HashMap::new(),
-        local_deliveries: HashMap::new(),
-        next_local_pkid: FIRST_LOCAL_PKID,
-        pending_unsubacks: HashMap::new(),
-        used_kids: HashSet::new(),
-        pipeline: FuturesOrdered::new(),
+    let ack = v5::ConnAck {
+        session_present: queued.is_some(),
+        code: v5::ConnectReturnCode::Success,
+        properties: Some(properties),
     };
-    let exit = relay.relay(&mut client, up_read, up_write, keep_alive, &mut kicked).await;
-    shared.release_session(&client_id, generation);
+    client.send(&relay.codec, &v5::Packet::ConnAck(ack)).await?;
+    tracing::debug!(%peer, client_id, version = ?relay.codec.version, resumed = queued.is_some(), "connected");
+    if let Some(queued) = queued {
+        relay.resume(&mut client, &mut up_write, queued).await?;
+    }
+
+    let exit = relay.relay(&mut client, &mut up_read, &mut up_write, keep_alive, &mut takes).await;
     let _ = client.write.shutdown().await;
+    let publish_will = match &exit {
+        Ok(Exit::Normal { publish_will, .. }) => *publish_will,
+        Ok(Exit::Shutdown) => false,
+        Ok(Exit::Abnormal | Exit::TakenOver(_)) | Err(_) => true,
+    };
+    if publish_will && let Some((will, properties)) = will {
+        relay.publish_will(will, properties).await;
+    }
+    let expiry = match &exit {
+        Ok(Exit::Normal { session_expiry: Some(update), .. }) if session_expiry > 0 => *update,
+        _ => session_expiry,
+    };
+    let expiry = Duration::from_secs(u64::from(expiry.min(shared.config.limits.max_session_expiry_secs)));
+    let persistent = !clean_start && !expiry.is_zero();
     match exit {
-        Ok(Exit::Normal { publish_will: false }) | Ok(Exit::Shutdown) => {}
-        Ok(Exit::Normal { publish_will: true }) | Ok(Exit::Abnormal) | Err(_) => {
-            if let Some((will, properties)) = will {
-                relay.publish_will(will, properties).await;
+        Ok(Exit::TakenOver(reply)) => {
+            // The new holder already owns the client id in the table.
+            let parked = persistent.then(|| Box::new(Parked { relay, up_read, up_write, queued: VecDeque::new() }));
+            if let Err(Some(mut parked)) = reply.send(parked) {
+                parked.up_write.close().await;
             }
+            Ok(())
+        }
+        Ok(Exit::Normal { .. } | Exit::Abnormal) if persistent => {
+            tokio::spawn(park(shared, client_id, generation, relay, up_read, up_write, takes, expiry));
+            Ok(())
+        }
+        exit => {
+            up_write.close().await;
+            shared.release_session(&client_id, generation);
+            exit.map(|_| ())
         }
     }
-    exit.map(|_| ())
+}
+
+/// Asks a client id's previous holder for its session; a holder that does
+/// not answer in time loses it.
+async fn request_session(take: tokio::sync::mpsc::Sender<TakeRequest>) -> Option<Box<Parked>> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    take.send(reply).await.ok()?;
+    tokio::time::timeout(Duration::from_secs(5), answer).await.ok()?.ok()?
+}
+
+/// Keeps a disconnected persistent session: its upstream link stays open
+/// (the router holds its QoS 1/2 messages), QoS 0 messages are queued, and
+/// it ends when it expires, the broker stops, or a connection takes it.
+#[allow(clippy::too_many_arguments)]
+async fn park(
+    shared: Arc<Shared>,
+    client_id: String,
+    generation: u64,
+    mut relay: Relay,
+    mut up_read: UpstreamReader,
+    mut up_write: UpstreamWriter,
+    mut takes: tokio::sync::mpsc::Receiver<TakeRequest>,
+    expiry: Duration,
+) {
+    let deadline = Instant::now() + expiry;
+    let mut queued = VecDeque::new();
+    let mut ping = tokio::time::interval(Duration::from_secs(u64::from(UPSTREAM_KEEP_ALIVE) / 2));
+    let mut shutdown = shared.shutdown.clone();
+    tracing::debug!(client_id, expiry_secs = expiry.as_secs(), "session parked");
+    loop {
+        tokio::select! {
+            take = takes.recv() => {
+                if let Some(reply) = take {
+                    let parked = Box::new(Parked { relay, up_read, up_write, queued });
+                    if let Err(Some(mut parked)) = reply.send(Some(parked)) {
+                        parked.up_write.close().await;
+                    }
+                    return;
+                }
+                break;
+            }
+            packet = up_read.recv() => match packet {
+                Ok(Some(packet)) => {
+                    if relay.while_parked(&mut up_write, packet, &mut queued).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(None) | Err(_) => break,
+            },
+            _ = ping.tick() => {
+                if up_write.send(&v5::Packet::PingReq(v5::PingReq)).await.is_err() {
+                    break;
+                }
+            }
+            () = tokio::time::sleep_until(deadline) => break,
+            () = stopped(&mut shutdown) => break,
+        }
+    }
+    tracing::debug!(client_id, "parked session ended");
+    up_write.close().await;
+    shared.release_session(&client_id, generation);
 }
 
 impl Relay {
+    fn new(
+        shared: &Arc<Shared>,
+        codec: ClientCodec,
+        device: Arc<Device>,
+        client_id: String,
+        problem_info: bool,
+        receive_max: usize,
+    ) -> Self {
+        Self {
+            shared: Arc::clone(shared),
+            codec,
+            device,
+            client_id,
+            problem_info,
+            receive_max,
+            client_inflight: 0,
+            held: VecDeque::new(),
+            sent: VecDeque::new(),
+            relayed_pubrel: Vec::new(),
+            aliases: HashMap::new(),
+            subscriptions: HashMap::new(),
+            forwarded: HashMap::new(),
+            local_qos2: HashSet::new(),
+            inflight: 0,
+            deliveries: VecDeque::new(),
+            released: VecDeque::new(),
+            pending_subacks: HashMap::new(),
+            local_deliveries: HashMap::new(),
+            next_local_pkid: FIRST_LOCAL_PKID,
+            pending_unsubacks: HashMap::new(),
+            used_kids: HashSet::new(),
+            pipeline: FuturesOrdered::new(),
+        }
+    }
+
+    /// Resumes a persistent session on a new connection: what the client
+    /// had not acknowledged goes again (PUBLISH with DUP, then PUBREL), then
+    /// what arrived while it was away.
+    async fn resume(
+        &mut self,
+        client: &mut Client,
+        up: &mut UpstreamWriter,
+        queued: VecDeque<v5::Publish>,
+    ) -> Result<(), End> {
+        let sent = std::mem::take(&mut self.sent);
+        self.client_inflight = sent.len() + self.relayed_pubrel.len();
+        for mut publish in sent {
+            publish.dup = true;
+            client.send(&self.codec, &v5::Packet::Publish(publish.clone())).await?;
+            self.sent.push_back(publish);
+        }
+        for pkid in self.relayed_pubrel.clone() {
+            client.send(&self.codec, &v5::Packet::PubRel(v5::PubRel::new(pkid, None))).await?;
+        }
+        for publish in queued {
+            self.deliver(client, up, publish).await?;
+        }
+        Ok(())
+    }
+
+    /// Handles a router packet for a parked session.
+    async fn while_parked(
+        &mut self,
+        up: &mut UpstreamWriter,
+        packet: v5::Packet,
+        queued: &mut VecDeque<v5::Publish>,
+    ) -> Result<(), End> {
+        match packet {
+            // QoS 1/2 stop at the router's in-flight window (100), since they
+            // are not acknowledged until delivered; QoS 0 is bounded here.
+            v5::Packet::Publish(publish)
+                if publish.qos != QoS::AtMostOnce || queued.len() < self.shared.config.limits.max_queued_messages =>
+            {
+                queued.push_back(publish);
+            }
+            v5::Packet::Publish(_) => {
+                tracing::debug!(client_id = self.client_id, "queue of a parked session full: QoS 0 message dropped");
+            }
+            v5::Packet::PubRel(rel) => match self.released.iter().position(|r| r.0 == rel.pkid) {
+                Some(at) if self.released[at].1 == 2 => {
+                    if !self.relayed_pubrel.contains(&rel.pkid) {
+                        self.relayed_pubrel.push(rel.pkid);
+                    }
+                }
+                Some(at) => {
+                    self.released[at].2 = true;
+                    self.flush_completions(up).await?;
+                }
+                None => up.send(&v5::Packet::PubComp(v5::PubComp::new(rel.pkid, None))).await?,
+            },
+            v5::Packet::PubAck(ack) => {
+                self.forwarded.remove(&ack.pkid);
+            }
+            v5::Packet::PubComp(comp) => {
+                self.forwarded.remove(&comp.pkid);
+            }
+            v5::Packet::SubAck(ack) => {
+                self.pending_subacks.remove(&ack.pkid);
+            }
+            v5::Packet::UnsubAck(ack) => {
+                self.pending_unsubacks.remove(&ack.pkid);
+            }
+            v5::Packet::Disconnect(_) => {
+                return Err(End::Upstream(crate::upstream::UpstreamError::Refused("router sent DISCONNECT".into())));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     #[allow(clippy::too_many_lines)]
     async fn relay(
         &mut self,
         client: &mut Client,
-        mut up_read: UpstreamReader,
-        mut up_write: UpstreamWriter,
+        up_read: &mut UpstreamReader,
+        up_write: &mut UpstreamWriter,
         keep_alive: u16,
-        kicked: &mut tokio::sync::oneshot::Receiver<()>,
+        takes: &mut tokio::sync::mpsc::Receiver<TakeRequest>,
     ) -> Result<Exit, End> {
         let client_timeout = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
         let mut client_deadline = client_timeout.map(|t| Instant::now() + t);
@@ -392,11 +641,10 @@ impl Relay {
                 match self.codec.decode(&mut client.buf) {
                     Ok(Some(packet)) => {
                         client_deadline = client_timeout.map(|t| Instant::now() + t);
-                        match self.on_client_packet(client, &mut up_write, packet).await? {
+                        match self.on_client_packet(client, up_write, packet).await? {
                             None => continue,
                             Some(exit) => {
-                                self.drain(client, &mut up_write).await?;
-                                up_write.close().await;
+                                self.drain(client, up_write).await?;
                                 return Ok(exit);
                             }
                         }
@@ -405,8 +653,7 @@ impl Relay {
                     Err(e) => {
                         tracing::info!(client_id = self.client_id, error = %e, "malformed packet from client");
                         self.disconnect(client, e.v5_reason(), &e.to_string()).await;
-                        self.drain(client, &mut up_write).await?;
-                        up_write.close().await;
+                        self.drain(client, up_write).await?;
                         return Ok(Exit::Abnormal);
                     }
                 }
@@ -416,17 +663,16 @@ impl Relay {
                 read = client.read.read_buf(&mut client.buf), if reading => {
                     if read? == 0 {
                         // EOF without DISCONNECT: abnormal, the will goes out.
-                        self.drain(client, &mut up_write).await?;
-                        up_write.close().await;
+                        self.drain(client, up_write).await?;
                         return Ok(Exit::Abnormal);
                     }
                 }
                 Some(logged) = self.pipeline.next() => {
-                    self.forward(client, &mut up_write, logged).await?;
+                    self.forward(client, up_write, logged).await?;
                 }
                 packet = up_read.recv() => {
                     match packet? {
-                        Some(packet) => self.on_router_packet(client, &mut up_write, packet).await?,
+                        Some(packet) => self.on_router_packet(client, up_write, packet).await?,
                         None => {
                             self.disconnect(client, Dc::UnspecifiedError, "the router closed the connection").await;
                             return Ok(Exit::Abnormal);
@@ -436,31 +682,27 @@ impl Relay {
                 () = sleep_until(client_deadline) => {
                     tracing::info!(client_id = self.client_id, "keep-alive expired");
                     self.disconnect(client, Dc::KeepAliveTimeout, "keep-alive expired").await;
-                    self.drain(client, &mut up_write).await?;
-                    up_write.close().await;
+                    self.drain(client, up_write).await?;
                     return Ok(Exit::Abnormal);
                 }
                 _ = ping.tick() => {
                     up_write.send(&v5::Packet::PingReq(v5::PingReq)).await?;
                 }
-                _ = &mut *kicked => {
+                Some(reply) = takes.recv() => {
                     self.disconnect(client, Dc::SessionTakenOver, "another connection took over this client id").await;
-                    self.drain(client, &mut up_write).await?;
-                    up_write.close().await;
-                    return Ok(Exit::Abnormal);
+                    self.drain(client, up_write).await?;
+                    return Ok(Exit::TakenOver(reply));
                 }
                 kids = revoked.recv() => {
                     if let Ok(kids) = kids && kids.iter().any(|kid| self.used_kids.contains(kid)) {
                         self.disconnect(client, Dc::NotAuthorized, "a key this connection signed with was revoked").await;
-                        self.drain(client, &mut up_write).await?;
-                        up_write.close().await;
+                        self.drain(client, up_write).await?;
                         return Ok(Exit::Abnormal);
                     }
                 }
                 () = stopped(&mut shutdown) => {
-                    self.drain(client, &mut up_write).await?;
+                    self.drain(client, up_write).await?;
                     self.disconnect(client, Dc::ServerShuttingDown, "the broker is shutting down").await;
-                    up_write.close().await;
                     return Ok(Exit::Shutdown);
                 }
             }
@@ -493,6 +735,13 @@ impl Relay {
         up: &mut UpstreamWriter,
         packet: v5::Packet,
     ) -> Result<Option<Exit>, End> {
+        // What a resumed session would have to send again.
+        match &packet {
+            v5::Packet::PubAck(ack) => self.sent.retain(|p| p.pkid != ack.pkid),
+            v5::Packet::PubRec(rec) => self.sent.retain(|p| p.pkid != rec.pkid),
+            v5::Packet::PubComp(comp) => self.relayed_pubrel.retain(|&pkid| pkid != comp.pkid),
+            _ => {}
+        }
         match packet {
             v5::Packet::Publish(publish) => return self.client_publish(client, publish).await,
             v5::Packet::PubAck(ack) if self.local_deliveries.get(&ack.pkid) == Some(&1) => {
@@ -500,6 +749,7 @@ impl Relay {
                 self.client_completed(client).await?;
             }
             v5::Packet::PubRec(rec) if self.local_deliveries.get(&rec.pkid) == Some(&2) => {
+                self.relayed_pubrel.push(rec.pkid);
                 client.send(&self.codec, &v5::Packet::PubRel(v5::PubRel::new(rec.pkid, None))).await?;
             }
             v5::Packet::PubComp(comp) if self.local_deliveries.get(&comp.pkid) == Some(&2) => {
@@ -539,7 +789,8 @@ impl Relay {
             v5::Packet::PingReq(_) => client.send(&self.codec, &v5::Packet::PingResp(v5::PingResp)).await?,
             v5::Packet::Disconnect(disconnect) => {
                 let publish_will = disconnect.reason_code == Dc::DisconnectWithWillMessage;
-                return Ok(Some(Exit::Normal { publish_will }));
+                let session_expiry = disconnect.properties.and_then(|p| p.session_expiry_interval);
+                return Ok(Some(Exit::Normal { publish_will, session_expiry }));
             }
             v5::Packet::Connect(..) => {
                 self.disconnect(client, Dc::ProtocolError, "a second CONNECT").await;
@@ -596,7 +847,10 @@ impl Relay {
             self.held.push_back(delivery);
             return Ok(());
         }
-        self.client_inflight += usize::from(delivery.qos != QoS::AtMostOnce);
+        if delivery.qos != QoS::AtMostOnce {
+            self.client_inflight += 1;
+            self.sent.push_back(delivery.clone());
+        }
         client.send(&self.codec, &v5::Packet::Publish(delivery)).await
     }
 
@@ -606,6 +860,7 @@ impl Relay {
         while self.client_inflight < self.receive_max {
             let Some(delivery) = self.held.pop_front() else { break };
             self.client_inflight += 1;
+            self.sent.push_back(delivery.clone());
             client.send(&self.codec, &v5::Packet::Publish(delivery)).await?;
         }
         Ok(())
@@ -945,6 +1200,7 @@ impl Relay {
             }
             v5::Packet::PubRel(rel) => match self.released.iter().position(|r| r.0 == rel.pkid) {
                 Some(at) if self.released[at].1 == 2 => {
+                    self.relayed_pubrel.push(rel.pkid);
                     client.send(&self.codec, &v5::Packet::PubRel(v5::PubRel::new(rel.pkid, None))).await?;
                 }
                 Some(at) => {
