@@ -908,7 +908,7 @@ impl Relay {
     async fn reject_publish(
         &mut self,
         client: &mut Client,
-        publish: &v5::Publish,
+        (qos, pkid): (QoS, u16),
         topic: &str,
         reason: u8,
         why: &str,
@@ -917,13 +917,13 @@ impl Relay {
         tracing::warn!(device = self.client_id, topic, why, "publish rejected");
         if self.codec.version == Version::V311 {
             // 3.1.1 has no negative acknowledgement: QoS 0 is dropped, QoS 1/2 close the connection.
-            return Ok(if publish.qos == QoS::AtMostOnce { None } else { Some(Exit::Abnormal) });
+            return Ok(if qos == QoS::AtMostOnce { None } else { Some(Exit::Abnormal) });
         }
         let properties = self.problem_info.then(|| why.to_string());
-        match publish.qos {
+        match qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => {
-                let mut ack = v5::PubAck::new(publish.pkid, None);
+                let mut ack = v5::PubAck::new(pkid, None);
                 ack.reason = pub_ack_reason(reason);
                 ack.properties = properties.map(|reason_string| v5::PubAckProperties {
                     reason_string: Some(reason_string),
@@ -933,7 +933,7 @@ impl Relay {
                 self.inflight = self.inflight.saturating_sub(1);
             }
             QoS::ExactlyOnce => {
-                let mut rec = v5::PubRec::new(publish.pkid, None);
+                let mut rec = v5::PubRec::new(pkid, None);
                 rec.reason = pub_rec_reason(reason);
                 rec.properties = properties.map(|reason_string| v5::PubRecProperties {
                     reason_string: Some(reason_string),
@@ -1009,19 +1009,20 @@ impl Relay {
                 return Ok(Some(Exit::Abnormal));
             }
         };
-        match admit(&self.shared, &self.device, &topic, publish.clone()) {
-            Admission::Rejected { code, why } => self.reject_publish(client, &publish, &topic, code, &why).await,
+        let (qos, pkid) = (publish.qos, publish.pkid);
+        match admit(&self.shared, &self.device, &topic, publish) {
+            Admission::Rejected { code, why } => self.reject_publish(client, (qos, pkid), &topic, code, &why).await,
             Admission::Duplicate => {
                 self.shared.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                match publish.qos {
+                match qos {
                     QoS::AtMostOnce => {}
                     QoS::AtLeastOnce => {
-                        client.send(&self.codec, &v5::Packet::PubAck(v5::PubAck::new(publish.pkid, None))).await?;
+                        client.send(&self.codec, &v5::Packet::PubAck(v5::PubAck::new(pkid, None))).await?;
                         self.inflight = self.inflight.saturating_sub(1);
                     }
                     QoS::ExactlyOnce => {
-                        self.local_qos2.insert(publish.pkid);
-                        client.send(&self.codec, &v5::Packet::PubRec(v5::PubRec::new(publish.pkid, None))).await?;
+                        self.local_qos2.insert(pkid);
+                        client.send(&self.codec, &v5::Packet::PubRec(v5::PubRec::new(pkid, None))).await?;
                     }
                 }
                 Ok(None)
@@ -1061,7 +1062,7 @@ impl Relay {
                 }
                 let why = format!("the audit log is not accepting records: {e}");
                 let topic = String::from_utf8_lossy(&publish.topic).into_owned();
-                let _ = self.reject_publish(client, &publish, &topic, 0x80, &why).await?;
+                let _ = self.reject_publish(client, (publish.qos, publish.pkid), &topic, 0x80, &why).await?;
             }
         }
         Ok(())
@@ -1097,12 +1098,9 @@ impl Relay {
                 {
                     Some(SubscribeReasonCode::QuotaExceeded)
                 }
+                // (No Local on a shared subscription, MQTT 5 §3.8.3.1, is
+                // refused by the codec as a protocol error.)
                 Ok(kind) => {
-                    if matches!(kind, FilterKind::Shared { .. }) && filter.nolocal {
-                        // MQTT 5 §3.8.3.1: No Local on a shared subscription is a protocol error.
-                        self.disconnect(client, Dc::ProtocolError, "No Local on a shared subscription").await;
-                        return Err(CodecError::ProtocolError("no local on shared subscription".into()).into());
-                    }
                     let is_new = self
                         .subscriptions
                         .insert(filter.path.clone(), (filter.qos as u8, filter.nolocal, filter.preserve_retain))
@@ -1292,22 +1290,19 @@ impl Relay {
             _ => true,
         });
         let topic = std::str::from_utf8(&publish.topic).ok().and_then(down_topic).map(str::to_string);
-        let matching: Vec<(u8, bool, bool)> = match &topic {
-            Some(topic) => self
-                .subscriptions
-                .iter()
-                .filter(|(filter, _)| match validate_filter(filter) {
-                    Ok(FilterKind::Plain(f)) | Ok(FilterKind::Shared { filter: f, .. }) => topic_matches(f, topic),
-                    Err(_) => false,
-                })
-                .map(|(_, options)| *options)
-                .collect(),
-            None => Vec::new(),
-        };
         let own = from.as_deref() == Some(self.client_id.as_str());
-        let wanted: Vec<&(u8, bool, bool)> = matching.iter().filter(|(_, nolocal, _)| !(own && *nolocal)).collect();
-        let deliver_qos =
-            wanted.iter().map(|(qos, ..)| *qos).max().map(|granted| granted.min(published_qos).min(up_qos));
+        // The matching subscriptions (No Local ones left out for the
+        // publisher itself): the highest granted QoS, and whether any asks
+        // for Retain As Published. `topic_matches` reads `$share/` filters.
+        let matched = topic.as_deref().and_then(|topic| {
+            self.subscriptions
+                .iter()
+                .filter(|(filter, (_, nolocal, _))| !(own && *nolocal) && topic_matches(filter, topic))
+                .map(|(_, &(granted, _, rap))| (granted, rap))
+                .reduce(|a, b| (a.0.max(b.0), a.1 || b.1))
+        });
+        let deliver_qos = matched.map(|(granted, _)| granted.min(published_qos).min(up_qos));
+        let retain_as_published = matched.is_some_and(|(_, rap)| rap);
         let (Some(topic), Some(client_qos)) = (topic, deliver_qos) else {
             // Not for this client after all (No Local, or unsubscribed meanwhile): settle it upstream.
             return self.settle_upstream(up, publish.pkid, up_qos).await;
@@ -1315,7 +1310,7 @@ impl Relay {
         // The router sets retain only on retained messages sent at subscribe
         // time (it clears it on live deliveries); Retain As Published
         // (MQTT-3.3.1-13) gives live deliveries the publisher's flag back.
-        let retain = publish.retain || (published_retain && wanted.iter().any(|&&(_, _, rap)| rap));
+        let retain = publish.retain || (published_retain && retain_as_published);
         let delivery = v5::Publish {
             dup: false,
             qos: qos_from(client_qos),
