@@ -96,11 +96,6 @@ impl Shared {
             sessions.remove(client_id);
         }
     }
-
-    /// Whether a client id is connected now.
-    pub fn is_connected(&self, client_id: &str) -> bool {
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).contains_key(client_id)
-    }
 }
 
 /// Accepts MQTT connections until shutdown; each runs in its own task, so

@@ -13,7 +13,6 @@ use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use sealmq_audit::Record;
-use sealmq_audit::store::registry::Registry;
 use sealmq_audit::store::{LogReader, StoreError};
 
 use crate::admission::PROP_INDEX;
@@ -83,12 +82,11 @@ impl RetainedStore {
         self.len() == 0
     }
 
-    /// Rebuilds the store from the log: the latest retained record per topic
-    /// and its stored payload. A record whose payload was erased cannot be
-    /// restored and is skipped with a warning.
-    pub async fn load(registry: &Registry, reader: &LogReader) -> Result<Self, StoreError> {
+    /// Rebuilds the store from the log's retained index (topic → log index,
+    /// `Registry::retained`): each record and its stored payload. A record
+    /// whose payload was erased cannot be restored and is skipped with a warning.
+    pub async fn load(index: Vec<(String, u64)>, reader: &LogReader) -> Result<Self, StoreError> {
         let store = Self::default();
-        let index = registry.retained().await.map_err(|e| StoreError::Corrupt(e.to_string()))?;
         for (topic, idx) in index {
             let Some(stored) = reader.record(idx).await? else { continue };
             let Ok(Record::Publish(record)) = Record::decode(&stored.body) else { continue };

@@ -81,7 +81,7 @@ impl Broker {
             },
             None => start_embedded(config.limits.max_packet_size, config.limits.max_connections).await?,
         };
-        let retained = RetainedStore::load(&registry, log.reader()).await?;
+        let retained = RetainedStore::load(registry.retained().await?, log.reader()).await?;
 
         let mqtt_listener =
             crate::gateway::listen(config.listen).map_err(|source| StartError::Bind { addr: config.listen, source })?;
