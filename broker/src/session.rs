@@ -360,16 +360,21 @@ async fn run(shared: Arc<Shared>, mut client: Client, connect: Connected, peer: 
                 let mut parked = *parked;
                 parked.up_write.close().await;
             }
-            let link =
-                match UpstreamLink::connect(&shared.upstream, &up_client_id(&client_id), UPSTREAM_KEEP_ALIVE).await {
-                    Ok(link) => link,
-                    Err(e) => {
-                        tracing::error!(client_id, error = %e, "cannot open the upstream link");
-                        refuse(&mut client, &codec, v5::ConnectReturnCode::ServerUnavailable).await;
-                        shared.release_session(&client_id, generation);
-                        return Err(e.into());
-                    }
-                };
+            let link = match UpstreamLink::connect(
+                &shared.upstream,
+                &up_client_id(&client_id, generation),
+                UPSTREAM_KEEP_ALIVE,
+            )
+            .await
+            {
+                Ok(link) => link,
+                Err(e) => {
+                    tracing::error!(client_id, error = %e, "cannot open the upstream link");
+                    refuse(&mut client, &codec, v5::ConnectReturnCode::ServerUnavailable).await;
+                    shared.release_session(&client_id, generation);
+                    return Err(e.into());
+                }
+            };
             let (up_read, up_write) = link.split();
             (
                 Relay::new(&shared, codec, device, client_id.clone(), request_problem_info, receive_max),

@@ -82,10 +82,13 @@ pub fn down_topic(topic: &str) -> Option<&str> {
     topic.strip_prefix(PLAIN).or_else(|| topic.strip_prefix(DOLLAR).filter(|t| t.starts_with('$')))
 }
 
-/// The upstream client id of a client: hex, so that no character of the
-/// client's id means anything to the router.
-pub fn up_client_id(client_id: &str) -> String {
-    format!("c{}", hex::encode(client_id.as_bytes()))
+/// The upstream client id of one link of a client: hex, so that no
+/// character of the client's id means anything to the router, and unique
+/// per link (`link` is the connection's generation). Take-over is the
+/// gateway's business: with the same id, the router could process a new
+/// link's CONNECT before the old link's close, and then drop the new one.
+pub fn up_client_id(client_id: &str, link: u64) -> String {
+    format!("c{}-{link:x}", hex::encode(client_id.as_bytes()))
 }
 
 /// Starts rumqttd on its own thread, on a free loopback port, accepting only
@@ -286,6 +289,6 @@ mod tests {
         assert_eq!(down_topic("d/$SYS/x"), Some("$SYS/x"));
         assert_eq!(down_topic("d/x"), None);
         assert_eq!(down_topic("x"), None);
-        assert_eq!(up_client_id("a/b+#"), "c612f622b23");
+        assert_eq!(up_client_id("a/b+#", 26), "c612f622b23-1a");
     }
 }
