@@ -415,3 +415,43 @@ fn dollar_filters_and_bad_shared_subscriptions_are_answered_not_fatal() {
     assert_healthy(&mut broker, "dollar");
     assert!(broker.stop().success());
 }
+
+/// Clients that connect and leave at once, with or without DISCONNECT, must
+/// not take anyone else's connection with them (rumqttd frees a slot twice
+/// when its client sends DISCONNECT before closing; a slot reused in between
+/// lost its new owner, seen as "the router closed the connection").
+#[test]
+fn clients_that_come_and_go_never_disturb_others() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut broker = BrokerProcess::start(&tmp.path().join("data"), &[]);
+    let addr = broker.mqtt;
+    let churners: Vec<_> = (0..3)
+        .map(|t| {
+            std::thread::spawn(move || {
+                for n in 0..300 {
+                    let mut conn = connect5(addr, &format!("churn-{t}-{n}"));
+                    if n % 2 == 0 {
+                        conn.send(&[0xE0, 0x00]).unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for round in 0..40 {
+        let topic = format!("steady/{round}");
+        let mut sub = connect5(addr, &format!("steady-sub-{round}"));
+        assert_eq!(subscribe5(&mut sub, 1, &topic, QoS::AtLeastOnce), vec![1], "round {round}");
+        let mut publisher = connect5(addr, &format!("steady-pub-{round}"));
+        publisher.send5(&publish5_packet(&topic, QoS::AtLeastOnce, 1, b"hi", false, vec![])).unwrap();
+        assert_eq!(publisher.expect(kind::PUBACK).ack_reason(), 0, "round {round}");
+        let got = sub.next_publish5(WAIT).unwrap_or_else(|| panic!("round {round}: nothing delivered"));
+        assert_eq!(got.payload.as_ref(), b"hi");
+        sub.send(&[0xE0, 0x00]).unwrap();
+        publisher.send(&[0xE0, 0x00]).unwrap();
+    }
+    for churner in churners {
+        churner.join().unwrap();
+    }
+    assert_healthy(&mut broker, "churn");
+    assert!(broker.stop().success());
+}

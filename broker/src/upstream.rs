@@ -232,13 +232,9 @@ impl UpstreamLink {
         (self.reader, self.writer)
     }
 
-    /// Sends a DISCONNECT and closes.
+    /// Closes the connection (see [`UpstreamWriter::close`]).
     pub async fn close(mut self) {
-        let _ = self
-            .writer
-            .send(&v5::Packet::Disconnect(v5::Disconnect::new(v5::DisconnectReasonCode::NormalDisconnection)))
-            .await;
-        let _ = self.writer.stream.shutdown().await;
+        self.writer.close().await;
     }
 }
 
@@ -265,11 +261,14 @@ impl UpstreamWriter {
         Ok(())
     }
 
-    /// Sends a DISCONNECT and shuts the socket down.
+    /// Shuts the socket down, deliberately without a DISCONNECT packet.
+    ///
+    /// rumqttd frees a connection's slot when it reads a DISCONNECT and then
+    /// again when the socket closes, by slot number: if a new connection took
+    /// the slot in between, the second free drops that innocent connection.
+    /// Upstream links carry no will (wills are the gateway's), so an abrupt
+    /// close means the same to the router, and it is freed exactly once.
     pub async fn close(&mut self) {
-        let _ = self
-            .send(&v5::Packet::Disconnect(v5::Disconnect::new(v5::DisconnectReasonCode::NormalDisconnection)))
-            .await;
         let _ = self.stream.shutdown().await;
     }
 }
