@@ -17,6 +17,7 @@
 //! Files in the data directory: `log.db` (with its WAL) and `log.key`, the
 //! log's Ed25519 seed (mode 0600, created on first use, never logged).
 
+mod index;
 mod keyfile;
 mod reader;
 pub mod registry;
@@ -27,6 +28,7 @@ mod writer;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use index::{FILTER_TOPICS_MAX, FoundRecord, RecordQuery, SearchPage};
 pub use reader::{LogReader, SealedBlock, StoredRecord};
 pub use registry::{
     Change, Device, DeviceKey, DeviceSettings, Policy, Registry, RegistryError, RegistrySnapshot, validate_device_id,
@@ -111,6 +113,9 @@ pub enum StoreError {
     /// A request names something the log does not have.
     #[error("{0}")]
     NotFound(String),
+    /// A search cannot be answered as asked (a bad or too broad filter).
+    #[error("{0}")]
+    Query(String),
     /// An append could not be made durable; nothing of it was acknowledged.
     #[error("append failed, nothing was logged: {0}")]
     AppendFailed(String),

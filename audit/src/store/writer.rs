@@ -13,6 +13,7 @@ use sqlx::{Connection, QueryBuilder, Sqlite};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+use super::index::{self, NameCache};
 use super::keyfile;
 use super::reader::{LogReader, SealedBlock, connect_options};
 use super::registry::{window_highest_to_sql, window_seen_to_sql};
@@ -159,6 +160,9 @@ impl Log {
         let reader = LogReader::from_pool(pool).await?;
 
         let mut sequencer = Sequencer::resume(conn, key, &reader, &config).await?;
+        // Before anything is sealed: the catch-up starts after the highest
+        // indexed record, and each seal indexes its own block.
+        index::catch_up(&mut sequencer.conn, sequencer.frontier.size(), &mut sequencer.names).await?;
         // Registry changes made while no broker ran are logged before the
         // broker serves anyone with them.
         let drained = sequencer.drain_outbox().await?;
@@ -317,6 +321,8 @@ struct Sequencer {
     block_max_records: usize,
     block_interval: Duration,
     sealed: Option<watch::Sender<Option<SealedBlock>>>,
+    /// Ids of device ids and topics in the search index.
+    names: NameCache,
 }
 
 impl Sequencer {
@@ -362,6 +368,7 @@ impl Sequencer {
             block_max_records: usize::try_from(config.block_max_records.max(1)).unwrap_or(usize::MAX),
             block_interval: config.block_interval,
             sealed: None,
+            names: NameCache::default(),
         })
     }
 
@@ -559,7 +566,8 @@ impl Sequencer {
     }
 
     /// Seals up to one block's worth of pending records: block root, chain
-    /// link, tree hashes, tree root and signed checkpoint, in one transaction.
+    /// link, tree hashes, tree root, signed checkpoint and the block's rows
+    /// of the search index, in one transaction.
     async fn seal_block(&mut self) -> Result<SealedBlock, StoreError> {
         let count = self.pending.len().min(self.block_max_records);
         debug_assert!(count > 0, "no empty blocks");
@@ -610,7 +618,9 @@ impl Sequencer {
             .bind(&block.checkpoint)
             .execute(&mut *tx)
             .await?;
+        let names = index::index_records(&mut tx, header.first_index, header.tree_size, &self.names).await?;
         tx.commit().await?;
+        self.names.learn(names);
 
         self.frontier = frontier;
         self.pending.drain(..count);
