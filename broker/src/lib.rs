@@ -13,11 +13,13 @@
 //! - [`retained`]: retained messages, served by the gateway itself;
 //! - [`upstream`]: the router and the links to it (rumqttd types stop there);
 //! - [`system`]: checkpoints on `$SYS/sealmq/checkpoint`, wills;
-//! - [`http`]: the auditors' HTTP endpoints.
+//! - [`http`]: the HTTP API for auditors and monitors, C2SP tlog-tiles;
+//! - [`explorer`]: the log explorer page served at `/`.
 
 pub mod admission;
 pub mod codec;
 pub mod config;
+pub mod explorer;
 pub mod gateway;
 pub mod http;
 pub mod identity;

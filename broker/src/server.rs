@@ -109,8 +109,14 @@ impl Broker {
         });
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(crate::system::run(Arc::clone(&shared), system_rx, log.sealed_blocks())));
+        let api = crate::http::ApiState::new(
+            log.reader().clone(),
+            registry.clone(),
+            log.sealed_blocks(),
+            shared.shutdown.clone(),
+        );
         tasks.push(tokio::spawn(watch_registry(Arc::clone(&shared), registry, registry_version)));
-        let app = crate::http::router(log.reader().clone());
+        let app = crate::http::router(api);
         let mut http_stop = shared.shutdown.clone();
         tasks.push(tokio::spawn(async move {
             let stopped = async move {
