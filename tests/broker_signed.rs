@@ -453,6 +453,12 @@ fn the_replay_window_acknowledges_retransmissions_refuses_old_counters_and_survi
     let comp = conn.expect(kind::PUBCOMP);
     assert_eq!((comp.pkid(), comp.ack_reason()), (21, 0));
     assert_eq!(publish_records(&data).len(), base + 3);
+    // A used counter on other content is a forgery, not a retransmission:
+    // its signature is checked, and it is refused rather than acknowledged.
+    let (_, props) = signed(2);
+    let why = refused5(&mut conn, 22, topic, b"forged content", props, 0x87);
+    assert!(why.contains("MQS1"), "{why}");
+    assert_eq!(publish_records(&data).len(), base + 3);
 
     // Jump ahead: 100 - 64 = 36 is too old, 37 is inside the window and unseen.
     let (payload, props) = signed(100);

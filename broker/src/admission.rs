@@ -162,14 +162,20 @@ fn check_signature(
     sb: &SignatureBlock,
 ) -> Result<Option<Window>, String> {
     let key = device.signing_key(&sb.kid).map_err(str::to_string)?;
-    match shared.replay.check(&sb.kid, sb.ctr) {
+    let seen = match shared.replay.check(&sb.kid, sb.ctr) {
         Freshness::TooOld => return Err(format!("MQS1 counter {} is below the replay window", sb.ctr)),
-        Freshness::Seen => return Ok(None),
-        Freshness::Fresh => {}
-    }
+        Freshness::Seen => true,
+        Freshness::Fresh => false,
+    };
+    // A seen counter is verified too before it is acknowledged as a
+    // retransmission: otherwise anyone could have a forged publish with a
+    // used counter acknowledged (nothing logged, but a misleading answer).
     let digest = sha256(payload);
     let signed = Signed { device_id: &device.id, topic, payload_sha256: &digest, retain };
     mqs1::verify(key, &signed, sb).map_err(|e| format!("MQS1: {e}"))?;
+    if seen {
+        return Ok(None);
+    }
     // Another connection may have accepted the same counter meanwhile.
     match shared.replay.accept(&sb.kid, sb.ctr) {
         Ok(window) => Ok(Some(window)),
