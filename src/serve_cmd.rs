@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use sealmq_broker::transport::Listener;
 use sealmq_broker::{Broker, BrokerConfig};
 
 #[derive(Debug, Args)]
@@ -42,7 +43,12 @@ pub async fn run(data: Option<PathBuf>, args: ServeArgs) -> Result<ExitCode> {
         Broker::start(config).await.with_context(|| format!("starting the broker (data in {})", data.display()))?;
     // The banner goes to stdout: scripts and tests read the addresses from it.
     println!("sealmq {} serving", env!("CARGO_PKG_VERSION"));
-    println!("  mqtt      {}", broker.mqtt_addr());
+    for (kind, addr) in broker.listeners() {
+        match kind {
+            Listener::Mqtt | Listener::Mqtts => println!("  {:<9} {addr}", kind.scheme()),
+            Listener::Ws | Listener::Wss => println!("  {:<9} {}://{addr}/mqtt", kind.scheme(), kind.scheme()),
+        }
+    }
     println!("  http      http://{}", broker.http_addr());
     println!("  data      {}", data.display());
     println!("  vkey      {}", broker.verifier_key());

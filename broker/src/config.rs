@@ -14,6 +14,14 @@ use serde::Deserialize;
 pub struct BrokerConfig {
     /// MQTT listener (3.1.1 and 5 on the same port).
     pub listen: SocketAddr,
+    /// MQTT over TLS (conventionally port 8883); needs [`BrokerConfig::tls`].
+    pub tls_listen: Option<SocketAddr>,
+    /// MQTT over WebSocket, `ws://` (any path, subprotocol `mqtt`).
+    pub ws_listen: Option<SocketAddr>,
+    /// MQTT over WebSocket over TLS, `wss://`; needs [`BrokerConfig::tls`].
+    pub wss_listen: Option<SocketAddr>,
+    /// Certificates for the TLS listeners.
+    pub tls: Option<TlsConfig>,
     /// HTTP listener for auditors.
     pub http: SocketAddr,
     /// The data directory: log database, log key, registry.
@@ -36,6 +44,10 @@ impl Default for BrokerConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
+            tls_listen: None,
+            ws_listen: None,
+            wss_listen: None,
+            tls: None,
             http: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data: PathBuf::from("./sealmq-data"),
             origin: None,
@@ -46,6 +58,37 @@ impl Default for BrokerConfig {
             upstream: Upstream::default(),
         }
     }
+}
+
+/// The TLS listeners' certificates, and client certificates.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file: the server's certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM file: its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// PEM file: the CA(s) whose client certificates are accepted. Without
+    /// it, clients are not asked for certificates.
+    pub client_ca: Option<PathBuf>,
+    /// Refuse TLS clients that show no certificate (needs `client_ca`).
+    #[serde(default)]
+    pub require_client_cert: bool,
+    /// Which name in a client certificate is the device id. A client with
+    /// a certificate must use that id as its MQTT client id.
+    #[serde(default)]
+    pub cert_identity: CertIdentity,
+}
+
+/// See [`TlsConfig::cert_identity`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CertIdentity {
+    /// The subject's common name.
+    #[default]
+    Cn,
+    /// The first DNS, URI or email subject alternative name.
+    San,
 }
 
 /// The policy for client ids that are not registered devices.
@@ -110,6 +153,16 @@ pub struct Limits {
     /// QoS 0 messages queued for a disconnected persistent session (QoS 1/2
     /// wait in the router, at most 100 per session).
     pub max_queued_messages: usize,
+    /// Publishes per second one client may send, with bursts of up to a
+    /// second's worth; a faster client is slowed down (the gateway stops
+    /// reading from it), never cut off. 0: no limit.
+    pub max_publish_rate: u32,
+    /// Failed logins (bad password, unknown device when unknown devices are
+    /// refused, certificate mismatch) one source address may have per
+    /// minute, in bursts of as many; past that its CONNECTs are refused
+    /// (MQTT 5: 0x9F connection rate exceeded; 3.1.1: 0x03 server
+    /// unavailable) without checking the password. 0: no limit.
+    pub max_failed_logins_per_minute: u32,
 }
 
 impl Default for Limits {
@@ -125,6 +178,8 @@ impl Default for Limits {
             max_subscriptions: 256,
             max_session_expiry_secs: 86_400,
             max_queued_messages: 1000,
+            max_publish_rate: 1000,
+            max_failed_logins_per_minute: 10,
         }
     }
 }
@@ -200,6 +255,15 @@ impl BrokerConfig {
         if self.upstream.address.is_none() && (self.upstream.username.is_some() || self.upstream.password.is_some()) {
             return invalid("upstream.username and upstream.password need upstream.address");
         }
+        if (self.tls_listen.is_some() || self.wss_listen.is_some()) && self.tls.is_none() {
+            return invalid("tls_listen and wss_listen need a [tls] section with cert and key");
+        }
+        if let Some(tls) = &self.tls
+            && tls.require_client_cert
+            && tls.client_ca.is_none()
+        {
+            return invalid("tls.require_client_cert needs tls.client_ca");
+        }
         Ok(())
     }
 
@@ -236,5 +300,13 @@ mod tests {
         assert!(err.contains("block_max_records"), "{err}");
         let err = BrokerConfig::from_toml("[unknown_devices]\npolicy = \"maybe\"").unwrap_err().to_string();
         assert!(err.contains("maybe") || err.contains("variant"), "{err}");
+        let err = BrokerConfig::from_toml("tls_listen = \"0.0.0.0:8883\"").unwrap_err().to_string();
+        assert!(err.contains("[tls]"), "{err}");
+        let err = BrokerConfig::from_toml("[tls]\ncert = \"c\"\nkey = \"k\"\nrequire_client_cert = true")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("client_ca"), "{err}");
+        let ok = BrokerConfig::from_toml("wss_listen = \"0.0.0.0:8084\"\n[tls]\ncert = \"c\"\nkey = \"k\"").unwrap();
+        assert_eq!(ok.tls.unwrap().cert_identity, CertIdentity::Cn);
     }
 }

@@ -13,8 +13,10 @@ use tokio::sync::{Semaphore, broadcast, mpsc, oneshot, watch};
 use crate::codec::v5;
 use crate::config::BrokerConfig;
 use crate::identity::Identities;
+use crate::limits::LoginLimiter;
 use crate::replay::ReplayWindows;
 use crate::retained::RetainedStore;
+use crate::transport::{Listener, TlsSetup};
 use crate::upstream::UpstreamTarget;
 
 /// Counters an operator watches.
@@ -65,6 +67,18 @@ pub struct Shared {
     pub system: mpsc::Sender<v5::Publish>,
     /// True once the broker is shutting down.
     pub shutdown: watch::Receiver<bool>,
+    /// Certificates for the TLS listeners, when configured.
+    pub tls: Option<TlsSetup>,
+    /// Failed logins per source address.
+    pub logins: LoginLimiter,
+    /// One permit per client connection, across all listeners.
+    pub connection_slots: Arc<Semaphore>,
+    /// Connections past the limit that are being told so (bounded: past it
+    /// they are simply closed).
+    pub refusal_slots: Arc<Semaphore>,
+    /// Argon2 checks running at once: each takes tens of milliseconds of
+    /// CPU by design, so a flood of logins must queue, not starve the rest.
+    pub password_checks: Semaphore,
     pub(crate) sessions: Mutex<HashMap<String, SessionEntry>>,
     pub(crate) next_generation: AtomicU64,
 }
@@ -98,10 +112,11 @@ impl Shared {
     }
 }
 
-/// Accepts MQTT connections until shutdown; each runs in its own task, so
-/// one client's trouble never stops another's.
-pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
-    let slots = Arc::new(Semaphore::new(shared.config.limits.max_connections));
+/// Accepts connections of one listener until shutdown; each runs in its
+/// own task, so one client's trouble never stops another's. Past
+/// `limits.max_connections` (over all listeners) a connection is answered
+/// with a refusing CONNACK, or closed when too many are being refused.
+pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, kind: Listener) {
     let mut shutdown = shared.shutdown.clone();
     let mut connections = tokio::task::JoinSet::new();
     loop {
@@ -116,17 +131,28 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
                         continue;
                     }
                 };
-                let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-                    tracing::warn!(%peer, "connection limit reached; refusing");
-                    drop(stream);
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                let shared = Arc::clone(&shared);
-                connections.spawn(async move {
-                    crate::session::serve(shared, stream, peer).await;
-                    drop(permit);
-                });
+                let shared_for_task = Arc::clone(&shared);
+                match Arc::clone(&shared.connection_slots).try_acquire_owned() {
+                    Ok(permit) => {
+                        connections.spawn(async move {
+                            crate::session::serve(shared_for_task, stream, peer, kind).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => match Arc::clone(&shared.refusal_slots).try_acquire_owned() {
+                        Ok(permit) => {
+                            tracing::warn!(%peer, "connection limit reached; refusing");
+                            connections.spawn(async move {
+                                crate::session::refuse_busy(shared_for_task, stream, peer, kind).await;
+                                drop(permit);
+                            });
+                        }
+                        Err(_) => {
+                            tracing::warn!(%peer, "connection limit reached; closing");
+                            drop(stream);
+                        }
+                    },
+                }
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             () = crate::session::stopped(&mut shutdown) => break,

@@ -11,6 +11,8 @@
 //! - [`admission`]: the decision on a PUBLISH (policy, ACL, MQS1, replay);
 //! - [`identity`], [`replay`]: the device registry view and replay windows;
 //! - [`retained`]: retained messages, served by the gateway itself;
+//! - [`transport`]: TCP, TLS (client certificates) and WebSocket listeners;
+//! - [`limits`]: publish rates and failed logins, per client and address;
 //! - [`upstream`]: the router and the links to it (rumqttd types stop there);
 //! - [`system`]: checkpoints on `$SYS/sealmq/checkpoint`, wills;
 //! - [`http`]: the HTTP API for auditors and monitors, C2SP tlog-tiles;
@@ -23,11 +25,13 @@ pub mod explorer;
 pub mod gateway;
 pub mod http;
 pub mod identity;
+pub mod limits;
 pub mod replay;
 pub mod retained;
 pub mod server;
 pub mod session;
 pub mod system;
+pub mod transport;
 pub mod upstream;
 
 pub use config::BrokerConfig;

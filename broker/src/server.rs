@@ -10,18 +10,25 @@ use sealmq_audit::VerifierKey;
 use sealmq_audit::store::registry::{Registry, RegistryError, RegistrySnapshot};
 use sealmq_audit::store::{Log, LogConfig, StoreError};
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{Semaphore, broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::BrokerConfig;
 use crate::gateway::{Shared, Stats, accept_loop};
 use crate::identity::Identities;
+use crate::limits::LoginLimiter;
 use crate::replay::{ReplayWindows, Window};
 use crate::retained::RetainedStore;
+use crate::transport::{Listener, TlsSetup, TransportError};
 use crate::upstream::{UpstreamError, UpstreamTarget, start_embedded};
 
 /// How often the registry is checked for changes made by `sealmq device`.
 const REGISTRY_POLL: Duration = Duration::from_millis(250);
+/// Connections past `limits.max_connections` answered with a refusal at
+/// once; beyond these they are closed unanswered.
+const REFUSALS_AT_ONCE: usize = 64;
+/// Argon2 password checks at once (each is tens of ms of one core).
+const PASSWORD_CHECKS_AT_ONCE: usize = 4;
 
 /// Errors starting the broker.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +42,9 @@ pub enum StartError {
     /// The router could not be started or reached.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    /// The TLS certificates or key could not be used.
+    #[error(transparent)]
+    Tls(#[from] TransportError),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -49,10 +59,10 @@ pub enum StartError {
 pub struct Broker {
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
-    mqtt: SocketAddr,
+    listeners: Vec<(Listener, SocketAddr)>,
     http: SocketAddr,
     tasks: Vec<JoinHandle<()>>,
-    accept: JoinHandle<()>,
+    accepts: Vec<JoinHandle<()>>,
 }
 
 impl Broker {
@@ -83,16 +93,28 @@ impl Broker {
         };
         let retained = RetainedStore::load(registry.retained().await?, log.reader()).await?;
 
-        let mqtt_listener =
-            crate::gateway::listen(config.listen).map_err(|source| StartError::Bind { addr: config.listen, source })?;
+        let tls = config.tls.as_ref().map(TlsSetup::load).transpose()?;
+        let mut client_listeners = Vec::new();
+        for (kind, addr) in [
+            (Listener::Mqtt, Some(config.listen)),
+            (Listener::Mqtts, config.tls_listen),
+            (Listener::Ws, config.ws_listen),
+            (Listener::Wss, config.wss_listen),
+        ] {
+            let Some(addr) = addr else { continue };
+            let listener = crate::gateway::listen(addr).map_err(|source| StartError::Bind { addr, source })?;
+            let bound = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+            client_listeners.push((kind, bound, listener));
+        }
         let http_listener =
             TcpListener::bind(config.http).await.map_err(|source| StartError::Bind { addr: config.http, source })?;
-        let mqtt = mqtt_listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
         let http = http_listener.local_addr().map_err(|source| StartError::Bind { addr: config.http, source })?;
+        let listeners = client_listeners.iter().map(|(kind, addr, _)| (*kind, *addr)).collect();
 
         let (stop, shutdown) = watch::channel(false);
         let (system, system_rx) = mpsc::channel(1024);
         let (revoked, _) = broadcast::channel(16);
+        let limits = config.limits.clone();
         let shared = Arc::new(Shared {
             config,
             log: Arc::clone(&log),
@@ -104,6 +126,11 @@ impl Broker {
             revoked,
             system,
             shutdown,
+            tls,
+            logins: LoginLimiter::new(limits.max_failed_logins_per_minute),
+            connection_slots: Arc::new(Semaphore::new(limits.max_connections)),
+            refusal_slots: Arc::new(Semaphore::new(REFUSALS_AT_ONCE)),
+            password_checks: Semaphore::new(PASSWORD_CHECKS_AT_ONCE),
             sessions: Mutex::new(Default::default()),
             next_generation: AtomicU64::new(0),
         });
@@ -126,13 +153,21 @@ impl Broker {
                 tracing::error!(error = %e, "the HTTP listener failed");
             }
         }));
-        let accept = tokio::spawn(accept_loop(Arc::clone(&shared), mqtt_listener));
-        Ok(Self { shared, stop, mqtt, http, tasks, accept })
+        let accepts = client_listeners
+            .into_iter()
+            .map(|(kind, _, listener)| tokio::spawn(accept_loop(Arc::clone(&shared), listener, kind)))
+            .collect();
+        Ok(Self { shared, stop, listeners, http, tasks, accepts })
     }
 
-    /// The MQTT listener's address.
+    /// The plain MQTT listener's address.
     pub fn mqtt_addr(&self) -> SocketAddr {
-        self.mqtt
+        self.listeners[0].1
+    }
+
+    /// Every client listener (plain MQTT first) and its address.
+    pub fn listeners(&self) -> &[(Listener, SocketAddr)] {
+        &self.listeners
     }
 
     /// The HTTP listener's address.
@@ -153,9 +188,11 @@ impl Broker {
     /// Stops accepting, lets connections finish their in-flight appends,
     /// seals a final block and closes the log.
     pub async fn shutdown(self) -> Result<(), StoreError> {
-        let Self { shared, stop, tasks, accept, .. } = self;
+        let Self { shared, stop, tasks, accepts, .. } = self;
         let _ = stop.send(true);
-        let _ = accept.await;
+        for accept in accepts {
+            let _ = accept.await;
+        }
         for task in tasks {
             task.abort();
             let _ = task.await;

@@ -17,7 +17,6 @@ use sealmq_audit::mqs1::Kid;
 use sealmq_audit::store::StoreError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Instant;
 
 use crate::admission::{Admission, PROP_FROM, PROP_INDEX, PROP_QOS, PROP_RETAIN, admit, remember_if_retained};
@@ -27,6 +26,8 @@ use crate::codec::{
 };
 use crate::gateway::{Shared, TakeRequest};
 use crate::identity::{Device, Refusal, check_password};
+use crate::limits::PublishRate;
+use crate::transport::{ClientRead, ClientWrite, Listener, upgrade, write_flushed};
 use crate::upstream::{UpstreamLink, UpstreamReader, UpstreamWriter, down_topic, up_client_id, up_filter};
 
 use v5::{DisconnectReasonCode as Dc, PubAckReason, PubRecReason, QoS, SubscribeReasonCode};
@@ -40,25 +41,47 @@ const UPSTREAM_KEEP_ALIVE: u16 = 60;
 const PIPELINE_DEPTH: usize = 256;
 
 /// Serves one client until it disconnects; errors end only this connection.
-pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
-    let (read, write) = stream.into_split();
-    let mut client = Client { read, write, buf: BytesMut::with_capacity(4096), out: BytesMut::with_capacity(4096) };
+pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, kind: Listener) {
     let timeout = Duration::from_millis(shared.config.limits.connect_timeout_ms);
-    let connect = match tokio::time::timeout(timeout, read_connect(&shared, &mut client)).await {
-        Ok(Ok(Some(connect))) => connect,
+    // The transport's handshakes count against the CONNECT timeout too.
+    let accepted = tokio::time::timeout(timeout, async {
+        let upgraded = upgrade(kind, stream, shared.tls.as_ref(), shared.config.limits.max_packet_size).await?;
+        let mut client = Client::new(upgraded.read, upgraded.write);
+        let connect = read_connect(&shared, &mut client, peer, upgraded.cert_identity.as_deref()).await?;
+        Ok::<_, End>(connect.map(|connect| (client, connect)))
+    })
+    .await;
+    let (client, connect) = match accepted {
+        Ok(Ok(Some(accepted))) => accepted,
         Ok(Ok(None)) => return,
         Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "refused before CONNECT completed");
+            tracing::debug!(%peer, listener = kind.scheme(), error = %e, "refused before CONNECT completed");
             return;
         }
         Err(_) => {
-            tracing::debug!(%peer, "no CONNECT within the connect timeout");
+            tracing::debug!(%peer, listener = kind.scheme(), "no CONNECT within the connect timeout");
             return;
         }
     };
     let client_id = connect.client_id.clone();
     if let Err(e) = run(shared, client, connect, peer).await {
         tracing::debug!(%peer, client_id, error = %e, "connection ended");
+    }
+}
+
+/// Answers a connection past the connection limit: reads its CONNECT (for
+/// the protocol version) and refuses it as the spec says (MQTT 5: 0x89
+/// server busy; 3.1.1: 0x03 server unavailable), within a short time.
+pub async fn refuse_busy(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, kind: Listener) {
+    let answer = async {
+        let upgraded = upgrade(kind, stream, shared.tls.as_ref(), shared.config.limits.max_packet_size).await?;
+        let mut client = Client::new(upgraded.read, upgraded.write);
+        let Some(codec) = read_connect_codec(&shared, &mut client).await? else { return Ok(()) };
+        refuse(&mut client, &codec, v5::ConnectReturnCode::ServerBusy).await;
+        Ok::<_, End>(())
+    };
+    if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(2), answer).await {
+        tracing::debug!(%peer, error = %e, "refusing a connection past the limit");
     }
 }
 
@@ -71,17 +94,23 @@ enum End {
     Codec(#[from] CodecError),
     #[error("upstream: {0}")]
     Upstream(#[from] crate::upstream::UpstreamError),
+    #[error(transparent)]
+    Transport(#[from] crate::transport::TransportError),
 }
 
-/// The client's socket and buffers.
+/// The client's byte stream (whatever its transport) and buffers.
 struct Client {
-    read: OwnedReadHalf,
-    write: OwnedWriteHalf,
+    read: ClientRead,
+    write: ClientWrite,
     buf: BytesMut,
     out: BytesMut,
 }
 
 impl Client {
+    fn new(read: ClientRead, write: ClientWrite) -> Self {
+        Self { read, write, buf: BytesMut::with_capacity(4096), out: BytesMut::with_capacity(4096) }
+    }
+
     async fn fill(&mut self) -> Result<bool, std::io::Error> {
         Ok(self.read.read_buf(&mut self.buf).await? > 0)
     }
@@ -94,7 +123,7 @@ impl Client {
             Err(CodecError::PacketTooLarge { .. }) => return Ok(()),
             Err(e) => return Err(e.into()),
         }
-        self.write.write_all(&self.out).await?;
+        write_flushed(&mut self.write, &self.out).await?;
         Ok(())
     }
 }
@@ -116,15 +145,17 @@ struct Connected {
     session_expiry: u32,
 }
 
-/// Reads the CONNECT and decides on it; answers refusals itself.
-async fn read_connect(shared: &Shared, client: &mut Client) -> Result<Option<Connected>, End> {
+/// Reads up to the CONNECT's protocol level: the codec for the client's
+/// MQTT version, or `None` when the client left or is refused (MQTT 3.1
+/// and unknown versions are answered here).
+async fn read_connect_codec(shared: &Shared, client: &mut Client) -> Result<Option<ClientCodec>, End> {
     let level = loop {
         match peek_protocol_level(&client.buf) {
             Ok(Some(level)) => break level,
             Ok(None) => {}
             Err(e @ CodecError::UnsupportedProtocol { .. }) => {
                 // MQTT 3.1.1 §3.1.2.2: answer CONNACK 0x01, then close.
-                client.write.write_all(&connack_v31_refused()).await?;
+                write_flushed(&mut client.write, &connack_v31_refused()).await?;
                 return Err(e.into());
             }
             Err(e) => return Err(e.into()),
@@ -134,11 +165,23 @@ async fn read_connect(shared: &Shared, client: &mut Client) -> Result<Option<Con
         }
     };
     if level == 3 {
-        client.write.write_all(&connack_v31_refused()).await?;
+        write_flushed(&mut client.write, &connack_v31_refused()).await?;
         return Ok(None);
     }
     let version = if level == 5 { Version::V5 } else { Version::V311 };
-    let mut codec = ClientCodec { version, max_incoming: shared.config.limits.max_packet_size, max_outgoing: None };
+    Ok(Some(ClientCodec { version, max_incoming: shared.config.limits.max_packet_size, max_outgoing: None }))
+}
+
+/// Reads the CONNECT and decides on it; answers refusals itself.
+/// `cert_identity`: the device id the client's TLS certificate names.
+async fn read_connect(
+    shared: &Shared,
+    client: &mut Client,
+    peer: SocketAddr,
+    cert_identity: Option<&str>,
+) -> Result<Option<Connected>, End> {
+    let Some(mut codec) = read_connect_codec(shared, client).await? else { return Ok(None) };
+    let version = codec.version;
     let packet = loop {
         match codec.decode(&mut client.buf) {
             Ok(Some(packet)) => break packet,
@@ -178,19 +221,45 @@ async fn read_connect(shared: &Shared, client: &mut Client) -> Result<Option<Con
         refuse(client, &codec, v5::ConnectReturnCode::BadAuthenticationMethod).await;
         return Ok(None);
     }
+    // An address that failed too often is refused before anything is
+    // checked, so guessing costs it time and the broker no Argon2 work.
+    if !shared.logins.allows(peer.ip()) {
+        shared.stats.refused_connections.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(%peer, client_id, "refused: too many failed logins from this address");
+        let code = match version {
+            Version::V5 => v5::ConnectReturnCode::ConnectionRateExceeded,
+            Version::V311 => v5::ConnectReturnCode::ServerUnavailable,
+        };
+        refuse(client, &codec, code).await;
+        return Ok(None);
+    }
+    let failed = |why: &str| {
+        shared.stats.refused_connections.fetch_add(1, Ordering::Relaxed);
+        shared.logins.failed(peer.ip());
+        tracing::info!(%peer, client_id, "refused: {why}");
+    };
+    if let Some(identity) = cert_identity
+        && identity != client_id
+    {
+        failed(&format!("its client certificate names {identity:?}, not this client id"));
+        refuse(client, &codec, v5::ConnectReturnCode::NotAuthorized).await;
+        return Ok(None);
+    }
     let device = match shared.identities().lookup(&client_id) {
         Ok(device) => device,
         Err(refusal) => {
-            shared.stats.refused_connections.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(client_id, "refused: not a registered device");
+            failed("not a registered device");
             refuse(client, &codec, connack_code(refusal)).await;
             return Ok(None);
         }
     };
     let password = login.map(|l| l.password.into_bytes());
-    if let Err(refusal) = check_password(&device, password).await {
-        shared.stats.refused_connections.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(client_id, "refused: wrong or missing password");
+    let checked = {
+        let _turn = shared.password_checks.acquire().await;
+        check_password(&device, password).await
+    };
+    if let Err(refusal) = checked {
+        failed("wrong or missing password");
         refuse(client, &codec, connack_code(refusal)).await;
         return Ok(None);
     }
@@ -298,6 +367,8 @@ struct Relay {
     sent: VecDeque<v5::Publish>,
     /// QoS 2 deliveries whose PUBREL was sent and not yet completed.
     relayed_pubrel: Vec<u16>,
+    /// The client's publish budget: past it, reading from it pauses.
+    rate: PublishRate,
 }
 
 /// A persistent session between connections: its state and its upstream
@@ -547,6 +618,7 @@ impl Relay {
             pending_unsubacks: HashMap::new(),
             used_kids: HashSet::new(),
             pipeline: FuturesOrdered::new(),
+            rate: PublishRate::new(shared.config.limits.max_publish_rate),
         }
     }
 
@@ -641,8 +713,12 @@ impl Relay {
         let mut shutdown = self.shared.shutdown.clone();
         let mut revoked = self.shared.revoked.subscribe();
         loop {
+            // A client over its publish rate is not read from until it has
+            // budget again: slowed down, and nothing it sent is lost.
+            let throttled = self.rate.wait_until();
+            let reading = self.pipeline.len() < PIPELINE_DEPTH && throttled.is_none();
             // Packets already buffered are handled before reading more.
-            if self.pipeline.len() < PIPELINE_DEPTH {
+            if reading {
                 match self.codec.decode(&mut client.buf) {
                     Ok(Some(packet)) => {
                         client_deadline = client_timeout.map(|t| Instant::now() + t);
@@ -663,7 +739,6 @@ impl Relay {
                     }
                 }
             }
-            let reading = self.pipeline.len() < PIPELINE_DEPTH;
             tokio::select! {
                 read = client.read.read_buf(&mut client.buf), if reading => {
                     if read? == 0 {
@@ -684,6 +759,7 @@ impl Relay {
                         }
                     }
                 }
+                () = sleep_until(throttled) => {}
                 () = sleep_until(client_deadline) => {
                     tracing::info!(client_id = self.client_id, "keep-alive expired");
                     self.disconnect(client, Dc::KeepAliveTimeout, "keep-alive expired").await;
@@ -748,7 +824,10 @@ impl Relay {
             _ => {}
         }
         match packet {
-            v5::Packet::Publish(publish) => return self.client_publish(client, publish).await,
+            v5::Packet::Publish(publish) => {
+                self.rate.spend();
+                return self.client_publish(client, publish).await;
+            }
             v5::Packet::PubAck(ack) if self.local_deliveries.get(&ack.pkid) == Some(&1) => {
                 self.local_deliveries.remove(&ack.pkid);
                 self.client_completed(client).await?;

@@ -19,6 +19,8 @@ pub struct BrokerProcess {
     pub http: SocketAddr,
     /// The log's verifier key, from the start-up banner.
     pub vkey: String,
+    /// The optional listeners the banner named: `mqtts`, `ws`, `wss`.
+    pub listeners: std::collections::HashMap<String, SocketAddr>,
     /// The data directory.
     pub data: PathBuf,
     /// Everything it printed on stderr so far (its logs).
@@ -62,6 +64,7 @@ impl BrokerProcess {
             }
         });
         let (mut mqtt, mut http, mut vkey) = (None, None, None);
+        let mut listeners = std::collections::HashMap::new();
         let deadline = Instant::now() + Duration::from_secs(60);
         while mqtt.is_none() || http.is_none() || vkey.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -74,6 +77,10 @@ impl BrokerProcess {
                 (Some("mqtt"), Some(addr)) => mqtt = Some(addr.parse().unwrap()),
                 (Some("http"), Some(addr)) => http = Some(addr.trim_start_matches("http://").parse().unwrap()),
                 (Some("vkey"), Some(key)) => vkey = Some(key.to_string()),
+                (Some(kind @ ("mqtts" | "ws" | "wss")), Some(addr)) => {
+                    let addr = addr.split("://").last().unwrap().trim_end_matches("/mqtt");
+                    listeners.insert(kind.to_string(), addr.parse().unwrap());
+                }
                 _ => {}
             }
         }
@@ -82,6 +89,7 @@ impl BrokerProcess {
             mqtt: mqtt.unwrap(),
             http: http.unwrap(),
             vkey: vkey.unwrap(),
+            listeners,
             data: data.to_path_buf(),
             stderr,
         }
