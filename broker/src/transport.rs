@@ -139,8 +139,9 @@ impl TlsSetup {
             }
             None => builder.with_no_client_auth(),
         };
-        let mut server =
-            builder.with_single_cert(chain, key).map_err(|e| TransportError::Tls(format!("certificate or key: {e}")))?;
+        let mut server = builder
+            .with_single_cert(chain, key)
+            .map_err(|e| TransportError::Tls(format!("certificate or key: {e}")))?;
         // MQTT over TLS has an IANA ALPN id; WebSocket clients offer http/1.1.
         server.alpn_protocols = vec![b"mqtt".to_vec(), b"http/1.1".to_vec()];
         Ok(Self { acceptor: TlsAcceptor::from(Arc::new(server)), identity: config.cert_identity })
@@ -220,7 +221,11 @@ fn certificate_identity(cert: &CertificateDer<'_>, identity: CertIdentity) -> Re
 }
 
 /// The WebSocket handshake (subprotocol `mqtt`, any path), then a byte stream.
-async fn websocket<S>(stream: S, cert_identity: Option<String>, max_packet_size: u32) -> Result<Upgraded, TransportError>
+async fn websocket<S>(
+    stream: S,
+    cert_identity: Option<String>,
+    max_packet_size: u32,
+) -> Result<Upgraded, TransportError>
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
