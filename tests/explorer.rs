@@ -1,0 +1,296 @@
+//! The log explorer (`/` on the HTTP listener) in headless Chromium: a real
+//! broker with a signed device and a legacy one, messages published over
+//! MQTT, and `tests/browser/explorer.mjs` (playwright-core) driving the page:
+//! checkpoint and key shown, blocks arriving live, search, a record's
+//! payload, and the in-browser proof check passing on genuine answers and
+//! failing, at the right step, on tampered ones.
+//!
+//! Needs node, /usr/bin/chromium and `npm ci --prefix tests/browser`; `tests/run`
+//! installs all three. Missing tools fail the test rather than skip it, so a
+//! machine without them cannot pass the suite unseen.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::SigningKey;
+use sealmq_audit::mqs1;
+use sealmq_audit::{LogKey, Record};
+use serde_json::json;
+
+use common::broker::BrokerProcess;
+use common::mqtt::{Conn, QoS, connect5, kind, publish5_packet};
+use common::{Db, sealmq};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const BROWSER_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser");
+const VECTORS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/spec/vectors");
+/// The whole browser run; it takes about ten seconds on an idle machine.
+const BROWSER_DEADLINE: Duration = Duration::from_secs(240);
+/// The explorer's page size (PAGE_SIZE in app.js); the legacy device
+/// publishes more than this so that paging is exercised.
+const PAGE_SIZE: usize = 25;
+
+/// Fails, naming the fix, when a tool the test drives is missing.
+fn require_tools() {
+    let fix = "run `bash tests/run`, which installs nodejs, npm and chromium (Debian) and the \
+               test's npm packages (npm ci --prefix tests/browser)";
+    let node = Command::new("node").arg("--version").output();
+    assert!(node.is_ok_and(|o| o.status.success()), "node is missing: {fix}");
+    assert!(Path::new(CHROMIUM).exists(), "{CHROMIUM} is missing: {fix}");
+    let playwright = Path::new(BROWSER_DIR).join("node_modules/playwright-core/package.json");
+    assert!(playwright.exists(), "{} is missing: {fix}", playwright.display());
+    assert!(
+        Path::new(VECTORS_DIR).is_dir(),
+        "{VECTORS_DIR} is missing: the spec's vectors are checked out beside this repository"
+    );
+}
+
+/// One HTTP/1.1 GET on a fresh connection: (status, body).
+fn http_get(addr: SocketAddr, path: &str) -> (u16, Vec<u8>) {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let split = response.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP header");
+    let head = String::from_utf8_lossy(&response[..split]).to_ascii_lowercase();
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("a status code");
+    let body = response[split + 4..].to_vec();
+    if head.contains("transfer-encoding: chunked") { (status, dechunk(&body)) } else { (status, body) }
+}
+
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = body.windows(2).position(|w| w == b"\r\n").expect("a chunk size line");
+        let size_text = String::from_utf8_lossy(&body[..line_end]);
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).expect("a hex chunk size");
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&body[line_end + 2..line_end + 2 + size]);
+        body = &body[line_end + 2 + size + 2..];
+    }
+}
+
+/// Waits until the latest checkpoint covers record `index`; its tree size.
+fn wait_sealed(broker: &BrokerProcess, index: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = http_get(broker.http, "/v1/checkpoint");
+        if status == 200 {
+            let note = String::from_utf8(body).unwrap();
+            let size: u64 = note.lines().nth(1).and_then(|s| s.parse().ok()).expect("a checkpoint size line");
+            if size > index {
+                return size;
+            }
+        }
+        assert!(Instant::now() < deadline, "record {index} was not sealed within 20 s (last: {status})");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A QoS 1 MQTT 5 publish that must be accepted; its log index.
+#[track_caller]
+fn publish(conn: &mut Conn, pkid: u16, topic: &str, payload: &[u8], props: Vec<(String, String)>) -> u64 {
+    conn.send5(&publish5_packet(topic, QoS::AtLeastOnce, pkid, payload, false, props)).unwrap();
+    let ack = conn.expect(kind::PUBACK);
+    assert_eq!((ack.pkid(), ack.ack_reason()), (pkid, 0), "publish to {topic} refused: {:?}", ack.reason_string());
+    ack.user_property("sealmq-index").expect("PUBACK carries sealmq-index").parse().unwrap()
+}
+
+/// A signed publish by `device` with `key` and counter `ctr`; its log index.
+#[track_caller]
+fn publish_signed(conn: &mut Conn, device: &str, key: &SigningKey, ctr: u64, topic: &str, payload: &[u8]) -> u64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let sb = mqs1::sign(key, device, topic, payload, false, ctr, now).unwrap();
+    let prop = vec![(mqs1::PROPERTY_NAME.to_string(), sb.to_property_value())];
+    publish(conn, ctr as u16, topic, payload, prop)
+}
+
+/// The index of the first registry (kind 2) record, read from the database.
+fn first_registry_index(data: &Path) -> u64 {
+    let bodies = Db::open_read_only(data).blobs("SELECT body FROM records ORDER BY idx");
+    let position = bodies.iter().position(|b| matches!(Record::decode(b).unwrap(), Record::Registry(_)));
+    position.expect("registering the device logged a registry record") as u64
+}
+
+/// Width and height from a PNG's IHDR, after checking the signature.
+fn png_size(png: &[u8]) -> (u32, u32) {
+    assert!(png.len() > 24 && png.starts_with(b"\x89PNG\r\n\x1a\n") && &png[12..16] == b"IHDR", "not a PNG");
+    let be = |at: usize| u32::from_be_bytes(png[at..at + 4].try_into().unwrap());
+    (be(16), be(20))
+}
+
+#[test]
+fn explorer_shows_the_log_live_and_verifies_proofs_in_the_browser() {
+    require_tools();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+
+    let device = "sensor-1";
+    let key = SigningKey::from_bytes(&rand::random());
+    let public_hex = hex::encode(key.verifying_key().to_bytes());
+    sealmq(&data, &["device", "add", device, "--key", &public_hex, "--policy", "signed"]).ok();
+    let broker = BrokerProcess::start(&data, &[]);
+
+    // The signed device: two UTF-8 payloads and one that is not UTF-8.
+    let mut signed = connect5(broker.mqtt, device);
+    let text = r#"{"t":21.5,"unit":"°C"}"#;
+    let text_index = publish_signed(&mut signed, device, &key, 1, "plant/1/temp", text.as_bytes());
+    let hum_index = publish_signed(&mut signed, device, &key, 2, "plant/1/hum", b"40%");
+    let binary = [0x00, 0xff, 0xfe, 0x80, 0x13, 0x37, 0xc3, 0x28, 0x41, 0x42, 0x43, 0x00, 0x01, 0x02, 0x03, 0x04, 0xde];
+    let binary_index = publish_signed(&mut signed, device, &key, 3, "plant/2/temp", &binary);
+
+    // A legacy (unregistered) device: unsigned, more than one page of results.
+    let mut legacy = connect5(broker.mqtt, "legacy-1");
+    let mut legacy_indices = Vec::new();
+    for i in 0..PAGE_SIZE + 6 {
+        legacy_indices.push(publish(&mut legacy, 100 + i as u16, "office/counter", i.to_string().as_bytes(), vec![]));
+    }
+    let unsigned_index = publish(&mut legacy, 1, "plant/9/temp", b"19.0", vec![]);
+    legacy_indices.push(unsigned_index);
+
+    let last = *legacy_indices.iter().max().unwrap();
+    let sealed_size = wait_sealed(&broker, last);
+    let registry_index = first_registry_index(&data);
+
+    let origin = broker.vkey.split('+').next().unwrap();
+    let other_vkey = LogKey::from_seed(origin, &rand::random()).unwrap().verifier().to_string();
+    let other_public_key = hex::encode(SigningKey::from_bytes(&rand::random()).verifying_key().to_bytes());
+    let expect = json!({
+        "vkey": broker.vkey,
+        "sealed_size": sealed_size,
+        "device": device,
+        "kid": hex::encode(mqs1::kid(&key.verifying_key().to_bytes())),
+        "device_indices": [text_index, hum_index, binary_index],
+        "topic_filter": "plant/+/temp",
+        "topic_indices": [text_index, binary_index, unsigned_index],
+        "legacy": "legacy-1",
+        "legacy_indices": legacy_indices,
+        "text_record": {"index": text_index, "topic": "plant/1/temp", "payload": text},
+        "binary_record": {"index": binary_index, "hex": hex::encode(binary)},
+        "unsigned_index": unsigned_index,
+        "registry_index": registry_index,
+        "other_vkey": other_vkey,
+        "other_public_key": other_public_key,
+    });
+
+    let screenshot = tmp.path().join("explorer.png");
+    let base = format!("http://{}/", broker.http);
+    let mut node = Command::new("node")
+        .arg(Path::new(BROWSER_DIR).join("explorer.mjs"))
+        .args([base.as_str(), screenshot.to_str().unwrap(), &expect.to_string(), VECTORS_DIR])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("node starts");
+    let (tx, rx) = mpsc::channel();
+    let stdout = node.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut stderr_pipe = node.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr_pipe.read_to_string(&mut text);
+        text
+    });
+
+    // Follow the script; when the page is up, seal a new block for it to
+    // pick up live (a third device, so the searches' expectations hold).
+    let deadline = Instant::now() + BROWSER_DEADLINE;
+    let mut lines: Vec<String> = Vec::new();
+    let mut late_indices = Vec::new();
+    loop {
+        let line = match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => line,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let _ = node.kill();
+                panic!(
+                    "the browser test did not finish within {BROWSER_DEADLINE:?}; its output:\n{}",
+                    lines.join("\n")
+                );
+            }
+        };
+        if line.starts_with("READY") {
+            let client = format!("late-{}", late_indices.len());
+            let mut late = connect5(broker.mqtt, &client);
+            let index = publish(&mut late, 1, "late/news", b"sealed after the page loaded", vec![]);
+            wait_sealed(&broker, index);
+            let stdin = node.stdin.as_mut().unwrap();
+            writeln!(stdin, "SEALED {index}").unwrap();
+            stdin.flush().unwrap();
+            late_indices.push(index);
+        }
+        lines.push(line);
+    }
+    let status = node.wait().unwrap();
+    let stderr = stderr.join().unwrap();
+    let output = lines.join("\n");
+    // Shown with --nocapture: what the browser checked.
+    println!("{output}");
+    assert!(status.success(), "the browser test failed ({status}):\n{output}\nstderr:\n{stderr}");
+    assert_eq!(lines.last().map(String::as_str), Some("PASS"), "{output}");
+    let [live_index, polled_index] = late_indices[..] else {
+        panic!("the script asked for two late blocks (live, then polling), got {late_indices:?}:\n{output}");
+    };
+    assert!(live_index > last && polled_index > live_index, "late records {late_indices:?} after {last}");
+
+    // Each check the script reports; a script that silently skipped one
+    // would still exit 0.
+    for expected in [
+        "ok verification functions reproduce the spec vectors",
+        "ok verifier key shown",
+        "ok checkpoint shown",
+        "ok live block stream connected",
+        &format!("ok the block sealing record {live_index} appeared live"),
+        &format!("ok with the live stream refused, the page polled and showed the block sealing record {polled_index}"),
+        &format!("ok search by device {device} finds exactly its 3 publishes"),
+        "ok search by topic filter plant/+/temp finds exactly 3 records",
+        &format!("ok paging through legacy-1's {} records (25 + 7)", legacy_indices.len()),
+        &format!("ok record {text_index} shows its topic, UTF-8 payload and MQS1 fields"),
+        &format!("ok record {binary_index} shows its binary payload as hex"),
+        &format!("ok Verify on signed record {text_index}"),
+        &format!("ok Verify on unsigned record {unsigned_index}"),
+        &format!("ok Verify on registry record {registry_index}"),
+        "ok Verify holds again once the answers are genuine",
+        "ok no page errors, no console errors, nothing fetched from elsewhere",
+    ] {
+        assert!(lines.iter().any(|l| l.starts_with(expected)), "missing {expected:?} in:\n{output}");
+    }
+    // Every tampering is caught, at the step it breaks.
+    let failed_at: Vec<&str> =
+        lines.iter().filter_map(|l| l.split("→ failed at \"").nth(1)).filter_map(|r| r.split('"').next()).collect();
+    assert_eq!(
+        failed_at,
+        ["inclusion", "record", "checkpoint", "tree-size", "signature", "record", "payload", "checkpoint"],
+        "{output}"
+    );
+
+    // A full-page screenshot of a page with content: a blank page of this
+    // size compresses to a few kilobytes.
+    let png = std::fs::read(&screenshot).expect("the screenshot was saved");
+    let (width, height) = png_size(&png);
+    assert!(width >= 1200 && height >= 900, "screenshot is {width}x{height}");
+    assert!(png.len() > 40_000, "screenshot is only {} bytes", png.len());
+    // To look at the page: SEALMQ_EXPLORER_SCREENSHOT=/tmp/explorer.png cargo test --test explorer
+    if let Some(keep) = std::env::var_os("SEALMQ_EXPLORER_SCREENSHOT") {
+        std::fs::write(&keep, &png).unwrap();
+    }
+
+    let stderr = broker.stderr.lock().unwrap().clone();
+    assert!(!stderr.contains("panicked"), "the broker panicked:\n{stderr}");
+}
