@@ -1,0 +1,262 @@
+//! An auditor holding nothing but the log's verifier key and the broker's
+//! HTTP address.
+//!
+//! ```sh
+//! # Is record 42 in the log? (and, with --device-signatures, did its device sign it?)
+//! cargo run -p client-examples --example auditor -- \
+//!     --vkey "$(sealmq audit vkey)" --http 127.0.0.1:8080 --device-signatures 42 43
+//! # Watch the log grow, checking each new checkpoint extends the last one.
+//! cargo run -p client-examples --example auditor -- \
+//!     --vkey "$(sealmq audit vkey)" --http 127.0.0.1:8080 --watch --state auditor.json
+//! ```
+//!
+//! Every proof is checked offline with `sealmq-audit`: the server is only a
+//! source of bytes. In watch mode the last verified checkpoint is kept in a
+//! state file, so a restarted auditor goes on from it: a log that rewrote
+//! history while the auditor was down is caught at the first new checkpoint.
+//!
+//! Exit codes: 0 when every check held, 1 when one did not (the message says
+//! which), 2 when the auditor could not run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use clap::Parser;
+use client_examples::{
+    Api, CheckError, CheckpointChain, DeviceKeys, EXIT_ERROR, EXIT_FAILED, Step, describe_record, exit_code,
+    fetch_and_check_proof, parse_vkey, write_atomically,
+};
+use sealmq_audit::{Record, VerifierKey, check_device_signature};
+use serde::{Deserialize, Serialize};
+
+/// Checks inclusion proofs of log records offline, and watches the log's
+/// checkpoints for consistency, with only the log's verifier key.
+#[derive(Parser)]
+#[command(version, long_about = None)]
+struct Args {
+    /// The log's verifier key (`sealmq audit vkey`): the root of trust, given
+    /// out of band, never taken from the server.
+    #[arg(long, env = "SEALMQ_VKEY")]
+    vkey: String,
+    /// The broker's HTTP API, `host:port`.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http: String,
+    /// Record indices to prove.
+    #[arg(value_name = "INDEX")]
+    indices: Vec<u64>,
+    /// Prove against the checkpoint of this tree size instead of the latest.
+    #[arg(long, value_name = "N")]
+    size: Option<u64>,
+    /// Also check the device's MQS1 signature in each signed record, with
+    /// the device keys from `GET /v1/devices`.
+    #[arg(long)]
+    device_signatures: bool,
+    /// How long to wait for a record that is not sealed yet.
+    #[arg(long, default_value_t = 5)]
+    wait_secs: u64,
+    /// Watch the log: poll its checkpoint, prove each new one consistent
+    /// with the last one verified.
+    #[arg(long)]
+    watch: bool,
+    /// With --watch: where the last verified checkpoint is kept across runs.
+    #[arg(long, value_name = "FILE")]
+    state: Option<PathBuf>,
+    /// With --watch: milliseconds between polls.
+    #[arg(long, default_value_t = 1000)]
+    interval_ms: u64,
+    /// With --watch: stop after this many new checkpoints were proven
+    /// consistent (0: never).
+    #[arg(long, default_value_t = 0)]
+    checkpoints: u64,
+    /// With --watch: stop after this many seconds (0: never).
+    #[arg(long, default_value_t = 0)]
+    duration_secs: u64,
+}
+
+/// The watch state file.
+#[derive(Serialize, Deserialize)]
+struct WatchState {
+    /// The log it is about, so a state file is not used for another log.
+    vkey: String,
+    /// The last checkpoint verified: the signed note.
+    checkpoint: String,
+}
+
+fn main() -> ExitCode {
+    exit_code(run(Args::parse()))
+}
+
+fn run(args: Args) -> Result<ExitCode> {
+    let vkey = parse_vkey(&args.vkey)?;
+    let api = Api::new(&args.http)?;
+    if args.indices.is_empty() && !args.watch {
+        bail!("nothing to do: give record indices to prove, or --watch");
+    }
+    if let Ok(Some(served)) = api.vkey()
+        && served != vkey.to_string()
+    {
+        // Only a hint for the operator: the checks use the key given.
+        eprintln!("warning: the server says its verifier key is {served}; checking with the one given: {vkey}");
+    }
+    let mut code = ExitCode::SUCCESS;
+    if !args.indices.is_empty() {
+        code = prove(&args, &api, &vkey)?;
+    }
+    if args.watch && code == ExitCode::SUCCESS {
+        code = watch(&args, &api, vkey)?;
+    }
+    Ok(code)
+}
+
+/// Proves each index; every failure is reported, the exit code says if any.
+fn prove(args: &Args, api: &Api, vkey: &VerifierKey) -> Result<ExitCode> {
+    let wait = Duration::from_secs(args.wait_secs);
+    let mut keys = None;
+    // Proofs fetched one after another may be against different (growing)
+    // checkpoints; the chain checks those are consistent with each other.
+    let mut chain = CheckpointChain::new(vkey.clone());
+    let mut failures = 0u64;
+    let mut unchecked = 0u64;
+    for &index in &args.indices {
+        let result = fetch_and_check_proof(api, vkey, index, args.size, wait).and_then(|(bundle, proven)| {
+            let mut line = format!(
+                "ok: record {index}: {} — included in the checkpoint of tree size {} (root {})",
+                describe_record(&proven.record),
+                proven.checkpoint.size,
+                STANDARD.encode(proven.checkpoint.root)
+            );
+            if args.device_signatures {
+                line.push_str(&device_signature(api, &mut keys, &proven.record)?);
+            }
+            chain.observe(api, &bundle.checkpoint)?;
+            Ok(line)
+        });
+        match result {
+            Ok(line) => println!("{line}"),
+            Err(CheckError::Failed(why)) => {
+                failures += 1;
+                println!("FAILED: record {index}: {why}");
+            }
+            Err(CheckError::Unavailable(e)) => {
+                unchecked += 1;
+                println!("UNCHECKED: record {index}: {e:#}");
+            }
+        }
+    }
+    let total = args.indices.len();
+    if failures > 0 {
+        eprintln!("FAILED: {failures} of {total} record(s) did not check out");
+        return Ok(ExitCode::from(EXIT_FAILED));
+    }
+    if unchecked > 0 {
+        eprintln!("error: {unchecked} of {total} record(s) could not be checked");
+        return Ok(ExitCode::from(EXIT_ERROR));
+    }
+    println!("all {total} record(s) proven against checkpoints signed by {}", vkey.name());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Checks the device signature inside a proven record; the text to append.
+fn device_signature(api: &Api, keys: &mut Option<DeviceKeys>, record: &Record) -> Result<String, CheckError> {
+    let Record::Publish(publish) = record else { return Ok(String::new()) };
+    let Some(sb) = &publish.signature else { return Ok("; unsigned (no device signature to check)".into()) };
+    if keys.is_none() {
+        let mut fresh = DeviceKeys::new();
+        fresh.refresh(api)?;
+        *keys = Some(fresh);
+    }
+    let keys = keys.as_mut().ok_or_else(|| anyhow!("no device keys"))?;
+    let Some(key) = keys.lookup(api, &sb.kid)? else {
+        return Err(CheckError::Failed(format!("signed with key {}, which no device has", hex::encode(sb.kid))));
+    };
+    if key.device_id != publish.device_id {
+        return Err(CheckError::Failed(format!(
+            "signed with key {} of device {:?}, but logged as published by {:?}",
+            hex::encode(sb.kid),
+            key.device_id,
+            publish.device_id
+        )));
+    }
+    check_device_signature(record, &key.public_key).map_err(|e| CheckError::Failed(e.to_string()))?;
+    Ok(format!("; device signature holds (key {})", hex::encode(sb.kid)))
+}
+
+/// Polls the checkpoint and proves each new one consistent with the last.
+fn watch(args: &Args, api: &Api, vkey: VerifierKey) -> Result<ExitCode> {
+    let mut chain = match &args.state {
+        Some(path) if path.exists() => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let state: WatchState =
+                serde_json::from_str(&text).with_context(|| format!("{} is not a watch state file", path.display()))?;
+            if state.vkey.trim() != vkey.to_string() {
+                bail!("{} is the state of another log (verifier key {})", path.display(), state.vkey);
+            }
+            let chain = CheckpointChain::resume(vkey.clone(), &state.checkpoint)
+                .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+            let size = chain.latest().map_or(0, |l| l.checkpoint.size);
+            println!("watch: resuming from the checkpoint of tree size {size} ({})", path.display());
+            chain
+        }
+        _ => CheckpointChain::new(vkey.clone()),
+    };
+    let started = Instant::now();
+    let mut extended = 0u64;
+    loop {
+        match api.checkpoint() {
+            Ok(Some(note)) => match chain.observe(api, &note) {
+                Ok(Step::First { size }) => {
+                    println!("watch: tree size {size}, signed by {}", vkey.name());
+                    save(args, &vkey, &note)?;
+                }
+                Ok(Step::Same { .. }) => {}
+                Ok(Step::Extended { from, to }) => {
+                    extended += 1;
+                    println!("watch: tree size {to}, consistent with {from}");
+                    save(args, &vkey, &note)?;
+                }
+                Ok(Step::Older { size, latest }) => {
+                    println!(
+                        "FAILED: the log's latest checkpoint went back to tree size {size} after {latest} had been \
+                         verified (consistent, but a log never shrinks)"
+                    );
+                    return Ok(ExitCode::from(EXIT_FAILED));
+                }
+                Err(CheckError::Failed(why)) => {
+                    println!("FAILED: {why}");
+                    return Ok(ExitCode::from(EXIT_FAILED));
+                }
+                Err(CheckError::Unavailable(e)) => eprintln!("watch: could not check this time: {e:#}"),
+            },
+            Ok(None) => eprintln!("watch: the log has no checkpoint yet"),
+            // A monitor rides out an unreachable server and tries again.
+            Err(e) => eprintln!("watch: {e:#}"),
+        }
+        if args.checkpoints > 0 && extended >= args.checkpoints {
+            println!("watch: {extended} new checkpoint(s) proven consistent; stopping");
+            return Ok(ExitCode::SUCCESS);
+        }
+        if args.duration_secs > 0 && started.elapsed() >= Duration::from_secs(args.duration_secs) {
+            if args.checkpoints > 0 {
+                eprintln!(
+                    "error: only {extended} of {} new checkpoint(s) seen before the time ran out",
+                    args.checkpoints
+                );
+                return Ok(ExitCode::from(EXIT_ERROR));
+            }
+            println!("watch: {extended} new checkpoint(s) proven consistent; time is up");
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(Duration::from_millis(args.interval_ms));
+    }
+}
+
+/// Persists the last verified checkpoint, atomically.
+fn save(args: &Args, vkey: &VerifierKey, note: &str) -> Result<()> {
+    let Some(path) = &args.state else { return Ok(()) };
+    let state = WatchState { vkey: vkey.to_string(), checkpoint: note.to_string() };
+    write_atomically(path, serde_json::to_string_pretty(&state)?.as_bytes())
+}

@@ -1,0 +1,440 @@
+//! A home-automation hub that trusts the broker as little as it can.
+//!
+//! ```sh
+//! cargo run -p client-examples --example hub -- \
+//!     --vkey "$(sealmq audit vkey)" --http 127.0.0.1:8080 --filter 'sensors/#'
+//! ```
+//!
+//! It subscribes over MQTT 5 like any hub would, and for each message:
+//!
+//! - checks the device's MQS1 signature end to end (the `mqs1` user property
+//!   the broker passes on), with the device keys from `GET /v1/devices`,
+//!   refreshed when an unknown key id appears; unsigned messages are reported
+//!   as such (`--require-signed` makes them failures);
+//! - for a sample of messages (`--proof-every`), fetches the inclusion proof
+//!   of the record the broker says it logged (`sealmq-index` on the
+//!   delivery), checks it with the log's verifier key and checks the record
+//!   is the message delivered: same topic, payload and signature.
+//!
+//! It follows `$SYS/sealmq/checkpoint`: each checkpoint must be signed by the
+//! verifier key given on the command line (the root of trust: never fetched
+//! from the server), and consistent with the last one seen
+//! (`GET /v1/consistency`), so the log cannot rewrite what it committed to.
+//!
+//! Every failure is printed on stderr as `FAILED: …` when it happens; at the
+//! end a summary, and exit code 1 if anything failed (2 if it could not run).
+
+use std::collections::{HashSet, VecDeque};
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use client_examples::{
+    Api, CHECKPOINT_TOPIC, CheckError, CheckpointChain, DeviceKeys, EXIT_ERROR, EXIT_FAILED, INDEX_PROPERTY, Step,
+    Verdict, check_delivered_in_log, check_delivery, check_proof_json, exit_code, parse_vkey, printable,
+    prove_key_registration,
+};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, RetainForwardRule, SubscribeReasonCode};
+use rumqttc::v5::{Client, ConnectionError, Event, MqttOptions};
+use sealmq_audit::mqs1::{Kid, SignatureBlock};
+use sealmq_audit::{Record, VerifierKey, check_device_signature};
+
+/// Subscribes like a home-automation hub and checks every message's MQS1
+/// signature, a sample of inclusion proofs, and the log's checkpoints.
+#[derive(Parser)]
+#[command(version, long_about = None)]
+struct Args {
+    /// The log's verifier key (`sealmq audit vkey`): the root of trust, given
+    /// out of band, never taken from the server.
+    #[arg(long, env = "SEALMQ_VKEY")]
+    vkey: String,
+    /// The broker's MQTT host.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// The broker's MQTT port.
+    #[arg(long, default_value_t = 1883)]
+    port: u16,
+    /// The broker's HTTP API, `host:port`.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http: String,
+    /// The hub's MQTT client id (default: `hub-` and the process id).
+    #[arg(long)]
+    id: Option<String>,
+    /// MQTT user name, if the hub is registered with a password.
+    #[arg(long)]
+    username: Option<String>,
+    /// MQTT password; better passed in the environment than on the
+    /// command line, where `ps` shows it.
+    #[arg(long, env = "SEALMQ_MQTT_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    /// A topic filter to subscribe to; repeat for more.
+    #[arg(long = "filter", default_value = "#")]
+    filters: Vec<String>,
+    /// Stop after this many messages (0: run until stopped). Checkpoints
+    /// do not count.
+    #[arg(long, default_value_t = 0)]
+    count: u64,
+    /// Stop after this many seconds (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    duration_secs: u64,
+    /// Check the inclusion proof of every Nth message, starting with the
+    /// first (1: every message; 0: none).
+    #[arg(long, default_value_t = 10)]
+    proof_every: u64,
+    /// How long to wait for a message's record to be sealed and provable.
+    #[arg(long, default_value_t = 30)]
+    proof_timeout_secs: u64,
+    /// Treat unsigned messages as failures.
+    #[arg(long)]
+    require_signed: bool,
+    /// Also prove each device key's registration from the log (its
+    /// `key_added` record), instead of taking `/v1/devices` at its word.
+    #[arg(long)]
+    prove_keys: bool,
+}
+
+/// A delivered message whose inclusion proof is still to be checked.
+struct Pending {
+    index: u64,
+    topic: String,
+    payload: Vec<u8>,
+    sb: Option<SignatureBlock>,
+    since: Instant,
+    next_try: Instant,
+}
+
+/// What the hub has seen so far.
+#[derive(Default)]
+struct Tally {
+    messages: u64,
+    verified: u64,
+    unsigned: u64,
+    proofs: u64,
+    checkpoints: u64,
+    consistency: u64,
+    keys_proven: u64,
+    failures: u64,
+    unchecked: u64,
+}
+
+struct Hub {
+    args: Args,
+    api: Api,
+    vkey: VerifierKey,
+    keys: DeviceKeys,
+    chain: CheckpointChain,
+    pending: VecDeque<Pending>,
+    proven_keys: HashSet<Kid>,
+    tally: Tally,
+}
+
+fn main() -> ExitCode {
+    exit_code(run(Args::parse()))
+}
+
+fn run(args: Args) -> Result<ExitCode> {
+    let vkey = parse_vkey(&args.vkey)?;
+    let api = Api::new(&args.http)?;
+    let mut keys = DeviceKeys::new();
+    keys.refresh(&api).with_context(|| format!("fetching the device keys from {}", api.base()))?;
+    if let Ok(Some(served)) = api.vkey()
+        && served != vkey.to_string()
+    {
+        // Only a hint for the operator: the checks below use the key given.
+        eprintln!("warning: the server says its verifier key is {served}; checking with the one given: {vkey}");
+    }
+    println!("hub: {} device key(s) known; log {}", keys.len(), vkey.name());
+
+    let id = args.id.clone().unwrap_or_else(|| format!("hub-{}", std::process::id()));
+    let mut options = MqttOptions::new(id, &args.host, args.port);
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_clean_start(true);
+    if let Some(user) = &args.username {
+        options.set_credentials(user, args.password.clone().unwrap_or_default());
+    }
+    let (client, mut connection) = Client::new(options, 100);
+    let mut filters: Vec<Filter> = args.filters.iter().map(|f| filter(f)).collect();
+    // `#` does not match `$SYS/…` topics (MQTT 4.7.2), so the checkpoint
+    // topic is always subscribed to explicitly.
+    filters.push(filter(CHECKPOINT_TOPIC));
+    client.subscribe_many(filters).context("queueing the subscription")?;
+
+    // The MQTT connection runs on its own thread so that HTTP checks on
+    // this one never hold up acknowledgements and keep-alive pings.
+    let (events, incoming) = mpsc::channel::<Result<Event, ConnectionError>>();
+    std::thread::spawn(move || {
+        for event in connection.iter() {
+            let stop = event.is_err();
+            if events.send(event).is_err() || stop {
+                break;
+            }
+        }
+    });
+
+    let chain = CheckpointChain::new(vkey.clone());
+    let mut hub = Hub {
+        args,
+        api,
+        vkey,
+        keys,
+        chain,
+        pending: VecDeque::new(),
+        proven_keys: HashSet::new(),
+        tally: Tally::default(),
+    };
+    let started = Instant::now();
+    let mut lost = None;
+    loop {
+        match incoming.recv_timeout(Duration::from_millis(100)) {
+            Ok(Ok(Event::Incoming(Packet::Publish(publish)))) => hub.on_publish(&publish),
+            Ok(Ok(Event::Incoming(Packet::SubAck(ack)))) => {
+                let refused: Vec<_> = ack.return_codes.iter().filter(|c| !granted(c)).collect();
+                if !refused.is_empty() {
+                    bail!("the broker refused a subscription: {refused:?}");
+                }
+                println!("subscribed to {} and {CHECKPOINT_TOPIC}", hub.args.filters.join(" "));
+            }
+            Ok(Ok(Event::Incoming(Packet::Disconnect(d)))) => {
+                lost = Some(format!("the broker disconnected the hub: {:?}", d.reason_code));
+                break;
+            }
+            Ok(Ok(_)) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Ok(Err(e)) => {
+                lost = Some(format!("connection to the broker failed: {e}"));
+                break;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                lost = Some("the MQTT client stopped".to_string());
+                break;
+            }
+        }
+        hub.check_pending();
+        let enough = hub.args.count > 0 && hub.tally.messages >= hub.args.count;
+        let timed_out = hub.args.duration_secs > 0 && started.elapsed() >= Duration::from_secs(hub.args.duration_secs);
+        // Stop only once the proofs asked for are settled, so a run that
+        // says "0 failures" checked everything it sampled.
+        if (enough || timed_out) && hub.pending.is_empty() {
+            break;
+        }
+    }
+    let _ = client.disconnect();
+
+    let t = &hub.tally;
+    println!(
+        "hub: {} message(s): {} signed and verified, {} unsigned; {} inclusion proof(s) checked; \
+         {} checkpoint(s), {} consistency proof(s) checked; {} device key(s) proven; {} failure(s)",
+        t.messages, t.verified, t.unsigned, t.proofs, t.checkpoints, t.consistency, t.keys_proven, t.failures
+    );
+    if t.failures > 0 {
+        eprintln!("FAILED: {} check(s) did not hold (see the FAILED lines above)", t.failures);
+        return Ok(ExitCode::from(EXIT_FAILED));
+    }
+    if let Some(why) = lost {
+        eprintln!("error: {why}");
+        return Ok(ExitCode::from(EXIT_ERROR));
+    }
+    if t.unchecked > 0 {
+        eprintln!("error: {} check(s) could not be made (see above)", t.unchecked);
+        return Ok(ExitCode::from(EXIT_ERROR));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A QoS 1 subscription with Retain As Published: the retain flag is signed
+/// (MQS1 flags bit 0), so the hub needs the publisher's flag, which brokers
+/// otherwise clear on live deliveries.
+fn filter(path: &str) -> Filter {
+    Filter {
+        path: path.to_string(),
+        qos: QoS::AtLeastOnce,
+        nolocal: false,
+        preserve_retain: true,
+        retain_forward_rule: RetainForwardRule::OnEverySubscribe,
+    }
+}
+
+fn granted(code: &SubscribeReasonCode) -> bool {
+    matches!(code, SubscribeReasonCode::Success(_))
+}
+
+impl Hub {
+    /// Reports a check that did not hold, or could not be made.
+    fn report(&mut self, what: &str, error: CheckError) {
+        match error {
+            CheckError::Failed(why) => {
+                self.tally.failures += 1;
+                eprintln!("FAILED: {what}: {why}");
+            }
+            CheckError::Unavailable(e) => {
+                self.tally.unchecked += 1;
+                eprintln!("error: {what}: could not check: {e:#}");
+            }
+        }
+    }
+
+    fn on_publish(&mut self, publish: &Publish) {
+        let Ok(topic) = std::str::from_utf8(&publish.topic) else {
+            self.tally.failures += 1;
+            eprintln!("FAILED: a message's topic is not UTF-8");
+            return;
+        };
+        let topic = topic.to_string();
+        if topic == CHECKPOINT_TOPIC {
+            self.on_checkpoint(&publish.payload);
+            return;
+        }
+        self.tally.messages += 1;
+        let props: Vec<(String, String)> =
+            publish.properties.as_ref().map(|p| p.user_properties.clone()).unwrap_or_default();
+        let index = props.iter().find(|(n, _)| n == INDEX_PROPERTY).and_then(|(_, v)| v.parse::<u64>().ok());
+        let label = format!("[{}] {topic}", index.map_or("no index".to_string(), |i| format!("idx {i}")));
+
+        let pairs = props.iter().map(|(n, v)| (n.as_str(), v.as_str()));
+        let (sb, payload) =
+            match check_delivery(&mut self.keys, &self.api, &topic, publish.retain, pairs, &publish.payload) {
+                Ok((Verdict::Signed { device_id, sb, active }, payload)) => {
+                    self.tally.verified += 1;
+                    let revoked = if active { "" } else { ", key since revoked" };
+                    println!(
+                        "{label}  signed by {device_id:?} (kid {}, ctr {}{revoked})  {}",
+                        hex::encode(sb.kid),
+                        sb.ctr,
+                        printable(payload)
+                    );
+                    self.prove_key(&sb.kid);
+                    (Some(sb), payload.to_vec())
+                }
+                Ok((Verdict::Unsigned, payload)) => {
+                    self.tally.unsigned += 1;
+                    println!("{label}  UNSIGNED  {}", printable(payload));
+                    if self.args.require_signed {
+                        self.tally.failures += 1;
+                        eprintln!("FAILED: {label}: unsigned message (--require-signed)");
+                    }
+                    (None, payload.to_vec())
+                }
+                Err(e) => {
+                    self.report(&label, e);
+                    return;
+                }
+            };
+
+        let sample = self.args.proof_every > 0 && (self.tally.messages - 1).is_multiple_of(self.args.proof_every);
+        if sample {
+            match index {
+                Some(index) => {
+                    let now = Instant::now();
+                    self.pending.push_back(Pending { index, topic, payload, sb, since: now, next_try: now });
+                }
+                None => {
+                    // The broker logs every message before delivering it and
+                    // says where: a delivery without an index is not provable.
+                    self.tally.failures += 1;
+                    eprintln!("FAILED: {label}: delivered without a {INDEX_PROPERTY} property; cannot prove it");
+                }
+            }
+        }
+    }
+
+    /// With `--prove-keys`, proves once that a key's registration is in the log.
+    fn prove_key(&mut self, kid: &Kid) {
+        if !self.args.prove_keys || self.proven_keys.contains(kid) {
+            return;
+        }
+        let Some(key) = self.keys.get(kid).cloned() else { return };
+        let wait = Duration::from_secs(self.args.proof_timeout_secs);
+        match prove_key_registration(&self.api, &self.vkey, &key.device_id, &key.public_key, wait) {
+            Ok(index) => {
+                self.proven_keys.insert(*kid);
+                self.tally.keys_proven += 1;
+                println!("key {} of {:?}: registration proven (log record {index})", hex::encode(kid), key.device_id);
+            }
+            Err(e) => self.report(&format!("key {} of {:?}", hex::encode(kid), key.device_id), e),
+        }
+    }
+
+    fn on_checkpoint(&mut self, payload: &[u8]) {
+        let Ok(note) = std::str::from_utf8(payload) else {
+            self.tally.failures += 1;
+            eprintln!("FAILED: checkpoint: payload on {CHECKPOINT_TOPIC} is not text");
+            return;
+        };
+        self.tally.checkpoints += 1;
+        self.observe(note, "checkpoint");
+    }
+
+    /// Passes a checkpoint note through the chain and reports what it found.
+    fn observe(&mut self, note: &str, source: &str) {
+        match self.chain.observe(&self.api, note) {
+            Ok(Step::First { size }) => println!("{source}: tree size {size}, signed by the log"),
+            Ok(Step::Same { .. }) => {}
+            Ok(Step::Extended { from, to }) => {
+                self.tally.consistency += 1;
+                println!("{source}: tree size {to}, consistent with {from}");
+            }
+            Ok(Step::Older { size, latest }) => {
+                self.tally.consistency += 1;
+                println!("{source}: tree size {size} (older), extended by {latest}");
+            }
+            Err(e) => self.report(source, e),
+        }
+    }
+
+    /// Tries the proofs that are due; keeps the unsealed ones for later.
+    fn check_pending(&mut self) {
+        let timeout = Duration::from_secs(self.args.proof_timeout_secs);
+        for _ in 0..self.pending.len() {
+            let Some(mut item) = self.pending.pop_front() else { break };
+            if item.next_try > Instant::now() {
+                self.pending.push_back(item);
+                continue;
+            }
+            // Prove against the latest checkpoint this hub has verified when
+            // it covers the record, so the proof ties into the chain.
+            let size = self.chain.latest().map(|l| l.checkpoint.size).filter(|&size| size > item.index);
+            let what = format!("proof of record {}", item.index);
+            match self.api.proof(item.index, size) {
+                Ok(Some(json)) => self.check_proof(&item, &json),
+                Ok(None) if item.since.elapsed() < timeout => {
+                    // Not sealed yet: blocks seal every 250 ms by default.
+                    item.next_try = Instant::now() + Duration::from_millis(250);
+                    self.pending.push_back(item);
+                }
+                Ok(None) => self.report(
+                    &what,
+                    CheckError::Failed(format!("the log has no proof after {timeout:?}: the record was not sealed")),
+                ),
+                Err(e) => self.report(&what, CheckError::Unavailable(e)),
+            }
+        }
+    }
+
+    fn check_proof(&mut self, item: &Pending, json: &str) {
+        let what = format!("proof of record {}", item.index);
+        let (bundle, proven) = match check_proof_json(json, &self.vkey, item.index) {
+            Ok(checked) => checked,
+            Err(e) => return self.report(&what, e),
+        };
+        if let Err(e) = check_delivered_in_log(&proven, &item.topic, &item.payload, item.sb.as_ref()) {
+            return self.report(&what, e);
+        }
+        // The record carries the signature too: check it there as well, as
+        // an auditor holding only the bundle would.
+        if let (Record::Publish(p), Some(sb)) = (&proven.record, &item.sb)
+            && let Some(key) = self.keys.get(&sb.kid)
+            && let Err(e) = check_device_signature(&proven.record, &key.public_key)
+        {
+            return self.report(&what, CheckError::Failed(format!("device {:?}: {e}", p.device_id)));
+        }
+        self.tally.proofs += 1;
+        println!(
+            "proof: record {} is in the log at tree size {} and is the message delivered",
+            item.index, proven.checkpoint.size
+        );
+        // The bundle's checkpoint must fit the chain the hub follows.
+        self.observe(&bundle.checkpoint, &format!("{what}: its checkpoint"));
+    }
+}
