@@ -8,7 +8,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnection, SqliteSynchronous};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteSynchronous};
 use sqlx::{Connection, QueryBuilder, Sqlite};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -159,7 +159,7 @@ impl Log {
             .await?;
         let reader = LogReader::from_pool(pool).await?;
 
-        let mut sequencer = Sequencer::resume(conn, key, &reader, &config).await?;
+        let mut sequencer = Sequencer::resume(conn, options, key, &reader, &config).await?;
         // Before anything is sealed: the catch-up starts after the highest
         // indexed record, and each seal indexes its own block.
         index::catch_up(&mut sequencer.conn, sequencer.frontier.size(), &mut sequencer.names).await?;
@@ -307,6 +307,8 @@ async fn init_meta(conn: &mut SqliteConnection, config: &LogConfig, seed: &[u8; 
 /// The state the sequencer task owns.
 struct Sequencer {
     conn: SqliteConnection,
+    /// How `conn` was opened, to open it again (see [`Sequencer::recover_connection`]).
+    options: SqliteConnectOptions,
     key: LogKey,
     /// The index the next appended record gets.
     next_index: u64,
@@ -328,6 +330,7 @@ struct Sequencer {
 impl Sequencer {
     async fn resume(
         mut conn: SqliteConnection,
+        options: SqliteConnectOptions,
         key: LogKey,
         reader: &LogReader,
         config: &LogConfig,
@@ -359,6 +362,7 @@ impl Sequencer {
         }
         Ok(Self {
             conn,
+            options,
             key,
             next_index: sealed_size + pending.len() as u64,
             frontier,
@@ -392,6 +396,9 @@ impl Sequencer {
                 None => break,
                 Some(Command::Seal { reply }) => {
                     let result = if self.pending.is_empty() { Ok(None) } else { self.seal_block().await.map(Some) };
+                    if result.is_err() {
+                        self.recover_connection().await;
+                    }
                     let _ = reply.send(result);
                 }
                 Some(Command::DrainOutbox { reply }) => {
@@ -473,6 +480,7 @@ impl Sequencer {
                 for (_, reply) in group {
                     let _ = reply.send(Err(StoreError::AppendFailed(why.clone())));
                 }
+                self.recover_connection().await;
                 if let Err(e) = self.resync().await {
                     tracing::error!(error = %e, "cannot re-read the log's head after a failed append");
                 }
@@ -504,6 +512,7 @@ impl Sequencer {
             match self.drain_outbox_batch().await {
                 Ok(entries) => indices.extend(self.committed(&entries)),
                 Err(e) => {
+                    self.recover_connection().await;
                     if let Err(resync) = self.resync().await {
                         tracing::error!(error = %resync, "cannot re-read the log's head after a failed drain");
                     }
@@ -559,9 +568,35 @@ impl Sequencer {
             Ok(_) => true,
             Err(e) => {
                 tracing::error!(error = %e, pending = self.pending.len(), "sealing a block failed; retrying");
+                self.recover_connection().await;
                 self.seal_due = Some(Instant::now() + SEAL_RETRY);
                 false
             }
+        }
+    }
+
+    /// Makes the write connection usable after a failed transaction.
+    ///
+    /// When a COMMIT fails for lack of space (SQLITE_FULL, or EFBIG under a
+    /// file-size limit) SQLite has already rolled the transaction back, so
+    /// the ROLLBACK sqlx queues when its transaction is dropped fails, and
+    /// sqlx then believes a transaction is still open: every later BEGIN
+    /// would fail ("non-zero transaction depth") even once space is back.
+    /// Running a statement flushes the queued ROLLBACK; if sqlx still counts
+    /// an open transaction, the connection is replaced by a new one.
+    async fn recover_connection(&mut self) {
+        let _ = sqlx::query("SELECT 1").execute(&mut self.conn).await;
+        if !self.conn.is_in_transaction() {
+            return;
+        }
+        match SqliteConnection::connect_with(&self.options).await {
+            Ok(conn) => {
+                tracing::warn!("reopened the log's write connection after a failed transaction");
+                let stale = std::mem::replace(&mut self.conn, conn);
+                // Closing may fail like the rollback did; the connection is gone either way.
+                let _ = stale.close().await;
+            }
+            Err(e) => tracing::error!(error = %e, "cannot reopen the log's write connection; retrying later"),
         }
     }
 
