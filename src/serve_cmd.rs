@@ -38,6 +38,14 @@ pub async fn run(data: Option<PathBuf>, args: ServeArgs) -> Result<ExitCode> {
         config.http = http;
     }
     config.check()?;
+    // Past a file-size limit (ulimit -f, systemd's LimitFSIZE=) the kernel
+    // sends SIGXFSZ, whose default action kills the process. With a handler
+    // installed the write fails with EFBIG instead: the log refuses the
+    // append, the broker stops acknowledging and says why, as when the disk
+    // is full. (25 is SIGXFSZ on Linux.)
+    #[cfg(target_os = "linux")]
+    let _file_size_signal = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(25))
+        .context("installing the SIGXFSZ handler")?;
     let data = config.data.clone();
     let broker =
         Broker::start(config).await.with_context(|| format!("starting the broker (data in {})", data.display()))?;

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod logged;
 pub mod mqtt;
 
 use std::path::Path;
@@ -302,6 +303,13 @@ impl Db {
         let query = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql.to_string())).bind(key);
         let conn = self.conn.as_mut().unwrap();
         self.rt.block_on(query.fetch_one(conn)).unwrap_or_else(|e| panic!("{sql} ({key}): {e}"))
+    }
+
+    /// A column of texts.
+    pub fn texts(&mut self, sql: &str) -> Vec<String> {
+        let query = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql.to_string()));
+        let conn = self.conn.as_mut().unwrap();
+        self.rt.block_on(query.fetch_all(conn)).unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
     /// Drops every append-only trigger, as an attacker with file access would.
