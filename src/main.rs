@@ -1,6 +1,7 @@
 //! `sealmq`: the broker and its auditor tools.
 
 mod audit_cmd;
+mod bench_cmd;
 mod device_cmd;
 mod serve_cmd;
 
@@ -32,6 +33,9 @@ enum Command {
     /// Register devices and their keys, policy, password and ACL.
     #[command(subcommand)]
     Device(device_cmd::DeviceCommand),
+    /// Load a broker (this one or another) and measure throughput, latency,
+    /// loss, duplicates and memory.
+    Bench(bench_cmd::BenchArgs),
 }
 
 /// Where the data lives unless `--data` or the configuration says otherwise.
@@ -70,13 +74,28 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve_cmd::run(cli.data, args).await,
             Command::Audit(command) => audit_cmd::run(&data, command).await,
             Command::Device(command) => device_cmd::run(&data, command).await,
+            Command::Bench(args) => bench_cmd::run(args).await,
         }
     });
     match outcome {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", describe(&e));
             ExitCode::from(EXIT_ERROR)
         }
     }
+}
+
+/// The error and its causes, each cause once: many errors already name
+/// their source in their own message, which `{:#}` would repeat.
+fn describe(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }

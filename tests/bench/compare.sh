@@ -1,0 +1,477 @@
+#!/usr/bin/env bash
+# The benchmark comparison (issue 5): the same scenarios, one after the
+# other in one run, against
+#   1. sealmq, every publisher an MQS1-signing registered device,
+#   2. sealmq, unsigned publishers (unknown client ids, accepted as legacy),
+#   3. rumqttd 0.20 alone (rumqttd_alone: the router sealmq embeds, with the
+#      gateway's settings, no gateway, no log),
+#   4. Mosquitto from Debian (installed when missing),
+# each on a loopback port, loaded and measured by `sealmq bench`. Writes every
+# result as JSON into the output directory and regenerates the tables between
+# <!-- compare:begin --> and <!-- compare:end --> in BENCHMARKS.md.
+#
+#   tests/bench/compare.sh [--quick] [--mqtt 5|3.1.1] [--out DIR] [--benchmarks FILE] [--no-write]
+#                          [--report-only]
+#
+# --quick: short runs, to try the script out (numbers not worth keeping;
+#          BENCHMARKS.md is left alone unless --benchmarks names a file).
+# --report-only: no runs; rebuild results.json and the tables from the runs
+#          already in the output directory.
+# Run it on an otherwise idle machine: every other process skews the ratios.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+root=$(pwd)
+
+quick=0
+mqtt=5
+out=""
+benchmarks=""
+write=1
+report_only=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) quick=1 ;;
+    --mqtt) mqtt="$2"; shift ;;
+    --out) out="$2"; shift ;;
+    --benchmarks) benchmarks="$2"; shift ;;
+    --no-write) write=0 ;;
+    --report-only) report_only=1 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    *) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+if [ -z "$benchmarks" ]; then
+  benchmarks="$root/BENCHMARKS.md"
+  [ "$quick" -eq 1 ] && write=0
+fi
+target="${CARGO_TARGET_DIR:-$root/target}"
+out="${out:-$target/bench-compare}"
+[ "$report_only" -eq 1 ] || rm -rf "$out"
+mkdir -p "$out/runs"
+work=$(mktemp -d "${TMPDIR:-/tmp}/sealmq-compare.XXXXXX")
+# Mosquitto started as root drops to its own user, which must read its config.
+chmod 755 "$work"
+
+say() { echo "compare.sh: $*" >&2; }
+
+# --- What this needs ---------------------------------------------------------
+command -v python3 >/dev/null || { say "python3 is needed to write the tables"; exit 2; }
+if ! [ -x /usr/sbin/mosquitto ] && ! command -v mosquitto >/dev/null; then
+  say "installing Debian's mosquitto"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends mosquitto >&2
+fi
+mosquitto_bin=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+
+if [ "$report_only" -eq 0 ]; then
+  say "building (cargo build --release)"
+  cargo build --release -p sealmq -p sealmq-broker --bins >&2
+fi
+sealmq="$target/release/sealmq"
+rumqttd="$target/release/rumqttd_alone"
+
+# Connections each broker and the tool may hold: as many files as allowed.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+fd_limit=$(ulimit -n)
+
+cores=$(nproc)
+if [ "$cores" -ge 2 ]; then
+  pin_broker=(taskset -c 0)
+  pin_tool=(taskset -c 1)
+  pinning="broker pinned to core 0, load tool to core 1 (taskset)"
+else
+  pin_broker=()
+  pin_tool=()
+  pinning="one core: broker and load tool share it (no pinning)"
+fi
+say "$pinning"
+
+# --- Scenarios ---------------------------------------------------------------
+if [ "$quick" -eq 1 ]; then
+  timing=(--warmup 0.5 --duration 3)
+else
+  timing=(--warmup 2 --duration 15)
+fi
+# sealmq keeps three sockets per client (the client's, its upstream link and
+# rumqttd's end of it) in one process: the idle count must fit the file limit.
+big_idle=10000
+if [ "$fd_limit" -lt $((3 * big_idle + 1000)) ]; then
+  big_idle=$(( (fd_limit - 1000) / 3 / 1000 * 1000 ))
+fi
+# name|label|bench arguments. QoS 0 fan-out gets a wider window: at QoS 0
+# the window counts messages not yet delivered everywhere, and 64 of them
+# bound the rate by latency (Little's law) before they bound it by the broker.
+scenarios=(
+  "1to1|1 → 1, QoS 1, 64 B|-p 1 -s 1 --qos 1 --payload 64 ${timing[*]}"
+  "10to10|10 → 10 (pairs), QoS 1, 256 B|-p 10 -s 10 --pattern pairs --qos 1 --payload 256 ${timing[*]}"
+  "100to1|100 → 1 wildcard subscriber, QoS 1, 64 B|-p 100 -s 1 --pattern wildcard --qos 1 --payload 64 ${timing[*]}"
+  "1to100|1 → 100 fan-out, QoS 0, 64 B|-p 1 -s 100 --pattern fanout --qos 0 --payload 64 --inflight 1000 ${timing[*]}"
+  "1mib|1 → 1, QoS 1, 1 MiB payload|-p 1 -s 1 --qos 1 --payload 1048576 --inflight 16 ${timing[*]}"
+  "half|1 → 1, QoS 1, 64 B at half the 1 → 1 rate|-p 1 -s 1 --qos 1 --payload 64 --rate HALF ${timing[*]}"
+  "idle1k|1,000 idle connections|-p 0 --idle 1000"
+)
+if [ "$quick" -eq 0 ] && [ "$big_idle" -gt 1000 ]; then
+  scenarios+=("idlebig|$(printf "%'d" "$big_idle" 2>/dev/null || echo "$big_idle") idle connections|-p 0 --idle $big_idle")
+fi
+brokers=(sealmq-signed sealmq-unsigned rumqttd mosquitto)
+
+# --- Brokers -----------------------------------------------------------------
+broker_pid=""
+cleanup() {
+  if [ -n "$broker_pid" ]; then kill -TERM "$broker_pid" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Waits until FILE has a line matching PATTERN (the broker's banner).
+wait_for_line() {
+  local file=$1 pattern=$2
+  for _ in $(seq 600); do
+    grep -qE "$pattern" "$file" 2>/dev/null && return 0
+    kill -0 "$broker_pid" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
+}
+
+wait_for_port() {
+  for _ in $(seq 300); do
+    python3 -c "import socket,sys; socket.create_connection(('127.0.0.1', $1), 0.2)" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+# The configuration sealmq runs with, and the one Mosquitto runs with.
+sealmq_toml='# No per-client publish rate limit (the default is 1000/s; Mosquitto and
+# rumqttd have none), and room for the idle-connection scenarios.
+[limits]
+max_publish_rate = 0
+max_connections = 20000'
+mosquitto_conf_for() {
+  cat <<EOF
+# Persistence off (sealmq's durability is what is measured against it);
+# in-flight and queue limits raised above the defaults (20 and 1000) so
+# that they do not slow it down; Nagle off, as sealmq and rumqttd do.
+listener $1 127.0.0.1
+allow_anonymous true
+persistence false
+max_inflight_messages 100
+max_queued_messages 100000
+set_tcp_nodelay true
+max_connections -1
+log_dest stderr
+log_type error
+log_type warning
+EOF
+}
+
+# Starts broker $1 for scenario $2; sets broker_pid, host, data.
+start_broker() {
+  local kind=$1 run=$2
+  data=""
+  case "$kind" in
+    sealmq-*)
+      data="$work/$kind-$run"
+      mkdir -p "$data"
+      printf '%s\n' "$sealmq_toml" > "$data.toml"
+      "${pin_broker[@]}" "$sealmq" --data "$data" serve --config "$data.toml" \
+        --listen 127.0.0.1:0 --http 127.0.0.1:0 >"$out/runs/$kind-$run.broker.out" 2>"$out/runs/$kind-$run.broker.err" &
+      broker_pid=$!
+      wait_for_line "$out/runs/$kind-$run.broker.out" '^ +mqtt +' || return 1
+      host=$(awk '$1 == "mqtt" { print $2; exit }' "$out/runs/$kind-$run.broker.out")
+      ;;
+    rumqttd)
+      local port
+      port=$(free_port)
+      local listen=(--listen "127.0.0.1:$port")
+      if [ "$mqtt" != 5 ]; then
+        listen=(--listen "127.0.0.1:$(free_port)" --listen-v4 "127.0.0.1:$port")
+      fi
+      "${pin_broker[@]}" "$rumqttd" "${listen[@]}" --max-connections 20000 \
+        >"$out/runs/$kind-$run.broker.out" 2>"$out/runs/$kind-$run.broker.err" &
+      broker_pid=$!
+      wait_for_line "$out/runs/$kind-$run.broker.out" '^rumqttd 0.20 alone' || return 1
+      host="127.0.0.1:$port"
+      ;;
+    mosquitto)
+      local port
+      port=$(free_port)
+      mosquitto_conf_for "$port" > "$work/mosquitto.conf"
+      "${pin_broker[@]}" "$mosquitto_bin" -c "$work/mosquitto.conf" \
+        >"$out/runs/$kind-$run.broker.out" 2>"$out/runs/$kind-$run.broker.err" &
+      broker_pid=$!
+      wait_for_port "$port" || return 1
+      host="127.0.0.1:$port"
+      ;;
+  esac
+}
+
+# Stops the broker; for sealmq, records the log's size per record.
+stop_broker() {
+  local kind=$1 run=$2
+  kill -TERM "$broker_pid" 2>/dev/null || true
+  wait "$broker_pid" 2>/dev/null || true
+  broker_pid=""
+  if [ -n "$data" ] && [ -f "$data/log.db" ]; then
+    local bytes records
+    bytes=$(( $(stat -c %s "$data/log.db") + $(stat -c %s "$data/log.db-wal" 2>/dev/null || echo 0) ))
+    # After a clean stop every record is sealed: the checkpoint's tree size counts them.
+    records=$("$sealmq" --data "$data" audit checkpoint 2>/dev/null | sed -n 2p || echo 0)
+    printf '{"db_bytes": %s, "records": %s}\n' "$bytes" "${records:-0}" > "$out/runs/$kind-$run.store.json"
+    rm -rf "$data" "$data.toml"
+  fi
+}
+
+# --- The run -----------------------------------------------------------------
+commands="$out/commands.txt"
+: > "$commands"
+{
+  echo "# brokers (${pinning})"
+  echo "sealmq --data DIR serve --config sealmq.toml --listen 127.0.0.1:0 --http 127.0.0.1:0"
+  echo "  # sealmq.toml: $(echo "$sealmq_toml" | grep -v '^#' | tr '\n' ' ')"
+  echo "rumqttd_alone --listen 127.0.0.1:PORT --max-connections 20000"
+  echo "mosquitto -c mosquitto.conf"
+  echo "  # mosquitto.conf: $(mosquitto_conf_for PORT | grep -v '^#' | tr '\n' ';' | sed 's/;/; /g')"
+  echo "# load (sealmq bench); sealmq-signed adds --signed --register-data DIR, sealmq runs add --checkpoints"
+} >> "$commands"
+
+for entry in "${scenarios[@]}"; do
+  IFS='|' read -r run label args <<<"$entry"
+  echo "sealmq bench --host HOST --mqtt $mqtt --broker-pid PID ${args}" >> "$commands"
+done
+
+for entry in "${scenarios[@]}"; do
+  [ "$report_only" -eq 1 ] && break
+  IFS='|' read -r run label args <<<"$entry"
+  for kind in "${brokers[@]}"; do
+    read -r -a bench_args <<<"$args"
+    if [ "$run" = half ]; then
+      # Half of what this broker delivered in the 1 → 1 scenario.
+      half=$(python3 -c "import json,sys
+try: print(max(1, round(json.load(open(sys.argv[1]))['delivered_per_s'] / 2)))
+except Exception: print(0)" "$out/runs/$kind-1to1.json")
+      [ "$half" = 0 ] && { say "$kind: no 1 → 1 result, skipping the half-rate run"; continue; }
+      bench_args=("${bench_args[@]/HALF/$half}")
+    fi
+    extra=()
+    case "$kind" in
+      sealmq-signed) [ "$run" != idle1k ] && [ "$run" != idlebig ] && extra+=(--signed) ;;
+    esac
+    say "$label — $kind"
+    if ! start_broker "$kind" "$run"; then
+      say "$kind did not start; see $out/runs/$kind-$run.broker.err"
+      [ -n "$broker_pid" ] && kill -TERM "$broker_pid" 2>/dev/null || true
+      broker_pid=""
+      continue
+    fi
+    case "$kind" in
+      sealmq-*)
+        [ "${#extra[@]}" -gt 0 ] && extra+=(--register-data "$data")
+        if [ "$mqtt" = 5 ] && [ "$run" != 1to100 ] && [ "$run" != idle1k ] && [ "$run" != idlebig ]; then
+          extra+=(--checkpoints)
+        fi
+        ;;
+    esac
+    set +e
+    "${pin_tool[@]}" "$sealmq" bench --host "$host" --mqtt "$mqtt" --broker-pid "$broker_pid" \
+      --label "$label" --json "$out/runs/$kind-$run.json" "${bench_args[@]}" "${extra[@]}" \
+      >"$out/runs/$kind-$run.txt" 2>&1
+    code=$?
+    set -e
+    case $code in
+      0) ;;
+      1) say "$kind: $label: loss or duplicates (see $out/runs/$kind-$run.txt)" ;;
+      *) say "$kind: $label: the load tool failed (exit $code):"; tail -5 "$out/runs/$kind-$run.txt" >&2 ;;
+    esac
+    stop_broker "$kind" "$run"
+  done
+done
+
+# --- Machine, versions, tables -----------------------------------------------
+rev=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+[ -n "$(git status --porcelain 2>/dev/null | grep -v '^??' || true)" ] && rev="$rev (with uncommitted changes)"
+cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
+ram=$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)
+# `mosquitto -h` exits 3 after printing its version.
+mosquitto_version=$({ "$mosquitto_bin" -h 2>/dev/null || true; } | head -1 | awk '{ print $3 }')
+rumqttd_version=$(awk '/^name = "rumqttd"$/ { getline; gsub(/[^0-9.]/, ""); print; exit }' Cargo.lock)
+
+printf '%s\n' "${scenarios[@]}" > "$out/scenarios.txt"
+export OUT="$out" BENCHMARKS="$benchmarks" WRITE="$write" QUICK="$quick" MQTT="$mqtt" CPU="$cpu" CORES="$cores" \
+  RAM="$ram" KERNEL="$(uname -r)" REV="$rev" RUMQTTD="$rumqttd_version" MOSQUITTO="$mosquitto_version" \
+  RUSTC="$(rustc --version)" PINNING="$pinning" FILE_LIMIT="$fd_limit"
+python3 - <<'PY'
+
+import datetime, glob, json, os, re, sys
+
+env = os.environ
+out, benchmarks, write, quick = env["OUT"], env["BENCHMARKS"], env["WRITE"] == "1", env["QUICK"] == "1"
+brokers = ["sealmq-signed", "sealmq-unsigned", "rumqttd", "mosquitto"]
+names = {"sealmq-signed": "sealmq signed", "sealmq-unsigned": "sealmq unsigned",
+         "rumqttd": "rumqttd alone", "mosquitto": "Mosquitto"}
+scenarios = [line.split("|", 2) for line in open(os.path.join(out, "scenarios.txt")).read().splitlines() if line]
+meta = {
+    "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    "quick": quick,
+    "mqtt": env["MQTT"],
+    "machine": {"cpu": env["CPU"], "cores": int(env["CORES"]), "ram": env["RAM"], "kernel": env["KERNEL"]},
+    "versions": {"sealmq": env["REV"], "rumqttd": env["RUMQTTD"], "mosquitto": env["MOSQUITTO"],
+                 "rustc": env["RUSTC"]},
+    "pinning": env["PINNING"],
+    "file_limit": int(env["FILE_LIMIT"]),
+}
+
+results = {}
+for run, label, args in scenarios:
+    for b in brokers:
+        path = os.path.join(out, "runs", f"{b}-{run}.json")
+        if os.path.exists(path):
+            r = json.load(open(path))
+            store = os.path.join(out, "runs", f"{b}-{run}.store.json")
+            if os.path.exists(store):
+                r["store"] = json.load(open(store))
+            results.setdefault(run, {})[b] = r
+json.dump({"meta": meta, "scenarios": [{"name": s[0], "label": s[1], "args": s[2]} for s in scenarios],
+           "results": results}, open(os.path.join(out, "results.json"), "w"), indent=2)
+
+def num(x, digits=0):
+    if x is None:
+        return "–"
+    return f"{x:,.{digits}f}"
+
+def get(run, b, *path):
+    v = results.get(run, {}).get(b)
+    for p in path:
+        if v is None:
+            return None
+        v = v.get(p) if isinstance(v, dict) else None
+    return v
+
+def flag(run, b):
+    r = results.get(run, {}).get(b)
+    if r is None:
+        return " (no result)"
+    if not r.get("ok", False):
+        bad = [f"{r[k]:,} {k}" for k in ("lost", "duplicated", "unacked", "rejected") if r.get(k)]
+        return " ⚠ " + ", ".join(bad or ["failed"])
+    return ""
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return "–"
+    return f"{a / b:.2f}"
+
+lines = []
+w = lines.append
+m = meta["machine"]
+v = meta["versions"]
+w(f"Run of {meta['date']}{' (--quick: short runs, not for keeping)' if quick else ''}: "
+  f"{m['cpu']}, {m['cores']} cores, {m['ram']} RAM, Linux {m['kernel']}; {meta['pinning']}.")
+w("")
+w(f"Versions: sealmq {v['sealmq']}, rumqttd {v['rumqttd']} (alone: `rumqttd_alone`), "
+  f"Mosquitto {v['mosquitto']} (Debian), {v['rustc']}; MQTT {meta['mqtt']} for every client.")
+w("")
+w("sealmq ran with `[limits] max_publish_rate = 0` (its default, 1000 publishes/s per client, would throttle the "
+  "publishers; Mosquitto and rumqttd have no such limit) and `max_connections = 20000`; otherwise defaults "
+  "(every message durable in SQLite, `synchronous=FULL`, before delivery). *signed*: every publisher a "
+  "registered device signing each publish with MQS1 (Ed25519, checked by the broker); *unsigned*: unknown "
+  "client ids accepted as legacy devices, logged unsigned. rumqttd alone and Mosquitto get the same unsigned load. "
+  "Mosquitto: persistence off, `max_inflight_messages 100`, `max_queued_messages 100000`, "
+  "`set_tcp_nodelay true` (defaults 20, 1000, false), so that it is not handicapped.")
+w("")
+
+tput = [s for s in scenarios if not s[0].startswith("idle")]
+w("**Throughput**: messages delivered per second at the subscribers, in the measured window (ratios: sealmq ÷ the other broker, higher is better for sealmq).")
+w("")
+w("| scenario | sealmq signed | sealmq unsigned | rumqttd alone | Mosquitto | signed ÷ rumqttd | unsigned ÷ rumqttd | signed ÷ Mosquitto | unsigned ÷ Mosquitto |")
+w("|---|--:|--:|--:|--:|--:|--:|--:|--:|")
+for run, label, _ in tput:
+    d = {b: get(run, b, "delivered_per_s") for b in brokers}
+    cells = [num(d[b]) + flag(run, b) for b in brokers]
+    w(f"| {label} | " + " | ".join(cells) + " | "
+      + " | ".join([ratio(d["sealmq-signed"], d["rumqttd"]), ratio(d["sealmq-unsigned"], d["rumqttd"]),
+                    ratio(d["sealmq-signed"], d["mosquitto"]), ratio(d["sealmq-unsigned"], d["mosquitto"])]) + " |")
+w("")
+w("**Publish-to-delivery latency**, p50 / p99 in ms (ratios of p99: sealmq ÷ the other broker, lower is better for sealmq).")
+w("")
+w("| scenario | sealmq signed | sealmq unsigned | rumqttd alone | Mosquitto | signed ÷ rumqttd | unsigned ÷ rumqttd | signed ÷ Mosquitto | unsigned ÷ Mosquitto |")
+w("|---|--:|--:|--:|--:|--:|--:|--:|--:|")
+for run, label, _ in tput:
+    p99 = {b: get(run, b, "latency_ms", "p99") for b in brokers}
+    cells = []
+    for b in brokers:
+        p50 = get(run, b, "latency_ms", "p50")
+        cells.append("–" if p50 is None else f"{p50:.2f} / {p99[b]:.2f}")
+    w(f"| {label} | " + " | ".join(cells) + " | "
+      + " | ".join([ratio(p99["sealmq-signed"], p99["rumqttd"]), ratio(p99["sealmq-unsigned"], p99["rumqttd"]),
+                    ratio(p99["sealmq-signed"], p99["mosquitto"]), ratio(p99["sealmq-unsigned"], p99["mosquitto"])]) + " |")
+w("")
+w("**CPU** during the measured window, % of one core: broker / load tool (a load tool near 100 % means the numbers are the tool's limit, not the broker's).")
+w("")
+w("| scenario | sealmq signed | sealmq unsigned | rumqttd alone | Mosquitto |")
+w("|---|--:|--:|--:|--:|")
+for run, label, _ in tput:
+    cells = []
+    for b in brokers:
+        bc, tc = get(run, b, "broker", "cpu_percent"), get(run, b, "tool_cpu_percent")
+        cells.append("–" if bc is None and tc is None else f"{num(bc)} / {num(tc)}")
+    w(f"| {label} | " + " | ".join(cells) + " |")
+w("")
+w("**Memory**: broker RSS growth per idle connection (VmRSS after connecting and 2 s of settling, minus before), and the RSS then (ratios of bytes per connection: sealmq ÷ the other broker, lower is better for sealmq).")
+w("")
+w("| scenario | sealmq signed | sealmq unsigned | rumqttd alone | Mosquitto | signed ÷ rumqttd | unsigned ÷ rumqttd | signed ÷ Mosquitto | unsigned ÷ Mosquitto |")
+w("|---|--:|--:|--:|--:|--:|--:|--:|--:|")
+for run, label, _ in [s for s in scenarios if s[0].startswith("idle")]:
+    per = {b: get(run, b, "idle", "bytes_per_connection") for b in brokers}
+    cells = []
+    for b in brokers:
+        rss = get(run, b, "idle", "rss_after_kib")
+        cells.append("–" if per[b] is None else f"{per[b] / 1024:.1f} KiB ({rss / 1024:.0f} MiB)")
+    w(f"| {label} | " + " | ".join(cells) + " | "
+      + " | ".join([ratio(per["sealmq-signed"], per["rumqttd"]), ratio(per["sealmq-unsigned"], per["rumqttd"]),
+                    ratio(per["sealmq-signed"], per["mosquitto"]), ratio(per["sealmq-unsigned"], per["mosquitto"])]) + " |")
+w("")
+w("**sealmq only**: time from a PUBACK to the first signed checkpoint (on `$SYS/sealmq/checkpoint`) whose tree covers the record, p50 / p99 in ms, default block settings (4096 records or 250 ms); SQLite bytes per record (`log.db` + WAL after the run, divided by the records logged); acknowledged publishes per second.")
+w("")
+w("| scenario | signed: PUBACK → checkpoint | unsigned: PUBACK → checkpoint | signed: bytes/record | unsigned: bytes/record | signed: acked/s | unsigned: acked/s |")
+w("|---|--:|--:|--:|--:|--:|--:|")
+for run, label, _ in tput:
+    cells = []
+    for b in ("sealmq-signed", "sealmq-unsigned"):
+        c = get(run, b, "checkpoint_latency_ms")
+        cells.append("–" if not c else f"{c['p50']:.0f} / {c['p99']:.0f}")
+    for b in ("sealmq-signed", "sealmq-unsigned"):
+        s = get(run, b, "store")
+        cells.append("–" if not s or not s.get("records") else num(s["db_bytes"] / s["records"]))
+    for b in ("sealmq-signed", "sealmq-unsigned"):
+        cells.append(num(get(run, b, "acked_per_s")))
+    w(f"| {label} | " + " | ".join(cells) + " |")
+w("")
+w(f"Exact commands (`tests/bench/compare.sh{' --quick' if quick else ''}`; HOST and PID per broker; every result, with the full command line, in `results.json` in the output directory):")
+w("")
+w("```sh")
+lines.extend(open(os.path.join(out, "commands.txt")).read().rstrip("\n").splitlines())
+w("```")
+block = "\n".join(lines)
+open(os.path.join(out, "tables.md"), "w").write(block + "\n")
+print(block)
+
+if write:
+    text = open(benchmarks).read()
+    begin, end = "<!-- compare:begin -->", "<!-- compare:end -->"
+    if begin not in text or end not in text:
+        sys.exit(f"compare.sh: no {begin} … {end} markers in {benchmarks}")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    open(benchmarks, "w").write(head + begin + "\n" + block + "\n" + end + tail)
+    print(f"\ncompare.sh: tables written to {benchmarks}", file=sys.stderr)
+print(f"compare.sh: results in {out}/results.json", file=sys.stderr)
+PY
