@@ -303,6 +303,21 @@ pub fn encode_v5(packet: &v5::Packet, out: &mut BytesMut) -> Result<usize, Codec
     write_v5(packet, out, None)
 }
 
+/// Encodes any packet of the model in its MQTT 3.1.1 form, client packets
+/// included, as a 3.1.1 peer would send it; returns the bytes appended to
+/// `out` (nothing on error). The gateway never sends client packets, so this
+/// is for tests, tools and the fuzz targets (`fuzz/`): what
+/// [`ClientCodec::decode`] accepts from a 3.1.1 client, this writes back to
+/// the same packet. A DISCONNECT is the client's `E0 00`; the translation is
+/// that of [`ClientCodec::encode`] (properties dropped), and AUTH is refused.
+pub fn encode_v4(packet: &v5::Packet, out: &mut BytesMut) -> Result<usize, CodecError> {
+    if let v5::Packet::Disconnect(_) = packet {
+        out.put_slice(&[0xE0, 0x00]);
+        return Ok(2);
+    }
+    write_v4(packet, out, None)
+}
+
 // ---------------------------------------------------------------------------
 // Topic names and filters
 // ---------------------------------------------------------------------------
@@ -452,6 +467,12 @@ impl Header {
     fn kind(&self) -> u8 {
         self.byte1 >> 4
     }
+
+    /// Whether the Remaining Length uses the fewest bytes possible (MQTT 5
+    /// §1.5.5 requires it; 3.1.1 does not say, and is not held to it).
+    fn minimal(&self) -> bool {
+        self.len == 2 || self.remaining >= 1 << (7 * (self.len - 2))
+    }
 }
 
 /// Reads the fixed header; `Ok(None)` if it is not complete yet.
@@ -475,6 +496,9 @@ fn decode_frame(
     max: u32,
 ) -> Result<Option<v5::Packet>, CodecError> {
     let Some(header) = read_header(buf)? else { return Ok(None) };
+    if version == Version::V5 && !header.minimal() {
+        return Err(malformed("the remaining length is not encoded in the fewest bytes"));
+    }
     let size = header.size();
     if size > max as usize {
         return Err(CodecError::PacketTooLarge { size, max });
@@ -664,12 +688,16 @@ impl<'a> Reader<'a> {
         Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
 
+    /// A Variable Byte Integer in its shortest form (MQTT 5 §1.5.5).
     fn varint(&mut self, field: &str) -> Result<usize, CodecError> {
         let mut value = 0usize;
         for i in 0..4 {
             let b = self.u8(field)?;
             value |= usize::from(b & 0x7F) << (7 * i);
             if b & 0x80 == 0 {
+                if i > 0 && b == 0 {
+                    return Err(self.malformed(format_args!("{field} is not encoded in the fewest bytes")));
+                }
                 return Ok(value);
             }
         }
@@ -2458,6 +2486,38 @@ mod tests {
         assert!(alias_only.topic.is_empty());
         // Invalid UTF-8 in the topic too: validate_topic_name does that.
         assert!(from_client(Version::V5, &frame(0x30, &cat(&[&s([0xFF]), &[0]]))).is_ok());
+    }
+
+    /// Found by `fuzz/` (targets `client_packets_v5`, `upstream_v5`): `C0 80 00`,
+    /// a PINGREQ whose Remaining Length 0 is spread over two bytes, decoded.
+    /// MQTT 5 §1.5.5 (MQTT-1.5.5-1) requires the fewest bytes, for the Remaining
+    /// Length, property lengths and Subscription Identifiers alike; 3.1.1 does
+    /// not say so, and its decoder stays lenient.
+    #[test]
+    fn non_minimal_variable_byte_integers_are_malformed_in_v5() {
+        let publish = |props: &[u8]| frame(0x30, &cat(&[&s("a"), props, b"x"]));
+        let cases: [Vec<u8>; 6] = [
+            vec![0xC0, 0x80, 0x00],
+            vec![0xC0, 0x80, 0x80, 0x80, 0x00],
+            vec![0xE0, 0x80, 0x00],
+            cat(&[&[0x30, 0x84, 0x00], &s("a"), &[0], b"x"]), // Remaining Length 4 in two bytes
+            publish(&[0x80, 0x00]),                           // property length 0 in two bytes
+            publish(&[3, 11, 0x81, 0x00]),                    // Subscription Identifier 1 in two bytes
+        ];
+        for bytes in &cases {
+            for origin in [Origin::Client, Origin::Any] {
+                let result = decode_with(Version::V5, origin, bytes);
+                assert!(matches!(result, Err(CodecError::Malformed(_))), "{origin:?} {bytes:02x?}: {result:?}");
+            }
+        }
+        // The shortest forms of the same values, and values that need the bytes.
+        assert_eq!(from_client(Version::V5, &[0xC0, 0x00]).unwrap(), P::PingReq(v5::PingReq));
+        assert!(from_upstream(&publish(&[3, 11, 0x80, 0x01])).is_ok()); // Subscription Identifier 128
+        let long = cat(&[&s("a"), &[0], &[b'x'; 200]]);
+        assert!(from_client(Version::V5, &frame(0x30, &long)).is_ok());
+        assert_eq!(frame(0x30, &long)[1..3], [0xCC, 0x01]); // 204 needs two bytes
+        // MQTT 3.1.1 is not held to it.
+        assert_eq!(from_client(Version::V311, &[0xC0, 0x80, 0x00]).unwrap(), P::PingReq(v5::PingReq));
     }
 
     fn connect_bytes(level: u8, flags: u8, props: Option<&[u8]>, payload: &[u8]) -> Vec<u8> {
