@@ -130,6 +130,25 @@ enum Via {
     Wss(Arc<rustls::ClientConfig>),
 }
 
+impl Via {
+    /// What rumqttc takes as the host: a name for TLS, a URL for WebSocket.
+    fn host(&self, addr: SocketAddr) -> String {
+        match self {
+            Via::Tls(_) => "localhost".into(),
+            Via::Ws => format!("ws://127.0.0.1:{}/mqtt", addr.port()),
+            Via::Wss(_) => format!("wss://localhost:{}/mqtt", addr.port()),
+        }
+    }
+
+    fn transport(self) -> rumqttc::Transport {
+        match self {
+            Via::Tls(config) => rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(config)),
+            Via::Ws => rumqttc::Transport::Ws,
+            Via::Wss(config) => rumqttc::Transport::wss_with_config(rumqttc::TlsConfiguration::Rustls(config)),
+        }
+    }
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
@@ -138,16 +157,8 @@ fn runtime() -> tokio::runtime::Runtime {
 /// waits for its PUBACK. `Err` names a refused CONNECT or a failure.
 async fn publish_v5(addr: SocketAddr, via: Via, client_id: &str, topic: &str, payload: &str) -> Result<(), String> {
     use rumqttc::v5::{AsyncClient, ConnectionError, Event, MqttOptions};
-    let mut options = match &via {
-        Via::Tls(_) => MqttOptions::new(client_id, "localhost", addr.port()),
-        Via::Ws => MqttOptions::new(client_id, format!("ws://127.0.0.1:{}/mqtt", addr.port()), addr.port()),
-        Via::Wss(_) => MqttOptions::new(client_id, format!("wss://localhost:{}/mqtt", addr.port()), addr.port()),
-    };
-    options.set_transport(match via {
-        Via::Tls(config) => rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(config)),
-        Via::Ws => rumqttc::Transport::Ws,
-        Via::Wss(config) => rumqttc::Transport::wss_with_config(rumqttc::TlsConfiguration::Rustls(config)),
-    });
+    let mut options = MqttOptions::new(client_id, via.host(addr), addr.port());
+    options.set_transport(via.transport());
     let (client, mut events) = AsyncClient::new(options, 10);
     let run = async {
         loop {
@@ -177,16 +188,8 @@ async fn publish_v5(addr: SocketAddr, via: Via, client_id: &str, topic: &str, pa
 /// The same with rumqttc MQTT 3.1.1.
 async fn publish_v4(addr: SocketAddr, via: Via, client_id: &str, topic: &str, payload: &str) -> Result<(), String> {
     use rumqttc::{AsyncClient, ConnectionError, Event, MqttOptions, Packet};
-    let mut options = match &via {
-        Via::Tls(_) => MqttOptions::new(client_id, "localhost", addr.port()),
-        Via::Ws => MqttOptions::new(client_id, format!("ws://127.0.0.1:{}/mqtt", addr.port()), addr.port()),
-        Via::Wss(_) => MqttOptions::new(client_id, format!("wss://localhost:{}/mqtt", addr.port()), addr.port()),
-    };
-    options.set_transport(match via {
-        Via::Tls(config) => rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(config)),
-        Via::Ws => rumqttc::Transport::Ws,
-        Via::Wss(config) => rumqttc::Transport::wss_with_config(rumqttc::TlsConfiguration::Rustls(config)),
-    });
+    let mut options = MqttOptions::new(client_id, via.host(addr), addr.port());
+    options.set_transport(via.transport());
     let (client, mut events) = AsyncClient::new(options, 10);
     let run = async {
         loop {
