@@ -30,6 +30,9 @@
 //!
 //! After any `Err` from a decoder the connection must be closed: the buffer is
 //! left in an unspecified state. After a DISCONNECT, stop decoding.
+//!
+//! This file uses nothing else from the crate (only bytes, rumqttc and
+//! thiserror): the fuzz targets in `fuzz/` compile it on its own.
 
 use std::fmt;
 
