@@ -119,10 +119,10 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound(message) => Self::not_found(message),
             StoreError::Query(message) => Self::bad_request(message),
-            StoreError::Proof(
-                e @ (sealmq_audit::ProofError::IndexOutOfRange { .. }
-                | sealmq_audit::ProofError::SizesOutOfOrder { .. }),
-            ) => Self::not_found(e.to_string()),
+            StoreError::Proof(sealmq_audit::ProofError::IndexOutOfRange { index, size }) => Self::not_found(format!(
+                "record {index} is not in the tree of size {size} (records are provable once a block seals them)"
+            )),
+            StoreError::Proof(e @ sealmq_audit::ProofError::SizesOutOfOrder { .. }) => Self::not_found(e.to_string()),
             other => Self::unavailable(&other),
         }
     }
@@ -192,12 +192,7 @@ async fn vkey(State(api): Shared) -> Response {
 async fn proof(State(api): Shared, index: Segment, query: Params) -> ApiResult {
     let index = position("index", &segment(index)?)?;
     let size = optional_position(&params(query)?, "size")?;
-    let bundle = api.reader.prove(index, size).await.map_err(|e| match e {
-        StoreError::Proof(sealmq_audit::ProofError::IndexOutOfRange { index, size }) => ApiError::not_found(format!(
-            "record {index} is not in the tree of size {size} (records are provable once a block seals them)"
-        )),
-        other => other.into(),
-    })?;
+    let bundle = api.reader.prove(index, size).await?;
     Ok(([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-cache")], bundle.to_json())
         .into_response())
 }
@@ -220,9 +215,8 @@ async fn consistency(State(api): Shared, query: Params) -> ApiResult {
 /// One record, decoded, with its payload if stored.
 async fn record(State(api): Shared, index: Segment) -> ApiResult {
     let index = position("index", &segment(index)?)?;
-    let found =
+    let (found, payload) =
         api.reader.found_record(index).await?.ok_or_else(|| ApiError::not_found(format!("no record {index}")))?;
-    let payload = api.reader.record(index).await?.and_then(|r| r.payload);
     let mut view = record_view(&found)?;
     view["record"] = json!(B64.encode(&found.body));
     view["payload"] = payload.map_or(Value::Null, |p| json!(B64.encode(p)));

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use sqlx::sqlite::SqliteConnection;
-use sqlx::{QueryBuilder, Sqlite};
+use sqlx::{AssertSqlSafe, QueryBuilder, Sqlite};
 
 use super::reader::{LogReader, SealedBlock, sealed_block};
 use super::{StoreError, to_i64, to_u64};
@@ -173,6 +173,24 @@ pub struct FoundRecord {
     pub block: Option<u64>,
 }
 
+/// The height of the block that sealed record `r.idx` (NULL while unsealed),
+/// as a column of a query over `records r`.
+const BLOCK_OF_RECORD: &str = "(SELECT height FROM blocks b WHERE b.tree_size > r.idx ORDER BY b.tree_size LIMIT 1)";
+
+/// A found record's row: idx, body, leaf, sealing block's height.
+type FoundRow = (i64, Vec<u8>, Vec<u8>, Option<i64>);
+/// The same, and the stored payload.
+type FoundRowWithPayload = (i64, Vec<u8>, Vec<u8>, Option<i64>, Option<Vec<u8>>);
+
+fn found(idx: i64, body: Vec<u8>, leaf: Vec<u8>, block: Option<i64>) -> Result<FoundRecord, StoreError> {
+    Ok(FoundRecord {
+        index: to_u64(idx)?,
+        body,
+        leaf: super::to_hash(&leaf, "leaf hash")?,
+        block: block.map(to_u64).transpose()?,
+    })
+}
+
 /// Names a topic filter may be checked against before the search is
 /// refused as too broad (a filter that starts with a wildcard reads every
 /// name).
@@ -244,35 +262,29 @@ impl LogReader {
         if indices.is_empty() {
             return Ok(Vec::new());
         }
-        let mut sql = QueryBuilder::<Sqlite>::new(
-            "SELECT r.idx, r.body, r.leaf, \
-             (SELECT height FROM blocks b WHERE b.tree_size > r.idx ORDER BY b.tree_size LIMIT 1) \
-             FROM records r WHERE r.idx IN (",
-        );
+        let mut sql = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT r.idx, r.body, r.leaf, {BLOCK_OF_RECORD} FROM records r WHERE r.idx IN ("
+        ));
         let mut list = sql.separated(", ");
         for idx in indices {
             list.push_bind(*idx);
         }
         sql.push(") ORDER BY r.idx");
-        // idx, body, leaf, sealing block's height.
-        type Row = (i64, Vec<u8>, Vec<u8>, Option<i64>);
-        let rows: Vec<Row> = sql.build_query_as().fetch_all(self.pool()).await?;
-        rows.into_iter()
-            .map(|(idx, body, leaf, block)| {
-                Ok(FoundRecord {
-                    index: to_u64(idx)?,
-                    body,
-                    leaf: super::to_hash(&leaf, "leaf hash")?,
-                    block: block.map(to_u64).transpose()?,
-                })
-            })
-            .collect()
+        let rows: Vec<FoundRow> = sql.build_query_as().fetch_all(self.pool()).await?;
+        rows.into_iter().map(|(idx, body, leaf, block)| found(idx, body, leaf, block)).collect()
     }
 
-    /// The record at `index` with its block; `None` past the last record.
-    pub async fn found_record(&self, index: u64) -> Result<Option<FoundRecord>, StoreError> {
+    /// The record at `index` with its block and its stored payload, in one
+    /// read; `None` past the last record.
+    pub async fn found_record(&self, index: u64) -> Result<Option<(FoundRecord, Option<Vec<u8>>)>, StoreError> {
         let Ok(index) = i64::try_from(index) else { return Ok(None) };
-        Ok(self.found_records(&[index]).await?.pop())
+        let sql = format!(
+            "SELECT r.idx, r.body, r.leaf, {BLOCK_OF_RECORD}, p.data \
+             FROM records r LEFT JOIN payloads p ON p.idx = r.idx WHERE r.idx = ?"
+        );
+        let row: Option<FoundRowWithPayload> =
+            sqlx::query_as(AssertSqlSafe(sql)).bind(index).fetch_optional(self.pool()).await?;
+        row.map(|(idx, body, leaf, block, payload)| Ok((found(idx, body, leaf, block)?, payload))).transpose()
     }
 
     /// Ids of the names that exist, in no particular order.
