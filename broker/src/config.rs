@@ -137,7 +137,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// Time a new connection has to send its CONNECT, in milliseconds.
     pub connect_timeout_ms: u64,
-    /// QoS 1 and 2 publishes a client may have unacknowledged (its Receive Maximum).
+    /// QoS 1 and 2 publishes unacknowledged at once, each way: from a client
+    /// (the Receive Maximum the broker announces) and to it (capped further
+    /// by the client's own Receive Maximum).
     pub max_inflight: u16,
     /// Topic aliases a v5 client may use.
     pub max_topic_aliases: u16,
@@ -150,8 +152,10 @@ pub struct Limits {
     /// Longest a persistent session (3.1.1 clean session 0, MQTT 5 Session
     /// Expiry) is kept for a disconnected client, in seconds.
     pub max_session_expiry_secs: u32,
-    /// QoS 0 messages queued for a disconnected persistent session (QoS 1/2
-    /// wait in the router, at most 100 per session).
+    /// Messages queued for one session beyond its in-flight window: for a
+    /// client slower than its subscriptions, or a disconnected persistent
+    /// session. Past it, new deliveries to that session are dropped, counted
+    /// and warned about (the audit log still has them).
     pub max_queued_messages: usize,
     /// Publishes per second one client may send, with bursts of up to a
     /// second's worth; a faster client is slowed down (the gateway stops

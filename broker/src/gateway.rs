@@ -30,6 +30,8 @@ pub struct Stats {
     pub duplicates: AtomicU64,
     /// Connections refused at CONNECT.
     pub refused_connections: AtomicU64,
+    /// Deliveries dropped because a session's queue was full.
+    pub dropped: AtomicU64,
 }
 
 /// Asks the holder of a client id's session (a live connection or a parked

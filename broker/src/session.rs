@@ -11,8 +11,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
+use futures_util::{FutureExt, StreamExt};
 use sealmq_audit::mqs1::Kid;
 use sealmq_audit::store::StoreError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -32,8 +32,6 @@ use crate::upstream::{UpstreamLink, UpstreamReader, UpstreamWriter, down_topic, 
 
 use v5::{DisconnectReasonCode as Dc, PubAckReason, PubRecReason, QoS, SubscribeReasonCode};
 
-/// Packet ids above the router's (rumqttd numbers its deliveries 1..=100).
-const FIRST_LOCAL_PKID: u16 = 1000;
 /// Keep-alive the gateway uses upstream; it pings when idle.
 const UPSTREAM_KEEP_ALIVE: u16 = 60;
 /// Publishes of one connection being logged at once; reading from the
@@ -115,16 +113,28 @@ impl Client {
         Ok(self.read.read_buf(&mut self.buf).await? > 0)
     }
 
-    async fn send(&mut self, codec: &ClientCodec, packet: &v5::Packet) -> Result<(), End> {
-        self.out.clear();
+    /// Encodes a packet into the output buffer; [`Client::flush`] sends it.
+    fn queue(&mut self, codec: &ClientCodec, packet: &v5::Packet) -> Result<(), End> {
         match codec.encode(packet, &mut self.out) {
-            Ok(_) => {}
+            Ok(_) => Ok(()),
             // Larger than the client's Maximum Packet Size: MQTT 5 says drop it.
-            Err(CodecError::PacketTooLarge { .. }) => return Ok(()),
-            Err(e) => return Err(e.into()),
+            Err(CodecError::PacketTooLarge { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
         }
-        write_flushed(&mut self.write, &self.out).await?;
+    }
+
+    /// Sends what is queued: one write for everything handled since the last.
+    async fn flush(&mut self) -> Result<(), End> {
+        if !self.out.is_empty() {
+            write_flushed(&mut self.write, &self.out).await?;
+            self.out.clear();
+        }
         Ok(())
+    }
+
+    async fn send(&mut self, codec: &ClientCodec, packet: &v5::Packet) -> Result<(), End> {
+        self.queue(codec, packet)?;
+        self.flush().await
     }
 }
 
@@ -339,46 +349,46 @@ struct Relay {
     local_qos2: HashSet<u16>,
     /// QoS 1/2 publishes from the client not yet completed (its Receive Maximum is ours).
     inflight: usize,
-    /// Upstream deliveries awaiting their first ack, in delivery order:
-    /// (packet id, upstream QoS, client QoS, acked by the client).
-    deliveries: VecDeque<(u16, u8, u8, bool)>,
-    /// Upstream QoS 2 deliveries past PUBREC, in PUBREC order: (packet id,
-    /// QoS given to the client, completed). PUBCOMPs go upstream in this
-    /// order: rumqttd disconnects a link that completes out of order.
-    released: VecDeque<(u16, u8, bool)>,
     /// SUBSCRIBE/UNSUBSCRIBE answers decided locally, merged with upstream's.
     pending_subacks: HashMap<u16, PendingSubscribe>,
-    /// Retained messages the gateway sent at QoS 1/2: packet id → (QoS, PUBREC seen).
-    local_deliveries: HashMap<u16, u8>,
-    /// The next packet id for the gateway's own deliveries; the router's
-    /// are 1..=100, so these start above.
-    next_local_pkid: u16,
     pending_unsubacks: HashMap<u16, Vec<Option<v5::UnsubAckReason>>>,
     used_kids: HashSet<Kid>,
     pipeline: FuturesOrdered<Pending>,
-    /// The client's Receive Maximum.
-    receive_max: usize,
-    /// QoS 1/2 deliveries the client has not completed.
-    client_inflight: usize,
-    /// Deliveries held back until the client's Receive Maximum allows them.
+    /// QoS 1/2 deliveries the client may have unacknowledged at once: its
+    /// Receive Maximum, at most `limits.max_inflight`.
+    window: usize,
+    /// QoS 1/2 deliveries sent and not completed by the client, by packet id.
+    outgoing: HashMap<u16, Outgoing>,
+    /// Numbers deliveries in sending order, to resend them in that order.
+    next_seq: u64,
+    next_pkid: u16,
+    /// Deliveries waiting for room in the window, or for a parked session's
+    /// client to come back; at most `limits.max_queued_messages`.
     held: VecDeque<v5::Publish>,
-    /// QoS 1/2 deliveries sent and not yet acknowledged (PUBACK/PUBREC), to
-    /// send again, with DUP, when a persistent session resumes.
-    sent: VecDeque<v5::Publish>,
-    /// QoS 2 deliveries whose PUBREL was sent and not yet completed.
-    relayed_pubrel: Vec<u16>,
+    /// Whether deliveries are being dropped because `held` is full (warned
+    /// once per episode, which ends when it is down to half).
+    overflowing: bool,
     /// The client's publish budget: past it, reading from it pauses.
     rate: PublishRate,
 }
 
-/// A persistent session between connections: its state and its upstream
-/// link (the router keeps its subscriptions and holds its QoS 1/2 messages),
-/// plus what arrived meanwhile.
+/// A QoS 1/2 delivery the client has not completed.
+struct Outgoing {
+    seq: u64,
+    qos: u8,
+    /// Awaiting PUBACK or PUBREC: kept to be sent again, with DUP, when a
+    /// persistent session resumes. `None` for QoS 2 past PUBREC: PUBREL
+    /// sent, awaiting PUBCOMP.
+    publish: Option<v5::Publish>,
+}
+
+/// A persistent session between connections: its state (with what arrived
+/// meanwhile, in `held`) and its upstream link, which keeps its
+/// subscriptions in the router.
 pub(crate) struct Parked {
     relay: Relay,
     up_read: UpstreamReader,
     up_write: UpstreamWriter,
-    queued: VecDeque<v5::Publish>,
 }
 
 /// How the relay loop ended.
@@ -415,16 +425,17 @@ async fn run(shared: Arc<Shared>, mut client: Client, connect: Connected, peer: 
         Some(take) => request_session(take).await,
         None => None,
     };
-    let (mut relay, mut up_read, mut up_write, queued) = match previous {
+    let window = receive_max.min(usize::from(shared.config.limits.max_inflight));
+    let (mut relay, mut up_read, mut up_write, resumed) = match previous {
         Some(parked) if !clean_start => {
-            let Parked { mut relay, up_read, up_write, queued } = *parked;
+            let Parked { mut relay, up_read, up_write } = *parked;
             relay.codec = codec;
             relay.device = device;
             relay.problem_info = request_problem_info;
-            relay.receive_max = receive_max;
+            relay.window = window;
             relay.aliases.clear();
             relay.inflight = 0;
-            (relay, up_read, up_write, Some(queued))
+            (relay, up_read, up_write, true)
         }
         previous => {
             if let Some(parked) = previous {
@@ -448,10 +459,10 @@ async fn run(shared: Arc<Shared>, mut client: Client, connect: Connected, peer: 
             };
             let (up_read, up_write) = link.split();
             (
-                Relay::new(&shared, codec, device, client_id.clone(), request_problem_info, receive_max),
+                Relay::new(&shared, codec, device, client_id.clone(), request_problem_info, window),
                 up_read,
                 up_write,
-                None,
+                false,
             )
         }
     };
@@ -476,18 +487,17 @@ async fn run(shared: Arc<Shared>, mut client: Client, connect: Connected, peer: 
         authentication_method: None,
         authentication_data: None,
     };
-    let ack = v5::ConnAck {
-        session_present: queued.is_some(),
-        code: v5::ConnectReturnCode::Success,
-        properties: Some(properties),
-    };
+    let ack =
+        v5::ConnAck { session_present: resumed, code: v5::ConnectReturnCode::Success, properties: Some(properties) };
     client.send(&relay.codec, &v5::Packet::ConnAck(ack)).await?;
-    tracing::debug!(%peer, client_id, version = ?relay.codec.version, resumed = queued.is_some(), "connected");
-    if let Some(queued) = queued {
-        relay.resume(&mut client, &mut up_write, queued).await?;
+    tracing::debug!(%peer, client_id, version = ?relay.codec.version, resumed, "connected");
+    if resumed {
+        relay.resume(&mut client).await?;
     }
 
     let exit = relay.relay(&mut client, &mut up_read, &mut up_write, keep_alive, &mut takes).await;
+    let _ = client.flush().await;
+    let _ = up_write.flush().await;
     let _ = client.write.shutdown().await;
     let publish_will = match &exit {
         Ok(Exit::Normal { publish_will, .. }) => *publish_will,
@@ -506,7 +516,7 @@ async fn run(shared: Arc<Shared>, mut client: Client, connect: Connected, peer: 
     match exit {
         Ok(Exit::TakenOver(reply)) => {
             // The new holder already owns the client id in the table.
-            let parked = persistent.then(|| Box::new(Parked { relay, up_read, up_write, queued: VecDeque::new() }));
+            let parked = persistent.then(|| Box::new(Parked { relay, up_read, up_write }));
             if let Err(Some(mut parked)) = reply.send(parked) {
                 parked.up_write.close().await;
             }
@@ -532,9 +542,9 @@ async fn request_session(take: tokio::sync::mpsc::Sender<TakeRequest>) -> Option
     tokio::time::timeout(Duration::from_secs(5), answer).await.ok()?.ok()?
 }
 
-/// Keeps a disconnected persistent session: its upstream link stays open
-/// (the router holds its QoS 1/2 messages), QoS 0 messages are queued, and
-/// it ends when it expires, the broker stops, or a connection takes it.
+/// Keeps a disconnected persistent session: its upstream link stays open,
+/// messages for it are queued (bounded), and it ends when it expires, the
+/// broker stops, or a connection takes it.
 #[allow(clippy::too_many_arguments)]
 async fn park(
     shared: Arc<Shared>,
@@ -547,7 +557,6 @@ async fn park(
     expiry: Duration,
 ) {
     let deadline = Instant::now() + expiry;
-    let mut queued = VecDeque::new();
     let mut ping = tokio::time::interval(Duration::from_secs(u64::from(UPSTREAM_KEEP_ALIVE) / 2));
     let mut shutdown = shared.shutdown.clone();
     tracing::debug!(client_id, expiry_secs = expiry.as_secs(), "session parked");
@@ -555,7 +564,7 @@ async fn park(
         tokio::select! {
             take = takes.recv() => {
                 if let Some(reply) = take {
-                    let parked = Box::new(Parked { relay, up_read, up_write, queued });
+                    let parked = Box::new(Parked { relay, up_read, up_write });
                     if let Err(Some(mut parked)) = reply.send(Some(parked)) {
                         parked.up_write.close().await;
                     }
@@ -565,7 +574,7 @@ async fn park(
             }
             packet = up_read.recv() => match packet {
                 Ok(Some(packet)) => {
-                    if relay.while_parked(&mut up_write, packet, &mut queued).await.is_err() {
+                    if relay.while_parked(&mut up_write, packet).await.is_err() || up_write.flush().await.is_err() {
                         break;
                     }
                 }
@@ -592,7 +601,7 @@ impl Relay {
         device: Arc<Device>,
         client_id: String,
         problem_info: bool,
-        receive_max: usize,
+        window: usize,
     ) -> Self {
         Self {
             shared: Arc::clone(shared),
@@ -600,21 +609,18 @@ impl Relay {
             device,
             client_id,
             problem_info,
-            receive_max,
-            client_inflight: 0,
+            window,
+            outgoing: HashMap::new(),
+            next_seq: 0,
+            next_pkid: 1,
             held: VecDeque::new(),
-            sent: VecDeque::new(),
-            relayed_pubrel: Vec::new(),
+            overflowing: false,
             aliases: HashMap::new(),
             subscriptions: HashMap::new(),
             forwarded: HashMap::new(),
             local_qos2: HashSet::new(),
             inflight: 0,
-            deliveries: VecDeque::new(),
-            released: VecDeque::new(),
             pending_subacks: HashMap::new(),
-            local_deliveries: HashMap::new(),
-            next_local_pkid: FIRST_LOCAL_PKID,
             pending_unsubacks: HashMap::new(),
             used_kids: HashSet::new(),
             pipeline: FuturesOrdered::new(),
@@ -623,60 +629,35 @@ impl Relay {
     }
 
     /// Resumes a persistent session on a new connection: what the client
-    /// had not acknowledged goes again (PUBLISH with DUP, then PUBREL), then
-    /// what arrived while it was away.
-    async fn resume(
-        &mut self,
-        client: &mut Client,
-        up: &mut UpstreamWriter,
-        queued: VecDeque<v5::Publish>,
-    ) -> Result<(), End> {
-        let sent = std::mem::take(&mut self.sent);
-        self.client_inflight = sent.len() + self.relayed_pubrel.len();
-        for mut publish in sent {
-            publish.dup = true;
-            client.send(&self.codec, &v5::Packet::Publish(publish.clone())).await?;
-            self.sent.push_back(publish);
+    /// had not acknowledged goes again, in its first order (PUBLISH with
+    /// DUP, or PUBREL), then what arrived while it was away.
+    async fn resume(&mut self, client: &mut Client) -> Result<(), End> {
+        let mut order: Vec<(u64, u16)> = self.outgoing.iter().map(|(&pkid, out)| (out.seq, pkid)).collect();
+        order.sort_unstable();
+        for (_, pkid) in order {
+            let packet = match &self.outgoing[&pkid].publish {
+                Some(publish) => {
+                    let mut publish = publish.clone();
+                    publish.dup = true;
+                    v5::Packet::Publish(publish)
+                }
+                None => v5::Packet::PubRel(v5::PubRel::new(pkid, None)),
+            };
+            client.queue(&self.codec, &packet)?;
         }
-        for pkid in self.relayed_pubrel.clone() {
-            client.send(&self.codec, &v5::Packet::PubRel(v5::PubRel::new(pkid, None))).await?;
-        }
-        for publish in queued {
-            self.deliver(client, up, publish).await?;
-        }
-        Ok(())
+        self.pump(client).await
     }
 
     /// Handles a router packet for a parked session.
-    async fn while_parked(
-        &mut self,
-        up: &mut UpstreamWriter,
-        packet: v5::Packet,
-        queued: &mut VecDeque<v5::Publish>,
-    ) -> Result<(), End> {
+    async fn while_parked(&mut self, up: &mut UpstreamWriter, packet: v5::Packet) -> Result<(), End> {
         match packet {
-            // QoS 1/2 stop at the router's in-flight window (100), since they
-            // are not acknowledged until delivered; QoS 0 is bounded here.
-            v5::Packet::Publish(publish)
-                if publish.qos != QoS::AtMostOnce || queued.len() < self.shared.config.limits.max_queued_messages =>
-            {
-                queued.push_back(publish);
-            }
-            v5::Packet::Publish(_) => {
-                tracing::debug!(client_id = self.client_id, "queue of a parked session full: QoS 0 message dropped");
-            }
-            v5::Packet::PubRel(rel) => match self.released.iter().position(|r| r.0 == rel.pkid) {
-                Some(at) if self.released[at].1 == 2 => {
-                    if !self.relayed_pubrel.contains(&rel.pkid) {
-                        self.relayed_pubrel.push(rel.pkid);
-                    }
+            v5::Packet::Publish(publish) => {
+                settle_with_router(up, &publish)?;
+                if let Some(delivery) = self.route(publish) {
+                    self.hold(delivery);
                 }
-                Some(at) => {
-                    self.released[at].2 = true;
-                    self.flush_completions(up).await?;
-                }
-                None => up.send(&v5::Packet::PubComp(v5::PubComp::new(rel.pkid, None))).await?,
-            },
+            }
+            v5::Packet::PubRel(rel) => up.queue(&v5::Packet::PubComp(v5::PubComp::new(rel.pkid, None)))?,
             v5::Packet::PubAck(ack) => {
                 self.forwarded.remove(&ack.pkid);
             }
@@ -739,6 +720,9 @@ impl Relay {
                     }
                 }
             }
+            // Everything handled so far goes out in one write each way.
+            up_write.flush().await?;
+            client.flush().await?;
             tokio::select! {
                 read = client.read.read_buf(&mut client.buf), if reading => {
                     if read? == 0 {
@@ -749,14 +733,18 @@ impl Relay {
                 }
                 Some(logged) = self.pipeline.next() => {
                     self.forward(client, up_write, logged).await?;
+                    while let Some(Some(logged)) = self.pipeline.next().now_or_never() {
+                        self.forward(client, up_write, logged).await?;
+                    }
                 }
                 packet = up_read.recv() => {
-                    match packet? {
-                        Some(packet) => self.on_router_packet(client, up_write, packet).await?,
-                        None => {
-                            self.disconnect(client, Dc::UnspecifiedError, "the router closed the connection").await;
-                            return Ok(Exit::Abnormal);
-                        }
+                    let Some(packet) = packet? else {
+                        self.disconnect(client, Dc::UnspecifiedError, "the router closed the connection").await;
+                        return Ok(Exit::Abnormal);
+                    };
+                    self.on_router_packet(client, up_write, packet).await?;
+                    while let Some(packet) = up_read.buffered()? {
+                        self.on_router_packet(client, up_write, packet).await?;
                     }
                 }
                 () = sleep_until(throttled) => {}
@@ -767,7 +755,7 @@ impl Relay {
                     return Ok(Exit::Abnormal);
                 }
                 _ = ping.tick() => {
-                    up_write.send(&v5::Packet::PingReq(v5::PingReq)).await?;
+                    up_write.queue(&v5::Packet::PingReq(v5::PingReq))?;
                 }
                 Some(reply) = takes.recv() => {
                     self.disconnect(client, Dc::SessionTakenOver, "another connection took over this client id").await;
@@ -805,8 +793,8 @@ impl Relay {
             user_properties: Vec::new(),
             server_reference: None,
         });
-        let _ =
-            client.send(&self.codec, &v5::Packet::Disconnect(v5::Disconnect { reason_code: reason, properties })).await;
+        let _ = client.queue(&self.codec, &v5::Packet::Disconnect(v5::Disconnect { reason_code: reason, properties }));
+        let _ = client.flush().await;
     }
 
     /// Handles one packet from the client; `Some` ends the connection.
@@ -816,61 +804,53 @@ impl Relay {
         up: &mut UpstreamWriter,
         packet: v5::Packet,
     ) -> Result<Option<Exit>, End> {
-        // What a resumed session would have to send again.
-        match &packet {
-            v5::Packet::PubAck(ack) => self.sent.retain(|p| p.pkid != ack.pkid),
-            v5::Packet::PubRec(rec) => self.sent.retain(|p| p.pkid != rec.pkid),
-            v5::Packet::PubComp(comp) => self.relayed_pubrel.retain(|&pkid| pkid != comp.pkid),
-            _ => {}
-        }
         match packet {
             v5::Packet::Publish(publish) => {
                 self.rate.spend();
                 return self.client_publish(client, publish).await;
             }
-            v5::Packet::PubAck(ack) if self.local_deliveries.get(&ack.pkid) == Some(&1) => {
-                self.local_deliveries.remove(&ack.pkid);
-                self.client_completed(client).await?;
-            }
-            v5::Packet::PubRec(rec) if self.local_deliveries.get(&rec.pkid) == Some(&2) => {
-                self.relayed_pubrel.push(rec.pkid);
-                client.send(&self.codec, &v5::Packet::PubRel(v5::PubRel::new(rec.pkid, None))).await?;
-            }
-            v5::Packet::PubComp(comp) if self.local_deliveries.get(&comp.pkid) == Some(&2) => {
-                self.local_deliveries.remove(&comp.pkid);
-                self.client_completed(client).await?;
-            }
             v5::Packet::PubAck(ack) => {
-                if self.client_acked(up, ack.pkid, 1).await? {
-                    self.client_completed(client).await?;
+                if matches!(self.outgoing.get(&ack.pkid), Some(out) if out.qos == 1) {
+                    self.outgoing.remove(&ack.pkid);
+                    self.pump(client).await?;
                 }
             }
             v5::Packet::PubRec(rec) => {
-                self.client_acked(up, rec.pkid, 2).await?;
+                let Some(out) = self.outgoing.get_mut(&rec.pkid) else { return Ok(None) };
+                if out.qos != 2 || out.publish.is_none() {
+                    return Ok(None);
+                }
+                if matches!(rec.reason, PubRecReason::Success | PubRecReason::NoMatchingSubscribers) {
+                    out.publish = None;
+                    client.queue(&self.codec, &v5::Packet::PubRel(v5::PubRel::new(rec.pkid, None)))?;
+                } else {
+                    // A PUBREC with an error code ends the exchange (MQTT 5 §4.3.3).
+                    self.outgoing.remove(&rec.pkid);
+                    self.pump(client).await?;
+                }
             }
             v5::Packet::PubRel(rel) => {
                 if self.local_qos2.remove(&rel.pkid) {
-                    client.send(&self.codec, &v5::Packet::PubComp(v5::PubComp::new(rel.pkid, None))).await?;
+                    client.queue(&self.codec, &v5::Packet::PubComp(v5::PubComp::new(rel.pkid, None)))?;
                     self.inflight = self.inflight.saturating_sub(1);
                 } else if self.forwarded.contains_key(&rel.pkid) {
                     // rumqttd ignores a PUBREL with properties: send none.
-                    up.send(&v5::Packet::PubRel(v5::PubRel::new(rel.pkid, None))).await?;
+                    up.queue(&v5::Packet::PubRel(v5::PubRel::new(rel.pkid, None)))?;
                 } else {
                     let mut comp = v5::PubComp::new(rel.pkid, None);
                     comp.reason = v5::PubCompReason::PacketIdentifierNotFound;
-                    client.send(&self.codec, &v5::Packet::PubComp(comp)).await?;
+                    client.queue(&self.codec, &v5::Packet::PubComp(comp))?;
                 }
             }
             v5::Packet::PubComp(comp) => {
-                if let Some(entry) = self.released.iter_mut().find(|r| r.0 == comp.pkid && r.1 == 2 && !r.2) {
-                    entry.2 = true;
-                    self.client_completed(client).await?;
-                    self.flush_completions(up).await?;
+                if matches!(self.outgoing.get(&comp.pkid), Some(out) if out.qos == 2 && out.publish.is_none()) {
+                    self.outgoing.remove(&comp.pkid);
+                    self.pump(client).await?;
                 }
             }
             v5::Packet::Subscribe(subscribe) => self.client_subscribe(client, up, subscribe).await?,
             v5::Packet::Unsubscribe(unsubscribe) => self.client_unsubscribe(client, up, unsubscribe).await?,
-            v5::Packet::PingReq(_) => client.send(&self.codec, &v5::Packet::PingResp(v5::PingResp)).await?,
+            v5::Packet::PingReq(_) => client.queue(&self.codec, &v5::Packet::PingResp(v5::PingResp))?,
             v5::Packet::Disconnect(disconnect) => {
                 let publish_will = disconnect.reason_code == Dc::DisconnectWithWillMessage;
                 let session_expiry = disconnect.properties.and_then(|p| p.session_expiry_interval);
@@ -897,96 +877,81 @@ impl Relay {
         message: &crate::retained::Retained,
         granted: u8,
     ) -> Result<(), End> {
-        let qos = message.qos.min(granted);
-        let pkid = if qos > 0 { self.local_pkid() } else { 0 };
-        if qos > 0 {
-            self.local_deliveries.insert(pkid, qos);
-        }
         let delivery = v5::Publish {
             dup: false,
-            qos: qos_from(qos),
+            qos: qos_from(message.qos.min(granted)),
             retain: true,
             topic: Bytes::from(topic),
-            pkid,
+            pkid: 0,
             payload: message.payload.clone(),
             properties: Some(message.properties.clone()),
         };
         self.send_delivery(client, delivery).await
     }
 
-    /// A free packet id for the gateway's own deliveries.
-    fn local_pkid(&mut self) -> u16 {
+    /// Sends a delivery now, or queues it while the window is full.
+    async fn send_delivery(&mut self, client: &mut Client, delivery: v5::Publish) -> Result<(), End> {
+        if delivery.qos == QoS::AtMostOnce || (self.held.is_empty() && self.outgoing.len() < self.window) {
+            self.send_now(client, delivery).await
+        } else {
+            self.hold(delivery);
+            Ok(())
+        }
+    }
+
+    /// Queues a delivery; past `max_queued_messages` it is dropped, counted
+    /// and warned about (the audit log still has the message).
+    fn hold(&mut self, delivery: v5::Publish) {
+        let limit = self.shared.config.limits.max_queued_messages;
+        if self.held.len() < limit {
+            self.held.push_back(delivery);
+            return;
+        }
+        self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        if !self.overflowing {
+            self.overflowing = true;
+            tracing::warn!(
+                client_id = self.client_id,
+                limit,
+                "session queue full: deliveries to this client are dropped until it catches up"
+            );
+        }
+    }
+
+    /// Sends deliveries from the queue while the window has room.
+    async fn pump(&mut self, client: &mut Client) -> Result<(), End> {
+        while self.outgoing.len() < self.window {
+            let Some(delivery) = self.held.pop_front() else { break };
+            self.send_now(client, delivery).await?;
+        }
+        if self.overflowing && self.held.len() <= self.shared.config.limits.max_queued_messages / 2 {
+            self.overflowing = false;
+            tracing::info!(client_id = self.client_id, "session queue below half: deliveries resume");
+        }
+        Ok(())
+    }
+
+    /// Sends a delivery, giving QoS 1/2 a packet id and keeping it until completed.
+    async fn send_now(&mut self, client: &mut Client, mut delivery: v5::Publish) -> Result<(), End> {
+        if delivery.qos != QoS::AtMostOnce {
+            delivery.pkid = self.free_pkid();
+            let out = Outgoing { seq: self.next_seq, qos: delivery.qos as u8, publish: Some(delivery.clone()) };
+            self.next_seq += 1;
+            self.outgoing.insert(delivery.pkid, out);
+        }
+        client.queue(&self.codec, &v5::Packet::Publish(delivery))
+    }
+
+    /// A packet id no delivery in flight uses. There is one: the window is
+    /// at most 65,535 and this is called only when it has room.
+    fn free_pkid(&mut self) -> u16 {
         loop {
-            let pkid = self.next_local_pkid;
-            self.next_local_pkid = self.next_local_pkid.checked_add(1).unwrap_or(FIRST_LOCAL_PKID);
-            if !self.local_deliveries.contains_key(&pkid) {
+            let pkid = self.next_pkid;
+            self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
+            if !self.outgoing.contains_key(&pkid) {
                 return pkid;
             }
         }
-    }
-
-    /// Sends a delivery now, or holds it while the client's Receive Maximum is reached.
-    async fn send_delivery(&mut self, client: &mut Client, delivery: v5::Publish) -> Result<(), End> {
-        if delivery.qos != QoS::AtMostOnce && self.client_inflight >= self.receive_max {
-            self.held.push_back(delivery);
-            return Ok(());
-        }
-        if delivery.qos != QoS::AtMostOnce {
-            self.client_inflight += 1;
-            self.sent.push_back(delivery.clone());
-        }
-        client.send(&self.codec, &v5::Packet::Publish(delivery)).await
-    }
-
-    /// A client finished a QoS 1/2 delivery: send one held back by its Receive Maximum.
-    async fn client_completed(&mut self, client: &mut Client) -> Result<(), End> {
-        self.client_inflight = self.client_inflight.saturating_sub(1);
-        while self.client_inflight < self.receive_max {
-            let Some(delivery) = self.held.pop_front() else { break };
-            self.client_inflight += 1;
-            self.sent.push_back(delivery.clone());
-            client.send(&self.codec, &v5::Packet::Publish(delivery)).await?;
-        }
-        Ok(())
-    }
-
-    /// A client acknowledged a delivery (`kind` 1: PUBACK, 2: PUBREC);
-    /// false when it matches none.
-    async fn client_acked(&mut self, up: &mut UpstreamWriter, pkid: u16, kind: u8) -> Result<bool, End> {
-        let Some(entry) = self.deliveries.iter_mut().find(|d| d.0 == pkid && d.2 == kind && !d.3) else {
-            return Ok(false);
-        };
-        entry.3 = true;
-        self.flush_delivery_acks(up).await?;
-        Ok(true)
-    }
-
-    /// Sends upstream the PUBCOMPs of completed QoS 2 deliveries, in PUBREC
-    /// order (rumqttd disconnects a link that completes out of order).
-    async fn flush_completions(&mut self, up: &mut UpstreamWriter) -> Result<(), End> {
-        while let Some(&(pkid, _, true)) = self.released.front() {
-            self.released.pop_front();
-            up.send(&v5::Packet::PubComp(v5::PubComp::new(pkid, None))).await?;
-        }
-        Ok(())
-    }
-
-    /// Sends upstream the acks of deliveries, in delivery order (rumqttd
-    /// disconnects a client that acknowledges out of order).
-    async fn flush_delivery_acks(&mut self, up: &mut UpstreamWriter) -> Result<(), End> {
-        while let Some(&(pkid, up_qos, client_qos, acked)) = self.deliveries.front() {
-            if !acked {
-                break;
-            }
-            self.deliveries.pop_front();
-            if up_qos == 1 {
-                up.send(&v5::Packet::PubAck(v5::PubAck::new(pkid, None))).await?;
-            } else {
-                self.released.push_back((pkid, client_qos, false));
-                up.send(&v5::Packet::PubRec(v5::PubRec::new(pkid, None))).await?;
-            }
-        }
-        Ok(())
     }
 
     async fn reject_publish(
@@ -1013,7 +978,7 @@ impl Relay {
                     reason_string: Some(reason_string),
                     user_properties: vec![],
                 });
-                client.send(&self.codec, &v5::Packet::PubAck(ack)).await?;
+                client.queue(&self.codec, &v5::Packet::PubAck(ack))?;
                 self.inflight = self.inflight.saturating_sub(1);
             }
             QoS::ExactlyOnce => {
@@ -1023,7 +988,7 @@ impl Relay {
                     reason_string: Some(reason_string),
                     user_properties: vec![],
                 });
-                client.send(&self.codec, &v5::Packet::PubRec(rec)).await?;
+                client.queue(&self.codec, &v5::Packet::PubRec(rec))?;
                 self.inflight = self.inflight.saturating_sub(1);
             }
         }
@@ -1038,7 +1003,7 @@ impl Relay {
             {
                 // A retransmitted QoS 2 PUBLISH: already logged; answer PUBREC again once known.
                 if self.local_qos2.contains(&publish.pkid) {
-                    client.send(&self.codec, &v5::Packet::PubRec(v5::PubRec::new(publish.pkid, None))).await?;
+                    client.queue(&self.codec, &v5::Packet::PubRec(v5::PubRec::new(publish.pkid, None)))?;
                 }
                 return Ok(None);
             }
@@ -1101,12 +1066,12 @@ impl Relay {
                 match qos {
                     QoS::AtMostOnce => {}
                     QoS::AtLeastOnce => {
-                        client.send(&self.codec, &v5::Packet::PubAck(v5::PubAck::new(pkid, None))).await?;
+                        client.queue(&self.codec, &v5::Packet::PubAck(v5::PubAck::new(pkid, None)))?;
                         self.inflight = self.inflight.saturating_sub(1);
                     }
                     QoS::ExactlyOnce => {
                         self.local_qos2.insert(pkid);
-                        client.send(&self.codec, &v5::Packet::PubRec(v5::PubRec::new(pkid, None))).await?;
+                        client.queue(&self.codec, &v5::Packet::PubRec(v5::PubRec::new(pkid, None)))?;
                     }
                 }
                 Ok(None)
@@ -1136,7 +1101,7 @@ impl Relay {
                     self.forwarded.insert(publish.pkid, index);
                 }
                 remember_if_retained(&self.shared.retained, &publish, index);
-                up.send(&v5::Packet::Publish(publish)).await?;
+                up.queue(&v5::Packet::Publish(publish))?;
             }
             Err(e) => {
                 // Not logged, so not forwarded and not acknowledged as a success.
@@ -1207,11 +1172,11 @@ impl Relay {
         if upstream_filters.is_empty() {
             let codes = decided.into_iter().map(|c| c.unwrap_or(SubscribeReasonCode::Unspecified)).collect();
             let ack = v5::SubAck { pkid: subscribe.pkid, return_codes: codes, properties: None };
-            return client.send(&self.codec, &v5::Packet::SubAck(ack)).await;
+            return client.queue(&self.codec, &v5::Packet::SubAck(ack));
         }
         self.pending_subacks.insert(subscribe.pkid, (decided, retained));
         let forward = v5::Subscribe { pkid: subscribe.pkid, filters: upstream_filters, properties: None };
-        up.send(&v5::Packet::Subscribe(forward)).await?;
+        up.queue(&v5::Packet::Subscribe(forward))?;
         Ok(())
     }
 
@@ -1236,11 +1201,11 @@ impl Relay {
         if upstream_filters.is_empty() {
             let reasons = decided.into_iter().map(|r| r.unwrap_or(v5::UnsubAckReason::Success)).collect();
             let ack = v5::UnsubAck { pkid: unsubscribe.pkid, reasons, properties: None };
-            return client.send(&self.codec, &v5::Packet::UnsubAck(ack)).await;
+            return client.queue(&self.codec, &v5::Packet::UnsubAck(ack));
         }
         self.pending_unsubacks.insert(unsubscribe.pkid, decided);
         let forward = v5::Unsubscribe { pkid: unsubscribe.pkid, filters: upstream_filters, properties: None };
-        up.send(&v5::Packet::Unsubscribe(forward)).await?;
+        up.queue(&v5::Packet::Unsubscribe(forward))?;
         Ok(())
     }
 
@@ -1262,7 +1227,7 @@ impl Relay {
                     user_properties: vec![(PROP_INDEX.to_string(), index.to_string())],
                 });
                 self.inflight = self.inflight.saturating_sub(1);
-                client.send(&self.codec, &v5::Packet::PubAck(answer)).await?;
+                client.queue(&self.codec, &v5::Packet::PubAck(answer))?;
             }
             v5::Packet::PubRec(rec) => {
                 let index = self.forwarded.get(&rec.pkid).copied();
@@ -1272,26 +1237,16 @@ impl Relay {
                     reason_string: None,
                     user_properties: vec![(PROP_INDEX.to_string(), index.to_string())],
                 });
-                client.send(&self.codec, &v5::Packet::PubRec(answer)).await?;
+                client.queue(&self.codec, &v5::Packet::PubRec(answer))?;
             }
             v5::Packet::PubComp(comp) => {
                 if self.forwarded.remove(&comp.pkid).is_some() {
                     self.inflight = self.inflight.saturating_sub(1);
                 }
-                client.send(&self.codec, &v5::Packet::PubComp(v5::PubComp::new(comp.pkid, None))).await?;
+                client.queue(&self.codec, &v5::Packet::PubComp(v5::PubComp::new(comp.pkid, None)))?;
             }
-            v5::Packet::PubRel(rel) => match self.released.iter().position(|r| r.0 == rel.pkid) {
-                Some(at) if self.released[at].1 == 2 => {
-                    self.relayed_pubrel.push(rel.pkid);
-                    client.send(&self.codec, &v5::Packet::PubRel(v5::PubRel::new(rel.pkid, None))).await?;
-                }
-                Some(at) => {
-                    // Delivered below QoS 2: complete it, after any earlier ones.
-                    self.released[at].2 = true;
-                    self.flush_completions(up).await?;
-                }
-                None => up.send(&v5::Packet::PubComp(v5::PubComp::new(rel.pkid, None))).await?,
-            },
+            // The gateway owns its deliveries from PUBREC on (see `settle_with_router`).
+            v5::Packet::PubRel(rel) => up.queue(&v5::Packet::PubComp(v5::PubComp::new(rel.pkid, None)))?,
             v5::Packet::SubAck(ack) => {
                 let (decided, retained) = self.pending_subacks.remove(&ack.pkid).unwrap_or_default();
                 let mut from_router = ack.return_codes.into_iter();
@@ -1310,12 +1265,10 @@ impl Relay {
                         })
                     })
                     .collect();
-                client
-                    .send(
-                        &self.codec,
-                        &v5::Packet::SubAck(v5::SubAck { pkid: ack.pkid, return_codes: codes, properties: None }),
-                    )
-                    .await?;
+                client.queue(
+                    &self.codec,
+                    &v5::Packet::SubAck(v5::SubAck { pkid: ack.pkid, return_codes: codes, properties: None }),
+                )?;
                 for (filter, granted) in send_retained {
                     for (topic, message) in self.shared.retained.matching(&filter) {
                         self.send_retained(client, topic, &message, granted).await?;
@@ -1329,12 +1282,10 @@ impl Relay {
                     .into_iter()
                     .map(|local| local.or_else(|| from_router.next()).unwrap_or(v5::UnsubAckReason::Success))
                     .collect();
-                client
-                    .send(
-                        &self.codec,
-                        &v5::Packet::UnsubAck(v5::UnsubAck { pkid: ack.pkid, reasons, properties: None }),
-                    )
-                    .await?;
+                client.queue(
+                    &self.codec,
+                    &v5::Packet::UnsubAck(v5::UnsubAck { pkid: ack.pkid, reasons, properties: None }),
+                )?;
             }
             v5::Packet::PingResp(_) => {}
             v5::Packet::Disconnect(disconnect) => {
@@ -1349,10 +1300,21 @@ impl Relay {
         Ok(())
     }
 
-    /// Delivers a routed message to the client with the MQTT semantics the
-    /// router lacks: QoS is min(published, granted), No Local, Retain As
-    /// Published; the gateway's own properties are stripped.
+    /// Takes a routed message over from the router and delivers it.
     async fn deliver(&mut self, client: &mut Client, up: &mut UpstreamWriter, publish: v5::Publish) -> Result<(), End> {
+        settle_with_router(up, &publish)?;
+        match self.route(publish) {
+            Some(delivery) => self.send_delivery(client, delivery).await,
+            None => Ok(()),
+        }
+    }
+
+    /// What a routed message becomes for this client, with the MQTT
+    /// semantics the router lacks: QoS is min(published, granted), No
+    /// Local, Retain As Published; the gateway's own properties are
+    /// stripped. `None` when it is not for this client after all (No Local,
+    /// or unsubscribed meanwhile). The packet id is given when it is sent.
+    fn route(&self, publish: v5::Publish) -> Option<v5::Publish> {
         let up_qos = publish.qos as u8;
         let mut properties = publish.properties.unwrap_or_default();
         let mut from = None;
@@ -1373,55 +1335,29 @@ impl Relay {
             }
             _ => true,
         });
-        let topic = std::str::from_utf8(&publish.topic).ok().and_then(down_topic).map(str::to_string);
+        let topic = std::str::from_utf8(&publish.topic).ok().and_then(down_topic)?;
         let own = from.as_deref() == Some(self.client_id.as_str());
         // The matching subscriptions (No Local ones left out for the
         // publisher itself): the highest granted QoS, and whether any asks
         // for Retain As Published. `topic_matches` reads `$share/` filters.
-        let matched = topic.as_deref().and_then(|topic| {
-            self.subscriptions
-                .iter()
-                .filter(|(filter, (_, nolocal, _))| !(own && *nolocal) && topic_matches(filter, topic))
-                .map(|(_, &(granted, _, rap))| (granted, rap))
-                .reduce(|a, b| (a.0.max(b.0), a.1 || b.1))
-        });
-        let deliver_qos = matched.map(|(granted, _)| granted.min(published_qos).min(up_qos));
-        let retain_as_published = matched.is_some_and(|(_, rap)| rap);
-        let (Some(topic), Some(client_qos)) = (topic, deliver_qos) else {
-            // Not for this client after all (No Local, or unsubscribed meanwhile): settle it upstream.
-            return self.settle_upstream(up, publish.pkid, up_qos).await;
-        };
+        let (granted, retain_as_published) = self
+            .subscriptions
+            .iter()
+            .filter(|(filter, (_, nolocal, _))| !(own && *nolocal) && topic_matches(filter, topic))
+            .map(|(_, &(granted, _, rap))| (granted, rap))
+            .reduce(|a, b| (a.0.max(b.0), a.1 || b.1))?;
         // The router sets retain only on retained messages sent at subscribe
         // time (it clears it on live deliveries); Retain As Published
         // (MQTT-3.3.1-13) gives live deliveries the publisher's flag back.
-        let retain = publish.retain || (published_retain && retain_as_published);
-        let delivery = v5::Publish {
+        Some(v5::Publish {
             dup: false,
-            qos: qos_from(client_qos),
-            retain,
-            topic: Bytes::from(topic),
-            pkid: if client_qos > 0 { publish.pkid } else { 0 },
+            qos: qos_from(granted.min(published_qos).min(up_qos)),
+            retain: publish.retain || (published_retain && retain_as_published),
+            topic: Bytes::from(topic.to_string()),
+            pkid: 0,
             payload: publish.payload,
             properties: Some(properties),
-        };
-        self.send_delivery(client, delivery).await?;
-        if up_qos > 0 {
-            // Delivered at a lower QoS than the router's: settle it ourselves, in order.
-            self.deliveries.push_back((publish.pkid, up_qos, client_qos, client_qos == 0));
-            if client_qos == 0 {
-                self.flush_delivery_acks(up).await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Acknowledges a router delivery the client will not see.
-    async fn settle_upstream(&mut self, up: &mut UpstreamWriter, pkid: u16, up_qos: u8) -> Result<(), End> {
-        if up_qos > 0 {
-            self.deliveries.push_back((pkid, up_qos, 0, true));
-            self.flush_delivery_acks(up).await?;
-        }
-        Ok(())
+        })
     }
 
     /// Publishes the will as the device would have: checked, logged, then routed.
@@ -1450,6 +1386,20 @@ impl Relay {
 }
 
 /// Resolves once the broker is shutting down.
+/// Acknowledges a router delivery at once (PUBACK, or PUBREC and later
+/// PUBCOMP): from here the delivery is the gateway's, held to the client's
+/// window and queue. Waiting for the client instead would leave a slow
+/// client's messages in the router's per-filter in-memory log, which
+/// overwrites what a lagging reader has not read yet, silently.
+fn settle_with_router(up: &mut UpstreamWriter, publish: &v5::Publish) -> Result<(), End> {
+    match publish.qos {
+        QoS::AtMostOnce => {}
+        QoS::AtLeastOnce => up.queue(&v5::Packet::PubAck(v5::PubAck::new(publish.pkid, None)))?,
+        QoS::ExactlyOnce => up.queue(&v5::Packet::PubRec(v5::PubRec::new(publish.pkid, None)))?,
+    }
+    Ok(())
+}
+
 pub(crate) async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }

@@ -242,7 +242,7 @@ impl UpstreamReader {
     /// The next packet; `None` when the router closed the connection.
     pub async fn recv(&mut self) -> Result<Option<v5::Packet>, UpstreamError> {
         loop {
-            if let Some(packet) = decode_v5(&mut self.buf, UPSTREAM_MAX_PACKET)? {
+            if let Some(packet) = self.buffered()? {
                 return Ok(Some(packet));
             }
             if self.stream.read_buf(&mut self.buf).await? == 0 {
@@ -250,15 +250,33 @@ impl UpstreamReader {
             }
         }
     }
+
+    /// The next packet if it has already been read, without reading more.
+    pub fn buffered(&mut self) -> Result<Option<v5::Packet>, UpstreamError> {
+        Ok(decode_v5(&mut self.buf, UPSTREAM_MAX_PACKET)?)
+    }
 }
 
 impl UpstreamWriter {
-    /// Encodes and sends one packet.
-    pub async fn send(&mut self, packet: &v5::Packet) -> Result<(), UpstreamError> {
-        self.buf.clear();
+    /// Encodes a packet into the output buffer; [`UpstreamWriter::flush`] sends it.
+    pub fn queue(&mut self, packet: &v5::Packet) -> Result<(), UpstreamError> {
         encode_v5(packet, &mut self.buf)?;
-        self.stream.write_all(&self.buf).await?;
         Ok(())
+    }
+
+    /// Sends everything queued, in one write.
+    pub async fn flush(&mut self) -> Result<(), UpstreamError> {
+        if !self.buf.is_empty() {
+            self.stream.write_all(&self.buf).await?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    /// Encodes and sends one packet (after anything queued).
+    pub async fn send(&mut self, packet: &v5::Packet) -> Result<(), UpstreamError> {
+        self.queue(packet)?;
+        self.flush().await
     }
 
     /// Shuts the socket down, deliberately without a DISCONNECT packet.
