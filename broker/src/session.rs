@@ -343,7 +343,7 @@ struct Relay {
     aliases: HashMap<u16, Bytes>,
     /// Client filter → (granted QoS, No Local, Retain As Published).
     subscriptions: HashMap<String, (u8, bool, bool)>,
-    /// Client QoS 1/2 publishes forwarded upstream: packet id → log index.
+    /// Client QoS 2 publishes forwarded upstream and not completed: packet id → log index.
     forwarded: HashMap<u16, u64>,
     /// Client QoS 2 publishes answered by the gateway itself (duplicates).
     local_qos2: HashSet<u16>,
@@ -658,9 +658,6 @@ impl Relay {
                 }
             }
             v5::Packet::PubRel(rel) => up.queue(&v5::Packet::PubComp(v5::PubComp::new(rel.pkid, None)))?,
-            v5::Packet::PubAck(ack) => {
-                self.forwarded.remove(&ack.pkid);
-            }
             v5::Packet::PubComp(comp) => {
                 self.forwarded.remove(&comp.pkid);
             }
@@ -1097,11 +1094,28 @@ impl Relay {
                 if let Some(properties) = publish.properties.as_mut() {
                     properties.user_properties.push((PROP_INDEX.to_string(), index.to_string()));
                 }
-                if publish.qos != QoS::AtMostOnce {
-                    self.forwarded.insert(publish.pkid, index);
-                }
+                let (qos, pkid) = (publish.qos, publish.pkid);
                 remember_if_retained(&self.shared.retained, &publish, index);
                 up.queue(&v5::Packet::Publish(publish))?;
+                match qos {
+                    QoS::AtMostOnce => {}
+                    // Durable and handed to the router (the same socket,
+                    // in order): acknowledged now, not after the router's
+                    // PUBACK, which would add a round trip through it.
+                    QoS::AtLeastOnce => {
+                        let mut ack = v5::PubAck::new(pkid, None);
+                        ack.properties = Some(v5::PubAckProperties {
+                            reason_string: None,
+                            user_properties: vec![(PROP_INDEX.to_string(), index.to_string())],
+                        });
+                        self.inflight = self.inflight.saturating_sub(1);
+                        client.queue(&self.codec, &v5::Packet::PubAck(ack))?;
+                    }
+                    // QoS 2 goes on with the router (PUBREC, PUBREL, PUBCOMP).
+                    QoS::ExactlyOnce => {
+                        self.forwarded.insert(pkid, index);
+                    }
+                }
             }
             Err(e) => {
                 // Not logged, so not forwarded and not acknowledged as a success.
@@ -1218,16 +1232,11 @@ impl Relay {
     ) -> Result<(), End> {
         match packet {
             v5::Packet::Publish(publish) => self.deliver(client, up, publish).await?,
+            // QoS 1 publishes were acknowledged to the client when forwarded.
             v5::Packet::PubAck(ack) => {
-                let index = self.forwarded.remove(&ack.pkid);
-                let mut answer = v5::PubAck::new(ack.pkid, None);
-                answer.reason = ack.reason;
-                answer.properties = index.map(|index| v5::PubAckProperties {
-                    reason_string: None,
-                    user_properties: vec![(PROP_INDEX.to_string(), index.to_string())],
-                });
-                self.inflight = self.inflight.saturating_sub(1);
-                client.queue(&self.codec, &v5::Packet::PubAck(answer))?;
+                if ack.reason != PubAckReason::Success {
+                    tracing::warn!(client_id = self.client_id, reason = ?ack.reason, "the router refused a publish");
+                }
             }
             v5::Packet::PubRec(rec) => {
                 let index = self.forwarded.get(&rec.pkid).copied();
