@@ -1,7 +1,9 @@
-//! Slow subscribers through real sockets: a client that does not keep up
-//! gets every QoS 1 message, in order, once it does (within its session
-//! queue); past the queue, new deliveries to it are dropped and said so,
-//! while other subscribers get everything.
+//! Where messages could be lost between the gateway and the embedded
+//! router, through real sockets: a subscriber that does not keep up gets
+//! every QoS 1 message, in order, once it does (within its session queue;
+//! past it, new deliveries to it are dropped and said so, while other
+//! subscribers get everything); a publisher that leaves right after its
+//! PUBACKs, and bursts of 1 MB messages, lose nothing.
 
 mod common;
 
@@ -51,7 +53,7 @@ fn read_in_background(mut subscriber: Conn, count: usize) -> std::thread::JoinHa
     std::thread::spawn(move || {
         let mut numbers = Vec::new();
         while numbers.len() < count {
-            let publish = subscriber.next_publish5(WAIT).expect("the fast subscriber keeps receiving");
+            let publish = subscriber.next_publish5(WAIT).expect("the subscriber keeps receiving");
             numbers.push(number(&publish));
         }
         numbers
@@ -126,5 +128,40 @@ fn past_its_queue_new_deliveries_to_a_slow_subscriber_are_dropped_and_said_so() 
     assert_eq!(drain_numbers(&mut slow), vec![200, 201, 202]);
     // Everything was logged all the same.
     assert_eq!(common::logged::publishes(&data).len(), 203);
+    assert_eq!(broker.stop().code(), Some(0));
+}
+
+#[test]
+fn a_publisher_that_leaves_right_after_its_pubacks_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start_with_config(&tmp.path().join("data"), "[limits]\nmax_publish_rate = 0\n");
+    let subscriber = slow_subscriber(&broker, "listener", 64, "leave/#");
+    let count = 10 * 48;
+    let reader = read_in_background(subscriber, count);
+    // Acknowledged means logged, not yet routed: what is on its way to the
+    // router when the client leaves must still get there.
+    for round in 0..10 {
+        let mut publisher = connect5(broker.mqtt, &format!("leaver-{round}"));
+        publish_numbered(&mut publisher, "leave/a", round * 48, 48, 64 * 1024);
+        publisher
+            .send5(&v5::Packet::Disconnect(v5::Disconnect::new(v5::DisconnectReasonCode::NormalDisconnection)))
+            .unwrap();
+    }
+    assert_eq!(reader.join().unwrap(), (0..count).collect::<Vec<_>>());
+    assert_eq!(broker.stop().code(), Some(0));
+}
+
+#[test]
+fn bursts_of_megabyte_messages_all_arrive() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start_with_config(&tmp.path().join("data"), "[limits]\nmax_publish_rate = 0\n");
+    let subscriber = slow_subscriber(&broker, "big-listener", 64, "big/#");
+    let count = 96;
+    let reader = read_in_background(subscriber, count);
+    let mut publisher = connect5(broker.mqtt, "big-sensor");
+    // 32 at a time, each just under the default packet limit: more than the
+    // router's per-filter log holds if they reached it at once.
+    publish_numbered(&mut publisher, "big/a", 0, count, 1_040_000);
+    assert_eq!(reader.join().unwrap(), (0..count).collect::<Vec<_>>());
     assert_eq!(broker.stop().code(), Some(0));
 }

@@ -28,7 +28,7 @@ use crate::gateway::{Shared, TakeRequest};
 use crate::identity::{Device, Refusal, check_password};
 use crate::limits::PublishRate;
 use crate::transport::{ClientRead, ClientWrite, Listener, upgrade, write_flushed};
-use crate::upstream::{UpstreamLink, UpstreamReader, UpstreamWriter, down_topic, up_client_id, up_filter};
+use crate::upstream::{UpstreamLink, UpstreamReader, UpstreamWriter, close_link, down_topic, up_client_id, up_filter};
 
 use v5::{DisconnectReasonCode as Dc, PubAckReason, PubRecReason, QoS, SubscribeReasonCode};
 
@@ -105,8 +105,13 @@ struct Client {
 }
 
 impl Client {
+    /// Buffers are sized for idle connections, the common case (each 4 KiB
+    /// buffer was a resident page per connection): `out` starts empty and
+    /// keeps what it grew to; `buf` starts at 1 KiB, which is also what
+    /// `BytesMut` allocates anew while decoded payloads still share the old
+    /// buffer (below 1 KiB it would refill 64 bytes at a time).
     fn new(read: ClientRead, write: ClientWrite) -> Self {
-        Self { read, write, buf: BytesMut::with_capacity(4096), out: BytesMut::with_capacity(4096) }
+        Self { read, write, buf: BytesMut::with_capacity(1024), out: BytesMut::new() }
     }
 
     async fn fill(&mut self) -> Result<bool, std::io::Error> {
@@ -345,6 +350,15 @@ struct Relay {
     subscriptions: HashMap<String, (u8, bool, bool)>,
     /// Client QoS 2 publishes forwarded upstream and not completed: packet id → log index.
     forwarded: HashMap<u16, u64>,
+    /// Logged publishes waiting for room in `router_budget`, in order.
+    to_router: VecDeque<v5::Publish>,
+    /// Sizes of the QoS 1/2 publishes sent to the router and not yet
+    /// acknowledged by it (it acknowledges in order), and their sum.
+    router_unacked: VecDeque<usize>,
+    router_unacked_bytes: usize,
+    /// Bytes this connection may have unacknowledged at the router; see
+    /// [`crate::upstream::router_budget`].
+    router_budget: usize,
     /// Client QoS 2 publishes answered by the gateway itself (duplicates).
     local_qos2: HashSet<u16>,
     /// QoS 1/2 publishes from the client not yet completed (its Receive Maximum is ours).
@@ -439,8 +453,8 @@ async fn run(shared: Arc<Shared>, mut client: Client, connect: Connected, peer: 
         }
         previous => {
             if let Some(parked) = previous {
-                let mut parked = *parked;
-                parked.up_write.close().await;
+                let Parked { up_read, up_write, .. } = *parked;
+                close_link(up_read, up_write).await;
             }
             let link = match UpstreamLink::connect(
                 &shared.upstream,
@@ -517,8 +531,8 @@ async fn run(shared: Arc<Shared>, mut client: Client, connect: Connected, peer: 
         Ok(Exit::TakenOver(reply)) => {
             // The new holder already owns the client id in the table.
             let parked = persistent.then(|| Box::new(Parked { relay, up_read, up_write }));
-            if let Err(Some(mut parked)) = reply.send(parked) {
-                parked.up_write.close().await;
+            if let Err(Some(parked)) = reply.send(parked) {
+                close_link(parked.up_read, parked.up_write).await;
             }
             Ok(())
         }
@@ -527,7 +541,7 @@ async fn run(shared: Arc<Shared>, mut client: Client, connect: Connected, peer: 
             Ok(())
         }
         exit => {
-            up_write.close().await;
+            close_link(up_read, up_write).await;
             shared.release_session(&client_id, generation);
             exit.map(|_| ())
         }
@@ -565,8 +579,8 @@ async fn park(
             take = takes.recv() => {
                 if let Some(reply) = take {
                     let parked = Box::new(Parked { relay, up_read, up_write });
-                    if let Err(Some(mut parked)) = reply.send(Some(parked)) {
-                        parked.up_write.close().await;
+                    if let Err(Some(parked)) = reply.send(Some(parked)) {
+                        close_link(parked.up_read, parked.up_write).await;
                     }
                     return;
                 }
@@ -590,7 +604,7 @@ async fn park(
         }
     }
     tracing::debug!(client_id, "parked session ended");
-    up_write.close().await;
+    close_link(up_read, up_write).await;
     shared.release_session(&client_id, generation);
 }
 
@@ -618,6 +632,10 @@ impl Relay {
             aliases: HashMap::new(),
             subscriptions: HashMap::new(),
             forwarded: HashMap::new(),
+            to_router: VecDeque::new(),
+            router_unacked: VecDeque::new(),
+            router_unacked_bytes: 0,
+            router_budget: crate::upstream::router_budget(shared.config.limits.max_packet_size),
             local_qos2: HashSet::new(),
             inflight: 0,
             pending_subacks: HashMap::new(),
@@ -658,6 +676,8 @@ impl Relay {
                 }
             }
             v5::Packet::PubRel(rel) => up.queue(&v5::Packet::PubComp(v5::PubComp::new(rel.pkid, None)))?,
+            v5::Packet::PubAck(_) => self.router_acked(up)?,
+            v5::Packet::PubRec(_) => self.router_acked(up)?,
             v5::Packet::PubComp(comp) => {
                 self.forwarded.remove(&comp.pkid);
             }
@@ -694,7 +714,7 @@ impl Relay {
             // A client over its publish rate is not read from until it has
             // budget again: slowed down, and nothing it sent is lost.
             let throttled = self.rate.wait_until();
-            let reading = self.pipeline.len() < PIPELINE_DEPTH && throttled.is_none();
+            let reading = self.pipeline.len() + self.to_router.len() < PIPELINE_DEPTH && throttled.is_none();
             // Packets already buffered are handled before reading more.
             if reading {
                 match self.codec.decode(&mut client.buf) {
@@ -780,7 +800,37 @@ impl Relay {
         while let Some(logged) = self.pipeline.next().await {
             self.forward(client, up, logged).await?;
         }
+        // The connection ends: what waits for the router's budget goes now.
+        while let Some(publish) = self.to_router.pop_front() {
+            up.queue(&v5::Packet::Publish(publish))?;
+        }
         Ok(())
+    }
+
+    /// Sends logged publishes to the router while its budget allows (and
+    /// always at least one when nothing is unacknowledged there).
+    fn feed_router(&mut self, up: &mut UpstreamWriter) -> Result<(), End> {
+        while let Some(next) = self.to_router.front() {
+            let size = next.payload.len() + next.topic.len();
+            if !self.router_unacked.is_empty() && self.router_unacked_bytes + size > self.router_budget {
+                break;
+            }
+            let Some(publish) = self.to_router.pop_front() else { break };
+            if publish.qos != QoS::AtMostOnce {
+                self.router_unacked.push_back(size);
+                self.router_unacked_bytes += size;
+            }
+            up.queue(&v5::Packet::Publish(publish))?;
+        }
+        Ok(())
+    }
+
+    /// The router acknowledged the oldest QoS 1/2 publish sent to it.
+    fn router_acked(&mut self, up: &mut UpstreamWriter) -> Result<(), End> {
+        if let Some(size) = self.router_unacked.pop_front() {
+            self.router_unacked_bytes -= size;
+        }
+        self.feed_router(up)
     }
 
     async fn disconnect(&mut self, client: &mut Client, reason: Dc, why: &str) {
@@ -1096,11 +1146,12 @@ impl Relay {
                 }
                 let (qos, pkid) = (publish.qos, publish.pkid);
                 remember_if_retained(&self.shared.retained, &publish, index);
-                up.queue(&v5::Packet::Publish(publish))?;
+                self.to_router.push_back(publish);
+                self.feed_router(up)?;
                 match qos {
                     QoS::AtMostOnce => {}
-                    // Durable and handed to the router (the same socket,
-                    // in order): acknowledged now, not after the router's
+                    // Durable, and on its way to the router (in order, on
+                    // one socket): acknowledged now, not after the router's
                     // PUBACK, which would add a round trip through it.
                     QoS::AtLeastOnce => {
                         let mut ack = v5::PubAck::new(pkid, None);
@@ -1237,8 +1288,10 @@ impl Relay {
                 if ack.reason != PubAckReason::Success {
                     tracing::warn!(client_id = self.client_id, reason = ?ack.reason, "the router refused a publish");
                 }
+                self.router_acked(up)?;
             }
             v5::Packet::PubRec(rec) => {
+                self.router_acked(up)?;
                 let index = self.forwarded.get(&rec.pkid).copied();
                 let mut answer = v5::PubRec::new(rec.pkid, None);
                 answer.reason = rec.reason;

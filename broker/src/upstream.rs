@@ -132,6 +132,22 @@ pub async fn start_embedded(max_packet_size: u32, max_connections: usize) -> Res
     Err(UpstreamError::Start(last_error))
 }
 
+/// rumqttd's segment size for per-filter logs: room for the largest packet.
+fn segment_size(max_packet_size: u32) -> usize {
+    (max_packet_size as usize).max(1024 * 1024)
+}
+
+/// Bytes of publishes one connection may have sent to the router and not
+/// had acknowledged. rumqttd appends a publish to each matching filter's
+/// in-memory log and overwrites the oldest segment when a log is full,
+/// whether or not its readers have read it; a burst larger than a segment
+/// from one link, appended before the subscriber's link reads, would lose
+/// messages (it did with 1 MiB payloads, 16 in flight). Half a segment,
+/// and always at least one publish, keeps bursts within what the log holds.
+pub fn router_budget(max_packet_size: u32) -> usize {
+    segment_size(max_packet_size) / 2
+}
+
 fn rumqttd_config(
     port: u16,
     username: &str,
@@ -145,7 +161,7 @@ fn rumqttd_config(
         max_connections: max_connections + 64,
         max_outgoing_packet_count: 200,
         // Per-filter logs are kept in memory: small segments, few of them.
-        max_segment_size: (max_packet_size as usize).max(1024 * 1024),
+        max_segment_size: segment_size(max_packet_size),
         max_segment_count: 2,
         custom_segment: None,
         initialized_filters: None,
@@ -232,10 +248,33 @@ impl UpstreamLink {
         (self.reader, self.writer)
     }
 
-    /// Closes the connection (see [`UpstreamWriter::close`]).
-    pub async fn close(mut self) {
-        self.writer.close().await;
+    /// Closes the connection (see [`close_link`]).
+    pub async fn close(self) {
+        close_link(self.reader, self.writer).await;
     }
+}
+
+/// How long a closing link waits for the router to read what was sent.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// Closes a link gracefully: shuts the sending side down (see
+/// [`UpstreamWriter::close`]), then reads until the router closes its side.
+/// Dropping the socket at once would lose the last publishes sent: a socket
+/// closed with unread data in it (the router's acks) sends RST, and the
+/// router would drop what it had not read yet.
+pub async fn close_link(mut reader: UpstreamReader, mut writer: UpstreamWriter) {
+    let _ = writer.flush().await;
+    writer.close().await;
+    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+        loop {
+            reader.buf.clear();
+            match reader.stream.read_buf(&mut reader.buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
 }
 
 impl UpstreamReader {
