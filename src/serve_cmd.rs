@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -64,6 +65,15 @@ pub async fn run(data: Option<PathBuf>, args: ServeArgs) -> Result<ExitCode> {
 
     wait_for_signal().await?;
     tracing::info!("shutting down: finishing in-flight appends, sealing the last block");
+    let stats = broker.stats();
+    tracing::info!(
+        accepted = stats.accepted.load(Ordering::Relaxed),
+        rejected = stats.rejected.load(Ordering::Relaxed),
+        duplicates = stats.duplicates.load(Ordering::Relaxed),
+        refused_connections = stats.refused_connections.load(Ordering::Relaxed),
+        dropped_deliveries = stats.dropped.load(Ordering::Relaxed),
+        "publishes and connections since start"
+    );
     broker.shutdown().await.context("closing the log")?;
     println!("sealmq stopped cleanly");
     Ok(ExitCode::SUCCESS)

@@ -126,9 +126,13 @@ fn past_its_queue_new_deliveries_to_a_slow_subscriber_are_dropped_and_said_so() 
     // Caught up: it gets new messages again.
     publish_numbered(&mut publisher, "q/a", 200, 3, 16);
     assert_eq!(drain_numbers(&mut slow), vec![200, 201, 202]);
-    // Everything was logged all the same.
+    // Everything was logged all the same, and the drops are counted.
     assert_eq!(common::logged::publishes(&data).len(), 203);
+    let stderr = std::sync::Arc::clone(&broker.stderr);
     assert_eq!(broker.stop().code(), Some(0));
+    let dropped = 200 - (usize::from(window) + 50);
+    let logs = stderr.lock().unwrap();
+    assert!(logs.contains(&format!("dropped_deliveries={dropped}")), "{logs}");
 }
 
 #[test]
