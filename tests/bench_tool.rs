@@ -135,3 +135,36 @@ fn bench_runs_deliver_every_message_exactly_once() {
     let verified = common::verify_ok(&data);
     assert!(verified.records >= 600, "{verified:?}");
 }
+
+/// `--verify-ceiling`: no broker; the self-check ran (valid signatures
+/// accepted, a corrupted one rejected, single and batch) and all four
+/// figures are positive rates.
+#[test]
+fn verify_ceiling_measures_single_and_batch_after_its_self_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("ceiling.json");
+    let args = ["bench", "--verify-ceiling", "--duration", "0.3", "--threads", "2", "--json", json.to_str().unwrap()];
+    let out = Command::new(BIN).args(args).env("NO_COLOR", "1").output().expect("sealmq bench runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["mode"], "verify-ceiling", "{report:#}");
+    assert_eq!(report["ok"], true, "{report:#}");
+    assert_eq!(report["config"]["payload"], 64, "{report:#}");
+    let check = &report["self_check"];
+    for key in
+        ["valid_accepted_single", "valid_accepted_batch", "corrupted_rejected_single", "corrupted_rejected_batch"]
+    {
+        assert_eq!(check[key], true, "{key}: {report:#}");
+    }
+    for (key, threads) in
+        [("single_1_thread", 1), ("single_n_threads", 2), ("batch_1_thread", 1), ("batch_n_threads", 2)]
+    {
+        let figure = &report["ceiling"][key];
+        assert!(figure["per_s"].as_f64().unwrap_or(0.0) > 0.0, "{key}: {report:#}");
+        assert_eq!(figure["threads"], threads, "{key}: {report:#}");
+    }
+    assert!(report["batch_note"].as_str().unwrap().contains("verify_strict"), "{report:#}");
+    assert!(stdout.contains("single, 2 threads") && stdout.contains("reference only"), "{stdout}");
+}

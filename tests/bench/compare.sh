@@ -6,7 +6,10 @@
 #   3. rumqttd 0.20 alone (rumqttd_alone: the router sealmq embeds, with the
 #      gateway's settings, no gateway, no log),
 #   4. Mosquitto from Debian (installed when missing),
-# each on a loopback port, loaded and measured by `sealmq bench`. Writes every
+# each on a loopback port, loaded and measured by `sealmq bench`; and, once
+# per run, the in-process MQS1 signature-check ceiling (`sealmq bench
+# --verify-ceiling`: 1 thread on the load tool's core, N threads on all
+# cores) at each QoS 1 scenario's payload size. Writes every
 # result as JSON into the output directory and regenerates the tables between
 # <!-- compare:begin --> and <!-- compare:end --> in BENCHMARKS.md.
 #
@@ -36,7 +39,7 @@ while [ $# -gt 0 ]; do
     --benchmarks) benchmarks="$2"; shift ;;
     --no-write) write=0 ;;
     --report-only) report_only=1 ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -92,8 +95,10 @@ say "$pinning"
 # --- Scenarios ---------------------------------------------------------------
 if [ "$quick" -eq 1 ]; then
   timing=(--warmup 0.5 --duration 3)
+  ceiling_timing=(--duration 1)
 else
   timing=(--warmup 2 --duration 15)
+  ceiling_timing=(--duration 3)
 fi
 # sealmq keeps three sockets per client (the client's, its upstream link and
 # rumqttd's end of it) in one process: the idle count must fit the file limit.
@@ -117,6 +122,16 @@ if [ "$quick" -eq 0 ] && [ "$big_idle" -gt 1000 ]; then
   scenarios+=("idlebig|$(printf "%'d" "$big_idle" 2>/dev/null || echo "$big_idle") idle connections|-p 0 --idle $big_idle")
 fi
 brokers=(sealmq-signed sealmq-unsigned rumqttd mosquitto)
+# The payload sizes of the QoS 1 scenarios: the signature-check ceiling is
+# measured at each (SHA-256 of the payload is part of the check).
+ceiling_payloads=()
+for entry in "${scenarios[@]}"; do
+  IFS='|' read -r _ _ args <<<"$entry"
+  if [[ " $args " == *" --qos 1 "* ]] && [[ " $args " =~ \ --payload\ ([0-9]+)\  ]]; then
+    size=${BASH_REMATCH[1]}
+    [[ " ${ceiling_payloads[*]} " == *" $size "* ]] || ceiling_payloads+=("$size")
+  fi
+done
 
 # --- Brokers -----------------------------------------------------------------
 broker_pid=""
@@ -151,10 +166,12 @@ wait_for_port() {
 
 # The configuration sealmq runs with, and the one Mosquitto runs with.
 sealmq_toml='# No per-client publish rate limit (the default is 1000/s; Mosquitto and
-# rumqttd have none), and room for the idle-connection scenarios.
+# rumqttd have none), room for the idle-connection scenarios, and the same
+# per-client queue as Mosquitto gets below (the default is 1000).
 [limits]
 max_publish_rate = 0
-max_connections = 20000'
+max_connections = 20000
+max_queued_messages = 1000000'
 mosquitto_conf_for() {
   cat <<EOF
 # Persistence off (sealmq's durability is what is measured against it);
@@ -164,7 +181,7 @@ listener $1 127.0.0.1
 allow_anonymous true
 persistence false
 max_inflight_messages 100
-max_queued_messages 100000
+max_queued_messages 1000000
 set_tcp_nodelay true
 max_connections -1
 log_dest stderr
@@ -247,6 +264,38 @@ for entry in "${scenarios[@]}"; do
   IFS='|' read -r run label args <<<"$entry"
   echo "sealmq bench --host HOST --mqtt $mqtt --broker-pid PID ${args}" >> "$commands"
 done
+echo "# signature-check ceiling, no broker, per payload P in: ${ceiling_payloads[*]}" >> "$commands"
+echo "${pin_tool[*]}${pin_tool[*]:+ }sealmq bench --verify-ceiling --payload P --threads 1 ${ceiling_timing[*]}   # 1 thread" >> "$commands"
+if [ "$cores" -ge 2 ]; then
+  echo "sealmq bench --verify-ceiling --payload P --threads $cores ${ceiling_timing[*]}   # all $cores cores" >> "$commands"
+fi
+
+# --- The signature-check ceiling ---------------------------------------------
+# Before the brokers, on the otherwise idle machine: the 1-thread figures on
+# the load tool's core (pinned like the load tool), the N-thread figures on
+# all cores (unpinned), which is what the broker could verify on at most.
+ceiling_run() {
+  local name=$1; shift
+  set +e
+  "$@" --json "$out/runs/$name.json" >"$out/runs/$name.txt" 2>&1
+  local code=$?
+  set -e
+  if [ "$code" -ne 0 ]; then
+    say "signature-check ceiling ($name) failed (exit $code):"
+    tail -5 "$out/runs/$name.txt" >&2
+  fi
+}
+if [ "$report_only" -eq 0 ]; then
+  for size in "${ceiling_payloads[@]}"; do
+    say "signature-check ceiling, $size B payload"
+    ceiling_run "ceiling-$size-1" "${pin_tool[@]}" "$sealmq" bench --verify-ceiling --payload "$size" --threads 1 \
+      "${ceiling_timing[@]}"
+    if [ "$cores" -ge 2 ]; then
+      ceiling_run "ceiling-$size-all" "$sealmq" bench --verify-ceiling --payload "$size" --threads "$cores" \
+        "${ceiling_timing[@]}"
+    fi
+  done
+fi
 
 for entry in "${scenarios[@]}"; do
   [ "$report_only" -eq 1 ] && break
@@ -339,8 +388,25 @@ for run, label, args in scenarios:
             if os.path.exists(store):
                 r["store"] = json.load(open(store))
             results.setdefault(run, {})[b] = r
+# The signature-check ceiling, per payload size: "one_core" (the 1-thread
+# figures, pinned to the load tool's core) and "all_cores" (the N-thread ones).
+ceiling = {}
+for path in sorted(glob.glob(os.path.join(out, "runs", "ceiling-*.json"))):
+    m = re.fullmatch(r"ceiling-(\d+)-(1|all)\.json", os.path.basename(path))
+    if m:
+        try:
+            ceiling.setdefault(m.group(1), {})["one_core" if m.group(2) == "1" else "all_cores"] = json.load(open(path))
+        except ValueError:
+            pass
+if not ceiling:
+    # --report-only on a directory whose runs/ has no ceiling files: keep
+    # what results.json had (an older results.json has none: no ceiling tables).
+    try:
+        ceiling = json.load(open(os.path.join(out, "results.json"))).get("ceiling") or {}
+    except (OSError, ValueError, AttributeError):
+        ceiling = {}
 json.dump({"meta": meta, "scenarios": [{"name": s[0], "label": s[1], "args": s[2]} for s in scenarios],
-           "results": results}, open(os.path.join(out, "results.json"), "w"), indent=2)
+           "results": results, "ceiling": ceiling}, open(os.path.join(out, "results.json"), "w"), indent=2)
 
 def num(x, digits=0):
     if x is None:
@@ -380,11 +446,12 @@ w(f"Versions: sealmq {v['sealmq']}, rumqttd {v['rumqttd']} (alone: `rumqttd_alon
   f"Mosquitto {v['mosquitto']} (Debian), {v['rustc']}; MQTT {meta['mqtt']} for every client.")
 w("")
 w("sealmq ran with `[limits] max_publish_rate = 0` (its default, 1000 publishes/s per client, would throttle the "
-  "publishers; Mosquitto and rumqttd have no such limit) and `max_connections = 20000`; otherwise defaults "
+  "publishers; Mosquitto and rumqttd have no such limit), `max_connections = 20000` and `max_queued_messages = "
+  "1000000` (as Mosquitto's, so that a subscriber slower than 100 publishers is measured, not cut off); otherwise defaults "
   "(every message durable in SQLite, `synchronous=FULL`, before delivery). *signed*: every publisher a "
   "registered device signing each publish with MQS1 (Ed25519, checked by the broker); *unsigned*: unknown "
   "client ids accepted as legacy devices, logged unsigned. rumqttd alone and Mosquitto get the same unsigned load. "
-  "Mosquitto: persistence off, `max_inflight_messages 100`, `max_queued_messages 100000`, "
+  "Mosquitto: persistence off, `max_inflight_messages 100`, `max_queued_messages 1000000`, "
   "`set_tcp_nodelay true` (defaults 20, 1000, false), so that it is not handicapped.")
 w("")
 
@@ -400,6 +467,74 @@ for run, label, _ in tput:
       + " | ".join([ratio(d["sealmq-signed"], d["rumqttd"]), ratio(d["sealmq-unsigned"], d["rumqttd"]),
                     ratio(d["sealmq-signed"], d["mosquitto"]), ratio(d["sealmq-unsigned"], d["mosquitto"])]) + " |")
 w("")
+def size_name(n):
+    n = int(n)
+    for unit, size in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size and n % size == 0:
+            return f"{n // size} {unit}"
+    return f"{n} B"
+
+def ceiling_at(size):
+    """The four figures (verifications/s) at one payload size, and N."""
+    c = ceiling.get(str(size)) or {}
+    one = c.get("one_core") or {}
+    every = c.get("all_cores") or one
+    def fig(r, key):
+        f = (r.get("ceiling") or {}).get(key) if isinstance(r, dict) else None
+        return f if isinstance(f, dict) else {}
+    bad = any(isinstance(r, dict) and r and not (r.get("self_check") or {}).get("ok", False) for r in (one, every))
+    return {"single_1": fig(one, "single_1_thread").get("per_s"), "single_n": fig(every, "single_n_threads").get("per_s"),
+            "batch_1": fig(one, "batch_1_thread").get("per_s"), "batch_n": fig(every, "batch_n_threads").get("per_s"),
+            "threads": fig(every, "single_n_threads").get("threads"), "self_check_failed": bad}
+
+def arg_of(args, name):
+    m = re.search(rf"(?:^| ){re.escape(name)} (\S+)", args)
+    return m.group(1) if m else None
+
+if ceiling:
+    sizes = sorted(ceiling, key=int)
+    threads = {ceiling_at(sz)["threads"] for sz in sizes} - {None}
+    nt = threads.pop() if len(threads) == 1 else "N"
+    n, n_adj = f"{nt} threads", f"{nt}-thread"
+    w("**Signature-check ceiling**: MQS1 verifications per second in one process, no broker "
+      "(`sealmq bench --verify-ceiling`): SHA-256 of the payload, the TBS rebuilt and `verify_strict` "
+      "(`mqs1::verify`), as the broker checks every signed publish, on every tokio worker. *1 thread*: pinned to "
+      f"the load tool's core; *{n}*: all cores at once, the ceiling for signed traffic. *Batch* "
+      "(ed25519-dalek `verify_batch`, 64 signatures a call) is a reference figure only: the broker never batches, "
+      "because MQS1 requires `verify_strict` and cofactorless batch verification is not guaranteed to agree with "
+      "it (a batch can accept a signature `verify_strict` rejects: Chalkias, Garillot, Nikolaenko, \"Taming the "
+      "many EdDSAs\", SSR 2020), and ed25519-dalek derives its batch coefficients deterministically from the "
+      "public inputs. Before timing, each path accepted a valid set and rejected one corrupted signature.")
+    w("")
+    w(f"| payload | 1 thread, single | {n}, single | 1 thread, batch of 64 | {n}, batch of 64 |")
+    w("|---|--:|--:|--:|--:|")
+    for sz in sizes:
+        c = ceiling_at(sz)
+        note = " ⚠ self-check failed" if c["self_check_failed"] else ""
+        w(f"| {size_name(sz)}{note} | " + " | ".join(num(c[k]) for k in ("single_1", "single_n", "batch_1", "batch_n")) + " |")
+    w("")
+    qos1 = [s for s in tput if arg_of(s[2], "--qos") == "1"]
+    w("**Signed throughput against the ceiling** (QoS 1): sealmq signed, acknowledged publishes per second (each "
+      "one verified once; here every publish goes to one subscriber, so this is also the delivered rate), "
+      "÷ the single-verification ceiling at the scenario's payload size. The issue's target: ≥ 0.70 × the "
+      f"{n_adj} ceiling."
+      + (f" The broker is pinned to one core in these runs, so it can verify at most the 1-thread figure: "
+         f"its ratio to the {n_adj} ceiling is at most the 1-thread ÷ {n_adj} ceiling (about "
+         f"1 ÷ {meta['machine']['cores']})."
+         if meta["machine"]["cores"] >= 2 else ""))
+    w("")
+    w(f"| scenario | sealmq signed: acked/s | ceiling, 1 thread | ceiling, {n} | signed ÷ ceiling ({n}, single) | signed ÷ ceiling (1 thread, single) |")
+    w("|---|--:|--:|--:|--:|--:|")
+    for run, label, args in qos1:
+        c = ceiling_at(arg_of(args, "--payload") or 64)
+        acked = get(run, "sealmq-signed", "acked_per_s")
+        fixed = " (fixed rate)" if arg_of(args, "--rate") else ""
+        w(f"| {label}{fixed} | {num(acked)}{flag(run, 'sealmq-signed')} | {num(c['single_1'])} | {num(c['single_n'])} | "
+          f"{ratio(acked, c['single_n'])} | {ratio(acked, c['single_1'])} |")
+    w("")
+else:
+    w("No signature-check ceiling in this output directory (`sealmq bench --verify-ceiling` ran in later versions of this script).")
+    w("")
 w("**Publish-to-delivery latency**, p50 / p99 in ms (ratios of p99: sealmq ÷ the other broker, lower is better for sealmq).")
 w("")
 w("| scenario | sealmq signed | sealmq unsigned | rumqttd alone | Mosquitto | signed ÷ rumqttd | unsigned ÷ rumqttd | signed ÷ Mosquitto | unsigned ÷ Mosquitto |")
