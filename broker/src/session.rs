@@ -32,6 +32,14 @@ use crate::upstream::{UpstreamLink, UpstreamReader, UpstreamWriter, close_link, 
 
 use v5::{DisconnectReasonCode as Dc, PubAckReason, PubRecReason, QoS, SubscribeReasonCode};
 
+/// Reads from the router handled in one turn of a connection's task
+/// (up to 16 KiB each) before it lets other tasks run.
+const ROUTER_READS_PER_TURN: usize = 64;
+/// Client packets handled in a row before a connection's task lets others
+/// run: checking a signature takes about 40 µs, and a publisher that sent
+/// many at once would otherwise hold the thread for milliseconds while the
+/// subscribers' tasks wait.
+const CLIENT_PACKETS_PER_TURN: usize = 8;
 /// Keep-alive the gateway uses upstream; it pings when idle.
 const UPSTREAM_KEEP_ALIVE: u16 = 60;
 /// Publishes of one connection being logged at once; reading from the
@@ -339,9 +347,10 @@ struct Logged {
 }
 
 /// A SUBSCRIBE waiting for the router's SUBACK: the local decision per
-/// filter (`None`: forwarded), and per forwarded filter the filter whose
-/// retained messages to send once it is granted.
-type PendingSubscribe = (Vec<Option<SubscribeReasonCode>>, Vec<Option<String>>);
+/// filter (`None`: forwarded), and per forwarded filter the client's filter,
+/// the QoS it asked for (the router is asked for QoS 0, see
+/// `client_subscribe`) and whether to send its retained messages once granted.
+type PendingSubscribe = (Vec<Option<SubscribeReasonCode>>, Vec<(String, u8, bool)>);
 
 /// What the relay keeps per connection.
 struct Relay {
@@ -444,6 +453,8 @@ async fn run(shared: Arc<Shared>, mut client: Client, connect: Connected, peer: 
         Some(take) => request_session(take).await,
         None => None,
     };
+    // A small window keeps what a slow client has not taken in the session's
+    // bounded queue, rather than in a socket buffer that blocks the task.
     let window = receive_max.min(usize::from(shared.config.limits.max_inflight));
     let (mut relay, mut up_read, mut up_write, resumed) = match previous {
         Some(parked) if !clean_start => {
@@ -715,6 +726,7 @@ impl Relay {
         ping.reset();
         let mut shutdown = self.shared.shutdown.clone();
         let mut revoked = self.shared.revoked.subscribe();
+        let mut in_a_row = 0;
         loop {
             // A client over its publish rate is not read from until it has
             // budget again: slowed down, and nothing it sent is lost.
@@ -725,6 +737,11 @@ impl Relay {
                 match self.codec.decode(&mut client.buf) {
                     Ok(Some(packet)) => {
                         client_deadline = client_timeout.map(|t| Instant::now() + t);
+                        in_a_row += 1;
+                        if in_a_row >= CLIENT_PACKETS_PER_TURN {
+                            in_a_row = 0;
+                            tokio::task::yield_now().await;
+                        }
                         match self.on_client_packet(client, up_write, packet).await? {
                             None => continue,
                             Some(exit) => {
@@ -765,8 +782,19 @@ impl Relay {
                         return Ok(Exit::Abnormal);
                     };
                     self.on_router_packet(client, up_write, packet).await?;
-                    while let Some(packet) = up_read.buffered()? {
-                        self.on_router_packet(client, up_write, packet).await?;
+                    // Everything the router has sent so far, in this turn:
+                    // a subscriber's task must keep pace with all the
+                    // publishers' tasks together, or the router's log
+                    // overwrites what it has not read.
+                    let mut reads = 0;
+                    loop {
+                        while let Some(packet) = up_read.buffered()? {
+                            self.on_router_packet(client, up_write, packet).await?;
+                        }
+                        reads += 1;
+                        if reads > ROUTER_READS_PER_TURN || !up_read.try_fill()? {
+                            break;
+                        }
                     }
                 }
                 () = sleep_until(throttled) => {}
@@ -1231,8 +1259,15 @@ impl Relay {
                         (_, v5::RetainForwardRule::OnNewSubscribe) => is_new,
                         (_, v5::RetainForwardRule::OnEverySubscribe) => true,
                     };
-                    retained.push(send_retained.then(|| filter.path.clone()));
+                    retained.push((filter.path.clone(), filter.qos as u8, send_retained));
                     filter.path = up_filter(&filter.path);
+                    // The gateway takes every delivery over from the router
+                    // at once and applies the granted QoS itself (`route`):
+                    // at QoS 0 the router pushes deliveries without waiting
+                    // for acks, which would otherwise come back only when
+                    // the subscriber's task gets a turn, and its per-filter
+                    // log overwrites what a link has not read meanwhile.
+                    filter.qos = QoS::AtMostOnce;
                     upstream_filters.push(filter);
                     None
                 }
@@ -1316,19 +1351,21 @@ impl Relay {
             v5::Packet::PubRel(rel) => up.queue(&v5::Packet::PubComp(v5::PubComp::new(rel.pkid, None)))?,
             v5::Packet::SubAck(ack) => {
                 let (decided, retained) = self.pending_subacks.remove(&ack.pkid).unwrap_or_default();
-                let mut from_router = ack.return_codes.into_iter();
+                let mut from_router = ack.return_codes.into_iter().zip(retained);
                 let mut send_retained = Vec::new();
-                let mut retained = retained.into_iter();
                 let codes = decided
                     .into_iter()
                     .map(|local| {
-                        local.unwrap_or_else(|| {
-                            let code = from_router.next().unwrap_or(SubscribeReasonCode::Unspecified);
-                            if let (SubscribeReasonCode::Success(granted), Some(Some(filter))) = (code, retained.next())
-                            {
-                                send_retained.push((filter, granted as u8));
+                        local.unwrap_or_else(|| match from_router.next() {
+                            // Granted at QoS 0 upstream; the client gets the QoS it asked for.
+                            Some((SubscribeReasonCode::Success(_), (filter, qos, retained))) => {
+                                if retained {
+                                    send_retained.push((filter, qos));
+                                }
+                                SubscribeReasonCode::Success(qos_from(qos))
                             }
-                            code
+                            Some((refused, _)) => refused,
+                            None => SubscribeReasonCode::Unspecified,
                         })
                     })
                     .collect();
@@ -1418,7 +1455,7 @@ impl Relay {
         // (MQTT-3.3.1-13) gives live deliveries the publisher's flag back.
         Some(v5::Publish {
             dup: false,
-            qos: qos_from(granted.min(published_qos).min(up_qos)),
+            qos: qos_from(granted.min(published_qos)),
             retain: publish.retain || (published_retain && retain_as_published),
             topic: Bytes::from(topic.to_string()),
             pkid: 0,

@@ -307,6 +307,19 @@ impl UpstreamReader {
     pub fn buffered(&mut self) -> Result<Option<v5::Packet>, UpstreamError> {
         Ok(decode_v5(&mut self.buf, UPSTREAM_MAX_PACKET)?)
     }
+
+    /// Reads what the socket already has, without waiting: false when it
+    /// had nothing (or was closed, which the next [`Self::recv`] reports).
+    pub fn try_fill(&mut self) -> Result<bool, UpstreamError> {
+        if self.buf.capacity() - self.buf.len() < 4096 {
+            self.buf.reserve(16 * 1024);
+        }
+        match self.stream.try_read_buf(&mut self.buf) {
+            Ok(read) => Ok(read > 0),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
 }
 
 impl UpstreamWriter {
