@@ -35,11 +35,6 @@ use v5::{DisconnectReasonCode as Dc, PubAckReason, PubRecReason, QoS, SubscribeR
 /// Reads from the router handled in one turn of a connection's task
 /// (up to 16 KiB each) before it lets other tasks run.
 const ROUTER_READS_PER_TURN: usize = 64;
-/// Client packets handled in a row before a connection's task lets others
-/// run: checking a signature takes about 40 µs, and a publisher that sent
-/// many at once would otherwise hold the thread for milliseconds while the
-/// subscribers' tasks wait.
-const CLIENT_PACKETS_PER_TURN: usize = 8;
 /// Keep-alive the gateway uses upstream; it pings when idle.
 const UPSTREAM_KEEP_ALIVE: u16 = 60;
 /// Publishes of one connection being logged at once; reading from the
@@ -726,7 +721,6 @@ impl Relay {
         ping.reset();
         let mut shutdown = self.shared.shutdown.clone();
         let mut revoked = self.shared.revoked.subscribe();
-        let mut in_a_row = 0;
         loop {
             // A client over its publish rate is not read from until it has
             // budget again: slowed down, and nothing it sent is lost.
@@ -737,11 +731,6 @@ impl Relay {
                 match self.codec.decode(&mut client.buf) {
                     Ok(Some(packet)) => {
                         client_deadline = client_timeout.map(|t| Instant::now() + t);
-                        in_a_row += 1;
-                        if in_a_row >= CLIENT_PACKETS_PER_TURN {
-                            in_a_row = 0;
-                            tokio::task::yield_now().await;
-                        }
                         match self.on_client_packet(client, up_write, packet).await? {
                             None => continue,
                             Some(exit) => {
@@ -1013,13 +1002,19 @@ impl Relay {
 
     /// Sends a delivery, giving QoS 1/2 a packet id and keeping it until completed.
     async fn send_now(&mut self, client: &mut Client, mut delivery: v5::Publish) -> Result<(), End> {
-        if delivery.qos != QoS::AtMostOnce {
-            delivery.pkid = self.free_pkid();
-            let out = Outgoing { seq: self.next_seq, qos: delivery.qos as u8, publish: Some(delivery.clone()) };
-            self.next_seq += 1;
-            self.outgoing.insert(delivery.pkid, out);
+        if delivery.qos == QoS::AtMostOnce {
+            return client.queue(&self.codec, &v5::Packet::Publish(delivery));
         }
-        client.queue(&self.codec, &v5::Packet::Publish(delivery))
+        let pkid = self.free_pkid();
+        delivery.pkid = pkid;
+        let packet = v5::Packet::Publish(delivery);
+        client.queue(&self.codec, &packet)?;
+        // Encoded: the packet itself is what a resumed session sends again.
+        let v5::Packet::Publish(delivery) = packet else { unreachable!("built as a PUBLISH above") };
+        let out = Outgoing { seq: self.next_seq, qos: delivery.qos as u8, publish: Some(delivery) };
+        self.next_seq += 1;
+        self.outgoing.insert(pkid, out);
+        Ok(())
     }
 
     /// A packet id no delivery in flight uses. There is one: the window is
@@ -1174,8 +1169,9 @@ impl Relay {
         match result {
             Ok(index) => {
                 self.shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
+                let index_text = index.to_string();
                 if let Some(properties) = publish.properties.as_mut() {
-                    properties.user_properties.push((PROP_INDEX.to_string(), index.to_string()));
+                    properties.user_properties.push((PROP_INDEX.to_string(), index_text.clone()));
                 }
                 let (qos, pkid) = (publish.qos, publish.pkid);
                 remember_if_retained(&self.shared.retained, &publish, index);
@@ -1190,7 +1186,7 @@ impl Relay {
                         let mut ack = v5::PubAck::new(pkid, None);
                         ack.properties = Some(v5::PubAckProperties {
                             reason_string: None,
-                            user_properties: vec![(PROP_INDEX.to_string(), index.to_string())],
+                            user_properties: vec![(PROP_INDEX.to_string(), index_text)],
                         });
                         self.inflight = self.inflight.saturating_sub(1);
                         client.queue(&self.codec, &v5::Packet::PubAck(ack))?;
@@ -1457,7 +1453,8 @@ impl Relay {
             dup: false,
             qos: qos_from(granted.min(published_qos)),
             retain: publish.retain || (published_retain && retain_as_published),
-            topic: Bytes::from(topic.to_string()),
+            // The router's topic without its prefix: the same bytes, not a copy.
+            topic: publish.topic.slice_ref(topic.as_bytes()),
             pkid: 0,
             payload: publish.payload,
             properties: Some(properties),
