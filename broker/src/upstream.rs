@@ -148,14 +148,10 @@ pub fn router_budget(max_packet_size: u32) -> usize {
     segment_size(max_packet_size) / 2
 }
 
-fn rumqttd_config(
-    port: u16,
-    username: &str,
-    password: &str,
-    max_packet_size: u32,
-    max_connections: usize,
-) -> rumqttd::Config {
-    let router = rumqttd::RouterConfig {
+/// The embedded router's settings; `rumqttd_alone` (the benchmark's
+/// rumqttd without the gateway) runs with the same.
+pub fn router_settings(max_packet_size: u32, max_connections: usize) -> rumqttd::RouterConfig {
+    rumqttd::RouterConfig {
         // Above the gateway's own limit: refusals there would leave stale
         // state in rumqttd.
         max_connections: max_connections + 64,
@@ -171,8 +167,12 @@ fn rumqttd_config(
         custom_segment: None,
         initialized_filters: None,
         shared_subscriptions_strategy: Default::default(),
-    };
-    let connections = rumqttd::ConnectionSettings {
+    }
+}
+
+/// The embedded router's per-connection settings (`auth`: user → password).
+pub fn connection_settings(max_packet_size: u32, auth: Option<HashMap<String, String>>) -> rumqttd::ConnectionSettings {
+    rumqttd::ConnectionSettings {
         connection_timeout_ms: 5_000,
         // Compared with each packet's remaining length; the gateway's
         // internal user properties ride on top of the client's packet.
@@ -180,10 +180,22 @@ fn rumqttd_config(
         // Packets read from one link before the router takes them: a batch
         // limit, not an allocation (that queue is preallocated for 200).
         max_inflight_count: 100,
-        auth: Some(HashMap::from([(username.to_string(), password.to_string())])),
+        auth,
         external_auth: None,
         dynamic_filters: false,
-    };
+    }
+}
+
+fn rumqttd_config(
+    port: u16,
+    username: &str,
+    password: &str,
+    max_packet_size: u32,
+    max_connections: usize,
+) -> rumqttd::Config {
+    let router = router_settings(max_packet_size, max_connections);
+    let auth = HashMap::from([(username.to_string(), password.to_string())]);
+    let connections = connection_settings(max_packet_size, Some(auth));
     let server = rumqttd::ServerSettings {
         name: "sealmq-upstream".into(),
         listen: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)),

@@ -2,8 +2,8 @@
 //! benchmark comparison (`tests/bench/compare.sh`).
 //!
 //! It runs the same rumqttd version with the settings the gateway gives its
-//! embedded router (`upstream::rumqttd_config`: the same router limits,
-//! segment sizes, packet size and in-flight counts), but listening on the
+//! embedded router (`upstream::router_settings` and
+//! `upstream::connection_settings`, called here too), but listening on the
 //! given addresses, without authentication, and without the gateway in
 //! front: the difference between this and `sealmq serve` is what the
 //! gateway and the audit log cost.
@@ -24,6 +24,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use sealmq_broker::config::Limits;
+use sealmq_broker::upstream;
 
 /// What the command line asked for.
 struct Options {
@@ -59,34 +60,14 @@ fn parse_args() -> Result<Options, String> {
     Ok(options)
 }
 
-/// The settings of `upstream::rumqttd_config`, kept in step by hand (that
-/// function is private to the gateway and binds a loopback port with a
-/// per-boot password); `auth` is off here, and the listener is the caller's.
+/// A listener with the gateway's per-connection settings, without `auth`.
 fn server(name: &str, listen: SocketAddr, max_packet_size: u32) -> rumqttd::ServerSettings {
-    let connections = rumqttd::ConnectionSettings {
-        connection_timeout_ms: 5_000,
-        // The gateway adds 4 KiB for its own user properties; the same
-        // headroom here keeps the largest accepted publish the same.
-        max_payload_size: max_packet_size as usize + 4096,
-        max_inflight_count: 100,
-        auth: None,
-        external_auth: None,
-        dynamic_filters: false,
-    };
+    let connections = upstream::connection_settings(max_packet_size, None);
     rumqttd::ServerSettings { name: name.into(), listen, tls: None, next_connection_delay_ms: 0, connections }
 }
 
 fn config(options: &Options) -> rumqttd::Config {
-    let router = rumqttd::RouterConfig {
-        // The gateway gives its router 64 more than its own client limit.
-        max_connections: options.max_connections + 64,
-        max_outgoing_packet_count: 200,
-        max_segment_size: (options.max_packet_size as usize).max(1024 * 1024),
-        max_segment_count: 2,
-        custom_segment: None,
-        initialized_filters: None,
-        shared_subscriptions_strategy: Default::default(),
-    };
+    let router = upstream::router_settings(options.max_packet_size, options.max_connections);
     let v4 = options.v4.map(|addr| HashMap::from([("1".to_string(), server("v4", addr, options.max_packet_size))]));
     rumqttd::Config {
         id: 0,
