@@ -196,9 +196,13 @@ struct V5 {
     conn: Conn<p5::Packet>,
 }
 
+/// Options for an MQTT 5 test client that asks for receipts: its
+/// deliveries carry the record's `sealmq-index`, which these tests check
+/// against the log (without it, properties are forwarded unaltered).
 fn v5_options(addr: SocketAddr, id: &str) -> v5::MqttOptions {
     let mut options = v5::MqttOptions::new(id, addr.ip().to_string(), addr.port());
     options.set_keep_alive(Duration::from_secs(30));
+    options.set_user_properties(vec![("sealmq-receipts".into(), "1".into())]);
     options
 }
 

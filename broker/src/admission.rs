@@ -3,43 +3,93 @@
 //! becomes. Shared by client connections and the gateway's own publishes.
 
 use bytes::Bytes;
-use sealmq_audit::mqs1::{self, SignatureBlock, Signed};
+use sealmq_audit::mqs1::{self, Carrier, SignatureBlock, Signed};
 use sealmq_audit::store::{Entry, now_ms};
 use sealmq_audit::{PublishRecord, Record, sha256};
 
 use crate::codec::v5;
+use crate::codec::v5::QoS;
 use crate::gateway::Shared;
 use crate::identity::{Device, Policy};
 use crate::replay::{Freshness, Window};
 use crate::retained::{Retained, RetainedStore};
 use crate::upstream::{down_topic, up_topic};
 
-/// The publisher's client id, on upstream packets (for No Local).
-pub const PROP_FROM: &str = "sealmq-from";
-/// The QoS as published, on upstream packets (the router delivers at the subscription's).
-pub const PROP_QOS: &str = "sealmq-qos";
-/// `1` on upstream packets published retained (the router clears the flag on
-/// live deliveries; Retain As Published needs it).
-pub const PROP_RETAIN: &str = "sealmq-retain";
-/// The record's log index: on PUBACK/PUBREC, and on deliveries to v5 subscribers.
+/// The gateway's own user property on upstream packets: always the last
+/// one, added after everything the publisher sent (which goes on unaltered,
+/// [MQTT-3.3.2-17/18]) and taken off again before delivery. See [`Route`].
+pub const PROP_ROUTE: &str = "sealmq-route";
+/// The record's log index: on PUBACK/PUBREC, and on deliveries to
+/// subscribers that ask for receipts ([`PROP_RECEIPTS`]).
 pub const PROP_INDEX: &str = "sealmq-index";
+/// A CONNECT user property: with the value `1`, the client's deliveries
+/// (live, retained, wills) carry [`PROP_INDEX`], and any `sealmq-*` user
+/// property a publisher set is removed from them, so none can be spoofed.
+pub const PROP_RECEIPTS: &str = "sealmq-receipts";
 /// Reason codes of refusals (MQTT 5 PUBACK/PUBREC).
 pub const NOT_AUTHORIZED: u8 = 0x87;
 /// A malformed MQS1 envelope or property.
 pub const PAYLOAD_FORMAT_INVALID: u8 = 0x99;
+
+/// What the router must carry for the gateway beside a publish: the
+/// semantics the router does not keep (the published QoS and retain flag,
+/// the publisher for No Local) and the record's log index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The record's log index; `None` for the gateway's own `$SYS` publishes.
+    pub index: Option<u64>,
+    /// QoS as published (the router delivers at the subscription's).
+    pub qos: u8,
+    /// Published retained (the router clears the flag on live deliveries).
+    pub retain: bool,
+    /// The publisher's client id (empty for the gateway itself).
+    pub from: String,
+}
+
+impl Route {
+    /// Appends the route as the last user property of an upstream publish.
+    pub fn attach(&self, publish: &mut v5::Publish) {
+        let index = self.index.map_or_else(|| "-".to_string(), |i| i.to_string());
+        let value = format!("{index} {} {} {}", self.qos, u8::from(self.retain), self.from);
+        publish.properties.get_or_insert_with(Default::default).user_properties.push((PROP_ROUTE.to_string(), value));
+    }
+
+    /// Takes the route off a routed publish's properties: the last user
+    /// property, when it is one (the gateway adds it after the
+    /// publisher's own, so a publisher cannot forge it).
+    pub fn detach(properties: &mut v5::PublishProperties) -> Option<Self> {
+        let (name, value) = properties.user_properties.last()?;
+        if name != PROP_ROUTE {
+            return None;
+        }
+        let mut parts = value.splitn(4, ' ');
+        let index = match parts.next()? {
+            "-" => None,
+            index => Some(index.parse().ok()?),
+        };
+        let qos = parts.next()?.parse().ok().filter(|q| *q <= 2)?;
+        let retain = parts.next()? == "1";
+        let from = parts.next()?.to_string();
+        properties.user_properties.pop();
+        Some(Self { index, qos, retain, from })
+    }
+}
 
 /// What to do with a PUBLISH.
 // Made once per publish and taken apart at once: boxing the large variant
 // would only add an allocation on the hot path.
 #[allow(clippy::large_enum_variant)]
 pub enum Admission {
-    /// Log `entry`; once durable, send `forward` upstream (with the index added).
+    /// Log `entry`; once durable, send `forward` upstream with `route`
+    /// (its index filled in) attached.
     Log {
         /// The record (with its replay-window update).
         entry: Entry,
-        /// The upstream packet: application payload, prefixed topic, the SB
-        /// as the `mqs1` property, the gateway's properties.
+        /// The upstream packet: application payload, prefixed topic, the
+        /// publisher's properties (the SB as the `mqs1` property).
         forward: v5::Publish,
+        /// What the router carries for the gateway.
+        route: Route,
         /// The key that signed it, if any.
         kid: Option<mqs1::Kid>,
     },
@@ -59,6 +109,8 @@ fn rejected(code: u8, why: impl Into<String>) -> Admission {
 }
 
 /// Decides on a PUBLISH to a valid `topic` (aliases resolved) by `device`.
+/// Call it with [`Shared::registry_gate`] held and `device` looked up under
+/// the current registry generation, and queue the record before letting go.
 pub fn admit(shared: &Shared, device: &Device, topic: &str, mut publish: v5::Publish) -> Admission {
     if topic.starts_with('$') {
         return rejected(NOT_AUTHORIZED, "topics starting with $ belong to the broker");
@@ -71,13 +123,13 @@ pub fn admit(shared: &Shared, device: &Device, topic: &str, mut publish: v5::Pub
         properties.user_properties.iter().map(|(name, value)| (name.as_str(), value.as_str())),
         &publish.payload,
     );
-    let (payload, sb) = match extracted {
+    let (payload, sb, carrier) = match extracted {
         Err(e) => return rejected(PAYLOAD_FORMAT_INVALID, format!("MQS1: {e}")),
         Ok(None) if device.policy == Policy::Signed => {
             return rejected(NOT_AUTHORIZED, "this device must sign every publish (MQS1)");
         }
-        Ok(None) => (publish.payload.clone(), None),
-        Ok(Some(found)) => (publish.payload.slice_ref(found.payload), Some(found.sb)),
+        Ok(None) => (publish.payload.clone(), None, None),
+        Ok(Some(found)) => (publish.payload.slice_ref(found.payload), Some(found.sb), Some(found.carrier)),
     };
     let window = match &sb {
         None => None,
@@ -104,49 +156,41 @@ pub fn admit(shared: &Shared, device: &Device, topic: &str, mut publish: v5::Pub
     if let (Some(sb), Some(window)) = (&sb, window) {
         entry = entry.with_replay(sb.kid, window.highest, window.seen);
     }
-    // Client-supplied `sealmq-*` properties are dropped so nobody can spoof them.
-    properties.user_properties.retain(|(name, _)| name != mqs1::PROPERTY_NAME && !name.starts_with("sealmq-"));
-    if let Some(sb) = &sb {
+    // The publisher's properties go on as they came; a signature carried in
+    // a 3.1.1-style envelope is stripped from the payload and carried as
+    // the `mqs1` property instead, so MQTT 5 subscribers can check it.
+    if let (Some(sb), Some(Carrier::Envelope)) = (&sb, carrier) {
         properties.user_properties.push((mqs1::PROPERTY_NAME.to_string(), sb.to_property_value()));
-    }
-    properties.user_properties.push((PROP_FROM.to_string(), device.id.clone()));
-    properties.user_properties.push((PROP_QOS.to_string(), (publish.qos as u8).to_string()));
-    if publish.retain {
-        properties.user_properties.push((PROP_RETAIN.to_string(), "1".to_string()));
     }
     properties.topic_alias = None;
     properties.subscription_identifiers.clear();
     let forward = v5::Publish {
         dup: false,
-        qos: publish.qos,
-        // The gateway keeps retained messages itself (crate::retained); the
-        // router only routes, and learns of retain from PROP_RETAIN.
+        // The router only routes: the gateway completes QoS 2 with the
+        // client itself, and subscribers are served at the QoS `route`
+        // carries, so QoS 1 is all the router's leg needs.
+        qos: if publish.qos == QoS::ExactlyOnce { QoS::AtLeastOnce } else { publish.qos },
+        // The gateway keeps retained messages itself (crate::retained).
         retain: false,
         topic: Bytes::from(up_topic(topic)),
         pkid: publish.pkid,
         payload,
         properties: Some(properties),
     };
-    Admission::Log { entry, forward, kid: sb.map(|sb| sb.kid) }
+    let route = Route { index: None, qos: publish.qos as u8, retain: publish.retain, from: device.id.clone() };
+    Admission::Log { entry, forward, route, kid: sb.map(|sb| sb.kid) }
 }
 
-/// Once a publish is durably logged at `index`: if it was retained, make it
-/// the topic's retained message (or clear the topic, for an empty payload).
-pub fn remember_if_retained(retained: &RetainedStore, forward: &v5::Publish, index: u64) {
-    let Some(properties) = &forward.properties else { return };
-    if !properties.user_properties.iter().any(|(name, value)| name == PROP_RETAIN && value == "1") {
+/// Once a publish is durably logged (`route.index` set): if it was
+/// retained, make it the topic's retained message (or clear the topic, for
+/// an empty payload).
+pub fn remember_if_retained(retained: &RetainedStore, forward: &v5::Publish, route: &Route) {
+    if !route.retain {
         return;
     }
     let Some(topic) = std::str::from_utf8(&forward.topic).ok().and_then(down_topic) else { return };
-    let mut subscriber_properties = properties.clone();
-    subscriber_properties.user_properties.retain(|(name, _)| !name.starts_with("sealmq-"));
-    subscriber_properties.user_properties.push((PROP_INDEX.to_string(), index.to_string()));
-    let message = Retained {
-        index: Some(index),
-        qos: forward.qos as u8,
-        payload: forward.payload.clone(),
-        properties: subscriber_properties,
-    };
+    let message =
+        Retained::new(route.index, route.qos, forward.payload.clone(), forward.properties.clone().unwrap_or_default());
     retained.set(topic, message);
 }
 

@@ -112,6 +112,9 @@ pub enum CodecError {
     /// A topic filter that breaks the wildcard or shared-subscription rules.
     #[error("invalid topic filter: {0}")]
     InvalidTopicFilter(String),
+    /// A PUBLISH's Topic Alias of 0 (MQTT 5: 0x94 Topic Alias invalid, [MQTT-3.3.2-8]).
+    #[error("topic alias invalid: {0}")]
+    TopicAliasInvalid(String),
     /// The caller asked to encode a packet that cannot or must not be sent
     /// (a programming error on our side, never the peer's).
     #[error("cannot encode packet: {0}")]
@@ -129,6 +132,7 @@ impl CodecError {
             CodecError::PacketTooLarge { .. } => DisconnectReasonCode::PacketTooLarge,
             CodecError::InvalidTopicName(_) => DisconnectReasonCode::TopicNameInvalid,
             CodecError::InvalidTopicFilter(_) => DisconnectReasonCode::TopicFilterInvalid,
+            CodecError::TopicAliasInvalid(_) => DisconnectReasonCode::TopicAliasInvalid,
             CodecError::CannotEncode(_) => DisconnectReasonCode::ImplementationSpecificError,
         }
     }
@@ -141,7 +145,7 @@ impl CodecError {
             CodecError::PacketTooLarge { .. } => ConnectReturnCode::PacketTooLarge,
             CodecError::UnsupportedProtocol { .. } => ConnectReturnCode::UnsupportedProtocolVersion,
             CodecError::InvalidTopicName(_) => ConnectReturnCode::TopicNameInvalid,
-            CodecError::InvalidTopicFilter(_) => ConnectReturnCode::UnspecifiedError,
+            CodecError::InvalidTopicFilter(_) | CodecError::TopicAliasInvalid(_) => ConnectReturnCode::UnspecifiedError,
             CodecError::CannotEncode(_) => ConnectReturnCode::ImplementationSpecificError,
         }
     }
@@ -981,9 +985,14 @@ fn check_properties(r: &mut Reader<'_>, ctx: Props) -> Result<(), CodecError> {
             19 | 34 => {
                 p.u16(name)?;
             }
-            33 | 35 => {
+            33 => {
                 if p.u16(name)? == 0 {
                     return Err(p.protocol(format_args!("{name} 0")));
+                }
+            }
+            35 => {
+                if p.u16(name)? == 0 {
+                    return Err(CodecError::TopicAliasInvalid("Topic Alias 0".into()));
                 }
             }
             2 | 17 | 24 => {
@@ -1560,6 +1569,7 @@ mod tests {
             CodecError::NotConnect { .. } => "not connect",
             CodecError::InvalidTopicName(_) => "topic",
             CodecError::InvalidTopicFilter(_) => "filter",
+            CodecError::TopicAliasInvalid(_) => "alias",
             CodecError::CannotEncode(_) => "cannot",
         }
     }
@@ -2469,7 +2479,7 @@ mod tests {
         assert_eq!(client_err(Version::V5, &publish(&[2, 0, 0, 0, 1, 2, 0, 0, 0, 2])), "protocol");
         assert_eq!(client_err(Version::V5, &publish(&[11, 1])), "protocol"); // client Subscription Identifier
         assert!(from_upstream(&publish(&[11, 1, 11, 2])).is_ok());
-        assert_eq!(client_err(Version::V5, &publish(&[35, 0, 0])), "protocol"); // Topic Alias 0
+        assert_eq!(client_err(Version::V5, &publish(&[35, 0, 0])), "alias"); // Topic Alias 0: 0x94
         assert_eq!(client_err(Version::V5, &publish(&[35, 0, 1, 35, 0, 2])), "protocol");
         assert_eq!(client_err(Version::V5, &publish(&[1, 2])), "protocol");
         assert_eq!(client_err(Version::V5, &publish(&cat(&[&[8], &s("r/#")]))), "protocol");

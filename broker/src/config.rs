@@ -133,6 +133,11 @@ pub enum UnknownPolicy {
 pub struct Limits {
     /// Largest MQTT packet accepted or sent, in bytes.
     pub max_packet_size: u32,
+    /// Largest CONNECT accepted, in bytes: until a client has logged in it
+    /// may make the broker hold no more than this, whatever length it
+    /// declares. A larger CONNECT is refused as soon as its fixed header is
+    /// read (MQTT 5: CONNACK 0x95 Packet too large; 3.1.1: closed).
+    pub max_connect_packet_size: u32,
     /// Most client connections at once.
     pub max_connections: usize,
     /// Time a new connection has to send its CONNECT, in milliseconds.
@@ -159,7 +164,8 @@ pub struct Limits {
     pub max_queued_messages: usize,
     /// Publishes per second one client may send, with bursts of up to a
     /// second's worth; a faster client is slowed down (the gateway stops
-    /// reading from it), never cut off. 0: no limit.
+    /// reading from it), never cut off. 0 (the default): no limit, as in
+    /// other brokers; the production checklist recommends one.
     pub max_publish_rate: u32,
     /// Failed logins (bad password, unknown device when unknown devices are
     /// refused, certificate mismatch) one source address may have per
@@ -173,6 +179,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_packet_size: 1024 * 1024 + 1024,
+            max_connect_packet_size: 16 * 1024,
             max_connections: 10_000,
             connect_timeout_ms: 10_000,
             max_inflight: 64,
@@ -182,7 +189,7 @@ impl Default for Limits {
             max_subscriptions: 256,
             max_session_expiry_secs: 86_400,
             max_queued_messages: 1000,
-            max_publish_rate: 1000,
+            max_publish_rate: 0,
             max_failed_logins_per_minute: 10,
         }
     }

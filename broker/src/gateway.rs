@@ -55,6 +55,15 @@ pub struct Shared {
     pub log: Arc<Log>,
     /// The device registry view; replaced whole when the registry changes.
     pub identities: RwLock<Arc<Identities>>,
+    /// Bumped each time `identities` is replaced: sessions compare it with
+    /// the one their device was looked up under, before each decision.
+    pub registry_generation: AtomicU64,
+    /// Held shared from a decision under the registry (a publish admitted,
+    /// a will) until its record is queued in the log; held exclusively
+    /// while registry changes are logged and swapped in. So a record
+    /// decided under the old registry is always ordered before the change
+    /// records, and one decided under the new after them.
+    pub registry_gate: tokio::sync::RwLock<()>,
     /// MQS1 replay windows.
     pub replay: ReplayWindows,
     /// The latest retained message per topic, served by the gateway.
@@ -89,6 +98,17 @@ impl Shared {
     /// The current registry view.
     pub fn identities(&self) -> Arc<Identities> {
         Arc::clone(&self.identities.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The registry view's generation (see [`Shared::registry_generation`]).
+    pub fn registry_generation(&self) -> u64 {
+        self.registry_generation.load(Ordering::Acquire)
+    }
+
+    /// Swaps in a new registry view (call with `registry_gate` held exclusively).
+    pub(crate) fn replace_identities(&self, next: Identities) {
+        *self.identities.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        self.registry_generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Registers a new connection as the holder of `client_id`. Returns its

@@ -11,6 +11,7 @@
 //! - [`admission`]: the decision on a PUBLISH (policy, ACL, MQS1, replay);
 //! - [`identity`], [`replay`]: the device registry view and replay windows;
 //! - [`retained`]: retained messages, served by the gateway itself;
+//! - [`expiry`]: Message Expiry Interval for held and retained messages;
 //! - [`transport`]: TCP, TLS (client certificates) and WebSocket listeners;
 //! - [`limits`]: publish rates and failed logins, per client and address;
 //! - [`upstream`]: the router and the links to it (rumqttd types stop there);
@@ -21,6 +22,7 @@
 pub mod admission;
 pub mod codec;
 pub mod config;
+pub mod expiry;
 pub mod explorer;
 pub mod gateway;
 pub mod http;

@@ -10,12 +10,12 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use sealmq_audit::Record;
 use sealmq_audit::store::{LogReader, StoreError};
 
-use crate::admission::PROP_INDEX;
 use crate::codec::{topic_matches, v5};
 
 /// One topic's retained message, as subscribers receive it.
@@ -27,8 +27,24 @@ pub struct Retained {
     pub qos: u8,
     /// The application payload.
     pub payload: Bytes,
-    /// Properties for MQTT 5 subscribers (`mqs1`, `sealmq-index`, the publisher's own).
+    /// The publisher's properties, as published (with `mqs1` for a signed one).
     pub properties: v5::PublishProperties,
+    /// When it became the topic's retained message: its Message Expiry
+    /// Interval counts from here.
+    pub since: Instant,
+}
+
+impl Retained {
+    /// A retained message as of now.
+    pub fn new(index: Option<u64>, qos: u8, payload: Bytes, properties: v5::PublishProperties) -> Self {
+        Self { index, qos, payload, properties, since: Instant::now() }
+    }
+
+    /// Whether its Message Expiry Interval has passed: an expired retained
+    /// message is no longer sent [MQTT-3.3.2-5].
+    pub fn expired(&self, now: Instant) -> bool {
+        crate::expiry::expired(&self.properties, self.since, now)
+    }
 }
 
 /// The latest retained message of every topic.
@@ -62,10 +78,11 @@ impl RetainedStore {
     /// The retained messages whose topics match `filter` (a plain filter,
     /// without a `$share/` prefix), sorted by topic.
     pub fn matching(&self, filter: &str) -> Vec<(String, Arc<Retained>)> {
+        let now = Instant::now();
         let topics = self.topics.read().unwrap_or_else(|p| p.into_inner());
         let mut found: Vec<_> = topics
             .iter()
-            .filter(|(topic, _)| topic_matches(filter, topic))
+            .filter(|(topic, message)| topic_matches(filter, topic) && !message.expired(now))
             .map(|(topic, message)| (topic.clone(), Arc::clone(message)))
             .collect();
         found.sort_by(|a, b| a.0.cmp(&b.0));
@@ -100,9 +117,7 @@ impl RetainedStore {
                     .user_properties
                     .push((sealmq_audit::mqs1::PROPERTY_NAME.to_string(), sb.to_property_value()));
             }
-            properties.user_properties.push((PROP_INDEX.to_string(), idx.to_string()));
-            store
-                .set(&topic, Retained { index: Some(idx), qos: record.qos, payload: Bytes::from(payload), properties });
+            store.set(&topic, Retained::new(Some(idx), record.qos, Bytes::from(payload), properties));
         }
         tracing::info!(topics = store.len(), "retained messages rebuilt from the log");
         Ok(store)
@@ -114,7 +129,7 @@ mod tests {
     use super::*;
 
     fn message(index: u64, payload: &'static [u8]) -> Retained {
-        Retained { index: Some(index), qos: 1, payload: Bytes::from_static(payload), properties: Default::default() }
+        Retained::new(Some(index), 1, Bytes::from_static(payload), Default::default())
     }
 
     #[test]

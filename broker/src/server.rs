@@ -119,6 +119,8 @@ impl Broker {
             config,
             log: Arc::clone(&log),
             identities: RwLock::new(Arc::new(identities)),
+            registry_generation: AtomicU64::new(0),
+            registry_gate: tokio::sync::RwLock::new(()),
             replay,
             retained,
             upstream,
@@ -225,12 +227,18 @@ async fn watch_registry(shared: Arc<Shared>, registry: Registry, mut seen: u64) 
         if version == seen {
             continue;
         }
-        match logged_snapshot(&shared.log, &registry).await {
+        // No publish is admitted while the change is logged and swapped in:
+        // everything decided under the old registry is queued in the log
+        // before the change records, everything after under the new one.
+        let gate = shared.registry_gate.write().await;
+        let logged = logged_snapshot(&shared.log, &registry).await;
+        match logged {
             Ok(snapshot) => {
                 let next = Identities::new(&snapshot, shared.config.unknown_devices.clone());
                 let before = shared.identities();
                 let revoked = next.newly_revoked(&before);
-                *shared.identities.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+                shared.replace_identities(next);
+                drop(gate);
                 if !revoked.is_empty() {
                     let _ = shared.revoked.send(Arc::new(revoked));
                 }

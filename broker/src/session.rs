@@ -19,7 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::admission::{Admission, PROP_FROM, PROP_INDEX, PROP_QOS, PROP_RETAIN, admit, remember_if_retained};
+use crate::admission::{Admission, PROP_INDEX, PROP_RECEIPTS, Route, admit, remember_if_retained};
 use crate::codec::{
     ClientCodec, CodecError, FilterKind, Version, connack_v31_refused, peek_protocol_level, topic_matches, v5,
     validate_filter, validate_topic_name,
@@ -166,6 +166,10 @@ struct Connected {
     clean_start: bool,
     /// How long the session outlives the connection, in seconds (0: not at all).
     session_expiry: u32,
+    /// MQTT 5 Will Delay Interval, in seconds.
+    will_delay: u32,
+    /// Whether the client asked for receipts ([`PROP_RECEIPTS`]).
+    receipts: bool,
 }
 
 /// Reads up to the CONNECT's protocol level: the codec for the client's
@@ -192,7 +196,11 @@ async fn read_connect_codec(shared: &Shared, client: &mut Client) -> Result<Opti
         return Ok(None);
     }
     let version = if level == 5 { Version::V5 } else { Version::V311 };
-    Ok(Some(ClientCodec { version, max_incoming: shared.config.limits.max_packet_size, max_outgoing: None }))
+    // Until the CONNECT is accepted, a client may make the broker hold no
+    // more than the pre-login limit, whatever length it declares.
+    let limits = &shared.config.limits;
+    let max_incoming = limits.max_connect_packet_size.min(limits.max_packet_size);
+    Ok(Some(ClientCodec { version, max_incoming, max_outgoing: None }))
 }
 
 /// Reads the CONNECT and decides on it; answers refusals itself.
@@ -213,12 +221,15 @@ async fn read_connect(
                     return Ok(None);
                 }
             }
+            // 3.1.1 has no CONNACK code for a CONNECT too large: just close.
+            Err(e @ CodecError::PacketTooLarge { .. }) if version == Version::V311 => return Err(e.into()),
             Err(e) => {
                 refuse(client, &codec, e.connack_code()).await;
                 return Err(e.into());
             }
         }
     };
+    codec.max_incoming = shared.config.limits.max_packet_size;
     let v5::Packet::Connect(connect, will, login) = packet else {
         return Err(CodecError::ProtocolError("the first packet is not CONNECT".into()).into());
     };
@@ -286,6 +297,7 @@ async fn read_connect(
         refuse(client, &codec, connack_code(refusal)).await;
         return Ok(None);
     }
+    let will_delay = will.as_ref().and_then(|w| w.properties.as_ref()).and_then(|p| p.delay_interval).unwrap_or(0);
     let will = match will {
         Some(will) => match validate_topic_name(&will.topic) {
             Ok(topic) if !topic.starts_with('$') && device.may_publish(topic) => {
@@ -316,6 +328,8 @@ async fn read_connect(
             Version::V311 => 0,
             Version::V5 => properties.session_expiry_interval.unwrap_or(0),
         },
+        will_delay,
+        receipts: properties.user_properties.iter().any(|(name, value)| name == PROP_RECEIPTS && value == "1"),
     }))
 }
 
@@ -337,28 +351,69 @@ type Pending = Pin<Box<dyn Future<Output = Logged> + Send>>;
 
 /// A publish whose append finished.
 struct Logged {
+    /// The upstream packet (QoS 2 goes upstream as QoS 1).
     publish: v5::Publish,
+    route: Route,
+    /// The QoS the client published with.
+    qos: QoS,
     result: Result<u64, StoreError>,
 }
 
-/// A SUBSCRIBE waiting for the router's SUBACK: the local decision per
-/// filter (`None`: forwarded), and per forwarded filter the client's filter,
-/// the QoS it asked for (the router is asked for QoS 0, see
-/// `client_subscribe`) and whether to send its retained messages once granted.
-type PendingSubscribe = (Vec<Option<SubscribeReasonCode>>, Vec<(String, u8, bool)>);
+/// One of the client's subscriptions.
+#[derive(Debug, Clone, Copy)]
+struct Subscription {
+    /// The QoS granted.
+    qos: u8,
+    no_local: bool,
+    retain_as_published: bool,
+    /// The client's Subscription Identifier, given back on its deliveries.
+    id: Option<usize>,
+    /// The Subscription Identifier the link uses upstream for this filter:
+    /// the router tags each copy with it, so each copy is delivered for
+    /// exactly the subscription it matched, at that one's QoS.
+    link_id: usize,
+}
+
+/// A client SUBSCRIBE waiting for the router's SUBACKs (one per filter
+/// sent upstream): the reason code per filter, decided locally or by the
+/// router, and the retained messages to send once it is answered.
+#[derive(Default)]
+struct SubscribeWait {
+    codes: Vec<Option<SubscribeReasonCode>>,
+    /// Per forwarded filter: (its position, the client's filter, whether to
+    /// send its retained messages once granted).
+    forwarded: Vec<(usize, String, bool)>,
+    awaiting: usize,
+}
+
+/// A client QoS 2 publish between its PUBLISH and its PUBREL: the same
+/// packet id again in between is the same message [MQTT-4.3.3-9].
+#[derive(Debug, Clone, Copy)]
+enum Qos2In {
+    /// Being logged; `owed` retransmissions wait for its PUBREC too.
+    Logging { owed: u16 },
+    /// Logged at `index` (`None`: an MQS1 retransmission, not logged again).
+    Recorded { index: Option<u64> },
+}
 
 /// What the relay keeps per connection.
 struct Relay {
     shared: Arc<Shared>,
     codec: ClientCodec,
     device: Arc<Device>,
+    /// The registry generation `device` was looked up under.
+    registry_seen: u64,
     client_id: String,
     problem_info: bool,
+    /// Whether deliveries carry the record's index ([`PROP_RECEIPTS`]).
+    receipts: bool,
     aliases: HashMap<u16, Bytes>,
-    /// Client filter → (granted QoS, No Local, Retain As Published).
-    subscriptions: HashMap<String, (u8, bool, bool)>,
-    /// Client QoS 2 publishes forwarded upstream and not completed: packet id → log index.
-    forwarded: HashMap<u16, u64>,
+    subscriptions: HashMap<String, Subscription>,
+    /// Upstream Subscription Identifier → the client's filter.
+    by_link_id: HashMap<usize, String>,
+    next_link_id: usize,
+    /// Client QoS 2 publishes awaiting PUBREL, by packet id.
+    qos2_in: HashMap<u16, Qos2In>,
     /// Logged publishes waiting for room in `router_budget`, in order.
     to_router: VecDeque<v5::Publish>,
     /// Sizes of the QoS 1/2 publishes sent to the router and not yet
@@ -368,13 +423,14 @@ struct Relay {
     /// Bytes this connection may have unacknowledged at the router; see
     /// [`crate::upstream::router_budget`].
     router_budget: usize,
-    /// Client QoS 2 publishes answered by the gateway itself (duplicates).
-    local_qos2: HashSet<u16>,
     /// QoS 1/2 publishes from the client not yet completed (its Receive Maximum is ours).
     inflight: usize,
-    /// SUBSCRIBE/UNSUBSCRIBE answers decided locally, merged with upstream's.
-    pending_subacks: HashMap<u16, PendingSubscribe>,
-    pending_unsubacks: HashMap<u16, Vec<Option<v5::UnsubAckReason>>>,
+    /// SUBSCRIBE/UNSUBSCRIBE sent upstream, by upstream packet id: the
+    /// client's packet id (and, for SUBSCRIBE, the filter's position).
+    pending_subacks: HashMap<u16, (u16, usize)>,
+    subscribe_waits: HashMap<u16, SubscribeWait>,
+    pending_unsubacks: HashMap<u16, (u16, Vec<Option<v5::UnsubAckReason>>)>,
+    next_up_pkid: u16,
     used_kids: HashSet<Kid>,
     pipeline: FuturesOrdered<Pending>,
     /// QoS 1/2 deliveries the client may have unacknowledged at once: its
@@ -386,8 +442,9 @@ struct Relay {
     next_seq: u64,
     next_pkid: u16,
     /// Deliveries waiting for room in the window, or for a parked session's
-    /// client to come back; at most `limits.max_queued_messages`.
-    held: VecDeque<v5::Publish>,
+    /// client to come back, with when they arrived (their Message Expiry
+    /// Interval runs meanwhile); at most `limits.max_queued_messages`.
+    held: VecDeque<(v5::Publish, Instant)>,
     /// Whether deliveries are being dropped because `held` is full (warned
     /// once per episode, which ends when it is down to half).
     overflowing: bool,
@@ -412,6 +469,16 @@ pub(crate) struct Parked {
     relay: Relay,
     up_read: UpstreamReader,
     up_write: UpstreamWriter,
+    /// The last connection's will, waiting for its delay.
+    will: Option<PendingWill>,
+}
+
+/// A will waiting for its Will Delay Interval: published when that has
+/// passed or the session ends, whichever is first, and not at all if a new
+/// connection resumes the session first [MQTT-3.1.3-9].
+struct PendingWill {
+    publish: v5::Publish,
+    at: Instant,
 }
 
 /// How the relay loop ended.
@@ -440,6 +507,8 @@ async fn run(shared: Arc<Shared>, mut client: Client, connect: Connected, peer: 
         receive_max,
         clean_start,
         session_expiry,
+        will_delay,
+        receipts,
     } = connect;
     let (generation, mut takes, previous) = shared.claim_session(&client_id);
     // The client id's previous holder hands its session over (a live
@@ -453,10 +522,14 @@ async fn run(shared: Arc<Shared>, mut client: Client, connect: Connected, peer: 
     let window = receive_max.min(usize::from(shared.config.limits.max_inflight));
     let (mut relay, mut up_read, mut up_write, resumed) = match previous {
         Some(parked) if !clean_start => {
-            let Parked { mut relay, up_read, up_write } = *parked;
+            // Resumed before its delay passed: the last connection's will
+            // is not sent [MQTT-3.1.3-9].
+            let Parked { mut relay, up_read, up_write, will: _ } = *parked;
             relay.codec = codec;
             relay.device = device;
+            relay.registry_seen = shared.registry_generation();
             relay.problem_info = request_problem_info;
+            relay.receipts = receipts;
             relay.window = window;
             relay.aliases.clear();
             relay.inflight = 0;
@@ -464,7 +537,11 @@ async fn run(shared: Arc<Shared>, mut client: Client, connect: Connected, peer: 
         }
         previous => {
             if let Some(parked) = previous {
-                let Parked { up_read, up_write, .. } = *parked;
+                // Clean Start ends the old session, and with it the wait of its will.
+                let Parked { up_read, up_write, will, .. } = *parked;
+                if let Some(will) = will {
+                    crate::system::publish_will(&shared, &client_id, will.publish).await;
+                }
                 close_link(up_read, up_write).await;
             }
             let link = match UpstreamLink::connect(
@@ -483,17 +560,16 @@ async fn run(shared: Arc<Shared>, mut client: Client, connect: Connected, peer: 
                 }
             };
             let (up_read, up_write) = link.split();
-            (
-                Relay::new(&shared, codec, device, client_id.clone(), request_problem_info, window),
-                up_read,
-                up_write,
-                false,
-            )
+            let mut relay = Relay::new(&shared, codec, device, client_id.clone(), request_problem_info, window);
+            relay.receipts = receipts;
+            (relay, up_read, up_write, false)
         }
     };
     let limits = &shared.config.limits;
     let properties = v5::ConnAckProperties {
-        session_expiry_interval: None,
+        // Said when the broker keeps the session for less than asked [MQTT-3.2.2-...].
+        session_expiry_interval: (session_expiry > limits.max_session_expiry_secs)
+            .then_some(limits.max_session_expiry_secs),
         receive_max: Some(limits.max_inflight),
         // QoS 2 is supported; MQTT 5 says to send Maximum QoS only when below 2.
         max_qos: None,
@@ -504,7 +580,7 @@ async fn run(shared: Arc<Shared>, mut client: Client, connect: Connected, peer: 
         reason_string: None,
         user_properties: Vec::new(),
         wildcard_subscription_available: Some(1),
-        subscription_identifiers_available: Some(0),
+        subscription_identifiers_available: Some(1),
         shared_subscription_available: Some(1),
         server_keep_alive: None,
         response_information: None,
@@ -529,33 +605,74 @@ async fn run(shared: Arc<Shared>, mut client: Client, connect: Connected, peer: 
         Ok(Exit::Shutdown) => false,
         Ok(Exit::Abnormal | Exit::TakenOver(_)) | Err(_) => true,
     };
-    if publish_will && let Some((will, properties)) = will {
-        relay.publish_will(will, properties).await;
-    }
     let expiry = match &exit {
         Ok(Exit::Normal { session_expiry: Some(update), .. }) if session_expiry > 0 => *update,
         _ => session_expiry,
     };
     let expiry = Duration::from_secs(u64::from(expiry.min(shared.config.limits.max_session_expiry_secs)));
-    let persistent = !clean_start && !expiry.is_zero();
+    // The session outlives the connection for its Session Expiry Interval,
+    // whatever Clean Start was [MQTT-3.1.2-23].
+    let persistent = !expiry.is_zero();
+    let will = will.filter(|_| publish_will).map(|(will, properties)| will_publish(will, properties));
+    // A will with a delay waits in the session; without one, or when the
+    // session ends now, it goes at once.
+    let will = match will {
+        Some(publish) if persistent && will_delay > 0 => {
+            let delay = Duration::from_secs(u64::from(will_delay)).min(expiry);
+            Some(PendingWill { publish, at: Instant::now() + delay })
+        }
+        Some(publish) => {
+            crate::system::publish_will(&shared, &client_id, publish).await;
+            None
+        }
+        None => None,
+    };
     match exit {
         Ok(Exit::TakenOver(reply)) => {
-            // The new holder already owns the client id in the table.
-            let parked = persistent.then(|| Box::new(Parked { relay, up_read, up_write }));
+            // The new holder already owns the client id in the table, and
+            // decides on the pending will (see above).
+            let parked = persistent.then(|| Box::new(Parked { relay, up_read, up_write, will }));
             if let Err(Some(parked)) = reply.send(parked) {
+                if let Some(will) = parked.will {
+                    crate::system::publish_will(&shared, &client_id, will.publish).await;
+                }
                 close_link(parked.up_read, parked.up_write).await;
             }
             Ok(())
         }
-        Ok(Exit::Normal { .. } | Exit::Abnormal) if persistent => {
-            tokio::spawn(park(shared, client_id, generation, relay, up_read, up_write, takes, expiry));
-            Ok(())
+        Ok(Exit::Normal { .. } | Exit::Abnormal) | Err(_) if persistent => {
+            let parked = Parked { relay, up_read, up_write, will };
+            tokio::spawn(park(shared, client_id, generation, parked, takes, expiry));
+            exit.map(|_| ())
         }
         exit => {
             close_link(up_read, up_write).await;
             shared.release_session(&client_id, generation);
             exit.map(|_| ())
         }
+    }
+}
+
+/// The PUBLISH a will becomes.
+fn will_publish(will: v5::LastWill, properties: Option<v5::LastWillProperties>) -> v5::Publish {
+    let properties = properties.map(|p| v5::PublishProperties {
+        payload_format_indicator: p.payload_format_indicator,
+        message_expiry_interval: p.message_expiry_interval,
+        topic_alias: None,
+        response_topic: p.response_topic,
+        correlation_data: p.correlation_data,
+        user_properties: p.user_properties,
+        subscription_identifiers: Vec::new(),
+        content_type: p.content_type,
+    });
+    v5::Publish {
+        dup: false,
+        qos: will.qos,
+        retain: will.retain,
+        topic: will.topic,
+        pkid: 0,
+        payload: will.message,
+        properties,
     }
 }
 
@@ -568,29 +685,32 @@ async fn request_session(take: tokio::sync::mpsc::Sender<TakeRequest>) -> Option
 }
 
 /// Keeps a disconnected persistent session: its upstream link stays open,
-/// messages for it are queued (bounded), and it ends when it expires, the
-/// broker stops, or a connection takes it.
-#[allow(clippy::too_many_arguments)]
+/// messages for it are queued (bounded), its will waits for its delay, and
+/// it ends when it expires, the broker stops, or a connection takes it.
 async fn park(
     shared: Arc<Shared>,
     client_id: String,
     generation: u64,
-    mut relay: Relay,
-    mut up_read: UpstreamReader,
-    mut up_write: UpstreamWriter,
+    parked: Parked,
     mut takes: tokio::sync::mpsc::Receiver<TakeRequest>,
     expiry: Duration,
 ) {
+    let Parked { mut relay, mut up_read, mut up_write, mut will } = parked;
     let deadline = Instant::now() + expiry;
     let mut ping = tokio::time::interval(Duration::from_secs(u64::from(UPSTREAM_KEEP_ALIVE) / 2));
     let mut shutdown = shared.shutdown.clone();
     tracing::debug!(client_id, expiry_secs = expiry.as_secs(), "session parked");
+    let mut stopping = false;
     loop {
+        let will_at = will.as_ref().map(|w| w.at);
         tokio::select! {
             take = takes.recv() => {
                 if let Some(reply) = take {
-                    let parked = Box::new(Parked { relay, up_read, up_write });
+                    let parked = Box::new(Parked { relay, up_read, up_write, will });
                     if let Err(Some(parked)) = reply.send(Some(parked)) {
+                        if let Some(will) = parked.will {
+                            crate::system::publish_will(&shared, &client_id, will.publish).await;
+                        }
                         close_link(parked.up_read, parked.up_write).await;
                     }
                     return;
@@ -610,11 +730,24 @@ async fn park(
                     break;
                 }
             }
+            () = sleep_until(will_at) => {
+                if let Some(will) = will.take() {
+                    crate::system::publish_will(&shared, &client_id, will.publish).await;
+                }
+            }
             () = tokio::time::sleep_until(deadline) => break,
-            () = stopped(&mut shutdown) => break,
+            () = stopped(&mut shutdown) => {
+                stopping = true;
+                break;
+            }
         }
     }
     tracing::debug!(client_id, "parked session ended");
+    // The session ends: a will still waiting goes now (not at shutdown,
+    // where no will goes, as for live connections).
+    if let Some(will) = will.filter(|_| !stopping) {
+        crate::system::publish_will(&shared, &client_id, will.publish).await;
+    }
     close_link(up_read, up_write).await;
     shared.release_session(&client_id, generation);
 }
@@ -632,8 +765,10 @@ impl Relay {
             shared: Arc::clone(shared),
             codec,
             device,
+            registry_seen: shared.registry_generation(),
             client_id,
             problem_info,
+            receipts: false,
             window,
             outgoing: HashMap::new(),
             next_seq: 0,
@@ -642,15 +777,18 @@ impl Relay {
             overflowing: false,
             aliases: HashMap::new(),
             subscriptions: HashMap::new(),
-            forwarded: HashMap::new(),
+            by_link_id: HashMap::new(),
+            next_link_id: 1,
+            qos2_in: HashMap::new(),
             to_router: VecDeque::new(),
             router_unacked: VecDeque::new(),
             router_unacked_bytes: 0,
             router_budget: crate::upstream::router_budget(shared.config.limits.max_packet_size),
-            local_qos2: HashSet::new(),
             inflight: 0,
             pending_subacks: HashMap::new(),
+            subscribe_waits: HashMap::new(),
             pending_unsubacks: HashMap::new(),
+            next_up_pkid: u16::MAX,
             used_kids: HashSet::new(),
             pipeline: FuturesOrdered::new(),
             rate: PublishRate::new(shared.config.limits.max_publish_rate),
@@ -682,18 +820,17 @@ impl Relay {
         match packet {
             v5::Packet::Publish(publish) => {
                 settle_with_router(up, &publish)?;
-                if let Some(delivery) = self.route(publish) {
+                self.refresh_device();
+                for delivery in self.route(publish) {
                     self.hold(delivery);
                 }
             }
             v5::Packet::PubRel(rel) => up.queue(&v5::Packet::PubComp(v5::PubComp::new(rel.pkid, None)))?,
-            v5::Packet::PubAck(_) => self.router_acked(up)?,
-            v5::Packet::PubRec(_) => self.router_acked(up)?,
-            v5::Packet::PubComp(comp) => {
-                self.forwarded.remove(&comp.pkid);
-            }
+            v5::Packet::PubAck(_) | v5::Packet::PubRec(_) => self.router_acked(up)?,
             v5::Packet::SubAck(ack) => {
-                self.pending_subacks.remove(&ack.pkid);
+                if let Some((pkid, _)) = self.pending_subacks.remove(&ack.pkid) {
+                    self.subscribe_waits.remove(&pkid);
+                }
             }
             v5::Packet::UnsubAck(ack) => {
                 self.pending_unsubacks.remove(&ack.pkid);
@@ -704,6 +841,37 @@ impl Relay {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Looks the device up again when the registry changed since it last
+    /// was: every registry change applies to the session from its next
+    /// decision on. `false` when the device may no longer connect at all.
+    fn refresh_device(&mut self) -> bool {
+        let generation = self.shared.registry_generation();
+        if generation == self.registry_seen {
+            return true;
+        }
+        match self.shared.identities().lookup(&self.client_id) {
+            Ok(device) => {
+                self.device = device;
+                self.registry_seen = generation;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// A packet identifier for a SUBSCRIBE or UNSUBSCRIBE sent upstream.
+    /// Counted down from the top, away from the client's own publish
+    /// identifiers, which go upstream as they are.
+    fn up_pkid(&mut self) -> u16 {
+        loop {
+            let pkid = self.next_up_pkid;
+            self.next_up_pkid = if pkid <= 1 { u16::MAX } else { pkid - 1 };
+            if !self.pending_subacks.contains_key(&pkid) && !self.pending_unsubacks.contains_key(&pkid) {
+                return pkid;
+            }
+        }
     }
 
     #[allow(clippy::too_many_lines)]
@@ -899,17 +1067,15 @@ impl Relay {
                 }
             }
             v5::Packet::PubRel(rel) => {
-                if self.local_qos2.remove(&rel.pkid) {
-                    client.queue(&self.codec, &v5::Packet::PubComp(v5::PubComp::new(rel.pkid, None)))?;
+                let mut comp = v5::PubComp::new(rel.pkid, None);
+                if let Some(Qos2In::Recorded { .. }) = self.qos2_in.get(&rel.pkid) {
+                    self.qos2_in.remove(&rel.pkid);
                     self.inflight = self.inflight.saturating_sub(1);
-                } else if self.forwarded.contains_key(&rel.pkid) {
-                    // rumqttd ignores a PUBREL with properties: send none.
-                    up.queue(&v5::Packet::PubRel(v5::PubRel::new(rel.pkid, None)))?;
                 } else {
-                    let mut comp = v5::PubComp::new(rel.pkid, None);
+                    // Unknown, or released before its PUBREC was sent.
                     comp.reason = v5::PubCompReason::PacketIdentifierNotFound;
-                    client.queue(&self.codec, &v5::Packet::PubComp(comp))?;
                 }
+                client.queue(&self.codec, &v5::Packet::PubComp(comp))?;
             }
             v5::Packet::PubComp(comp) => {
                 if matches!(self.outgoing.get(&comp.pkid), Some(out) if out.qos == 2 && out.publish.is_none()) {
@@ -938,22 +1104,35 @@ impl Relay {
         Ok(None)
     }
 
-    /// Sends one retained message after a SUBACK, at min(published, granted) QoS.
+    /// Sends one retained message after a SUBACK, at min(published, granted)
+    /// QoS, with the subscription's identifier and the expiry it has left.
     async fn send_retained(
         &mut self,
         client: &mut Client,
         topic: String,
         message: &crate::retained::Retained,
-        granted: u8,
+        sub: Subscription,
     ) -> Result<(), End> {
+        let mut properties = Some(message.properties.clone());
+        if !crate::expiry::age(&mut properties, message.since, Instant::now()) {
+            return Ok(());
+        }
+        let mut properties = properties.unwrap_or_default();
+        if self.receipts {
+            properties.user_properties.retain(|(name, _)| !name.starts_with("sealmq-"));
+            if let Some(index) = message.index {
+                properties.user_properties.push((PROP_INDEX.to_string(), index.to_string()));
+            }
+        }
+        properties.subscription_identifiers = sub.id.into_iter().collect();
         let delivery = v5::Publish {
             dup: false,
-            qos: qos_from(message.qos.min(granted)),
+            qos: qos_from(message.qos.min(sub.qos)),
             retain: true,
             topic: Bytes::from(topic),
             pkid: 0,
             payload: message.payload.clone(),
-            properties: Some(message.properties.clone()),
+            properties: Some(properties),
         };
         self.send_delivery(client, delivery).await
     }
@@ -973,7 +1152,7 @@ impl Relay {
     fn hold(&mut self, delivery: v5::Publish) {
         let limit = self.shared.config.limits.max_queued_messages;
         if self.held.len() < limit {
-            self.held.push_back(delivery);
+            self.held.push_back((delivery, Instant::now()));
             return;
         }
         self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
@@ -987,11 +1166,16 @@ impl Relay {
         }
     }
 
-    /// Sends deliveries from the queue while the window has room.
+    /// Sends deliveries from the queue while the window has room; those
+    /// whose Message Expiry Interval passed while queued are dropped, the
+    /// others go with the interval they have left [MQTT-3.3.2-5/6].
     async fn pump(&mut self, client: &mut Client) -> Result<(), End> {
+        let now = Instant::now();
         while self.outgoing.len() < self.window {
-            let Some(delivery) = self.held.pop_front() else { break };
-            self.send_now(client, delivery).await?;
+            let Some((mut delivery, since)) = self.held.pop_front() else { break };
+            if crate::expiry::age(&mut delivery.properties, since, now) {
+                self.send_now(client, delivery).await?;
+            }
         }
         if self.overflowing && self.held.len() <= self.shared.config.limits.max_queued_messages / 2 {
             self.overflowing = false;
@@ -1074,11 +1258,18 @@ impl Relay {
         let limits = &self.shared.config.limits;
         if publish.qos != QoS::AtMostOnce {
             if publish.qos == QoS::ExactlyOnce
-                && (self.local_qos2.contains(&publish.pkid) || self.forwarded.contains_key(&publish.pkid))
+                && let Some(state) = self.qos2_in.get_mut(&publish.pkid)
             {
-                // A retransmitted QoS 2 PUBLISH: already logged; answer PUBREC again once known.
-                if self.local_qos2.contains(&publish.pkid) {
-                    client.queue(&self.codec, &v5::Packet::PubRec(v5::PubRec::new(publish.pkid, None)))?;
+                // The same packet id before its PUBREL: the same message,
+                // not logged or delivered again [MQTT-4.3.3-9]; answered
+                // with PUBREC like the first.
+                match state {
+                    Qos2In::Logging { owed } => *owed = owed.saturating_add(1),
+                    Qos2In::Recorded { index } => {
+                        let index = *index;
+                        let rec = self.pubrec(publish.pkid, index);
+                        client.queue(&self.codec, &rec)?;
+                    }
                 }
                 return Ok(None);
             }
@@ -1134,9 +1325,22 @@ impl Relay {
             }
         };
         let (qos, pkid) = (publish.qos, publish.pkid);
-        match admit(&self.shared, &self.device, &topic, publish) {
-            Admission::Rejected { code, why } => self.reject_publish(client, (qos, pkid), &topic, code, &why).await,
+        // Decided under the registry as it is, and queued in the log before
+        // it may change (see `Shared::registry_gate`).
+        let shared = Arc::clone(&self.shared);
+        let gate = shared.registry_gate.read().await;
+        if !self.refresh_device() {
+            drop(gate);
+            self.disconnect(client, Dc::NotAuthorized, "the device is no longer registered").await;
+            return Ok(Some(Exit::Abnormal));
+        }
+        match admit(&shared, &self.device, &topic, publish) {
+            Admission::Rejected { code, why } => {
+                drop(gate);
+                self.reject_publish(client, (qos, pkid), &topic, code, &why).await
+            }
             Admission::Duplicate => {
+                drop(gate);
                 self.shared.stats.duplicates.fetch_add(1, Ordering::Relaxed);
                 match qos {
                     QoS::AtMostOnce => {}
@@ -1145,36 +1349,58 @@ impl Relay {
                         self.inflight = self.inflight.saturating_sub(1);
                     }
                     QoS::ExactlyOnce => {
-                        self.local_qos2.insert(pkid);
+                        self.qos2_in.insert(pkid, Qos2In::Recorded { index: None });
                         client.queue(&self.codec, &v5::Packet::PubRec(v5::PubRec::new(pkid, None)))?;
                     }
                 }
                 Ok(None)
             }
-            Admission::Log { entry, forward, kid } => {
+            Admission::Log { entry, forward, route, kid } => {
+                let submitted = shared.log.submit(vec![entry]).await;
+                drop(gate);
                 self.used_kids.extend(kid);
-                let log = Arc::clone(&self.shared.log);
-                self.pipeline.push_back(Box::pin(async move {
-                    let result = log.append_one(entry).await;
-                    Logged { publish: forward, result }
-                }));
+                if qos == QoS::ExactlyOnce {
+                    self.qos2_in.insert(pkid, Qos2In::Logging { owed: 0 });
+                }
+                let logged = async move {
+                    let result = match submitted {
+                        Ok(appending) => appending.await.map(|indices| indices.start),
+                        Err(e) => Err(e),
+                    };
+                    Logged { publish: forward, route, qos, result }
+                };
+                self.pipeline.push_back(Box::pin(logged));
                 Ok(None)
             }
         }
     }
 
+    /// A PUBREC for a client's QoS 2 publish logged at `index`: with the
+    /// index, unless the client asked for no properties on acknowledgements
+    /// [MQTT-3.1.2-29].
+    fn pubrec(&self, pkid: u16, index: Option<u64>) -> v5::Packet {
+        let mut rec = v5::PubRec::new(pkid, None);
+        rec.properties =
+            self.receipt(index).map(|user_properties| v5::PubRecProperties { reason_string: None, user_properties });
+        v5::Packet::PubRec(rec)
+    }
+
+    /// The `sealmq-index` user property for an acknowledgement, where allowed.
+    fn receipt(&self, index: Option<u64>) -> Option<Vec<(String, String)>> {
+        let index = index.filter(|_| self.problem_info)?;
+        Some(vec![(PROP_INDEX.to_string(), index.to_string())])
+    }
+
     /// A record is durable (or failed): forward upstream, or tell the client.
     async fn forward(&mut self, client: &mut Client, up: &mut UpstreamWriter, logged: Logged) -> Result<(), End> {
-        let Logged { mut publish, result } = logged;
+        let Logged { mut publish, mut route, qos, result } = logged;
+        let pkid = publish.pkid;
         match result {
             Ok(index) => {
                 self.shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
-                let index_text = index.to_string();
-                if let Some(properties) = publish.properties.as_mut() {
-                    properties.user_properties.push((PROP_INDEX.to_string(), index_text.clone()));
-                }
-                let (qos, pkid) = (publish.qos, publish.pkid);
-                remember_if_retained(&self.shared.retained, &publish, index);
+                route.index = Some(index);
+                remember_if_retained(&self.shared.retained, &publish, &route);
+                route.attach(&mut publish);
                 self.to_router.push_back(publish);
                 self.feed_router(up)?;
                 match qos {
@@ -1184,28 +1410,37 @@ impl Relay {
                     // PUBACK, which would add a round trip through it.
                     QoS::AtLeastOnce => {
                         let mut ack = v5::PubAck::new(pkid, None);
-                        ack.properties = Some(v5::PubAckProperties {
-                            reason_string: None,
-                            user_properties: vec![(PROP_INDEX.to_string(), index_text)],
-                        });
+                        ack.properties = self
+                            .receipt(Some(index))
+                            .map(|user_properties| v5::PubAckProperties { reason_string: None, user_properties });
                         self.inflight = self.inflight.saturating_sub(1);
                         client.queue(&self.codec, &v5::Packet::PubAck(ack))?;
                     }
-                    // QoS 2 goes on with the router (PUBREC, PUBREL, PUBCOMP).
+                    // QoS 2: PUBREC now (to each retransmission too); PUBCOMP on PUBREL.
                     QoS::ExactlyOnce => {
-                        self.forwarded.insert(pkid, index);
+                        let owed = match self.qos2_in.insert(pkid, Qos2In::Recorded { index: Some(index) }) {
+                            Some(Qos2In::Logging { owed }) => owed,
+                            _ => 0,
+                        };
+                        let rec = self.pubrec(pkid, Some(index));
+                        for _ in 0..=owed {
+                            client.queue(&self.codec, &rec)?;
+                        }
                     }
                 }
             }
             Err(e) => {
                 // Not logged, so not forwarded and not acknowledged as a success.
                 tracing::error!(device = self.client_id, error = %e, "could not log a publish; it was not delivered");
-                if self.codec.version == Version::V311 && publish.qos != QoS::AtMostOnce {
+                if qos == QoS::ExactlyOnce {
+                    self.qos2_in.remove(&pkid);
+                }
+                if self.codec.version == Version::V311 && qos != QoS::AtMostOnce {
                     return Err(End::Io(std::io::Error::other("the audit log is not accepting records")));
                 }
                 let why = format!("the audit log is not accepting records: {e}");
                 let topic = String::from_utf8_lossy(&publish.topic).into_owned();
-                let _ = self.reject_publish(client, (publish.qos, publish.pkid), &topic, 0x80, &why).await?;
+                let _ = self.reject_publish(client, (qos, pkid), &topic, 0x80, &why).await?;
             }
         }
         Ok(())
@@ -1217,19 +1452,13 @@ impl Relay {
         up: &mut UpstreamWriter,
         subscribe: v5::Subscribe,
     ) -> Result<(), End> {
-        if subscribe.properties.as_ref().is_some_and(|p| p.id.is_some()) {
-            self.disconnect(
-                client,
-                Dc::SubscriptionIdentifiersNotSupported,
-                "subscription identifiers are not supported",
-            )
-            .await;
-            return Err(CodecError::ProtocolError("subscription identifier".into()).into());
-        }
+        // Subscription Identifiers are supported (the codec refuses 0 and
+        // out-of-range values); one covers every filter of its SUBSCRIBE.
+        let id = subscribe.properties.as_ref().and_then(|p| p.id);
+        self.refresh_device();
         let limits = &self.shared.config.limits;
-        let mut decided = Vec::with_capacity(subscribe.filters.len());
-        let mut upstream_filters = Vec::new();
-        let mut retained = Vec::new();
+        let mut wait = SubscribeWait::default();
+        let mut upstream = Vec::new();
         for mut filter in subscribe.filters {
             let code = match validate_filter(&filter.path) {
                 Err(_) => Some(SubscribeReasonCode::TopicFilterInvalid),
@@ -1244,18 +1473,34 @@ impl Relay {
                 // (No Local on a shared subscription, MQTT 5 §3.8.3.1, is
                 // refused by the codec as a protocol error.)
                 Ok(kind) => {
-                    let is_new = self
-                        .subscriptions
-                        .insert(filter.path.clone(), (filter.qos as u8, filter.nolocal, filter.preserve_retain))
-                        .is_none();
+                    let previous = self.subscriptions.get(&filter.path).copied();
+                    let link_id = match previous {
+                        Some(previous) => previous.link_id,
+                        None => {
+                            let link_id = self.next_link_id;
+                            self.next_link_id += 1;
+                            self.by_link_id.insert(link_id, filter.path.clone());
+                            link_id
+                        }
+                    };
+                    // A SUBSCRIBE for an existing filter replaces it, its
+                    // identifier included [MQTT-3.8.4-3].
+                    let sub = Subscription {
+                        qos: filter.qos as u8,
+                        no_local: filter.nolocal,
+                        retain_as_published: filter.preserve_retain,
+                        id,
+                        link_id,
+                    };
+                    self.subscriptions.insert(filter.path.clone(), sub);
                     // Retained messages are the gateway's to send (crate::retained):
                     // never for shared subscriptions, and as Retain Handling says.
                     let send_retained = match (&kind, &filter.retain_forward_rule) {
                         (FilterKind::Shared { .. }, _) | (_, v5::RetainForwardRule::Never) => false,
-                        (_, v5::RetainForwardRule::OnNewSubscribe) => is_new,
+                        (_, v5::RetainForwardRule::OnNewSubscribe) => previous.is_none(),
                         (_, v5::RetainForwardRule::OnEverySubscribe) => true,
                     };
-                    retained.push((filter.path.clone(), filter.qos as u8, send_retained));
+                    wait.forwarded.push((wait.codes.len(), filter.path.clone(), send_retained));
                     filter.path = up_filter(&filter.path);
                     // The gateway takes every delivery over from the router
                     // at once and applies the granted QoS itself (`route`):
@@ -1264,20 +1509,28 @@ impl Relay {
                     // the subscriber's task gets a turn, and its per-filter
                     // log overwrites what a link has not read meanwhile.
                     filter.qos = QoS::AtMostOnce;
-                    upstream_filters.push(filter);
+                    // Its own SUBSCRIBE upstream: the identifier tags the copies
+                    // of this filter alone.
+                    upstream.push((filter, link_id));
                     None
                 }
             };
-            decided.push(code);
+            wait.codes.push(code);
         }
-        if upstream_filters.is_empty() {
-            let codes = decided.into_iter().map(|c| c.unwrap_or(SubscribeReasonCode::Unspecified)).collect();
+        if upstream.is_empty() {
+            let codes = wait.codes.into_iter().map(|c| c.unwrap_or(SubscribeReasonCode::Unspecified)).collect();
             let ack = v5::SubAck { pkid: subscribe.pkid, return_codes: codes, properties: None };
             return client.queue(&self.codec, &v5::Packet::SubAck(ack));
         }
-        self.pending_subacks.insert(subscribe.pkid, (decided, retained));
-        let forward = v5::Subscribe { pkid: subscribe.pkid, filters: upstream_filters, properties: None };
-        up.queue(&v5::Packet::Subscribe(forward))?;
+        wait.awaiting = upstream.len();
+        let positions: Vec<usize> = wait.forwarded.iter().map(|(position, ..)| *position).collect();
+        self.subscribe_waits.insert(subscribe.pkid, wait);
+        for ((filter, link_id), position) in upstream.into_iter().zip(positions) {
+            let pkid = self.up_pkid();
+            self.pending_subacks.insert(pkid, (subscribe.pkid, position));
+            let properties = Some(v5::SubscribeProperties { id: Some(link_id), user_properties: Vec::new() });
+            up.queue(&v5::Packet::Subscribe(v5::Subscribe { pkid, filters: vec![filter], properties }))?;
+        }
         Ok(())
     }
 
@@ -1292,11 +1545,12 @@ impl Relay {
         for filter in unsubscribe.filters {
             if validate_filter(&filter).is_err() {
                 decided.push(Some(v5::UnsubAckReason::TopicFilterInvalid));
-            } else if self.subscriptions.remove(&filter).is_none() {
-                decided.push(Some(v5::UnsubAckReason::NoSubscriptionExisted));
-            } else {
+            } else if let Some(sub) = self.subscriptions.remove(&filter) {
+                self.by_link_id.remove(&sub.link_id);
                 upstream_filters.push(up_filter(&filter));
                 decided.push(None);
+            } else {
+                decided.push(Some(v5::UnsubAckReason::NoSubscriptionExisted));
             }
         }
         if upstream_filters.is_empty() {
@@ -1304,8 +1558,9 @@ impl Relay {
             let ack = v5::UnsubAck { pkid: unsubscribe.pkid, reasons, properties: None };
             return client.queue(&self.codec, &v5::Packet::UnsubAck(ack));
         }
-        self.pending_unsubacks.insert(unsubscribe.pkid, decided);
-        let forward = v5::Unsubscribe { pkid: unsubscribe.pkid, filters: upstream_filters, properties: None };
+        let pkid = self.up_pkid();
+        self.pending_unsubacks.insert(pkid, (unsubscribe.pkid, decided));
+        let forward = v5::Unsubscribe { pkid, filters: upstream_filters, properties: None };
         up.queue(&v5::Packet::Unsubscribe(forward))?;
         Ok(())
     }
@@ -1319,75 +1574,31 @@ impl Relay {
     ) -> Result<(), End> {
         match packet {
             v5::Packet::Publish(publish) => self.deliver(client, up, publish).await?,
-            // QoS 1 publishes were acknowledged to the client when forwarded.
+            // Publishes were acknowledged to the client once durable.
             v5::Packet::PubAck(ack) => {
                 if ack.reason != PubAckReason::Success {
                     tracing::warn!(client_id = self.client_id, reason = ?ack.reason, "the router refused a publish");
                 }
                 self.router_acked(up)?;
             }
+            // Nothing goes upstream at QoS 2; an external broker might still answer so.
             v5::Packet::PubRec(rec) => {
                 self.router_acked(up)?;
-                let index = self.forwarded.get(&rec.pkid).copied();
-                let mut answer = v5::PubRec::new(rec.pkid, None);
-                answer.reason = rec.reason;
-                answer.properties = index.map(|index| v5::PubRecProperties {
-                    reason_string: None,
-                    user_properties: vec![(PROP_INDEX.to_string(), index.to_string())],
-                });
-                client.queue(&self.codec, &v5::Packet::PubRec(answer))?;
-            }
-            v5::Packet::PubComp(comp) => {
-                if self.forwarded.remove(&comp.pkid).is_some() {
-                    self.inflight = self.inflight.saturating_sub(1);
-                }
-                client.queue(&self.codec, &v5::Packet::PubComp(v5::PubComp::new(comp.pkid, None)))?;
+                up.queue(&v5::Packet::PubRel(v5::PubRel::new(rec.pkid, None)))?;
             }
             // The gateway owns its deliveries from PUBREC on (see `settle_with_router`).
             v5::Packet::PubRel(rel) => up.queue(&v5::Packet::PubComp(v5::PubComp::new(rel.pkid, None)))?,
-            v5::Packet::SubAck(ack) => {
-                let (decided, retained) = self.pending_subacks.remove(&ack.pkid).unwrap_or_default();
-                let mut from_router = ack.return_codes.into_iter().zip(retained);
-                let mut send_retained = Vec::new();
-                let codes = decided
-                    .into_iter()
-                    .map(|local| {
-                        local.unwrap_or_else(|| match from_router.next() {
-                            // Granted at QoS 0 upstream; the client gets the QoS it asked for.
-                            Some((SubscribeReasonCode::Success(_), (filter, qos, retained))) => {
-                                if retained {
-                                    send_retained.push((filter, qos));
-                                }
-                                SubscribeReasonCode::Success(qos_from(qos))
-                            }
-                            Some((refused, _)) => refused,
-                            None => SubscribeReasonCode::Unspecified,
-                        })
-                    })
-                    .collect();
-                client.queue(
-                    &self.codec,
-                    &v5::Packet::SubAck(v5::SubAck { pkid: ack.pkid, return_codes: codes, properties: None }),
-                )?;
-                for (filter, granted) in send_retained {
-                    for (topic, message) in self.shared.retained.matching(&filter) {
-                        self.send_retained(client, topic, &message, granted).await?;
-                    }
-                }
-            }
+            v5::Packet::SubAck(ack) => self.router_suback(client, ack).await?,
             v5::Packet::UnsubAck(ack) => {
-                let decided = self.pending_unsubacks.remove(&ack.pkid).unwrap_or_default();
+                let Some((pkid, decided)) = self.pending_unsubacks.remove(&ack.pkid) else { return Ok(()) };
                 let mut from_router = ack.reasons.into_iter();
                 let reasons = decided
                     .into_iter()
                     .map(|local| local.or_else(|| from_router.next()).unwrap_or(v5::UnsubAckReason::Success))
                     .collect();
-                client.queue(
-                    &self.codec,
-                    &v5::Packet::UnsubAck(v5::UnsubAck { pkid: ack.pkid, reasons, properties: None }),
-                )?;
+                client.queue(&self.codec, &v5::Packet::UnsubAck(v5::UnsubAck { pkid, reasons, properties: None }))?;
             }
-            v5::Packet::PingResp(_) => {}
+            v5::Packet::PubComp(_) | v5::Packet::PingResp(_) => {}
             v5::Packet::Disconnect(disconnect) => {
                 tracing::warn!(client_id = self.client_id, reason = ?disconnect.reason_code, "the router disconnected a link");
                 return Err(End::Upstream(crate::upstream::UpstreamError::Refused(format!(
@@ -1400,89 +1611,120 @@ impl Relay {
         Ok(())
     }
 
+    /// The router answered one filter of a client SUBSCRIBE; once all are
+    /// answered, the client gets its SUBACK (granted the QoS it asked for:
+    /// the router was asked for QoS 0), then the retained messages.
+    async fn router_suback(&mut self, client: &mut Client, ack: v5::SubAck) -> Result<(), End> {
+        let Some((pkid, position)) = self.pending_subacks.remove(&ack.pkid) else { return Ok(()) };
+        let Some(wait) = self.subscribe_waits.get_mut(&pkid) else { return Ok(()) };
+        let Some((_, filter, _)) = wait.forwarded.iter().find(|(p, ..)| *p == position) else { return Ok(()) };
+        let code = match ack.return_codes.first() {
+            Some(SubscribeReasonCode::Success(_)) => {
+                let granted = self.subscriptions.get(filter).map_or(0, |sub| sub.qos);
+                SubscribeReasonCode::Success(qos_from(granted))
+            }
+            Some(refused) => *refused,
+            None => SubscribeReasonCode::Unspecified,
+        };
+        wait.codes[position] = Some(code);
+        wait.awaiting -= 1;
+        if wait.awaiting > 0 {
+            return Ok(());
+        }
+        let Some(wait) = self.subscribe_waits.remove(&pkid) else { return Ok(()) };
+        let granted: Vec<bool> =
+            wait.codes.iter().map(|c| matches!(c, Some(SubscribeReasonCode::Success(_)))).collect();
+        let codes = wait.codes.into_iter().map(|c| c.unwrap_or(SubscribeReasonCode::Unspecified)).collect();
+        client.queue(&self.codec, &v5::Packet::SubAck(v5::SubAck { pkid, return_codes: codes, properties: None }))?;
+        for (position, filter, send_retained) in wait.forwarded {
+            let Some(sub) = self.subscriptions.get(&filter).copied() else { continue };
+            if !send_retained || !granted[position] {
+                continue;
+            }
+            for (topic, message) in self.shared.retained.matching(&filter) {
+                self.send_retained(client, topic, &message, sub).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Takes a routed message over from the router and delivers it.
     async fn deliver(&mut self, client: &mut Client, up: &mut UpstreamWriter, publish: v5::Publish) -> Result<(), End> {
         settle_with_router(up, &publish)?;
-        match self.route(publish) {
-            Some(delivery) => self.send_delivery(client, delivery).await,
-            None => Ok(()),
+        self.refresh_device();
+        for delivery in self.route(publish) {
+            self.send_delivery(client, delivery).await?;
         }
+        Ok(())
     }
 
-    /// What a routed message becomes for this client, with the MQTT
-    /// semantics the router lacks: QoS is min(published, granted), No
-    /// Local, Retain As Published; the gateway's own properties are
-    /// stripped. `None` when it is not for this client after all (No Local,
-    /// or unsubscribed meanwhile). The packet id is given when it is sent.
-    fn route(&self, publish: v5::Publish) -> Option<v5::Publish> {
-        let up_qos = publish.qos as u8;
+    /// What a routed copy becomes for this client, with the MQTT semantics
+    /// the router lacks: QoS is min(published, granted) [MQTT-3.3.4-2]
+    /// [MQTT-3.8.4-8], No Local [MQTT-3.8.3-3], Retain As Published
+    /// [MQTT-3.3.1-12/13], the client's Subscription Identifiers
+    /// [MQTT-3.3.4-3]; the gateway's route property is taken off, and the
+    /// record's index added for a client that asked for receipts. The
+    /// router tags each copy with the upstream identifier of the one filter
+    /// it matched, so each of overlapping subscriptions gets its own copy at
+    /// its own QoS. Subscriptions the client's ACL no longer allows get
+    /// nothing. Packet ids are given when the copies are sent.
+    fn route(&self, publish: v5::Publish) -> Vec<v5::Publish> {
         let mut properties = publish.properties.unwrap_or_default();
-        let mut from = None;
-        let mut published_qos = up_qos;
-        let mut published_retain = false;
-        properties.user_properties.retain(|(name, value)| match name.as_str() {
-            PROP_FROM => {
-                from = Some(value.clone());
-                false
+        let route = Route::detach(&mut properties);
+        let link_ids = std::mem::take(&mut properties.subscription_identifiers);
+        let Some(topic) = std::str::from_utf8(&publish.topic).ok().and_then(down_topic) else { return Vec::new() };
+        let (published_qos, published_retain) =
+            route.as_ref().map_or((publish.qos as u8, false), |route| (route.qos, route.retain));
+        let own = route.as_ref().is_some_and(|route| route.from == self.client_id);
+        if self.receipts {
+            properties.user_properties.retain(|(name, _)| !name.starts_with("sealmq-"));
+            if let Some(index) = route.as_ref().and_then(|route| route.index) {
+                properties.user_properties.push((PROP_INDEX.to_string(), index.to_string()));
             }
-            PROP_QOS => {
-                published_qos = value.parse().unwrap_or(up_qos);
-                false
+        }
+        let eligible =
+            |(filter, sub): &(&String, &Subscription)| !(own && sub.no_local) && self.device.may_subscribe(filter);
+        let copies: Vec<(u8, bool, Vec<usize>)> = if link_ids.is_empty() {
+            // A router that does not tag copies: one copy for all matching
+            // subscriptions, at the highest QoS, with all their identifiers
+            // [MQTT-3.3.4-4].
+            let matching: Vec<_> =
+                self.subscriptions.iter().filter(|(filter, _)| topic_matches(filter, topic)).filter(eligible).collect();
+            if matching.is_empty() {
+                return Vec::new();
             }
-            PROP_RETAIN => {
-                published_retain = value == "1";
-                false
-            }
-            _ => true,
-        });
-        let topic = std::str::from_utf8(&publish.topic).ok().and_then(down_topic)?;
-        let own = from.as_deref() == Some(self.client_id.as_str());
-        // The matching subscriptions (No Local ones left out for the
-        // publisher itself): the highest granted QoS, and whether any asks
-        // for Retain As Published. `topic_matches` reads `$share/` filters.
-        let (granted, retain_as_published) = self
-            .subscriptions
-            .iter()
-            .filter(|(filter, (_, nolocal, _))| !(own && *nolocal) && topic_matches(filter, topic))
-            .map(|(_, &(granted, _, rap))| (granted, rap))
-            .reduce(|a, b| (a.0.max(b.0), a.1 || b.1))?;
-        // The router sets retain only on retained messages sent at subscribe
-        // time (it clears it on live deliveries); Retain As Published
-        // (MQTT-3.3.1-13) gives live deliveries the publisher's flag back.
-        Some(v5::Publish {
-            dup: false,
-            qos: qos_from(granted.min(published_qos)),
-            retain: publish.retain || (published_retain && retain_as_published),
-            // The router's topic without its prefix: the same bytes, not a copy.
-            topic: publish.topic.slice_ref(topic.as_bytes()),
-            pkid: 0,
-            payload: publish.payload,
-            properties: Some(properties),
-        })
-    }
-
-    /// Publishes the will as the device would have: checked, logged, then routed.
-    async fn publish_will(&mut self, will: v5::LastWill, properties: Option<v5::LastWillProperties>) {
-        let properties = properties.map(|p| v5::PublishProperties {
-            payload_format_indicator: p.payload_format_indicator,
-            message_expiry_interval: p.message_expiry_interval,
-            topic_alias: None,
-            response_topic: p.response_topic,
-            correlation_data: p.correlation_data,
-            user_properties: p.user_properties,
-            subscription_identifiers: Vec::new(),
-            content_type: p.content_type,
-        });
-        let publish = v5::Publish {
-            dup: false,
-            qos: will.qos,
-            retain: will.retain,
-            topic: will.topic,
-            pkid: 0,
-            payload: will.message,
-            properties,
+            let qos = matching.iter().map(|(_, sub)| sub.qos).max().unwrap_or(0);
+            let rap = matching.iter().any(|(_, sub)| sub.retain_as_published);
+            vec![(qos, rap, matching.iter().filter_map(|(_, sub)| sub.id).collect())]
+        } else {
+            link_ids
+                .iter()
+                .filter_map(|link_id| self.by_link_id.get(link_id))
+                .filter_map(|filter| self.subscriptions.get_key_value(filter))
+                .filter(eligible)
+                .map(|(_, sub)| (sub.qos, sub.retain_as_published, sub.id.into_iter().collect()))
+                .collect()
         };
-        crate::system::publish_as_device(&self.shared, &self.device, publish).await;
+        // The router's topic without its prefix: the same bytes, not a copy.
+        let topic = publish.topic.slice_ref(topic.as_bytes());
+        copies
+            .into_iter()
+            .map(|(granted, retain_as_published, ids)| {
+                let mut properties = properties.clone();
+                properties.subscription_identifiers = ids;
+                v5::Publish {
+                    dup: false,
+                    qos: qos_from(granted.min(published_qos)),
+                    // The router sets retain only on retained messages sent
+                    // at subscribe time (it clears it on live deliveries).
+                    retain: publish.retain || (published_retain && retain_as_published),
+                    topic: topic.clone(),
+                    pkid: 0,
+                    payload: publish.payload.clone(),
+                    properties: Some(properties),
+                }
+            })
+            .collect()
     }
 }
 

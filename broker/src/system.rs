@@ -10,42 +10,60 @@ use bytes::Bytes;
 use sealmq_audit::store::SealedBlock;
 use tokio::sync::{mpsc, watch};
 
-use crate::admission::{Admission, PROP_INDEX, PROP_RETAIN, admit, remember_if_retained};
+use crate::admission::{Admission, Route, admit, remember_if_retained};
 use crate::codec::{v5, validate_topic_name};
 use crate::gateway::Shared;
-use crate::identity::Device;
 use crate::retained::Retained;
 use crate::upstream::{UpstreamLink, UpstreamWriter, up_topic};
 
 /// Where each sealed block's checkpoint is published (retained).
 pub const CHECKPOINT_TOPIC: &str = "$SYS/sealmq/checkpoint";
 
-/// Checks, logs and routes a publish the gateway makes for a device (its will).
-pub async fn publish_as_device(shared: &Shared, device: &Device, publish: v5::Publish) {
+/// Checks, logs and routes a client's will when it fires: decided under the
+/// registry as it is then, like any publish of the device (a key revoked,
+/// a policy or ACL changed since the CONNECT apply to it).
+pub async fn publish_will(shared: &Shared, client_id: &str, publish: v5::Publish) {
     let topic = match validate_topic_name(&publish.topic) {
         Ok(topic) => topic.to_string(),
         Err(e) => {
-            tracing::warn!(device = device.id, error = %e, "will dropped: invalid topic");
+            tracing::warn!(client_id, error = %e, "will dropped: invalid topic");
             return;
         }
     };
-    match admit(shared, device, &topic, publish) {
-        Admission::Log { entry, mut forward, .. } => match shared.log.append_one(entry).await {
-            Ok(index) => {
-                shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
-                if let Some(properties) = forward.properties.as_mut() {
-                    properties.user_properties.push((PROP_INDEX.to_string(), index.to_string()));
-                }
-                remember_if_retained(&shared.retained, &forward, index);
-                let _ = shared.system.send(forward).await;
+    let gate = shared.registry_gate.read().await;
+    let device = match shared.identities().lookup(client_id) {
+        Ok(device) => device,
+        Err(_) => {
+            shared.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(client_id, topic, "will rejected: the device is no longer registered");
+            return;
+        }
+    };
+    let (appending, mut forward, mut route) = match admit(shared, &device, &topic, publish) {
+        Admission::Log { entry, forward, route, .. } => match shared.log.submit(vec![entry]).await {
+            Ok(appending) => (appending, forward, route),
+            Err(e) => {
+                tracing::error!(client_id, error = %e, "will dropped: could not log it");
+                return;
             }
-            Err(e) => tracing::error!(device = device.id, error = %e, "will dropped: could not log it"),
         },
-        Admission::Duplicate => {}
+        Admission::Duplicate => return,
         Admission::Rejected { why, .. } => {
             shared.stats.rejected.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(device = device.id, topic, why, "will rejected");
+            tracing::warn!(client_id, topic, why, "will rejected");
+            return;
         }
+    };
+    drop(gate);
+    match appending.await {
+        Ok(indices) => {
+            shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
+            route.index = Some(indices.start);
+            remember_if_retained(&shared.retained, &forward, &route);
+            route.attach(&mut forward);
+            let _ = shared.system.send(forward).await;
+        }
+        Err(e) => tracing::error!(client_id, error = %e, "will dropped: could not log it"),
     }
 }
 
@@ -53,23 +71,19 @@ pub async fn publish_as_device(shared: &Shared, device: &Device, publish: v5::Pu
 /// [`CHECKPOINT_TOPIC`] and returns its live publish.
 fn checkpoint_publish(shared: &Shared, block: &SealedBlock) -> v5::Publish {
     let payload = Bytes::from(block.checkpoint.clone());
-    shared.retained.set(
-        CHECKPOINT_TOPIC,
-        Retained { index: None, qos: 0, payload: payload.clone(), properties: Default::default() },
-    );
-    v5::Publish {
+    shared.retained.set(CHECKPOINT_TOPIC, Retained::new(None, 0, payload.clone(), v5::PublishProperties::default()));
+    let mut publish = v5::Publish {
         dup: false,
         qos: v5::QoS::AtMostOnce,
         retain: false,
         topic: Bytes::from(up_topic(CHECKPOINT_TOPIC)),
         pkid: 0,
         payload,
-        // Published retained, like every retained publish the gateway forwards.
-        properties: Some(v5::PublishProperties {
-            user_properties: vec![(PROP_RETAIN.to_string(), "1".to_string())],
-            ..Default::default()
-        }),
-    }
+        properties: None,
+    };
+    // Published retained, like every retained publish the gateway forwards.
+    Route { index: None, qos: 0, retain: true, from: String::new() }.attach(&mut publish);
+    publish
 }
 
 /// Runs the system link until `publishes` closes: reconnects when the

@@ -66,12 +66,17 @@ pub fn up_topic(topic: &str) -> String {
     if topic.starts_with('$') { format!("{DOLLAR}{topic}") } else { format!("{PLAIN}{topic}") }
 }
 
-/// The upstream form of a filter (`$share/{group}/` stays in front).
+/// The upstream form of a filter. A shared subscription is one group per
+/// share name *and* filter (MQTT 5 §4.8.2), but rumqttd keys its groups by
+/// name alone (and then waits on members whose filter never matches), so
+/// the group goes upstream named by a hash of both: the same on every
+/// gateway, distinct for every (name, filter).
 pub fn up_filter(filter: &str) -> String {
     if let Some(rest) = filter.strip_prefix(SHARE)
         && let Some((group, inner)) = rest.split_once('/')
     {
-        return format!("{SHARE}{group}/{}", up_topic(inner));
+        let key = sealmq_audit::sha256(format!("{group}\0{inner}").as_bytes());
+        return format!("{SHARE}g{}/{}", hex::encode(&key[..12]), up_topic(inner));
     }
     up_topic(filter)
 }
@@ -378,7 +383,11 @@ mod tests {
         assert_eq!(up_topic("$SYS/sealmq/checkpoint"), "d/$SYS/sealmq/checkpoint");
         assert_eq!(up_filter("#"), "t/#");
         assert_eq!(up_filter("$SYS/#"), "d/$SYS/#");
-        assert_eq!(up_filter("$share/g/a/+"), "$share/g/t/a/+");
+        let shared = up_filter("$share/g/a/+");
+        assert!(shared.starts_with("$share/g") && shared.ends_with("/t/a/+"), "{shared}");
+        assert_eq!(shared, up_filter("$share/g/a/+"), "the same group on every gateway");
+        assert_ne!(shared, up_filter("$share/g/b/+"), "one group per (name, filter)");
+        assert_ne!(shared, up_filter("$share/h/a/+"));
         assert_eq!(down_topic("t/é/x"), Some("é/x"));
         assert_eq!(down_topic("d/$SYS/x"), Some("$SYS/x"));
         assert_eq!(down_topic("d/x"), None);

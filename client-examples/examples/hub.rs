@@ -32,9 +32,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use client_examples::{
-    Api, CHECKPOINT_TOPIC, CheckError, CheckpointChain, DeviceKeys, EXIT_ERROR, EXIT_FAILED, INDEX_PROPERTY, Step,
-    Verdict, check_delivered_in_log, check_delivery, check_proof_json, exit_code, parse_vkey, printable,
-    prove_key_registration,
+    Api, CHECKPOINT_TOPIC, CheckError, CheckpointChain, DeviceKeys, EXIT_ERROR, EXIT_FAILED, INDEX_PROPERTY,
+    RECEIPTS_PROPERTY, Step, Verdict, check_delivered_in_log, check_delivery, check_proof_json, exit_code, parse_vkey,
+    printable, prove_key_registration,
 };
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, RetainForwardRule, SubscribeReasonCode};
@@ -152,6 +152,8 @@ fn run(args: Args) -> Result<ExitCode> {
     let mut options = MqttOptions::new(id, &args.host, args.port);
     options.set_keep_alive(Duration::from_secs(30));
     options.set_clean_start(true);
+    // Ask for each delivery's log index, to prove it.
+    options.set_user_properties(vec![(RECEIPTS_PROPERTY.to_string(), "1".to_string())]);
     if let Some(user) = &args.username {
         options.set_credentials(user, args.password.clone().unwrap_or_default());
     }

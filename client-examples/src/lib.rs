@@ -54,8 +54,13 @@ pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_ERROR: u8 = 2;
 
 /// The MQTT 5 user property in which the broker gives a message's log index:
-/// on the PUBACK/PUBREC to the publisher, and on each delivery.
+/// on the PUBACK/PUBREC to the publisher, and on each delivery to a
+/// subscriber that asked for receipts ([`RECEIPTS_PROPERTY`]).
 pub const INDEX_PROPERTY: &str = "sealmq-index";
+/// The CONNECT user property (value `1`) with which a subscriber asks for
+/// [`INDEX_PROPERTY`] on its deliveries; without it the broker forwards
+/// every message's properties exactly as published.
+pub const RECEIPTS_PROPERTY: &str = "sealmq-receipts";
 /// The retained topic on which the broker publishes each signed checkpoint.
 pub const CHECKPOINT_TOPIC: &str = "$SYS/sealmq/checkpoint";
 

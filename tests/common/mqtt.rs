@@ -495,6 +495,27 @@ pub fn connect5_pw(addr: SocketAddr, client_id: &str, password: Option<&str>) ->
     conn
 }
 
+/// Connects with MQTT 5 asking for receipts (CONNECT user property
+/// `sealmq-receipts: 1`): deliveries then carry the record's `sealmq-index`.
+#[track_caller]
+pub fn connect5_receipts(addr: SocketAddr, client_id: &str) -> Conn {
+    let mut conn = Conn::open(addr);
+    let properties = v5::ConnectProperties {
+        user_properties: vec![("sealmq-receipts".into(), "1".into())],
+        ..v5::ConnectProperties::new()
+    };
+    let connect = v5::Connect {
+        keep_alive: 30,
+        client_id: client_id.to_string(),
+        clean_start: true,
+        properties: Some(properties),
+    };
+    conn.send5(&v5::Packet::Connect(connect, None, None)).unwrap();
+    let connack = conn.expect(kind::CONNACK);
+    assert_eq!(connack.connack_code(), 0, "CONNACK for {client_id:?}: {connack:?}");
+    conn
+}
+
 /// Connects with MQTT 3.1.1, which must succeed.
 #[track_caller]
 pub fn connect4(addr: SocketAddr, client_id: &str) -> Conn {

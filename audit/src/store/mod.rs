@@ -35,7 +35,7 @@ pub use registry::{
     verify_password,
 };
 pub use verify::{Failure, Place, Progress, VerifyReport, verify};
-pub use writer::{Entry, Log};
+pub use writer::{Appending, Entry, Log};
 
 use crate::{DecodeError, NoteError, ProofError};
 

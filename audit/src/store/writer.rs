@@ -139,6 +139,20 @@ pub struct Log {
     _lock: File,
 }
 
+/// Records queued by [`Log::submit`]: resolves to their indices once they
+/// are durable (or to the error that kept all of them out of the log).
+#[derive(Debug)]
+#[must_use = "the records are durable only once this resolves"]
+pub struct Appending(oneshot::Receiver<Result<Range<u64>, StoreError>>);
+
+impl std::future::Future for Appending {
+    type Output = Result<Range<u64>, StoreError>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|answer| answer.map_err(|_| StoreError::Closed)?)
+    }
+}
+
 impl Log {
     /// Opens (creating if needed) the log in `config.data_dir`, seals any
     /// records a crash left unsealed, and starts the sequencer.
@@ -187,9 +201,20 @@ impl Log {
     /// Waits while the sequencer's queue is full (back-pressure); never
     /// drops. On error nothing of this call was logged.
     pub async fn append(&self, entries: Vec<Entry>) -> Result<Range<u64>, StoreError> {
+        self.submit(entries).await?.await
+    }
+
+    /// Queues records for the sequencer and returns once they are queued:
+    /// their place in the log is then fixed relative to every later
+    /// [`Log::submit`], [`Log::append`] and
+    /// [`Log::drain_registry_outbox`]; the returned [`Appending`] resolves
+    /// to their indices once they are durable. A caller that decides under
+    /// some state (the registry) submits while that state holds, and waits
+    /// for durability afterwards.
+    pub async fn submit(&self, entries: Vec<Entry>) -> Result<Appending, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.commands.send(Command::Append { entries, reply }).await.map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        Ok(Appending(answer))
     }
 
     /// Appends one record; returns its log index once it is durable.
