@@ -93,6 +93,12 @@ impl Frame {
         self.body()[1]
     }
 
+    /// The Session Present flag of a CONNACK.
+    pub fn session_present(&self) -> bool {
+        assert_eq!(self.kind(), kind::CONNACK, "not a CONNACK: {self:?}");
+        self.body()[0] & 1 == 1
+    }
+
     /// The reason code of an MQTT 5 DISCONNECT (0 when omitted).
     pub fn disconnect_reason(&self) -> u8 {
         assert_eq!(self.kind(), kind::DISCONNECT, "not a DISCONNECT: {self:?}");
@@ -473,6 +479,15 @@ pub fn try_connect5(addr: SocketAddr, client_id: &str, password: Option<&str>) -
     (conn, connack)
 }
 
+/// Connects with MQTT 5 sending `connect` and `will` as given; the
+/// connection and the CONNACK frame, whatever its code.
+pub fn try_connect5_with(addr: SocketAddr, connect: v5::Connect, will: Option<v5::LastWill>) -> (Conn, Frame) {
+    let mut conn = Conn::open(addr);
+    conn.send5(&v5::Packet::Connect(connect, will, None)).unwrap();
+    let connack = conn.expect(kind::CONNACK);
+    (conn, connack)
+}
+
 /// Connects with MQTT 3.1.1; the connection and the CONNACK frame.
 pub fn try_connect4(addr: SocketAddr, client_id: &str, password: Option<&str>) -> (Conn, Frame) {
     let mut conn = Conn::open(addr);
@@ -568,6 +583,31 @@ pub fn subscribe5_with(conn: &mut Conn, pkid: u16, filter: v5::Filter) -> Vec<u8
     let suback = conn.expect(kind::SUBACK);
     assert_eq!(suback.pkid(), pkid);
     suback.suback_codes(true)
+}
+
+/// Publishes (MQTT 5) and completes the sender's side of the QoS flow: the
+/// PUBACK (QoS 1) or PUBREC (QoS 2, then PUBREL/PUBCOMP) frame; `None` for QoS 0.
+/// The connection must not receive PUBLISH packets meanwhile.
+#[track_caller]
+pub fn publish5_acked(conn: &mut Conn, publish: v5::Publish) -> Option<Frame> {
+    let (qos, pkid) = (publish.qos, publish.pkid);
+    conn.send5(&v5::Packet::Publish(publish)).unwrap();
+    match qos {
+        QoS::AtMostOnce => None,
+        QoS::AtLeastOnce => {
+            let puback = conn.expect(kind::PUBACK);
+            assert_eq!(puback.pkid(), pkid, "PUBACK for another packet: {puback:?}");
+            Some(puback)
+        }
+        QoS::ExactlyOnce => {
+            let pubrec = conn.expect(kind::PUBREC);
+            assert_eq!(pubrec.pkid(), pkid, "PUBREC for another packet: {pubrec:?}");
+            conn.send5(&v5::Packet::PubRel(v5::PubRel::new(pkid, None))).unwrap();
+            let pubcomp = conn.expect(kind::PUBCOMP);
+            assert_eq!(pubcomp.pkid(), pkid, "PUBCOMP for another packet: {pubcomp:?}");
+            Some(pubrec)
+        }
+    }
 }
 
 /// Subscribes (MQTT 3.1.1) to `filter`; the SUBACK return codes.
