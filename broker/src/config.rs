@@ -297,6 +297,17 @@ mod tests {
     }
 
     #[test]
+    fn defaults_throttle_no_legitimate_client() {
+        // A load tool or a hub republishing for hundreds of devices must not
+        // be slowed by default; the limit is opt-in.
+        let limits = Limits::default();
+        assert_eq!(limits.max_publish_rate, 0);
+        // Before login a connection holds a few KiB at most, yet a CONNECT
+        // with credentials and a will of some KiB still fits.
+        assert!((4096..=65536).contains(&limits.max_connect_packet_size));
+    }
+
+    #[test]
     fn the_example_config_parses() {
         let example = include_str!("../sealmq.example.toml");
         let config = BrokerConfig::from_toml(example).unwrap();
