@@ -6,12 +6,11 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
 use sealmq_audit::mqs1::{self, SignatureBlock, Signed};
-use sealmq_audit::{PublishRecord, Record, sha256};
+use sealmq_audit::sha256;
 use serde_json::Value;
 
 use common::broker::BrokerProcess;
@@ -19,79 +18,12 @@ use common::mqtt::{
     Conn, Frame, QoS, QoS4, connect4, connect5, connect5_pw, connect5_receipts, kind, publish4_packet, publish5_packet,
     subscribe4, subscribe5, subscribe5_with, try_connect4, try_connect5,
 };
-use common::{Db, sealmq};
+use common::sealmq;
+use common::signed::{Dev, prop, publish_records, record_count, sign_as};
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish};
 
 /// A quiet period after the sentinel in which nothing else may arrive.
 const GRACE: Duration = Duration::from_millis(300);
-
-/// A device: its id and signing key.
-struct Dev {
-    id: String,
-    key: SigningKey,
-}
-
-impl Dev {
-    fn new(id: &str) -> Self {
-        Self { id: id.to_string(), key: SigningKey::from_bytes(&rand::random()) }
-    }
-
-    fn public(&self) -> [u8; 32] {
-        self.key.verifying_key().to_bytes()
-    }
-
-    fn public_hex(&self) -> String {
-        hex::encode(self.public())
-    }
-
-    fn kid_hex(&self) -> String {
-        hex::encode(mqs1::kid(&self.public()))
-    }
-
-    /// Signs as this device.
-    fn sign(&self, topic: &str, payload: &[u8], retain: bool, ctr: u64) -> SignatureBlock {
-        sign_as(&self.key, &self.id, topic, payload, retain, ctr)
-    }
-
-    /// `sealmq device add ID --key HEX --policy POLICY EXTRA…`.
-    fn register(&self, data: &Path, policy: &str, extra: &[&str]) {
-        let key = self.public_hex();
-        let mut args = vec!["device", "add", &self.id, "--key", &key, "--policy", policy];
-        args.extend_from_slice(extra);
-        sealmq(data, &args).ok();
-    }
-}
-
-/// An SB for `device_id` made with `key` (which may not be the device's).
-fn sign_as(key: &SigningKey, device_id: &str, topic: &str, payload: &[u8], retain: bool, ctr: u64) -> SignatureBlock {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
-    mqs1::sign(key, device_id, topic, payload, retain, ctr, now).unwrap()
-}
-
-/// The `mqs1` user property carrying `sb`.
-fn prop(sb: &SignatureBlock) -> Vec<(String, String)> {
-    vec![(mqs1::PROPERTY_NAME.to_string(), sb.to_property_value())]
-}
-
-/// Every kind-1 record of the log with its index, read as an auditor would
-/// (a read-only connection to the live database).
-fn publish_records(data: &Path) -> Vec<(u64, PublishRecord)> {
-    let mut db = Db::open_read_only(data);
-    let bodies = db.blobs("SELECT body FROM records ORDER BY idx");
-    bodies
-        .iter()
-        .enumerate()
-        .filter_map(|(i, body)| match Record::decode(body).unwrap() {
-            Record::Publish(p) => Some((i as u64, p)),
-            Record::Registry(_) => None,
-        })
-        .collect()
-}
-
-/// `SELECT count(*) FROM records`.
-fn record_count(data: &Path) -> i64 {
-    Db::open_read_only(data).int("SELECT count(*) FROM records")
-}
 
 /// Sends an MQTT 5 QoS 1 PUBLISH and returns its PUBACK.
 #[track_caller]

@@ -31,12 +31,18 @@ impl BrokerProcess {
     /// Starts `sealmq serve` on 127.0.0.1 ephemeral ports with the embedded
     /// defaults and `data`, plus `extra` arguments; waits for its banner.
     pub fn start(data: &Path, extra: &[&str]) -> Self {
+        Self::start_with_log(data, extra, "sealmq=debug,sealmq_broker=debug,sealmq_audit=info,rumqttd=off,warn")
+    }
+
+    /// As [`BrokerProcess::start`], with `rust_log` as its `RUST_LOG` (which
+    /// log lines it writes on stderr).
+    pub fn start_with_log(data: &Path, extra: &[&str], rust_log: &str) -> Self {
         let mut args =
             vec!["--data", data.to_str().unwrap(), "serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"];
         args.extend_from_slice(extra);
         let mut child = Command::new(BIN)
             .args(&args)
-            .env("RUST_LOG", "sealmq=debug,sealmq_broker=debug,sealmq_audit=info,rumqttd=off,warn")
+            .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -101,6 +107,16 @@ impl BrokerProcess {
         let path = data.with_extension("toml");
         std::fs::write(&path, toml).unwrap();
         Self::start(data, &["--config", path.to_str().unwrap()])
+    }
+
+    /// The process id of the running broker.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the broker is running").id()
+    }
+
+    /// How many lines it has written on stderr so far.
+    pub fn stderr_lines(&self) -> usize {
+        self.stderr.lock().unwrap().lines().count()
     }
 
     /// `host:port` of the MQTT listener, for mosquitto clients.

@@ -6,6 +6,7 @@
 pub mod broker;
 pub mod logged;
 pub mod mqtt;
+pub mod signed;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
