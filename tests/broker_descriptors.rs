@@ -133,7 +133,7 @@ fn half_sent_http_requests_are_capped_and_cut_off_while_mqtt_carries_on() {
     // More of them than the broker has descriptors.
     const STRAGGLERS: usize = 400;
     const HTTP_CAP: usize = 8;
-    const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+    const HEADER_TIMEOUT: Duration = Duration::from_secs(3);
     let tmp = tempfile::tempdir().unwrap();
     let toml = format!(
         "[limits]\nmax_connections = 20\nhttp_max_connections = {HTTP_CAP}\nhttp_header_timeout_ms = {}\n",

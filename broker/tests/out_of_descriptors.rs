@@ -41,7 +41,7 @@ async fn out_of_descriptors_connections_are_closed_at_once_and_accepting_resumes
     }
     assert!(hogs.len() > CLIENTS, "the process had only {} descriptors free", hogs.len());
     hogs.truncate(hogs.len() - CLIENTS);
-    let clients: Vec<TcpStream> = (0..CLIENTS).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    let mut clients: Vec<TcpStream> = (0..CLIENTS).map(|_| TcpStream::connect(addr).unwrap()).collect();
     assert!(File::open("/dev/null").is_err(), "the process should be out of descriptors");
 
     // Serve in the background; what it accepts is kept open, and counted.
@@ -53,13 +53,15 @@ async fn out_of_descriptors_connections_are_closed_at_once_and_accepting_resumes
         }
     });
     let started = Instant::now();
-    for (n, mut client) in clients.into_iter().enumerate() {
+    // The clients stay open meanwhile: each would free a descriptor here.
+    for (n, client) in clients.iter_mut().enumerate() {
         let left = Duration::from_secs(2).saturating_sub(started.elapsed()).max(Duration::from_millis(1));
-        assert!(closed_within(&mut client, left), "client {n} was left waiting ({:?})", started.elapsed());
+        assert!(closed_within(client, left), "client {n} was left waiting ({:?})", started.elapsed());
     }
     assert!(accepted.try_recv().is_err(), "nothing was accepted while out of descriptors");
 
     // Descriptors free again: the next client is accepted and kept.
+    drop(clients);
     hogs.truncate(hogs.len().saturating_sub(16));
     let mut client = TcpStream::connect(addr).unwrap();
     let stream = tokio::time::timeout(Duration::from_secs(2), accepted.recv()).await;
