@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::broker::BrokerProcess;
-use common::mqtt::{Conn, connect5, kind};
+use common::mqtt::{Conn, connect5, connect5_session_packet, kind};
 use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::v5;
 
@@ -30,15 +30,7 @@ fn connect4_session(broker: &BrokerProcess, client_id: &str, clean: bool) -> (Co
 
 fn connect5_session(broker: &BrokerProcess, client_id: &str, expiry: Option<u32>) -> (Conn, bool) {
     let mut conn = Conn::open(broker.mqtt);
-    let mut properties = v5::ConnectProperties::new();
-    properties.session_expiry_interval = expiry;
-    let connect = v5::Connect {
-        keep_alive: 30,
-        client_id: client_id.into(),
-        clean_start: expiry.is_none(),
-        properties: Some(properties),
-    };
-    conn.send5(&v5::Packet::Connect(connect, None, None)).unwrap();
+    conn.send5(&connect5_session_packet(client_id, expiry)).unwrap();
     let connack = conn.expect(kind::CONNACK);
     assert_eq!(connack.connack_code(), 0, "{connack:?}");
     let session_present = connack.body()[0] & 1 == 1;

@@ -12,7 +12,6 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -51,39 +50,11 @@ fn require_tools() {
     );
 }
 
-/// One HTTP/1.1 GET on a fresh connection: (status, body).
-fn http_get(addr: SocketAddr, path: &str) -> (u16, Vec<u8>) {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).unwrap();
-    let split = response.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP header");
-    let head = String::from_utf8_lossy(&response[..split]).to_ascii_lowercase();
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("a status code");
-    let body = response[split + 4..].to_vec();
-    if head.contains("transfer-encoding: chunked") { (status, dechunk(&body)) } else { (status, body) }
-}
-
-fn dechunk(mut body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = body.windows(2).position(|w| w == b"\r\n").expect("a chunk size line");
-        let size_text = String::from_utf8_lossy(&body[..line_end]);
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).expect("a hex chunk size");
-        if size == 0 {
-            return out;
-        }
-        out.extend_from_slice(&body[line_end + 2..line_end + 2 + size]);
-        body = &body[line_end + 2 + size + 2..];
-    }
-}
-
 /// Waits until the latest checkpoint covers record `index`; its tree size.
 fn wait_sealed(broker: &BrokerProcess, index: u64) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (status, body) = http_get(broker.http, "/v1/checkpoint");
+        let (status, body) = common::http::get(broker.http, "/v1/checkpoint");
         if status == 200 {
             let note = String::from_utf8(body).unwrap();
             let size: u64 = note.lines().nth(1).and_then(|s| s.parse().ok()).expect("a checkpoint size line");

@@ -173,6 +173,18 @@ pub struct Limits {
     /// (MQTT 5: 0x9F connection rate exceeded; 3.1.1: 0x03 server
     /// unavailable) without checking the password. 0: no limit.
     pub max_failed_logins_per_minute: u32,
+    /// Most HTTP connections at once (live block streams count too); past
+    /// it a new connection is answered 503 and closed.
+    pub http_max_connections: usize,
+    /// Time an HTTP request's head (request line and headers) has to
+    /// arrive, in milliseconds, counted from when the connection opened or
+    /// its previous answer was sent: so it also closes idle keep-alive
+    /// connections.
+    pub http_header_timeout_ms: u64,
+    /// An HTTP connection on which no byte moves either way for this many
+    /// milliseconds is closed: a client that stopped reading an answer or a
+    /// live stream. At least twice the live streams' keep-alive interval.
+    pub http_idle_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -191,6 +203,9 @@ impl Default for Limits {
             max_queued_messages: 1000,
             max_publish_rate: 0,
             max_failed_logins_per_minute: 10,
+            http_max_connections: 128,
+            http_header_timeout_ms: 5_000,
+            http_idle_timeout_ms: 60_000,
         }
     }
 }
@@ -263,6 +278,19 @@ impl BrokerConfig {
         if self.limits.max_inflight == 0 {
             return invalid("limits.max_inflight must be at least 1");
         }
+        if self.limits.http_max_connections == 0 {
+            return invalid("limits.http_max_connections must be at least 1");
+        }
+        if self.limits.http_header_timeout_ms == 0 {
+            return invalid("limits.http_header_timeout_ms must be at least 1");
+        }
+        // Live streams are idle between blocks but for their keep-alives.
+        let idle_floor = 2 * crate::http::LIVE_KEEP_ALIVE.as_millis();
+        if u128::from(self.limits.http_idle_timeout_ms) < idle_floor {
+            return Err(ConfigError::Invalid(format!(
+                "limits.http_idle_timeout_ms must be at least {idle_floor} (twice the live streams' keep-alive)"
+            )));
+        }
         if self.upstream.address.is_none() && (self.upstream.username.is_some() || self.upstream.password.is_some()) {
             return invalid("upstream.username and upstream.password need upstream.address");
         }
@@ -328,6 +356,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("client_ca"), "{err}");
+        let err = BrokerConfig::from_toml("[limits]\nhttp_idle_timeout_ms = 1000").unwrap_err().to_string();
+        assert!(err.contains("http_idle_timeout_ms"), "{err}");
+        let err = BrokerConfig::from_toml("[limits]\nhttp_max_connections = 0").unwrap_err().to_string();
+        assert!(err.contains("http_max_connections"), "{err}");
         let ok = BrokerConfig::from_toml("wss_listen = \"0.0.0.0:8084\"\n[tls]\ncert = \"c\"\nkey = \"k\"").unwrap();
         assert_eq!(ok.tls.unwrap().cert_identity, CertIdentity::Cn);
     }

@@ -8,10 +8,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use sealmq_audit::mqs1::Kid;
 use sealmq_audit::store::Log;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, broadcast, mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot, watch};
 
 use crate::codec::v5;
 use crate::config::BrokerConfig;
+use crate::descriptors::Acceptor;
 use crate::identity::Identities;
 use crate::limits::LoginLimiter;
 use crate::replay::ReplayWindows;
@@ -82,8 +83,14 @@ pub struct Shared {
     pub tls: Option<TlsSetup>,
     /// Failed logins per source address.
     pub logins: LoginLimiter,
-    /// One permit per client connection, across all listeners.
+    /// One permit per client connection, across all listeners
+    /// (`limits.max_connections`).
     pub connection_slots: Arc<Semaphore>,
+    /// One permit per client's share of the file descriptors
+    /// ([`crate::descriptors::Budget`]): held by each connection, and kept
+    /// by its session when parked, since a parked session keeps its link to
+    /// the router open.
+    pub descriptor_slots: Arc<Semaphore>,
     /// Connections past the limit that are being told so (bounded: past it
     /// they are simply closed).
     pub refusal_slots: Arc<Semaphore>,
@@ -136,32 +143,24 @@ impl Shared {
 
 /// Accepts connections of one listener until shutdown; each runs in its
 /// own task, so one client's trouble never stops another's. Past
-/// `limits.max_connections` (over all listeners) a connection is answered
-/// with a refusing CONNACK, or closed when too many are being refused.
+/// `limits.max_connections` (over all listeners), or past what the
+/// descriptor limit fits (connections and parked sessions:
+/// [`crate::descriptors::Budget`]), a connection is answered with a
+/// refusing CONNACK, or closed when too many are being refused. Out of
+/// descriptors all the same, connections are closed at once ([`Acceptor`]).
 pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, kind: Listener) {
     let mut shutdown = shared.shutdown.clone();
     let mut connections = tokio::task::JoinSet::new();
+    let mut acceptor = Acceptor::new(listener, kind.scheme());
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off briefly.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
+            (stream, peer) = acceptor.accept() => {
                 let shared_for_task = Arc::clone(&shared);
-                match Arc::clone(&shared.connection_slots).try_acquire_owned() {
-                    Ok(permit) => {
-                        connections.spawn(async move {
-                            crate::session::serve(shared_for_task, stream, peer, kind).await;
-                            drop(permit);
-                        });
+                match Slot::take(&shared) {
+                    Some(slot) => {
+                        connections.spawn(crate::session::serve(shared_for_task, stream, peer, kind, slot));
                     }
-                    Err(_) => match Arc::clone(&shared.refusal_slots).try_acquire_owned() {
+                    None => match Arc::clone(&shared.refusal_slots).try_acquire_owned() {
                         Ok(permit) => {
                             tracing::warn!(%peer, "connection limit reached; refusing");
                             connections.spawn(async move {
@@ -181,8 +180,30 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, kind: Liste
         }
     }
     // Stop accepting; let every connection finish its in-flight appends.
-    drop(listener);
+    drop(acceptor);
     while connections.join_next().await.is_some() {}
+}
+
+/// What an admitted connection holds until it ends.
+pub(crate) struct Slot {
+    _connection: OwnedSemaphorePermit,
+    descriptors: OwnedSemaphorePermit,
+}
+
+impl Slot {
+    /// A place under the connection limit and room in the descriptor
+    /// budget, if there are both.
+    fn take(shared: &Shared) -> Option<Self> {
+        let descriptors = Arc::clone(&shared.descriptor_slots).try_acquire_owned().ok()?;
+        let connection = Arc::clone(&shared.connection_slots).try_acquire_owned().ok()?;
+        Some(Self { _connection: connection, descriptors })
+    }
+
+    /// What a parked session keeps: not a connection, but the descriptors
+    /// of its link to the router.
+    pub(crate) fn park(self) -> OwnedSemaphorePermit {
+        self.descriptors
+    }
 }
 
 /// Binds the MQTT listener with a backlog fit for thousands of devices

@@ -16,16 +16,21 @@
 //! - [`limits`]: publish rates and failed logins, per client and address;
 //! - [`upstream`]: the router and the links to it (rumqttd types stop there);
 //! - [`system`]: checkpoints on `$SYS/sealmq/checkpoint`, wills;
-//! - [`http`]: the HTTP API for auditors and monitors, C2SP tlog-tiles;
+//! - [`http`]: the HTTP API for auditors and monitors, C2SP tlog-tiles,
+//!   served within connection and time limits of its own (`http_serve`);
+//! - [`descriptors`]: the file descriptor limit, how many clients fit, and
+//!   accepting when the process runs out;
 //! - [`explorer`]: the log explorer page served at `/`.
 
 pub mod admission;
 pub mod codec;
 pub mod config;
+pub mod descriptors;
 pub mod expiry;
 pub mod explorer;
 pub mod gateway;
 pub mod http;
+mod http_serve;
 pub mod identity;
 pub mod limits;
 pub mod replay;

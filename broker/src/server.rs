@@ -14,6 +14,7 @@ use tokio::sync::{Semaphore, broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::BrokerConfig;
+use crate::descriptors::{Budget, TooFewDescriptors, raise_limit};
 use crate::gateway::{Shared, Stats, accept_loop};
 use crate::identity::Identities;
 use crate::limits::LoginLimiter;
@@ -24,7 +25,7 @@ use crate::upstream::{UpstreamError, UpstreamTarget, start_embedded};
 
 /// How often the registry is checked for changes made by `sealmq device`.
 const REGISTRY_POLL: Duration = Duration::from_millis(250);
-/// Connections past `limits.max_connections` answered with a refusal at
+/// Connections past the connection limit answered with a refusal at
 /// once; beyond these they are closed unanswered.
 const REFUSALS_AT_ONCE: usize = 64;
 /// Argon2 password checks at once (each is tens of ms of one core).
@@ -45,6 +46,9 @@ pub enum StartError {
     /// The TLS certificates or key could not be used.
     #[error(transparent)]
     Tls(#[from] TransportError),
+    /// The file descriptor limit is too low to serve anyone.
+    #[error(transparent)]
+    Descriptors(#[from] TooFewDescriptors),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -83,13 +87,20 @@ impl Broker {
             windows.into_iter().map(|(kid, highest, seen)| (kid, Window { highest, seen })),
         );
 
+        // Before the router starts: it and every client share the process's descriptors.
+        let client_listeners = [config.tls_listen, config.ws_listen, config.wss_listen].iter().flatten().count() + 1;
+        let refusals = REFUSALS_AT_ONCE + crate::http_serve::REFUSALS_AT_ONCE;
+        let budget = Budget::plan(raise_limit(), &config.limits, client_listeners, refusals)?;
+        budget.report(config.limits.max_connections);
+
         let upstream = match config.upstream.address {
             Some(addr) => UpstreamTarget {
                 addr,
                 username: config.upstream.username.clone().unwrap_or_default(),
                 password: config.upstream.password.clone().unwrap_or_default(),
             },
-            None => start_embedded(config.limits.max_packet_size, config.limits.max_connections).await?,
+            // Its links: one per connection or parked session, as many as the budget admits.
+            None => start_embedded(config.limits.max_packet_size, budget.clients).await?,
         };
         let retained = RetainedStore::load(registry.retained().await?, log.reader()).await?;
 
@@ -131,6 +142,7 @@ impl Broker {
             tls,
             logins: LoginLimiter::new(limits.max_failed_logins_per_minute),
             connection_slots: Arc::new(Semaphore::new(limits.max_connections)),
+            descriptor_slots: Arc::new(Semaphore::new(budget.clients)),
             refusal_slots: Arc::new(Semaphore::new(REFUSALS_AT_ONCE)),
             password_checks: Semaphore::new(PASSWORD_CHECKS_AT_ONCE),
             sessions: Mutex::new(Default::default()),
@@ -146,15 +158,8 @@ impl Broker {
         );
         tasks.push(tokio::spawn(watch_registry(Arc::clone(&shared), registry, registry_version)));
         let app = crate::http::router(api);
-        let mut http_stop = shared.shutdown.clone();
-        tasks.push(tokio::spawn(async move {
-            let stopped = async move {
-                let _ = http_stop.wait_for(|stop| *stop).await;
-            };
-            if let Err(e) = axum::serve(http_listener, app).with_graceful_shutdown(stopped).await {
-                tracing::error!(error = %e, "the HTTP listener failed");
-            }
-        }));
+        let http_stop = shared.shutdown.clone();
+        tasks.push(tokio::spawn(async move { crate::http_serve::serve(http_listener, app, &limits, http_stop).await }));
         let accepts = client_listeners
             .into_iter()
             .map(|(kind, _, listener)| tokio::spawn(accept_loop(Arc::clone(&shared), listener, kind)))

@@ -17,6 +17,7 @@ use sealmq_audit::mqs1::Kid;
 use sealmq_audit::store::StoreError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use crate::admission::{Admission, PROP_INDEX, PROP_RECEIPTS, Route, admit, remember_if_retained};
@@ -24,7 +25,7 @@ use crate::codec::{
     ClientCodec, CodecError, FilterKind, Version, connack_v31_refused, peek_protocol_level, topic_matches, v5,
     validate_filter, validate_topic_name,
 };
-use crate::gateway::{Shared, TakeRequest};
+use crate::gateway::{Shared, Slot, TakeRequest};
 use crate::identity::{Device, Refusal, check_password};
 use crate::limits::PublishRate;
 use crate::transport::{ClientRead, ClientWrite, Listener, upgrade, write_flushed};
@@ -42,7 +43,7 @@ const UPSTREAM_KEEP_ALIVE: u16 = 60;
 const PIPELINE_DEPTH: usize = 256;
 
 /// Serves one client until it disconnects; errors end only this connection.
-pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, kind: Listener) {
+pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, kind: Listener, slot: Slot) {
     let timeout = Duration::from_millis(shared.config.limits.connect_timeout_ms);
     // The transport's handshakes count against the CONNECT timeout too.
     let accepted = tokio::time::timeout(timeout, async {
@@ -69,7 +70,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, kin
         }
     };
     let client_id = connect.client_id.clone();
-    if let Err(e) = run(shared, client, connect, peer).await {
+    if let Err(e) = run(shared, client, connect, peer, slot).await {
         tracing::debug!(%peer, client_id, error = %e, "connection ended");
     }
 }
@@ -495,7 +496,13 @@ enum Exit {
     Shutdown,
 }
 
-async fn run(shared: Arc<Shared>, mut client: Client, connect: Connected, peer: SocketAddr) -> Result<(), End> {
+async fn run(
+    shared: Arc<Shared>,
+    mut client: Client,
+    connect: Connected,
+    peer: SocketAddr,
+    slot: Slot,
+) -> Result<(), End> {
     let Connected {
         codec,
         client_id,
@@ -642,7 +649,7 @@ async fn run(shared: Arc<Shared>, mut client: Client, connect: Connected, peer: 
         }
         Ok(Exit::Normal { .. } | Exit::Abnormal) | Err(_) if persistent => {
             let parked = Parked { relay, up_read, up_write, will };
-            tokio::spawn(park(shared, client_id, generation, parked, takes, expiry));
+            tokio::spawn(park(shared, client_id, generation, parked, slot.park(), takes, expiry));
             exit.map(|_| ())
         }
         exit => {
@@ -687,11 +694,14 @@ async fn request_session(take: tokio::sync::mpsc::Sender<TakeRequest>) -> Option
 /// Keeps a disconnected persistent session: its upstream link stays open,
 /// messages for it are queued (bounded), its will waits for its delay, and
 /// it ends when it expires, the broker stops, or a connection takes it.
+/// Until then it holds its share of the descriptor budget: the link's
+/// descriptors are still in use.
 async fn park(
     shared: Arc<Shared>,
     client_id: String,
     generation: u64,
     parked: Parked,
+    _descriptors: OwnedSemaphorePermit,
     mut takes: tokio::sync::mpsc::Receiver<TakeRequest>,
     expiry: Duration,
 ) {

@@ -27,20 +27,37 @@ pub struct BrokerProcess {
     pub stderr: Arc<Mutex<String>>,
 }
 
+/// What the broker logs in tests: its own debug lines, the router's none.
+const DEFAULT_LOG: &str = "sealmq=debug,sealmq_broker=debug,sealmq_audit=info,rumqttd=off,warn";
+
 impl BrokerProcess {
     /// Starts `sealmq serve` on 127.0.0.1 ephemeral ports with the embedded
     /// defaults and `data`, plus `extra` arguments; waits for its banner.
     pub fn start(data: &Path, extra: &[&str]) -> Self {
-        Self::start_with_log(data, extra, "sealmq=debug,sealmq_broker=debug,sealmq_audit=info,rumqttd=off,warn")
+        Self::start_with_log(data, extra, DEFAULT_LOG)
     }
 
     /// As [`BrokerProcess::start`], with `rust_log` as its `RUST_LOG` (which
     /// log lines it writes on stderr).
     pub fn start_with_log(data: &Path, extra: &[&str], rust_log: &str) -> Self {
+        Self::launch(Command::new(BIN), data, extra, rust_log)
+    }
+
+    /// As [`BrokerProcess::start_with_config`], with its file descriptor
+    /// limit (soft and hard) set to `nofile`.
+    pub fn start_with_nofile(data: &Path, toml: &str, nofile: u64) -> Self {
+        let config = Self::write_config(data, toml);
+        let mut shell = Command::new("sh");
+        // `exec` keeps the broker's pid the child's, for stop().
+        shell.args(["-c", &format!("ulimit -n {nofile} && exec \"$0\" \"$@\""), BIN]);
+        Self::launch(shell, data, &["--config", config.to_str().unwrap()], DEFAULT_LOG)
+    }
+
+    fn launch(mut command: Command, data: &Path, extra: &[&str], rust_log: &str) -> Self {
         let mut args =
             vec!["--data", data.to_str().unwrap(), "serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"];
         args.extend_from_slice(extra);
-        let mut child = Command::new(BIN)
+        let mut child = command
             .args(&args)
             .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
@@ -103,10 +120,16 @@ impl BrokerProcess {
 
     /// Starts with a configuration file holding `toml`.
     pub fn start_with_config(data: &Path, toml: &str) -> Self {
+        let path = Self::write_config(data, toml);
+        Self::start(data, &["--config", path.to_str().unwrap()])
+    }
+
+    /// Writes `toml` beside `data`; its path.
+    fn write_config(data: &Path, toml: &str) -> PathBuf {
         std::fs::create_dir_all(data).unwrap();
         let path = data.with_extension("toml");
         std::fs::write(&path, toml).unwrap();
-        Self::start(data, &["--config", path.to_str().unwrap()])
+        path
     }
 
     /// The process id of the running broker.

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod http;
 pub mod logged;
 pub mod mqtt;
 pub mod signed;

@@ -463,6 +463,20 @@ pub fn connect5_packet(client_id: &str, password: Option<&str>) -> v5::Packet {
     v5::Packet::Connect(connect, None, password.map(|p| v5::Login::new(client_id, p)))
 }
 
+/// An MQTT 5 CONNECT (keep-alive 30 s) that resumes or keeps a session
+/// for `expiry` seconds after it ends; `None`: a clean start, no session.
+pub fn connect5_session_packet(client_id: &str, expiry: Option<u32>) -> v5::Packet {
+    let mut properties = v5::ConnectProperties::new();
+    properties.session_expiry_interval = expiry;
+    let connect = v5::Connect {
+        keep_alive: 30,
+        client_id: client_id.into(),
+        clean_start: expiry.is_none(),
+        properties: Some(properties),
+    };
+    v5::Packet::Connect(connect, None, None)
+}
+
 /// An MQTT 3.1.1 CONNECT (clean session, keep-alive 30 s).
 pub fn connect4_packet(client_id: &str, password: Option<&str>) -> v4::Packet {
     let mut connect = v4::Connect::new(client_id);
