@@ -17,9 +17,10 @@ use crate::EXIT_FAILED_CHECK;
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Re-derive every leaf hash, block root, chain link, tree root and
-    /// checkpoint signature from the stored records. Exit 0 when all holds,
-    /// 1 with the first bad record or block named when not.
+    /// Re-derive every leaf hash, block root, chain link, tree root,
+    /// checkpoint signature and the retained messages from the stored
+    /// records. Exit 0 when all holds, 1 with the first bad record, block or
+    /// retained topic named when not.
     Verify {
         /// The verifier key to check checkpoints against (default: the one
         /// stored in the log; pin it to catch a replaced key).
@@ -189,12 +190,14 @@ async fn verify_log(data: &Path, vkey: Option<&str>) -> Result<ExitCode> {
         return Ok(ExitCode::from(EXIT_FAILED_CHECK));
     }
     println!(
-        "ok: {} records in {} blocks, tree size {}, {} unsealed, {} payloads checked ({elapsed:.2} s, {:.0} records/s)",
+        "ok: {} records in {} blocks, tree size {}, {} unsealed, {} payloads checked, {} retained topics match the log \
+         ({elapsed:.2} s, {:.0} records/s)",
         report.records,
         report.blocks,
         report.tree_size,
         report.unsealed,
         report.payloads,
+        report.retained,
         report.records as f64 / elapsed.max(1e-9),
     );
     Ok(ExitCode::SUCCESS)
