@@ -91,7 +91,8 @@ impl Broker {
             },
             None => start_embedded(config.limits.max_packet_size, config.limits.max_connections).await?,
         };
-        let retained = RetainedStore::load(registry.retained().await?, log.reader()).await?;
+        // What the records imply, whatever the stored table says (it is repaired if wrong).
+        let retained = RetainedStore::load(&log.reconcile_retained().await?, log.reader()).await?;
 
         let tls = config.tls.as_ref().map(TlsSetup::load).transpose()?;
         let mut client_listeners = Vec::new();
