@@ -89,6 +89,9 @@ pub enum AuditCommand {
         /// Append unsigned (auth = 0) records instead of MQS1-signed ones.
         #[arg(long)]
         unsigned: bool,
+        /// Publish retained: every device's 8 topics get retained messages.
+        #[arg(long)]
+        retained: bool,
         /// The log's origin, when this creates the log.
         #[arg(long)]
         origin: Option<String>,
@@ -136,6 +139,7 @@ pub async fn run(data: &Path, command: AuditCommand) -> Result<ExitCode> {
             batch,
             payload_size,
             unsigned,
+            retained,
             origin,
             block_records,
             block_ms,
@@ -145,7 +149,7 @@ pub async fn run(data: &Path, command: AuditCommand) -> Result<ExitCode> {
             config.origin = origin;
             config.block_max_records = block_records;
             config.block_interval = Duration::from_millis(block_ms);
-            let load = Load { records, concurrency, batch, payload_size, signed: !unsigned, print_acks };
+            let load = Load { records, concurrency, batch, payload_size, signed: !unsigned, retained, print_acks };
             load.run(config).await
         }
     }
@@ -277,6 +281,7 @@ struct Load {
     batch: u64,
     payload_size: usize,
     signed: bool,
+    retained: bool,
     print_acks: bool,
 }
 
@@ -289,7 +294,8 @@ impl Load {
         for n in 0..self.concurrency.max(1) {
             let (log, remaining) = (Arc::clone(&log), Arc::clone(&remaining));
             let (batch, payload_size, print_acks) = (self.batch.max(1), self.payload_size, self.print_acks);
-            let mut device = SyntheticDevice::new(n, self.signed);
+            let device = SyntheticDevice::new(n, self.signed);
+            let mut device = if self.retained { device.retained() } else { device };
             tasks.spawn(async move {
                 loop {
                     let take = remaining
