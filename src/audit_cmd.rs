@@ -17,9 +17,10 @@ use crate::EXIT_FAILED_CHECK;
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Re-derive every leaf hash, block root, chain link, tree root and
-    /// checkpoint signature from the stored records. Exit 0 when all holds,
-    /// 1 with the first bad record or block named when not.
+    /// Re-derive every leaf hash, block root, chain link, tree root,
+    /// checkpoint signature and the retained messages from the stored
+    /// records. Exit 0 when all holds, 1 with the first bad record, block or
+    /// retained topic named when not.
     Verify {
         /// The verifier key to check checkpoints against (default: the one
         /// stored in the log; pin it to catch a replaced key).
@@ -88,6 +89,9 @@ pub enum AuditCommand {
         /// Append unsigned (auth = 0) records instead of MQS1-signed ones.
         #[arg(long)]
         unsigned: bool,
+        /// Publish retained: every device's 8 topics get retained messages.
+        #[arg(long)]
+        retained: bool,
         /// The log's origin, when this creates the log.
         #[arg(long)]
         origin: Option<String>,
@@ -135,6 +139,7 @@ pub async fn run(data: &Path, command: AuditCommand) -> Result<ExitCode> {
             batch,
             payload_size,
             unsigned,
+            retained,
             origin,
             block_records,
             block_ms,
@@ -144,7 +149,7 @@ pub async fn run(data: &Path, command: AuditCommand) -> Result<ExitCode> {
             config.origin = origin;
             config.block_max_records = block_records;
             config.block_interval = Duration::from_millis(block_ms);
-            let load = Load { records, concurrency, batch, payload_size, signed: !unsigned, print_acks };
+            let load = Load { records, concurrency, batch, payload_size, signed: !unsigned, retained, print_acks };
             load.run(config).await
         }
     }
@@ -189,12 +194,14 @@ async fn verify_log(data: &Path, vkey: Option<&str>) -> Result<ExitCode> {
         return Ok(ExitCode::from(EXIT_FAILED_CHECK));
     }
     println!(
-        "ok: {} records in {} blocks, tree size {}, {} unsealed, {} payloads checked ({elapsed:.2} s, {:.0} records/s)",
+        "ok: {} records in {} blocks, tree size {}, {} unsealed, {} payloads checked, {} retained topics match the log \
+         ({elapsed:.2} s, {:.0} records/s)",
         report.records,
         report.blocks,
         report.tree_size,
         report.unsealed,
         report.payloads,
+        report.retained,
         report.records as f64 / elapsed.max(1e-9),
     );
     Ok(ExitCode::SUCCESS)
@@ -274,6 +281,7 @@ struct Load {
     batch: u64,
     payload_size: usize,
     signed: bool,
+    retained: bool,
     print_acks: bool,
 }
 
@@ -286,7 +294,8 @@ impl Load {
         for n in 0..self.concurrency.max(1) {
             let (log, remaining) = (Arc::clone(&log), Arc::clone(&remaining));
             let (batch, payload_size, print_acks) = (self.batch.max(1), self.payload_size, self.print_acks);
-            let mut device = SyntheticDevice::new(n, self.signed);
+            let device = SyntheticDevice::new(n, self.signed);
+            let mut device = if self.retained { device.retained() } else { device };
             tasks.spawn(async move {
                 loop {
                     let take = remaining

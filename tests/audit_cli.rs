@@ -113,7 +113,8 @@ fn a_loaded_log_verifies_proves_and_its_checkpoints_are_consistent() {
             blocks: sizes.len() as u64,
             tree_size: RECORDS,
             unsealed: 0,
-            payloads: RECORDS
+            payloads: RECORDS,
+            retained: 0,
         }
     );
     // Pinned to the right key it passes; to another log's key it fails at the first block.

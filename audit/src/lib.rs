@@ -11,7 +11,9 @@
 //! - [`BlockHeader`]: sealed blocks and their hash chain;
 //! - [`Checkpoint`], [`LogKey`], [`VerifierKey`]: C2SP signed notes;
 //! - [`ProofBundle`], [`ConsistencyBundle`]: what auditors check offline;
-//! - [`acl`]: device ACL patterns and MQTT topic-filter coverage.
+//! - [`acl`]: device ACL patterns and MQTT topic-filter coverage;
+//! - [`RetainedState`]: the retained messages the log implies (MQTT 5
+//!   §3.3.1.3), as a fold over records.
 //!
 //! With the default `store` feature, [`store`] adds the SQLite log: the
 //! [`store::Log`] handle, its sequencer (the only writer) and sealer, and
@@ -26,6 +28,7 @@ mod hash;
 pub mod mqs1;
 mod note;
 mod record;
+mod retained;
 pub mod tree;
 
 #[cfg(feature = "store")]
@@ -38,4 +41,5 @@ pub use hash::{Hash, Rfc6962, empty_root, leaf_hash, merkle_root, node_hash, sha
 pub use mqs1::SignatureBlock;
 pub use note::{Checkpoint, LogKey, VerifierKey};
 pub use record::{PublishRecord, Record, RegistryEvent, RegistryRecord};
+pub use retained::{RetainedChange, RetainedMismatch, RetainedState};
 pub use tree::{Frontier, NodeId};

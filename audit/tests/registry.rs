@@ -368,6 +368,10 @@ async fn the_retained_index_follows_set_replace_and_clear() {
     // The index names records whose payloads are stored.
     let stored = log.reader().record(range.start + 4).await.unwrap().unwrap();
     assert_eq!(stored.payload.as_deref(), Some(&b"open"[..]));
+    // The table kept per group agrees with the fold over every record.
+    let derived = log.reconcile_retained().await.unwrap();
+    let table = retained().await;
+    assert_eq!(derived.sorted(), table.iter().map(|(topic, idx)| (topic.as_str(), *idx)).collect::<Vec<_>>());
     log.close().await.unwrap();
 }
 

@@ -5,16 +5,17 @@
 //! Retain Handling; a hub subscribing to `homeassistant/#` needs hundreds.
 //! So the gateway keeps the latest retained message per topic — only ever
 //! one that is durably in the log — and sends the matching ones itself after
-//! each SUBACK. At start they are rebuilt from the log's retained index and
-//! the stored payloads.
+//! each SUBACK. At start they are rebuilt from the retained state the log's
+//! records imply (not from the stored `retained` table, which anyone with
+//! the database file could point at an older record) and the stored payloads.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use tokio::time::Instant;
 
 use bytes::Bytes;
-use sealmq_audit::Record;
 use sealmq_audit::store::{LogReader, StoreError};
+use sealmq_audit::{Record, RetainedState, sha256};
+use tokio::time::Instant;
 
 use crate::codec::{topic_matches, v5};
 
@@ -99,25 +100,31 @@ impl RetainedStore {
         self.len() == 0
     }
 
-    /// Rebuilds the store from the log's retained index (topic → log index,
-    /// `Registry::retained`): each record and its stored payload. A record
-    /// whose payload was erased cannot be restored and is skipped with a warning.
-    pub async fn load(index: Vec<(String, u64)>, reader: &LogReader) -> Result<Self, StoreError> {
+    /// Rebuilds the store from the retained state the log implies
+    /// (`Log::reconcile_retained`): each record and its stored payload. A
+    /// record whose payload was erased cannot be restored and is skipped
+    /// with a warning; one whose stored payload is not the one the record
+    /// commits to is skipped with an error, never served.
+    pub async fn load(state: &RetainedState, reader: &LogReader) -> Result<Self, StoreError> {
         let store = Self::default();
-        for (topic, idx) in index {
+        for (topic, idx) in state.sorted() {
             let Some(stored) = reader.record(idx).await? else { continue };
             let Ok(Record::Publish(record)) = Record::decode(&stored.body) else { continue };
             let Some(payload) = stored.payload else {
                 tracing::warn!(topic, idx, "retained message not restored: its payload was erased");
                 continue;
             };
+            if payload.len() as u64 != u64::from(record.payload_len) || sha256(&payload) != record.payload_sha256 {
+                tracing::error!(topic, idx, "retained message not restored: its stored payload is not the logged one");
+                continue;
+            }
             let mut properties = v5::PublishProperties::default();
             if let Some(sb) = &record.signature {
                 properties
                     .user_properties
                     .push((sealmq_audit::mqs1::PROPERTY_NAME.to_string(), sb.to_property_value()));
             }
-            store.set(&topic, Retained::new(Some(idx), record.qos, Bytes::from(payload), properties));
+            store.set(topic, Retained::new(Some(idx), record.qos, Bytes::from(payload), properties));
         }
         tracing::info!(topics = store.len(), "retained messages rebuilt from the log");
         Ok(store)

@@ -102,7 +102,8 @@ impl Broker {
             // Its links: one per connection or parked session, as many as the budget admits.
             None => start_embedded(config.limits.max_packet_size, budget.clients).await?,
         };
-        let retained = RetainedStore::load(registry.retained().await?, log.reader()).await?;
+        // What the records imply, whatever the stored table says (it is repaired if wrong).
+        let retained = RetainedStore::load(&log.reconcile_retained().await?, log.reader()).await?;
 
         let tls = config.tls.as_ref().map(TlsSetup::load).transpose()?;
         let mut client_listeners = Vec::new();

@@ -143,25 +143,36 @@ pub struct Verified {
     pub tree_size: u64,
     pub unsealed: u64,
     pub payloads: u64,
+    /// Topics with a retained message, checked against the log.
+    pub retained: u64,
 }
 
-/// Parses `ok: R records in B blocks, tree size T, U unsealed, P payloads checked (…)`.
+/// Parses `ok: R records in B blocks, tree size T, U unsealed, P payloads
+/// checked, K retained topics match the log (…)`.
 #[track_caller]
 pub fn parse_verified(stdout: &str) -> Verified {
     let line = stdout.lines().next().unwrap_or_default();
     let words: Vec<&str> = line.split_whitespace().collect();
-    let shape_ok = words.len() > 12
+    let shape_ok = words.len() > 16
         && words[0] == "ok:"
         && words[2] == "records"
         && words[5] == "blocks,"
         && words[6..8] == ["tree", "size"]
         && words[10] == "unsealed,"
-        && words[12] == "payloads";
+        && words[12] == "payloads"
+        && words[15..17] == ["retained", "topics"];
     assert!(shape_ok, "unexpected verify output: {stdout:?}");
     let number = |i: usize| -> u64 {
         words[i].trim_end_matches(',').parse().unwrap_or_else(|_| panic!("not a number in {line:?}: {}", words[i]))
     };
-    Verified { records: number(1), blocks: number(4), tree_size: number(8), unsealed: number(9), payloads: number(11) }
+    Verified {
+        records: number(1),
+        blocks: number(4),
+        tree_size: number(8),
+        unsealed: number(9),
+        payloads: number(11),
+        retained: number(14),
+    }
 }
 
 /// `audit verify`, which must pass; its numbers.

@@ -12,7 +12,9 @@
 //!   `sealmq device …` while a broker may run; each change reaches the log
 //!   as kind-2 records through an outbox the sequencer drains
 //!   ([`Log::drain_registry_outbox`]). Also the sequencer's side tables the
-//!   broker restores state from: MQS1 replay windows and retained topics.
+//!   broker restores state from: MQS1 replay windows and retained topics
+//!   (the latter only as checked against the log,
+//!   [`Log::reconcile_retained`]).
 //!
 //! Files in the data directory: `log.db` (with its WAL) and `log.key`, the
 //! log's Ed25519 seed (mode 0600, created on first use, never logged).
@@ -21,6 +23,7 @@ mod index;
 mod keyfile;
 mod reader;
 pub mod registry;
+mod retained;
 pub mod synthetic;
 mod verify;
 mod writer;

@@ -1,6 +1,7 @@
 //! The device registry in SQLite: devices (policy, password, ACL), their
 //! MQS1 keys, and the broker state the sequencer keeps beside the log
-//! (replay windows, the retained index). All of the registry's SQL is here.
+//! (replay windows; the retained index, whose SQL is in `retained.rs`).
+//! All of the registry's SQL is here.
 //!
 //! The registry is changed by other processes than the broker (`sealmq
 //! device …`), while the broker may run, and every change of a key or a
@@ -499,13 +500,12 @@ impl Registry {
             .collect()
     }
 
-    /// The retained index: `(topic, log index)` of the latest retained
-    /// publish per topic, by topic. The record and its payload are at that
-    /// index ([`LogReader::record`](super::LogReader::record)).
+    /// The retained index as stored: `(topic, log index)` of the latest
+    /// retained publish per topic, by topic. Derived data that anyone with
+    /// the file can change: what the log implies is
+    /// [`Log::reconcile_retained`](super::Log::reconcile_retained).
     pub async fn retained(&self) -> Result<Vec<(String, u64)>, RegistryError> {
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT topic, idx FROM retained ORDER BY topic").fetch_all(&self.pool).await?;
-        rows.into_iter().map(|(topic, idx)| Ok((topic, to_u64(idx)?))).collect()
+        Ok(super::retained::read(&self.pool).await?)
     }
 }
 

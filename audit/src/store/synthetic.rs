@@ -13,6 +13,7 @@ pub struct SyntheticDevice {
     device_id: String,
     ctr: u64,
     signed: bool,
+    retain: bool,
 }
 
 impl SyntheticDevice {
@@ -22,7 +23,20 @@ impl SyntheticDevice {
         let mut seed = [0u8; 32];
         seed[..8].copy_from_slice(&n.to_be_bytes());
         seed[8..14].copy_from_slice(b"sealmq");
-        Self { key: SigningKey::from_bytes(&sha256(&seed)), device_id: format!("load-{n:04}"), ctr: 0, signed }
+        Self {
+            key: SigningKey::from_bytes(&sha256(&seed)),
+            device_id: format!("load-{n:04}"),
+            ctr: 0,
+            signed,
+            retain: false,
+        }
+    }
+
+    /// Publishes with the retain flag set, so each of the device's 8
+    /// topics has a retained message (start-up cost measurements).
+    pub fn retained(mut self) -> Self {
+        self.retain = true;
+        self
     }
 
     /// The device's id (its MQTT client id).
@@ -43,7 +57,7 @@ impl SyntheticDevice {
         let mut payload = format!("{{\"ctr\":{},\"t\":{now_ms}}}", self.ctr).into_bytes();
         payload.resize(payload.len().max(payload_size), b' ');
         let signature = self.signed.then(|| {
-            mqs1::sign(&self.key, &self.device_id, &topic, &payload, false, self.ctr, now_ms)
+            mqs1::sign(&self.key, &self.device_id, &topic, &payload, self.retain, self.ctr, now_ms)
                 .expect("synthetic ids and topics are short")
         });
         let record = Record::Publish(PublishRecord {
@@ -51,7 +65,7 @@ impl SyntheticDevice {
             device_id: self.device_id.clone(),
             topic,
             qos: 1,
-            retain: false,
+            retain: self.retain,
             payload_len: u32::try_from(payload.len()).expect("synthetic payloads are small"),
             payload_sha256: sha256(&payload),
             signature,

@@ -1,6 +1,7 @@
 //! `sealmq audit verify`: re-derives every leaf hash, block root, chain
-//! link, stored tree hash, tree root and checkpoint signature from the
-//! stored records, and names the first place where the log is wrong.
+//! link, stored tree hash, tree root, checkpoint signature and the retained
+//! state from the stored records, and names the first place where the log
+//! is wrong.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -9,9 +10,12 @@ use sqlx::SqlitePool;
 use tokio::sync::mpsc;
 
 use super::reader::LogReader;
-use super::{StoreError, to_i64, to_u64};
+use super::{StoreError, retained, to_i64, to_u64};
 use crate::tree::is_stored_level;
-use crate::{BlockHeader, Frontier, Hash, NodeId, Record, VerifierKey, leaf_hash, merkle_root, sha256};
+use crate::{
+    BlockHeader, Frontier, Hash, NodeId, Record, RetainedChange, RetainedState, VerifierKey, leaf_hash, merkle_root,
+    sha256,
+};
 
 /// Records read from the database per query.
 const RECORD_CHUNK: usize = 8192;
@@ -34,6 +38,8 @@ pub enum Place {
         /// Its index at that level.
         index: u64,
     },
+    /// The `retained` table (the failure names the topic).
+    Retained,
 }
 
 impl fmt::Display for Place {
@@ -42,6 +48,7 @@ impl fmt::Display for Place {
             Place::Record(index) => write!(f, "record {index}"),
             Place::Block(height) => write!(f, "block {height}"),
             Place::TreeNode { level, index } => write!(f, "tree hash (level {level}, index {index})"),
+            Place::Retained => f.write_str("retained state"),
         }
     }
 }
@@ -91,6 +98,9 @@ pub struct VerifyReport {
     pub unsealed: u64,
     /// Stored payloads checked against their records' hashes.
     pub payloads: u64,
+    /// Topics with a retained message, as the records imply; the
+    /// `retained` table was checked against them.
+    pub retained: u64,
     /// The first thing wrong, if anything is.
     pub failure: Option<Failure>,
 }
@@ -115,12 +125,14 @@ pub async fn verify(
     // A broker may be appending and sealing meanwhile: check the blocks
     // sealed now and the records committed now, nothing later.
     let sealed = reader.latest_block().await?.map_or(0, |b| b.header.tree_size);
-    let total = reader.record_count().await?;
+    let (total, retained_table) = snapshot(reader.pool()).await?;
     let mut run = Run {
         records: RecordStream::spawn(reader.pool().clone(), total),
         frontier: Frontier::new(),
         last: None,
         sealed,
+        retained: RetainedState::default(),
+        retained_table,
     };
     let outcome =
         run.blocks(reader.pool(), vkey, &mut report, &mut |records| progress(Progress { records, total })).await;
@@ -131,6 +143,19 @@ pub async fn verify(
     };
     progress(Progress { records: report.records, total });
     Ok(report)
+}
+
+/// How many records are committed, and the `retained` table as it stood
+/// with exactly those records. One read transaction: the sequencer changes
+/// both in each append's transaction, so a broker may keep appending. A
+/// table that cannot be read is a finding about the table, reported once
+/// the records are checked, not a reason to check nothing.
+async fn snapshot(pool: &SqlitePool) -> Result<(u64, Result<Vec<(String, u64)>, String>), StoreError> {
+    let mut tx = pool.begin().await?;
+    let max: Option<i64> = sqlx::query_scalar("SELECT max(idx) FROM records").fetch_one(&mut *tx).await?;
+    let table = retained::read(&mut *tx).await.map_err(|e| e.to_string());
+    tx.commit().await?;
+    Ok((max.map_or(Ok(0), |m| to_u64(m).map(|m| m + 1))?, table))
 }
 
 /// Why verification stopped early.
@@ -168,6 +193,11 @@ struct Run {
     last: Option<(u64, Hash)>,
     /// Blocks up to this tree size are checked.
     sealed: u64,
+    /// What the records checked so far imply.
+    retained: RetainedState,
+    /// The `retained` table as of the last record checked, or why it
+    /// cannot be read.
+    retained_table: Result<Vec<(String, u64)>, String>,
 }
 
 impl Run {
@@ -248,7 +278,7 @@ impl Run {
             let Some(record) = self.records.next().await? else {
                 return Err(failure(Place::Record(index), format!("missing (block {height} covers it)")).into());
             };
-            leaves.push(check_record(index, &record, report)?);
+            leaves.push(self.check_record(index, &record, report)?);
         }
         let range = format!("[{}, {})", header.first_index, header.tree_size);
         if merkle_root(&leaves) != header.block_root {
@@ -290,7 +320,7 @@ impl Run {
                 Err(Step::Failed(f)) => return Ok(Err(f)),
                 Err(Step::Db(e)) => return Err(e),
             };
-            if let Err(f) = check_record(index, &record, report) {
+            if let Err(f) = self.check_record(index, &record, report) {
                 return Ok(Err(f));
             }
             report.unsealed += 1;
@@ -309,19 +339,39 @@ impl Run {
                 ));
             }
         }
-        Ok(Ok(()))
+        Ok(self.check_retained(report))
     }
-}
 
-/// Checks one record (see [`RawRecord::check`]) and that it is the next one.
-fn check_record(index: u64, record: &RawRecord, report: &mut VerifyReport) -> Result<Hash, Failure> {
-    if record.index != index {
-        fail(Place::Record(index), "missing")?;
+    /// Checks one record (see [`RawRecord::check`]) and that it is the next
+    /// one, and folds it into the retained state.
+    fn check_record(&mut self, index: u64, record: &RawRecord, report: &mut VerifyReport) -> Result<Hash, Failure> {
+        if record.index != index {
+            fail(Place::Record(index), "missing")?;
+        }
+        let leaf = record.verdict.clone().or_else(|what| fail(Place::Record(index), what))?;
+        if let Some(retained) = &record.retained {
+            self.retained.apply(index, retained);
+        }
+        report.payloads += u64::from(record.has_payload);
+        report.records += 1;
+        Ok(leaf)
     }
-    let leaf = record.verdict.clone().or_else(|what| fail(Place::Record(index), what))?;
-    report.payloads += u64::from(record.has_payload);
-    report.records += 1;
-    Ok(leaf)
+
+    /// Once every record is checked: the `retained` table must hold what
+    /// they imply, or the broker would serve another message than the log's.
+    fn check_retained(&self, report: &mut VerifyReport) -> Result<(), Failure> {
+        let table = self.retained_table.as_ref().or_else(|e| fail(Place::Retained, format!("the table: {e}")))?;
+        let wrong = self.retained.differences(table);
+        if let Some(first) = wrong.first() {
+            let more = match wrong.len() - 1 {
+                0 => String::new(),
+                n => format!(" ({n} more topics differ)"),
+            };
+            return fail(Place::Retained, format!("topic {:?}: {first}{more}", first.topic));
+        }
+        report.retained = self.retained.len() as u64;
+        Ok(())
+    }
 }
 
 /// Compares re-derived tile-level hashes with the stored ones.
@@ -359,6 +409,8 @@ struct RawRecord {
     has_payload: bool,
     /// The leaf hash, or what is wrong with the record.
     verdict: Result<Hash, String>,
+    /// The decoded record, kept only when it changes retained state.
+    retained: Option<Record>,
 }
 
 impl RawRecord {
@@ -366,6 +418,7 @@ impl RawRecord {
     /// is the hash of its bytes, it decodes, and a stored payload matches
     /// the record's payload hash and length.
     fn check(index: u64, stored_leaf: &[u8], body: &[u8], payload: Option<&[u8]>) -> Self {
+        let mut retained = None;
         let verdict = (|| {
             let leaf = leaf_hash(body);
             if stored_leaf != leaf {
@@ -380,9 +433,10 @@ impl RawRecord {
                     return Err("stored payload does not match the record's payload_len and payload_sha256".into());
                 }
             }
+            retained = RetainedChange::of(&decoded).is_some().then_some(decoded);
             Ok(leaf)
         })();
-        Self { index, has_payload: payload.is_some(), verdict }
+        Self { index, has_payload: payload.is_some(), verdict, retained }
     }
 }
 

@@ -17,10 +17,14 @@ use super::index::{self, NameCache};
 use super::keyfile;
 use super::reader::{LogReader, SealedBlock, connect_options};
 use super::registry::{window_highest_to_sql, window_seen_to_sql};
+use super::retained;
 use super::{DB_FILE, KEY_FILE, LogConfig, StoreError, io_error, now_ms, to_i64, to_u64};
 use crate::mqs1::Kid;
 use crate::tree::is_stored_level;
-use crate::{BlockHeader, Checkpoint, DecodeError, Frontier, Hash, LogKey, NodeId, Record, leaf_hash, merkle_root};
+use crate::{
+    BlockHeader, Checkpoint, DecodeError, Frontier, Hash, LogKey, NodeId, Record, RetainedChange, RetainedState,
+    leaf_hash, merkle_root,
+};
 
 /// Rows per multi-row INSERT. Each row binds 3 values; this stays far below
 /// SQLite's variable limit and lets the statement cache reuse one plan.
@@ -69,18 +73,17 @@ impl Entry {
     /// Encodes `record`; `payload` is stored (deletable later) when given.
     ///
     /// A kind-1 record with retain = 1 also updates the retained index when
-    /// it is committed: a non-empty payload makes this record the topic's
-    /// retained message, an empty one (`payload_len` 0) clears the topic.
+    /// it is committed, as [`RetainedChange::of`] says: a non-empty payload
+    /// makes this record the topic's retained message, an empty one
+    /// (`payload_len` 0) clears the topic.
     /// Pass the payload of a retained publish, or there is nothing to
     /// restore it from after a restart.
     pub fn new(record: &Record, payload: Option<Vec<u8>>) -> Result<Self, DecodeError> {
         let body = record.encode()?;
-        let retained = match record {
-            Record::Publish(publish) if publish.retain => {
-                Some(RetainedUpdate { topic: publish.topic.clone(), clear: publish.payload_len == 0 })
-            }
-            _ => None,
-        };
+        let retained = RetainedChange::of(record).map(|change| RetainedUpdate {
+            topic: change.topic().to_string(),
+            clear: matches!(change, RetainedChange::Clear(_)),
+        });
         Ok(Self { leaf: leaf_hash(&body), body, payload, retained, replay: None })
     }
 
@@ -117,6 +120,7 @@ enum Command {
     Append { entries: Vec<Entry>, reply: Reply },
     Seal { reply: oneshot::Sender<Result<Option<SealedBlock>, StoreError>> },
     DrainOutbox { reply: oneshot::Sender<Result<Vec<u64>, StoreError>> },
+    ReconcileRetained { reply: oneshot::Sender<Result<RetainedState, StoreError>> },
 }
 
 /// The writable audit log.
@@ -250,6 +254,19 @@ impl Log {
     pub async fn drain_registry_outbox(&self) -> Result<Vec<u64>, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.commands.send(Command::DrainOutbox { reply }).await.map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// The retained state the log implies — per topic, the index of its
+    /// retained message — derived from every record in index order, not
+    /// taken from the `retained` table. Where the table disagrees, each
+    /// topic is reported at error level and the table is repaired.
+    ///
+    /// Runs on the sequencer: appends wait until it is done (a scan of all
+    /// records), so call it at start, before serving.
+    pub async fn reconcile_retained(&self) -> Result<RetainedState, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command::ReconcileRetained { reply }).await.map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -421,6 +438,13 @@ impl Sequencer {
                 None => break,
                 Some(Command::Seal { reply }) => {
                     let result = if self.pending.is_empty() { Ok(None) } else { self.seal_block().await.map(Some) };
+                    if result.is_err() {
+                        self.recover_connection().await;
+                    }
+                    let _ = reply.send(result);
+                }
+                Some(Command::ReconcileRetained { reply }) => {
+                    let result = retained::reconcile(&mut self.conn).await;
                     if result.is_err() {
                         self.recover_connection().await;
                     }
@@ -740,11 +764,11 @@ async fn write_entries(conn: &mut SqliteConnection, rows: &[(i64, &Entry)]) -> R
     // The group's net effect: per topic the last retained publish (log
     // order), per key the furthest window. Nothing is allocated when no
     // entry has side effects.
-    let mut retained: HashMap<&str, Option<i64>> = HashMap::new();
+    let mut net_retained: HashMap<&str, Option<i64>> = HashMap::new();
     let mut windows: HashMap<Kid, (u64, u64)> = HashMap::new();
     for (idx, entry) in rows {
         if let Some(update) = &entry.retained {
-            retained.insert(&update.topic, (!update.clear).then_some(*idx));
+            net_retained.insert(&update.topic, (!update.clear).then_some(*idx));
         }
         if let Some(r) = entry.replay {
             windows
@@ -753,29 +777,9 @@ async fn write_entries(conn: &mut SqliteConnection, rows: &[(i64, &Entry)]) -> R
                 .or_insert((r.highest, r.seen));
         }
     }
-    let (mut set, mut clear) = (Vec::new(), Vec::new());
-    for (topic, idx) in retained {
-        match idx {
-            Some(idx) => set.push((topic, idx)),
-            None => clear.push(topic),
-        }
-    }
-    for chunk in set.chunks(INSERT_CHUNK) {
-        let mut upsert = QueryBuilder::<Sqlite>::new("INSERT INTO retained (topic, idx) ");
-        upsert.push_values(chunk, |mut row, (topic, idx)| {
-            row.push_bind(*topic).push_bind(*idx);
-        });
-        upsert.push(" ON CONFLICT (topic) DO UPDATE SET idx = excluded.idx");
-        upsert.build().execute(&mut *conn).await?;
-    }
-    for chunk in clear.chunks(INSERT_CHUNK) {
-        let mut delete = QueryBuilder::<Sqlite>::new("DELETE FROM retained WHERE topic IN (");
-        let mut topics = delete.separated(", ");
-        for topic in chunk {
-            topics.push_bind(*topic);
-        }
-        delete.push(")");
-        delete.build().execute(&mut *conn).await?;
+    if !net_retained.is_empty() {
+        let changes: Vec<(&str, Option<i64>)> = net_retained.into_iter().collect();
+        retained::write(conn, &changes).await?;
     }
     let windows: Vec<(Kid, (u64, u64))> = windows.into_iter().collect();
     for chunk in windows.chunks(INSERT_CHUNK) {
