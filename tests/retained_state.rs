@@ -18,7 +18,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::broker::BrokerProcess;
-use common::mqtt::{Conn, QoS, connect5, kind, publish5_packet, subscribe5};
+use common::mqtt::{Conn, QoS, connect5, connect5_receipts, kind, publish5_packet, subscribe5};
 use common::{Db, copy_log, logged, sealmq, verify_ok};
 
 /// Retained messages follow the SUBACK at once; this long without one means no more.
@@ -51,7 +51,8 @@ fn retained_for_a_new_subscriber(
     client: &str,
     filter: &str,
 ) -> BTreeMap<String, (Vec<u8>, u64)> {
-    let mut conn = connect5(broker.mqtt, client);
+    // Receipts: each retained message names its record (`sealmq-index`).
+    let mut conn = connect5_receipts(broker.mqtt, client);
     assert_eq!(subscribe5(&mut conn, 1, filter, QoS::AtLeastOnce), [1], "SUBACK for {filter}");
     let mut got = BTreeMap::new();
     while let Some(message) = conn.next_publish5(QUIET) {
