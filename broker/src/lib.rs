@@ -35,6 +35,7 @@ pub mod identity;
 pub mod limits;
 pub mod replay;
 pub mod retained;
+pub mod route;
 pub mod server;
 pub mod session;
 pub mod system;
