@@ -516,33 +516,43 @@ fn protocol_limits_are_answered_with_their_reason_codes() {
 }
 
 #[test]
-fn the_embedded_router_refuses_everyone_but_the_gateway() {
+fn the_broker_listens_on_its_configured_ports_and_nowhere_else() {
+    // Routing is in process: nothing reaches subscribers but through the
+    // gateway's own listeners (no router port to find on loopback).
     let tmp = tempfile::tempdir().unwrap();
     let broker = BrokerProcess::start(&tmp.path().join("data"), &[]);
-    let stderr = broker.stderr.lock().unwrap().clone();
-    let line =
-        stderr.lines().find(|l| l.contains("embedded router listening on loopback")).expect("router address logged");
-    let addr: SocketAddr =
-        line.split("target.addr=").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
-    assert!(addr.ip().is_loopback(), "the router listens on loopback only: {addr}");
-    // No credentials, a guessed password, MQTT 3.1.1 or 5: all refused.
-    for password in [None, Some("sealmq-gateway"), Some("0000")] {
-        let mut conn = common::mqtt::Conn::open(addr);
-        conn.send5(&common::mqtt::connect5_packet("intruder", password)).unwrap();
-        let frames = conn.expect_closed(WAIT);
-        assert!(
-            frames.iter().all(|f| f.kind() != kind::CONNACK || f.connack_code() != 0),
-            "the router accepted a client with password {password:?}: {frames:?}"
-        );
-    }
-    let mut conn = common::mqtt::Conn::open(addr);
-    conn.send4(&common::mqtt::connect4_packet("intruder4", None)).unwrap();
-    let frames = conn.expect_closed(WAIT);
-    assert!(frames.iter().all(|f| f.kind() != kind::CONNACK || f.connack_code() != 0), "{frames:?}");
-    // The gateway's own clients still work.
-    let (_conn, connack) = try_connect5(broker.mqtt, "legit", None);
-    assert_eq!(connack.connack_code(), 0);
+    let mut ports = listening_ports(broker.pid());
+    ports.sort_unstable();
+    let mut expected = vec![broker.mqtt.port(), broker.http.port()];
+    expected.sort_unstable();
+    assert_eq!(ports, expected, "listening TCP ports of the broker process");
     assert!(broker.stop().success());
+}
+
+/// The TCP ports process `pid` listens on: its socket descriptors matched
+/// against the kernel's table of listening sockets.
+fn listening_ports(pid: u32) -> Vec<u16> {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_string_lossy().into_owned();
+            Some(target.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    let mut ports = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else { continue };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // local_address is HEXIP:HEXPORT; st 0A is LISTEN; field 9 the inode.
+            if fields.len() > 9 && fields[3] == "0A" && inodes.contains(fields[9]) {
+                let port = fields[1].rsplit(':').next().unwrap();
+                ports.push(u16::from_str_radix(port, 16).unwrap());
+            }
+        }
+    }
+    ports
 }
 
 #[test]

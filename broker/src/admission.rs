@@ -2,18 +2,20 @@
 //! signature and replay window, and the record and upstream packet it
 //! becomes. Shared by client connections and the gateway's own publishes.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use sealmq_audit::mqs1::{self, Carrier, SignatureBlock, Signed};
 use sealmq_audit::store::{Entry, now_ms};
 use sealmq_audit::{PublishRecord, Record, sha256};
 
 use crate::codec::v5;
-use crate::codec::v5::QoS;
 use crate::gateway::Shared;
 use crate::identity::{Device, Policy};
 use crate::replay::{Freshness, Window};
 use crate::retained::{Retained, RetainedStore};
-use crate::upstream::{down_topic, up_topic};
+use crate::route::Message;
+use tokio::time::Instant;
 
 /// The gateway's own user property on upstream packets: always the last
 /// one, added after everything the publisher sent (which goes on unaltered,
@@ -80,16 +82,13 @@ impl Route {
 // would only add an allocation on the hot path.
 #[allow(clippy::large_enum_variant)]
 pub enum Admission {
-    /// Log `entry`; once durable, send `forward` upstream with `route`
-    /// (its index filled in) attached.
+    /// Log `entry`; once durable, route `message` (its index filled in).
     Log {
         /// The record (with its replay-window update).
         entry: Entry,
-        /// The upstream packet: application payload, prefixed topic, the
-        /// publisher's properties (the SB as the `mqs1` property).
-        forward: v5::Publish,
-        /// What the router carries for the gateway.
-        route: Route,
+        /// What subscribers get: the application payload, the publisher's
+        /// properties (the SB as the `mqs1` property).
+        message: Message,
         /// The key that signed it, if any.
         kid: Option<mqs1::Kid>,
     },
@@ -164,34 +163,28 @@ pub fn admit(shared: &Shared, device: &Device, topic: &str, mut publish: v5::Pub
     }
     properties.topic_alias = None;
     properties.subscription_identifiers.clear();
-    let forward = v5::Publish {
-        dup: false,
-        // The router only routes: the gateway completes QoS 2 with the
-        // client itself, and subscribers are served at the QoS `route`
-        // carries, so QoS 1 is all the router's leg needs.
-        qos: if publish.qos == QoS::ExactlyOnce { QoS::AtLeastOnce } else { publish.qos },
-        // The gateway keeps retained messages itself (crate::retained).
-        retain: false,
-        topic: Bytes::from(up_topic(topic)),
-        pkid: publish.pkid,
+    let message = Message {
+        topic: Bytes::copy_from_slice(topic.as_bytes()),
         payload,
         properties: Some(properties),
+        qos: publish.qos as u8,
+        retain: publish.retain,
+        index: None,
+        from: Arc::from(device.id.as_str()),
+        at: Instant::now(),
     };
-    let route = Route { index: None, qos: publish.qos as u8, retain: publish.retain, from: device.id.clone() };
-    Admission::Log { entry, forward, route, kid: sb.map(|sb| sb.kid) }
+    Admission::Log { entry, message, kid: sb.map(|sb| sb.kid) }
 }
 
-/// Once a publish is durably logged (`route.index` set): if it was
-/// retained, make it the topic's retained message (or clear the topic, for
-/// an empty payload).
-pub fn remember_if_retained(retained: &RetainedStore, forward: &v5::Publish, route: &Route) {
-    if !route.retain {
+/// Once a publish is durably logged: if it was retained, make it the
+/// topic's retained message (or clear the topic, for an empty payload).
+pub fn remember_if_retained(retained: &RetainedStore, message: &Message) {
+    if !message.retain {
         return;
     }
-    let Some(topic) = std::str::from_utf8(&forward.topic).ok().and_then(down_topic) else { return };
-    let message =
-        Retained::new(route.index, route.qos, forward.payload.clone(), forward.properties.clone().unwrap_or_default());
-    retained.set(topic, message);
+    let properties = message.properties.clone().unwrap_or_default();
+    let held = Retained::new(message.index, message.qos, message.payload.clone(), properties);
+    retained.set(message.topic_str(), held);
 }
 
 /// Checks an SB against the device's keys and the replay window (spec/mqs1.md

@@ -10,7 +10,6 @@ use sealmq_audit::store::Log;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot, watch};
 
-use crate::codec::v5;
 use crate::config::BrokerConfig;
 use crate::descriptors::Acceptor;
 use crate::identity::Identities;
@@ -18,7 +17,7 @@ use crate::limits::LoginLimiter;
 use crate::replay::ReplayWindows;
 use crate::retained::RetainedStore;
 use crate::transport::{Listener, TlsSetup};
-use crate::upstream::UpstreamTarget;
+use crate::route::Router;
 
 /// Counters an operator watches.
 #[derive(Debug, Default)]
@@ -32,7 +31,7 @@ pub struct Stats {
     /// Connections refused at CONNECT.
     pub refused_connections: AtomicU64,
     /// Deliveries dropped because a session's queue was full.
-    pub dropped: AtomicU64,
+    pub dropped: Arc<AtomicU64>,
 }
 
 /// Asks the holder of a client id's session (a live connection or a parked
@@ -70,13 +69,11 @@ pub struct Shared {
     /// The latest retained message per topic, served by the gateway.
     pub retained: RetainedStore,
     /// The router.
-    pub upstream: UpstreamTarget,
+    pub router: Router,
     /// Counters.
     pub stats: Stats,
     /// Keys revoked while the broker runs: connections that used one close.
     pub revoked: broadcast::Sender<Arc<Vec<Kid>>>,
-    /// Wills and other publishes the gateway makes itself.
-    pub system: mpsc::Sender<v5::Publish>,
     /// True once the broker is shutting down.
     pub shutdown: watch::Receiver<bool>,
     /// Certificates for the TLS listeners, when configured.
@@ -187,7 +184,7 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, kind: Liste
 /// What an admitted connection holds until it ends.
 pub(crate) struct Slot {
     _connection: OwnedSemaphorePermit,
-    descriptors: OwnedSemaphorePermit,
+    _descriptors: OwnedSemaphorePermit,
 }
 
 impl Slot {
@@ -196,13 +193,7 @@ impl Slot {
     fn take(shared: &Shared) -> Option<Self> {
         let descriptors = Arc::clone(&shared.descriptor_slots).try_acquire_owned().ok()?;
         let connection = Arc::clone(&shared.connection_slots).try_acquire_owned().ok()?;
-        Some(Self { _connection: connection, descriptors })
-    }
-
-    /// What a parked session keeps: not a connection, but the descriptors
-    /// of its link to the router.
-    pub(crate) fn park(self) -> OwnedSemaphorePermit {
-        self.descriptors
+        Some(Self { _connection: connection, _descriptors: descriptors })
     }
 }
 

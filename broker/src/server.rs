@@ -10,7 +10,7 @@ use sealmq_audit::VerifierKey;
 use sealmq_audit::store::registry::{Registry, RegistryError, RegistrySnapshot};
 use sealmq_audit::store::{Log, LogConfig, StoreError};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, broadcast, mpsc, watch};
+use tokio::sync::{Semaphore, broadcast, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::BrokerConfig;
@@ -21,7 +21,7 @@ use crate::limits::LoginLimiter;
 use crate::replay::{ReplayWindows, Window};
 use crate::retained::RetainedStore;
 use crate::transport::{Listener, TlsSetup, TransportError};
-use crate::upstream::{UpstreamError, UpstreamTarget, start_embedded};
+use crate::route::{RouteError, Router, TopicIndex};
 
 /// How often the registry is checked for changes made by `sealmq device`.
 const REGISTRY_POLL: Duration = Duration::from_millis(250);
@@ -42,7 +42,7 @@ pub enum StartError {
     Registry(#[from] RegistryError),
     /// The router could not be started or reached.
     #[error(transparent)]
-    Upstream(#[from] UpstreamError),
+    Route(#[from] RouteError),
     /// The TLS certificates or key could not be used.
     #[error(transparent)]
     Tls(#[from] TransportError),
@@ -93,14 +93,14 @@ impl Broker {
         let budget = Budget::plan(raise_limit(), &config.limits, client_listeners, refusals)?;
         budget.report(config.limits.max_connections);
 
-        let upstream = match config.upstream.address {
-            Some(addr) => UpstreamTarget {
-                addr,
-                username: config.upstream.username.clone().unwrap_or_default(),
-                password: config.upstream.password.clone().unwrap_or_default(),
-            },
-            // Its links: one per connection or parked session, as many as the budget admits.
-            None => start_embedded(config.limits.max_packet_size, budget.clients).await?,
+        let router = match config.upstream.address {
+            Some(addr) => {
+                return Err(RouteError::Unavailable(format!(
+                    "an external router ({addr}) is not supported by this build; remove [upstream] address"
+                ))
+                .into());
+            }
+            None => Router::Embedded(TopicIndex::default()),
         };
         // What the records imply, whatever the stored table says (it is repaired if wrong).
         let retained = RetainedStore::load(&log.reconcile_retained().await?, log.reader()).await?;
@@ -124,7 +124,6 @@ impl Broker {
         let listeners = client_listeners.iter().map(|(kind, addr, _)| (*kind, *addr)).collect();
 
         let (stop, shutdown) = watch::channel(false);
-        let (system, system_rx) = mpsc::channel(1024);
         let (revoked, _) = broadcast::channel(16);
         let limits = config.limits.clone();
         let shared = Arc::new(Shared {
@@ -135,10 +134,9 @@ impl Broker {
             registry_gate: tokio::sync::RwLock::new(()),
             replay,
             retained,
-            upstream,
+            router,
             stats: Stats::default(),
             revoked,
-            system,
             shutdown,
             tls,
             logins: LoginLimiter::new(limits.max_failed_logins_per_minute),
@@ -150,7 +148,7 @@ impl Broker {
             next_generation: AtomicU64::new(0),
         });
         let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(crate::system::run(Arc::clone(&shared), system_rx, log.sealed_blocks())));
+        tasks.push(tokio::spawn(crate::system::run(Arc::clone(&shared), log.sealed_blocks())));
         let api = crate::http::ApiState::new(
             log.reader().clone(),
             registry.clone(),

@@ -18,6 +18,7 @@ use super::{Delivery, Inbox, Message, SessionId, SubOptions};
 #[derive(Debug, Clone)]
 struct Member {
     inbox: Arc<Inbox>,
+    filter: Arc<str>,
     options: SubOptions,
 }
 
@@ -103,7 +104,7 @@ fn remove_member(members: &mut Vec<Member>, session: SessionId) -> bool {
 
 impl Member {
     fn push(&self, message: &Arc<Message>) -> bool {
-        self.inbox.push(Delivery { message: Arc::clone(message), options: self.options })
+        self.inbox.push(Delivery { message: Arc::clone(message), filter: Arc::clone(&self.filter), options: self.options })
     }
 
     /// Whether the message was published by this member's own client (No Local).
@@ -217,7 +218,7 @@ impl TopicIndex {
         let (group, inner) = split_shared(filter);
         let mut root = self.root.write().unwrap_or_else(|p| p.into_inner());
         let (subscribers, _) = root.node_mut(inner);
-        subscribers.insert(group, Member { inbox: Arc::clone(inbox), options });
+        subscribers.insert(group, Member { inbox: Arc::clone(inbox), filter: filter.into(), options });
     }
 
     /// Removes one subscription; true if it existed.
@@ -278,7 +279,7 @@ mod tests {
         let topics = ["a", "a/b", "a/b/c", "b", "/a", "a//b", "$SYS/x", "$SYS", "x/b", "a/x/c", ""];
         let index = TopicIndex::default();
         let inboxes: Vec<Arc<Inbox>> =
-            (0..filters.len()).map(|i| Arc::new(Inbox::new(i as u64, 1_000, "c".into()))).collect();
+            (0..filters.len()).map(|i| Arc::new(Inbox::new(i as u64, 1_000, "c".into(), Default::default()))).collect();
         for (filter, inbox) in filters.iter().zip(&inboxes) {
             index.subscribe(inbox, filter, options(1));
         }
@@ -294,7 +295,7 @@ mod tests {
     #[test]
     fn overlapping_subscriptions_each_get_a_copy_at_their_qos() {
         let index = TopicIndex::default();
-        let inbox = Arc::new(Inbox::new(1, 100, "c".into()));
+        let inbox = Arc::new(Inbox::new(1, 100, "c".into(), Default::default()));
         index.subscribe(&inbox, "t/#", options(0));
         index.subscribe(&inbox, "t/a", options(2));
         index.publish(&message("t/a", "p"));
@@ -314,9 +315,9 @@ mod tests {
     #[test]
     fn a_shared_group_is_its_name_and_filter_and_takes_turns() {
         let index = TopicIndex::default();
-        let a = Arc::new(Inbox::new(1, 100, "a".into()));
-        let b = Arc::new(Inbox::new(2, 100, "b".into()));
-        let other_tenant = Arc::new(Inbox::new(3, 100, "x".into()));
+        let a = Arc::new(Inbox::new(1, 100, "a".into(), Default::default()));
+        let b = Arc::new(Inbox::new(2, 100, "b".into(), Default::default()));
+        let other_tenant = Arc::new(Inbox::new(3, 100, "x".into(), Default::default()));
         index.subscribe(&a, "$share/w/plant/#", options(1));
         index.subscribe(&b, "$share/w/plant/#", options(1));
         // Same share name, another filter: another group, never chosen for plant/….
@@ -333,7 +334,7 @@ mod tests {
     #[test]
     fn no_local_skips_the_publishers_own_subscription() {
         let index = TopicIndex::default();
-        let inbox = Arc::new(Inbox::new(1, 100, "me".into()));
+        let inbox = Arc::new(Inbox::new(1, 100, "me".into(), Default::default()));
         index.subscribe(&inbox, "t", SubOptions { no_local: true, ..options(1) });
         index.publish(&message("t", "me"));
         assert!(drain(&inbox).is_empty());
@@ -344,7 +345,7 @@ mod tests {
     #[test]
     fn a_full_inbox_drops_and_counts_and_empty_nodes_are_pruned() {
         let index = TopicIndex::default();
-        let inbox = Arc::new(Inbox::new(1, 2, "c".into()));
+        let inbox = Arc::new(Inbox::new(1, 2, "c".into(), Default::default()));
         index.subscribe(&inbox, "a/+/c/#", options(1));
         for _ in 0..5 {
             index.publish(&message("a/b/c/d", "p"));

@@ -123,7 +123,9 @@ pub struct SubOptions {
 pub struct Delivery {
     /// The message.
     pub message: Arc<Message>,
-    /// The subscription it matched.
+    /// The subscription's filter, as the client subscribed (`$share/…` included).
+    pub filter: Arc<str>,
+    /// The subscription's options.
     pub options: SubOptions,
 }
 
@@ -140,11 +142,13 @@ pub struct Inbox {
     limit: usize,
     overflowing: AtomicBool,
     dropped: AtomicU64,
+    /// The broker-wide count of dropped deliveries.
+    dropped_total: Arc<AtomicU64>,
 }
 
 impl Inbox {
     /// An empty inbox (it allocates nothing until the first delivery).
-    pub fn new(id: SessionId, limit: usize, client_id: Arc<str>) -> Self {
+    pub fn new(id: SessionId, limit: usize, client_id: Arc<str>, dropped_total: Arc<AtomicU64>) -> Self {
         Self {
             id,
             client_id,
@@ -153,6 +157,7 @@ impl Inbox {
             limit,
             overflowing: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
+            dropped_total,
         }
     }
 
@@ -183,6 +188,7 @@ impl Inbox {
         if queue.len() >= self.limit {
             drop(queue);
             self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.dropped_total.fetch_add(1, Ordering::Relaxed);
             if !self.overflowing.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
                     client_id = &*self.client_id,
@@ -203,8 +209,13 @@ impl Inbox {
 
     /// Takes the oldest delivery.
     pub fn pop(&self) -> Option<Delivery> {
+        self.pop_if(|_| true)
+    }
+
+    /// Takes the oldest delivery if `take` says so (it stays first otherwise).
+    pub fn pop_if(&self, take: impl FnOnce(&Delivery) -> bool) -> Option<Delivery> {
         let mut queue = self.lock();
-        let delivery = queue.pop_front();
+        let delivery = if queue.front().is_some_and(take) { queue.pop_front() } else { None };
         if self.overflowing.load(Ordering::Relaxed) && queue.len() <= self.limit / 2 {
             self.overflowing.store(false, Ordering::Relaxed);
             tracing::info!(client_id = &*self.client_id, "session queue below half: deliveries resume");
@@ -231,6 +242,12 @@ impl Inbox {
     /// (or at once, if one arrived before anyone waited).
     pub async fn ready(&self) {
         self.ready.notified().await;
+    }
+
+    /// Makes the next [`Inbox::ready`] resolve at once: for a session that
+    /// stopped taking deliveries before the inbox was empty.
+    pub fn wake(&self) {
+        self.ready.notify_one();
     }
 
     /// Frees the queue's memory once a burst is over.

@@ -1,0 +1,328 @@
+//! The connection's loop: packets from the client, finished appends, and
+//! deliveries the router left in the session's inbox, each handled as it
+//! comes, with one write to the client per wake-up.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::FuturesOrdered;
+use futures_util::{FutureExt, StreamExt};
+use sealmq_audit::mqs1::Kid;
+use tokio::time::Instant;
+
+use super::connect::Client;
+use super::publish::{Pending, Qos2In};
+use super::{End, Exit, PIPELINE_DEPTH, sleep_until, stopped};
+use crate::codec::{ClientCodec, v5};
+use crate::gateway::{Shared, TakeRequest};
+use crate::identity::Device;
+use crate::limits::PublishRate;
+use crate::route::{Inbox, SubOptions};
+
+use v5::{DisconnectReasonCode as Dc, PubRecReason};
+
+/// What the relay keeps per session: what lives on between connections of
+/// a persistent session, and the current connection's settings.
+pub(crate) struct Relay {
+    pub(super) shared: Arc<Shared>,
+    pub(super) codec: ClientCodec,
+    pub(super) device: Arc<Device>,
+    /// The registry generation `device` was looked up under.
+    pub(super) registry_seen: u64,
+    pub(super) client_id: Arc<str>,
+    pub(super) problem_info: bool,
+    /// Whether deliveries carry the record's index ([`crate::admission::PROP_RECEIPTS`]).
+    pub(super) receipts: bool,
+    pub(super) aliases: HashMap<u16, Bytes>,
+    /// The session's subscriptions, by filter as the client wrote it.
+    pub(super) subscriptions: HashMap<Arc<str>, SubOptions>,
+    /// Where the router leaves the session's deliveries.
+    pub(super) inbox: Arc<Inbox>,
+    /// Client QoS 2 publishes awaiting PUBREL, by packet id.
+    pub(super) qos2_in: HashMap<u16, Qos2In>,
+    /// QoS 1/2 publishes from the client not yet completed (its Receive Maximum is ours).
+    pub(super) inflight: usize,
+    pub(super) used_kids: HashSet<Kid>,
+    pub(super) pipeline: FuturesOrdered<Pending>,
+    /// QoS 1/2 deliveries the client may have unacknowledged at once: its
+    /// Receive Maximum, at most `limits.max_inflight`.
+    pub(super) window: usize,
+    /// QoS 1/2 deliveries sent and not completed by the client, by packet id.
+    pub(super) outgoing: HashMap<u16, Outgoing>,
+    /// Numbers deliveries in sending order, to resend them in that order.
+    pub(super) next_seq: u64,
+    pub(super) next_pkid: u16,
+    /// The client's publish budget: past it, reading from it pauses.
+    pub(super) rate: PublishRate,
+}
+
+/// A QoS 1/2 delivery the client has not completed.
+pub(super) struct Outgoing {
+    pub(super) seq: u64,
+    pub(super) qos: u8,
+    /// Awaiting PUBACK or PUBREC: kept to be sent again, with DUP, when a
+    /// persistent session resumes. `None` for QoS 2 past PUBREC: PUBREL
+    /// sent, awaiting PUBCOMP.
+    pub(super) publish: Option<v5::Publish>,
+}
+
+impl Relay {
+    pub(super) fn new(
+        shared: &Arc<Shared>,
+        codec: ClientCodec,
+        device: Arc<Device>,
+        inbox: Arc<Inbox>,
+        problem_info: bool,
+        window: usize,
+    ) -> Self {
+        Self {
+            shared: Arc::clone(shared),
+            codec,
+            device,
+            registry_seen: shared.registry_generation(),
+            client_id: Arc::from(inbox.client_id()),
+            problem_info,
+            receipts: false,
+            aliases: HashMap::new(),
+            subscriptions: HashMap::new(),
+            inbox,
+            qos2_in: HashMap::new(),
+            inflight: 0,
+            used_kids: HashSet::new(),
+            pipeline: FuturesOrdered::new(),
+            window,
+            outgoing: HashMap::new(),
+            next_seq: 0,
+            next_pkid: 1,
+            rate: PublishRate::new(shared.config.limits.max_publish_rate),
+        }
+    }
+
+    /// Resumes a persistent session on a new connection: what the client
+    /// had not acknowledged goes again, in its first order (PUBLISH with
+    /// DUP, or PUBREL), then what arrived while it was away.
+    pub(super) async fn resume(&mut self, client: &mut Client) -> Result<(), End> {
+        let mut order: Vec<(u64, u16)> = self.outgoing.iter().map(|(&pkid, out)| (out.seq, pkid)).collect();
+        order.sort_unstable();
+        for (_, pkid) in order {
+            let packet = match &self.outgoing[&pkid].publish {
+                Some(publish) => {
+                    let mut publish = publish.clone();
+                    publish.dup = true;
+                    v5::Packet::Publish(publish)
+                }
+                None => v5::Packet::PubRel(v5::PubRel::new(pkid, None)),
+            };
+            client.queue(&self.codec, &packet)?;
+        }
+        self.pump(client)
+    }
+
+    /// Looks the device up again when the registry changed since it last
+    /// was: every registry change applies to the session from its next
+    /// decision on, and subscriptions its ACL no longer allows end. `false`
+    /// when the device may no longer connect at all.
+    pub(super) async fn refresh_device(&mut self) -> bool {
+        let generation = self.shared.registry_generation();
+        if generation == self.registry_seen {
+            return true;
+        }
+        let Ok(device) = self.shared.identities().lookup(&self.client_id) else { return false };
+        self.device = device;
+        self.registry_seen = generation;
+        let refused: Vec<Arc<str>> =
+            self.subscriptions.keys().filter(|filter| !self.device.may_subscribe(filter)).cloned().collect();
+        for filter in refused {
+            tracing::info!(client_id = &*self.client_id, %filter, "subscription ended: its ACL no longer allows it");
+            self.subscriptions.remove(&filter);
+            self.shared.router.unsubscribe(&self.inbox, &filter).await;
+        }
+        true
+    }
+
+    /// Takes every subscription of the session out of the router (the
+    /// session ends).
+    pub(super) async fn end_subscriptions(self) {
+        for filter in self.subscriptions.keys() {
+            self.shared.router.unsubscribe(&self.inbox, filter).await;
+        }
+    }
+
+    pub(super) async fn relay(
+        &mut self,
+        client: &mut Client,
+        keep_alive: u16,
+        takes: &mut tokio::sync::mpsc::Receiver<TakeRequest>,
+    ) -> Result<Exit, End> {
+        let client_timeout = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+        let mut client_deadline = client_timeout.map(|t| Instant::now() + t);
+        let mut shutdown = self.shared.shutdown.clone();
+        let mut revoked = self.shared.revoked.subscribe();
+        let inbox = Arc::clone(&self.inbox);
+        loop {
+            // A client over its publish rate is not read from until it has
+            // budget again: slowed down, and nothing it sent is lost.
+            let throttled = self.rate.wait_until();
+            let reading = self.pipeline.len() < PIPELINE_DEPTH && throttled.is_none();
+            // Packets already buffered are handled before reading more.
+            if reading {
+                match self.codec.decode(&mut client.buf) {
+                    Ok(Some(packet)) => {
+                        client_deadline = client_timeout.map(|t| Instant::now() + t);
+                        match self.on_client_packet(client, packet).await? {
+                            None => continue,
+                            Some(exit) => {
+                                self.drain(client).await?;
+                                return Ok(exit);
+                            }
+                        }
+                    }
+                    Ok(None) => client.release_idle_buffer(),
+                    Err(e) => {
+                        tracing::info!(client_id = &*self.client_id, error = %e, "malformed packet from client");
+                        self.disconnect(client, e.v5_reason(), &e.to_string()).await;
+                        self.drain(client).await?;
+                        return Ok(Exit::Abnormal);
+                    }
+                }
+            }
+            // Everything handled so far goes out in one write.
+            client.flush().await?;
+            tokio::select! {
+                read = client.read_more(), if reading => {
+                    if !read? {
+                        // EOF without DISCONNECT: abnormal, the will goes out.
+                        self.drain(client).await?;
+                        return Ok(Exit::Abnormal);
+                    }
+                }
+                Some(logged) = self.pipeline.next() => {
+                    self.forward(client, logged).await?;
+                    while let Some(Some(logged)) = self.pipeline.next().now_or_never() {
+                        self.forward(client, logged).await?;
+                    }
+                }
+                () = inbox.ready() => {
+                    // Deliveries are decided under the registry as it is too
+                    // (a narrowed subscribe ACL ends subscriptions).
+                    if !self.refresh_device().await {
+                        self.disconnect(client, Dc::NotAuthorized, "the device is no longer registered").await;
+                        self.drain(client).await?;
+                        return Ok(Exit::Abnormal);
+                    }
+                    self.pump(client)?;
+                }
+                () = sleep_until(throttled) => {}
+                () = sleep_until(client_deadline) => {
+                    tracing::info!(client_id = &*self.client_id, "keep-alive expired");
+                    self.disconnect(client, Dc::KeepAliveTimeout, "keep-alive expired").await;
+                    self.drain(client).await?;
+                    return Ok(Exit::Abnormal);
+                }
+                Some(reply) = takes.recv() => {
+                    self.disconnect(client, Dc::SessionTakenOver, "another connection took over this client id").await;
+                    self.drain(client).await?;
+                    return Ok(Exit::TakenOver(reply));
+                }
+                kids = revoked.recv() => {
+                    if let Ok(kids) = kids && kids.iter().any(|kid| self.used_kids.contains(kid)) {
+                        self.disconnect(client, Dc::NotAuthorized, "a key this connection signed with was revoked").await;
+                        self.drain(client).await?;
+                        return Ok(Exit::Abnormal);
+                    }
+                }
+                () = stopped(&mut shutdown) => {
+                    self.drain(client).await?;
+                    self.disconnect(client, Dc::ServerShuttingDown, "the broker is shutting down").await;
+                    return Ok(Exit::Shutdown);
+                }
+            }
+        }
+    }
+
+    /// Routes everything still being logged (so nothing logged is lost).
+    async fn drain(&mut self, client: &mut Client) -> Result<(), End> {
+        while let Some(logged) = self.pipeline.next().await {
+            self.forward(client, logged).await?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn disconnect(&mut self, client: &mut Client, reason: Dc, why: &str) {
+        let properties = self.problem_info.then(|| v5::DisconnectProperties {
+            session_expiry_interval: None,
+            reason_string: Some(why.to_string()),
+            user_properties: Vec::new(),
+            server_reference: None,
+        });
+        let _ = client.queue(&self.codec, &v5::Packet::Disconnect(v5::Disconnect { reason_code: reason, properties }));
+        let _ = client.flush().await;
+    }
+
+    /// Handles one packet from the client; `Some` ends the connection.
+    async fn on_client_packet(&mut self, client: &mut Client, packet: v5::Packet) -> Result<Option<Exit>, End> {
+        match packet {
+            v5::Packet::Publish(publish) => {
+                self.rate.spend();
+                return self.client_publish(client, publish).await;
+            }
+            v5::Packet::PubAck(ack) => {
+                if matches!(self.outgoing.get(&ack.pkid), Some(out) if out.qos == 1) {
+                    self.outgoing.remove(&ack.pkid);
+                    self.pump(client)?;
+                }
+            }
+            v5::Packet::PubRec(rec) => {
+                let Some(out) = self.outgoing.get_mut(&rec.pkid) else { return Ok(None) };
+                if out.qos != 2 || out.publish.is_none() {
+                    return Ok(None);
+                }
+                if matches!(rec.reason, PubRecReason::Success | PubRecReason::NoMatchingSubscribers) {
+                    out.publish = None;
+                    client.queue(&self.codec, &v5::Packet::PubRel(v5::PubRel::new(rec.pkid, None)))?;
+                } else {
+                    // A PUBREC with an error code ends the exchange (MQTT 5 §4.3.3).
+                    self.outgoing.remove(&rec.pkid);
+                    self.pump(client)?;
+                }
+            }
+            v5::Packet::PubRel(rel) => {
+                let mut comp = v5::PubComp::new(rel.pkid, None);
+                if let Some(Qos2In::Recorded { .. }) = self.qos2_in.get(&rel.pkid) {
+                    self.qos2_in.remove(&rel.pkid);
+                    self.inflight = self.inflight.saturating_sub(1);
+                } else {
+                    // Unknown, or released before its PUBREC was sent.
+                    comp.reason = v5::PubCompReason::PacketIdentifierNotFound;
+                }
+                client.queue(&self.codec, &v5::Packet::PubComp(comp))?;
+            }
+            v5::Packet::PubComp(comp) => {
+                if matches!(self.outgoing.get(&comp.pkid), Some(out) if out.qos == 2 && out.publish.is_none()) {
+                    self.outgoing.remove(&comp.pkid);
+                    self.pump(client)?;
+                }
+            }
+            v5::Packet::Subscribe(subscribe) => self.client_subscribe(client, subscribe).await?,
+            v5::Packet::Unsubscribe(unsubscribe) => self.client_unsubscribe(client, unsubscribe).await?,
+            v5::Packet::PingReq(_) => client.queue(&self.codec, &v5::Packet::PingResp(v5::PingResp))?,
+            v5::Packet::Disconnect(disconnect) => {
+                let publish_will = disconnect.reason_code == Dc::DisconnectWithWillMessage;
+                let session_expiry = disconnect.properties.and_then(|p| p.session_expiry_interval);
+                return Ok(Some(Exit::Normal { publish_will, session_expiry }));
+            }
+            v5::Packet::Connect(..) => {
+                self.disconnect(client, Dc::ProtocolError, "a second CONNECT").await;
+                return Ok(Some(Exit::Abnormal));
+            }
+            other => {
+                tracing::info!(client_id = &*self.client_id, packet = ?other, "packet not allowed from a client");
+                self.disconnect(client, Dc::ProtocolError, "packet type not allowed from a client").await;
+                return Ok(Some(Exit::Abnormal));
+            }
+        }
+        Ok(None)
+    }
+}
