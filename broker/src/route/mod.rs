@@ -9,6 +9,7 @@
 //! - [`Router`]: the one interface sessions use, whatever routes.
 
 pub mod index;
+pub mod wire;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
