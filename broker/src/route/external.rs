@@ -488,3 +488,97 @@ impl Shared {
         Some(publish)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A router's shared state without connections: what goes upstream and
+    /// what comes back, without a broker.
+    fn gateway(id: &str) -> Shared {
+        Shared {
+            gateway_id: id.into(),
+            table: RwLock::default(),
+            links: Vec::new(),
+            dropped: AtomicU64::new(0),
+            losses: AtomicU64::new(0),
+            ignored: AtomicU64::new(0),
+            unrouted: AtomicU64::new(0),
+        }
+    }
+
+    fn message(topic: &str, properties: Option<v5::PublishProperties>) -> Message {
+        Message {
+            topic: Bytes::copy_from_slice(topic.as_bytes()),
+            payload: Bytes::from_static(b"p"),
+            properties,
+            qos: 2,
+            retain: true,
+            index: Some(42),
+            from: "dev 1".into(),
+            at: Instant::now(),
+        }
+    }
+
+    /// A routed copy of `publish` as the broker would send it.
+    fn routed(mut publish: v5::Publish, ids: Vec<usize>) -> v5::Publish {
+        publish.properties.get_or_insert_with(Default::default).subscription_identifiers = ids;
+        publish
+    }
+
+    #[test]
+    fn a_message_goes_upstream_and_comes_back_the_same() {
+        let (a, b) = (gateway("gw-a"), gateway("gw-b"));
+        let properties = v5::PublishProperties {
+            content_type: Some("text/plain".into()),
+            user_properties: vec![("k".into(), "v".into())],
+            topic_alias: Some(3),
+            subscription_identifiers: vec![9],
+            ..Default::default()
+        };
+        for (topic, properties) in [("a/b", Some(properties)), ("$SYS/x", None)] {
+            let sent = message(topic, properties.clone());
+            let up = b.upstream(&sent, QoS::AtLeastOnce, 7).unwrap();
+            assert!(!up.retain && up.qos == QoS::AtLeastOnce && up.pkid == 7, "never retained upstream");
+            assert_eq!(&up.topic[..], up_topic(topic).as_bytes());
+            let (back, ids) = a.rebuild(routed(up.clone(), vec![4, 5])).unwrap();
+            assert_eq!(ids, [4, 5]);
+            assert_eq!(
+                (back.topic_str(), &back.payload[..], back.qos, back.retain, back.index),
+                (topic, &b"p"[..], 2, true, Some(42))
+            );
+            let expected =
+                properties.map(|p| v5::PublishProperties { topic_alias: None, subscription_identifiers: vec![], ..p });
+            assert_eq!(back.properties, expected);
+            assert_eq!(&*back.from, "gw-b\0dev 1", "another gateway's publisher");
+            assert_eq!(&*b.rebuild(routed(up, vec![1])).unwrap().0.from, "dev 1", "this gateway's own");
+        }
+    }
+
+    #[test]
+    fn expiry_counts_the_time_queued_and_expired_messages_stay_behind() {
+        let gw = gateway("gw");
+        let expiring = |seconds| v5::PublishProperties { message_expiry_interval: Some(seconds), ..Default::default() };
+        let mut queued = message("t", Some(expiring(10)));
+        queued.at = Instant::now() - Duration::from_secs(4);
+        let up = gw.upstream(&queued, QoS::AtLeastOnce, 1).unwrap();
+        assert_eq!(up.properties.unwrap().message_expiry_interval, Some(6));
+        queued.properties = Some(expiring(4));
+        assert!(gw.upstream(&queued, QoS::AtLeastOnce, 1).is_none());
+    }
+
+    #[test]
+    fn what_no_gateway_wrote_is_ignored() {
+        let gw = gateway("gw");
+        let plain = v5::Publish::new("t/x", QoS::AtLeastOnce, "p", None);
+        assert!(gw.rebuild(routed(plain, vec![1])).is_none(), "no route");
+        let mut foreign = gw.upstream(&message("x", None), QoS::AtLeastOnce, 1).unwrap();
+        foreign.topic = Bytes::from_static(b"other/x");
+        assert!(gw.rebuild(foreign.clone()).is_none(), "not a gateway's topic");
+        foreign.topic = Bytes::from_static(b"t/\xff");
+        assert!(gw.rebuild(foreign).is_none(), "not UTF-8");
+        let mut forged = v5::Publish::new("t/x", QoS::AtLeastOnce, "p", None);
+        Route { index: None, qos: 1, retain: false, from: "no-gateway".into() }.attach(&mut forged);
+        assert_eq!(&*gw.rebuild(forged).unwrap().0.from, "\0no-gateway", "never a local client");
+    }
+}
