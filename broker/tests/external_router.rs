@@ -359,3 +359,54 @@ async fn routers_reconnect_and_resubscribe_when_the_broker_restarts() {
     assert_eq!(indexes(&take(&late, 1).await), [5]);
     assert!(a.stats().connection_losses >= 2 && b.stats().connection_losses >= 2, "both connections of each");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_sending_nonsense_costs_a_reconnection_never_a_panic() {
+    use sealmq_broker::codec::encode_v5;
+    use sealmq_broker::codec::v5::{ConnAck, ConnectReturnCode, Packet, PubAck, Publish, QoS};
+    use sealmq_broker::route::wire::Route;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    // A fake broker: CONNACK to everyone, then per connection, in order of
+    // arrival: packets that make no sense here (the first two: the
+    // router's first connections), a length past any limit, a reserved
+    // packet type; after that, silence.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        for n in 0.. {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut out = bytes::BytesMut::new();
+                let ack = ConnAck { session_present: false, code: ConnectReturnCode::Success, properties: None };
+                encode_v5(&Packet::ConnAck(ack), &mut out).unwrap();
+                match n {
+                    0 | 1 => {
+                        let unrouted = Publish::new("t/x", QoS::AtMostOnce, "no route", None);
+                        encode_v5(&Packet::Publish(unrouted), &mut out).unwrap();
+                        let mut stray = Publish::new("t/x", QoS::AtMostOnce, "nobody's", None);
+                        Route { index: Some(1), qos: 0, retain: false, from: "gw-x/c".into() }.attach(&mut stray);
+                        stray.properties.as_mut().unwrap().subscription_identifiers = vec![99];
+                        encode_v5(&Packet::Publish(stray), &mut out).unwrap();
+                        encode_v5(&Packet::PubAck(PubAck::new(7, None)), &mut out).unwrap();
+                    }
+                    2 => out.extend_from_slice(&[0x30, 0xFF, 0xFF, 0xFF, 0x7F]),
+                    3 => out.extend_from_slice(&[0x00, 0x00]),
+                    _ => {}
+                }
+                let mut connect = [0u8; 1024];
+                let _ = stream.read(&mut connect).await;
+                let _ = stream.write_all(&out).await;
+                while stream.read(&mut connect).await.is_ok_and(|read| read > 0) {}
+            });
+        }
+    });
+    let router = External::connect(&address, "user", "secret", "gw-a", 2).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(router.stats().connection_losses >= 4 && router.is_ready()) {
+        assert!(Instant::now() < deadline, "{:?}", router.stats());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stats = router.stats();
+    assert_eq!((stats.connection_losses, stats.ignored_publishes, stats.unrouted_copies), (4, 2, 2));
+}
