@@ -17,10 +17,6 @@ use crate::retained::{Retained, RetainedStore};
 use crate::route::Message;
 use tokio::time::Instant;
 
-/// The gateway's own user property on upstream packets: always the last
-/// one, added after everything the publisher sent (which goes on unaltered,
-/// [MQTT-3.3.2-17/18]) and taken off again before delivery. See [`Route`].
-pub const PROP_ROUTE: &str = "sealmq-route";
 /// The record's log index: on PUBACK/PUBREC, and on deliveries to
 /// subscribers that ask for receipts ([`PROP_RECEIPTS`]).
 pub const PROP_INDEX: &str = "sealmq-index";
@@ -32,50 +28,6 @@ pub const PROP_RECEIPTS: &str = "sealmq-receipts";
 pub const NOT_AUTHORIZED: u8 = 0x87;
 /// A malformed MQS1 envelope or property.
 pub const PAYLOAD_FORMAT_INVALID: u8 = 0x99;
-
-/// What the router must carry for the gateway beside a publish: the
-/// semantics the router does not keep (the published QoS and retain flag,
-/// the publisher for No Local) and the record's log index.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Route {
-    /// The record's log index; `None` for the gateway's own `$SYS` publishes.
-    pub index: Option<u64>,
-    /// QoS as published (the router delivers at the subscription's).
-    pub qos: u8,
-    /// Published retained (the router clears the flag on live deliveries).
-    pub retain: bool,
-    /// The publisher's client id (empty for the gateway itself).
-    pub from: String,
-}
-
-impl Route {
-    /// Appends the route as the last user property of an upstream publish.
-    pub fn attach(&self, publish: &mut v5::Publish) {
-        let index = self.index.map_or_else(|| "-".to_string(), |i| i.to_string());
-        let value = format!("{index} {} {} {}", self.qos, u8::from(self.retain), self.from);
-        publish.properties.get_or_insert_with(Default::default).user_properties.push((PROP_ROUTE.to_string(), value));
-    }
-
-    /// Takes the route off a routed publish's properties: the last user
-    /// property, when it is one (the gateway adds it after the
-    /// publisher's own, so a publisher cannot forge it).
-    pub fn detach(properties: &mut v5::PublishProperties) -> Option<Self> {
-        let (name, value) = properties.user_properties.last()?;
-        if name != PROP_ROUTE {
-            return None;
-        }
-        let mut parts = value.splitn(4, ' ');
-        let index = match parts.next()? {
-            "-" => None,
-            index => Some(index.parse().ok()?),
-        };
-        let qos = parts.next()?.parse().ok().filter(|q| *q <= 2)?;
-        let retain = parts.next()? == "1";
-        let from = parts.next()?.to_string();
-        properties.user_properties.pop();
-        Some(Self { index, qos, retain, from })
-    }
-}
 
 /// What to do with a PUBLISH.
 // Made once per publish and taken apart at once: boxing the large variant

@@ -592,7 +592,8 @@ fn kind_name(kind: u8) -> &'static str {
     }
 }
 
-fn packet_name(packet: &v5::Packet) -> &'static str {
+/// A packet's name, for messages (never its content, which may be large).
+pub fn packet_name(packet: &v5::Packet) -> &'static str {
     use v5::Packet as P;
     match packet {
         P::Auth(_) => "AUTH",

@@ -214,13 +214,15 @@ impl Default for Limits {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Upstream {
-    /// An external MQTT 5 broker (`host:port`); default: the embedded rumqttd
-    /// on a loopback port with a random per-boot credential.
+    /// An external MQTT 5 broker or cluster (`host:port`) that routes
+    /// between gateways; default: none, routing in process.
     pub address: Option<SocketAddr>,
     /// Username for the external broker.
     pub username: Option<String>,
     /// Password for the external broker.
     pub password: Option<String>,
+    /// Connections to the external broker, shared by all clients (default 2).
+    pub connections: Option<usize>,
 }
 
 /// A configuration file could not be used.

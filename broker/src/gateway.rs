@@ -16,8 +16,8 @@ use crate::identity::Identities;
 use crate::limits::LoginLimiter;
 use crate::replay::ReplayWindows;
 use crate::retained::RetainedStore;
-use crate::transport::{Listener, TlsSetup};
 use crate::route::Router;
+use crate::transport::{Listener, TlsSetup};
 
 /// Counters an operator watches.
 #[derive(Debug, Default)]

@@ -20,14 +20,17 @@ use crate::identity::Identities;
 use crate::limits::LoginLimiter;
 use crate::replay::{ReplayWindows, Window};
 use crate::retained::RetainedStore;
-use crate::transport::{Listener, TlsSetup, TransportError};
+use crate::route::external::External;
 use crate::route::{RouteError, Router, TopicIndex};
+use crate::transport::{Listener, TlsSetup, TransportError};
 
 /// How often the registry is checked for changes made by `sealmq device`.
 const REGISTRY_POLL: Duration = Duration::from_millis(250);
 /// Connections past the connection limit answered with a refusal at
 /// once; beyond these they are closed unanswered.
 const REFUSALS_AT_ONCE: usize = 64;
+/// Connections to an external router when the configuration names none.
+const EXTERNAL_CONNECTIONS: usize = 2;
 /// Argon2 password checks at once (each is tens of ms of one core).
 const PASSWORD_CHECKS_AT_ONCE: usize = 4;
 
@@ -95,10 +98,22 @@ impl Broker {
 
         let router = match config.upstream.address {
             Some(addr) => {
-                return Err(RouteError::Unavailable(format!(
-                    "an external router ({addr}) is not supported by this build; remove [upstream] address"
-                ))
-                .into());
+                // Named after this gateway's log, so every gateway in front of
+                // the broker has its own connections (and keeps them across
+                // restarts), and none knocks another off.
+                let origin = log.reader().verifier_key().name().to_string();
+                let gateway_id = hex::encode(&sealmq_audit::sha256(origin.as_bytes())[..8]);
+                let upstream = &config.upstream;
+                let external = External::connect(
+                    &addr.to_string(),
+                    upstream.username.as_deref().unwrap_or_default(),
+                    upstream.password.as_deref().unwrap_or_default(),
+                    &gateway_id,
+                    upstream.connections.unwrap_or(EXTERNAL_CONNECTIONS),
+                )
+                .await?;
+                tracing::info!(%addr, gateway_id, "routing through an external broker");
+                Router::External(external)
             }
             None => Router::Embedded(TopicIndex::default()),
         };

@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::codec::{CodecError, decode_v5, encode_v5, v5};
+pub use crate::route::wire::{down_topic, up_filter, up_topic};
 
 /// Where and how to reach the router.
 #[derive(Clone)]
@@ -52,39 +53,6 @@ pub enum UpstreamError {
     /// The embedded router did not come up.
     #[error("the embedded router did not start: {0}")]
     Start(String),
-}
-
-/// Topic prefix upstream for topics that do not start with `$`.
-const PLAIN: &str = "t/";
-/// Topic prefix upstream for `$` topics, which `#` and `+` must not match.
-const DOLLAR: &str = "d/";
-/// The shared-subscription prefix, which rumqttd interprets itself.
-const SHARE: &str = "$share/";
-
-/// The upstream name of a topic, or of a filter that is not shared.
-pub fn up_topic(topic: &str) -> String {
-    if topic.starts_with('$') { format!("{DOLLAR}{topic}") } else { format!("{PLAIN}{topic}") }
-}
-
-/// The upstream form of a filter. A shared subscription is one group per
-/// share name *and* filter (MQTT 5 §4.8.2), but rumqttd keys its groups by
-/// name alone (and then waits on members whose filter never matches), so
-/// the group goes upstream named by a hash of both: the same on every
-/// gateway, distinct for every (name, filter).
-pub fn up_filter(filter: &str) -> String {
-    if let Some(rest) = filter.strip_prefix(SHARE)
-        && let Some((group, inner)) = rest.split_once('/')
-    {
-        let key = sealmq_audit::sha256(format!("{group}\0{inner}").as_bytes());
-        return format!("{SHARE}g{}/{}", hex::encode(&key[..12]), up_topic(inner));
-    }
-    up_topic(filter)
-}
-
-/// The client-facing name of an upstream topic; `None` for a topic the
-/// gateway did not write.
-pub fn down_topic(topic: &str) -> Option<&str> {
-    topic.strip_prefix(PLAIN).or_else(|| topic.strip_prefix(DOLLAR).filter(|t| t.starts_with('$')))
 }
 
 /// The upstream client id of one link of a client: hex, so that no
@@ -378,20 +346,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn topics_and_filters_get_ascii_prefixes_and_come_back() {
-        assert_eq!(up_topic("é/x"), "t/é/x");
-        assert_eq!(up_topic("$SYS/sealmq/checkpoint"), "d/$SYS/sealmq/checkpoint");
-        assert_eq!(up_filter("#"), "t/#");
-        assert_eq!(up_filter("$SYS/#"), "d/$SYS/#");
-        let shared = up_filter("$share/g/a/+");
-        assert!(shared.starts_with("$share/g") && shared.ends_with("/t/a/+"), "{shared}");
-        assert_eq!(shared, up_filter("$share/g/a/+"), "the same group on every gateway");
-        assert_ne!(shared, up_filter("$share/g/b/+"), "one group per (name, filter)");
-        assert_ne!(shared, up_filter("$share/h/a/+"));
-        assert_eq!(down_topic("t/é/x"), Some("é/x"));
-        assert_eq!(down_topic("d/$SYS/x"), Some("$SYS/x"));
-        assert_eq!(down_topic("d/x"), None);
-        assert_eq!(down_topic("x"), None);
+    fn client_ids_are_hex_and_per_link() {
         assert_eq!(up_client_id("a/b+#", 26), "c612f622b23-1a");
     }
 }

@@ -6,6 +6,7 @@
 pub mod broker;
 pub mod http;
 pub mod logged;
+pub mod mosquitto;
 pub mod mqtt;
 pub mod signed;
 

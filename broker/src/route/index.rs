@@ -16,10 +16,10 @@ use super::{Delivery, Inbox, Message, SessionId, SubOptions};
 
 /// One subscriber of a filter.
 #[derive(Debug, Clone)]
-struct Member {
-    inbox: Arc<Inbox>,
-    filter: Arc<str>,
-    options: SubOptions,
+pub(super) struct Member {
+    pub(super) inbox: Arc<Inbox>,
+    pub(super) filter: Arc<str>,
+    pub(super) options: SubOptions,
 }
 
 /// A shared subscription group: its share name, at its filter's node, so a
@@ -31,19 +31,20 @@ struct Group {
     next: AtomicUsize,
 }
 
-/// The subscribers of one filter.
+/// The subscribers of one filter (the external router keeps one per
+/// distinct filter too).
 #[derive(Debug, Default)]
-struct Subscribers {
+pub(super) struct Subscribers {
     plain: Vec<Member>,
     groups: Vec<Group>,
 }
 
 impl Subscribers {
-    fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.plain.is_empty() && self.groups.is_empty()
     }
 
-    fn insert(&mut self, group: Option<&str>, member: Member) {
+    pub(super) fn insert(&mut self, group: Option<&str>, member: Member) {
         let id = member.inbox.id();
         let members = match group {
             None => &mut self.plain,
@@ -61,7 +62,7 @@ impl Subscribers {
         }
     }
 
-    fn remove(&mut self, group: Option<&str>, session: SessionId) -> bool {
+    pub(super) fn remove(&mut self, group: Option<&str>, session: SessionId) -> bool {
         match group {
             None => remove_member(&mut self.plain, session),
             Some(name) => {
@@ -77,7 +78,7 @@ impl Subscribers {
 
     /// Hands `message` to every plain subscriber and to one member of each
     /// group (round robin, skipping members whose inbox is full).
-    fn deliver(&self, message: &Arc<Message>, delivered: &mut usize) {
+    pub(super) fn deliver(&self, message: &Arc<Message>, delivered: &mut usize) {
         for member in &self.plain {
             if member.options.no_local && member.is_publisher(message) {
                 continue;
@@ -104,7 +105,11 @@ fn remove_member(members: &mut Vec<Member>, session: SessionId) -> bool {
 
 impl Member {
     fn push(&self, message: &Arc<Message>) -> bool {
-        self.inbox.push(Delivery { message: Arc::clone(message), filter: Arc::clone(&self.filter), options: self.options })
+        self.inbox.push(Delivery {
+            message: Arc::clone(message),
+            filter: Arc::clone(&self.filter),
+            options: self.options,
+        })
     }
 
     /// Whether the message was published by this member's own client (No Local).
@@ -204,7 +209,7 @@ pub struct TopicIndex {
 }
 
 /// A filter split into its share name (if shared) and the filter proper.
-fn split_shared(filter: &str) -> (Option<&str>, &str) {
+pub(super) fn split_shared(filter: &str) -> (Option<&str>, &str) {
     match filter.strip_prefix("$share/").and_then(|rest| rest.split_once('/')) {
         Some((group, inner)) => (Some(group), inner),
         None => (None, filter),

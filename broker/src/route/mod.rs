@@ -6,9 +6,16 @@
 //! - [`Inbox`]: where the router leaves a session's deliveries, bounded;
 //! - [`TopicIndex`] ([`index`]): the in-process router: subscriptions by
 //!   topic level, shared groups by share name and filter;
+//! - [`External`] ([`external`]): the same over an external MQTT 5 broker
+//!   or cluster shared by several gateways, through a few connections
+//!   ([`link`]) carrying what [`wire`] describes;
 //! - [`Router`]: the one interface sessions use, whatever routes.
 
+mod connection;
+pub mod external;
 pub mod index;
+pub mod link;
+pub mod wire;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -21,6 +28,7 @@ use tokio::time::Instant;
 
 use crate::codec::v5;
 
+pub use external::External;
 pub use index::TopicIndex;
 
 /// A session's identity in the router (unique for the broker's life).
@@ -44,6 +52,8 @@ pub enum RouteError {
 pub enum Router {
     /// In this process: the gateway's own topic index (the default).
     Embedded(TopicIndex),
+    /// An external MQTT 5 broker or cluster, shared with other gateways.
+    External(External),
 }
 
 impl Router {
@@ -56,6 +66,7 @@ impl Router {
                 index.subscribe(inbox, filter, options);
                 Ok(())
             }
+            Router::External(external) => external.subscribe(inbox, filter, options).await,
         }
     }
 
@@ -63,6 +74,7 @@ impl Router {
     pub async fn unsubscribe(&self, inbox: &Arc<Inbox>, filter: &str) -> bool {
         match self {
             Router::Embedded(index) => index.unsubscribe(inbox.id(), filter),
+            Router::External(external) => external.unsubscribe(inbox.id(), filter),
         }
     }
 
@@ -72,6 +84,7 @@ impl Router {
             Router::Embedded(index) => {
                 index.publish(&message);
             }
+            Router::External(external) => external.publish(message),
         }
     }
 }
@@ -92,7 +105,9 @@ pub struct Message {
     pub retain: bool,
     /// The record's log index (`None` for the broker's own `$SYS` messages).
     pub index: Option<u64>,
-    /// The publisher's client id (No Local); empty for the broker.
+    /// The publisher's client id (No Local); empty for the broker. From
+    /// another gateway (external router): `{gateway id}\0{client id}`,
+    /// which no local client id can equal.
     pub from: Arc<str>,
     /// When it was routed: Message Expiry Interval counts from here.
     pub at: Instant,

@@ -10,7 +10,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::End;
 use crate::admission::PROP_RECEIPTS;
-use crate::codec::{ClientCodec, CodecError, Version, connack_v31_refused, peek_protocol_level, v5, validate_topic_name};
+use crate::codec::{
+    ClientCodec, CodecError, Version, connack_v31_refused, peek_protocol_level, v5, validate_topic_name,
+};
 use crate::gateway::Shared;
 use crate::identity::{Device, Refusal, check_password};
 use crate::transport::{ClientRead, ClientWrite, write_flushed};

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::time::Instant;
 
+use super::End;
 use super::connect::Client;
 use super::qos_from;
 use super::relay::{Outgoing, Relay};
-use super::End;
 use crate::admission::PROP_INDEX;
 use crate::codec::v5;
 use crate::retained::Retained;
@@ -98,7 +98,13 @@ impl Relay {
     /// min(published, granted) QoS, with the subscription's identifier and
     /// the expiry it has left, and always with the retain flag
     /// [MQTT-3.3.1-9].
-    pub(super) fn queue_retained(&mut self, topic: String, retained: &Retained, filter: &Arc<str>, options: SubOptions) {
+    pub(super) fn queue_retained(
+        &mut self,
+        topic: String,
+        retained: &Retained,
+        filter: &Arc<str>,
+        options: SubOptions,
+    ) {
         let message = Message {
             topic: Bytes::from(topic),
             payload: retained.payload.clone(),

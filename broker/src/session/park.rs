@@ -50,7 +50,15 @@ pub(super) fn will_publish(will: v5::LastWill, properties: Option<v5::LastWillPr
         subscription_identifiers: Vec::new(),
         content_type: p.content_type,
     });
-    v5::Publish { dup: false, qos: will.qos, retain: will.retain, topic: will.topic, pkid: 0, payload: will.message, properties }
+    v5::Publish {
+        dup: false,
+        qos: will.qos,
+        retain: will.retain,
+        topic: will.topic,
+        pkid: 0,
+        payload: will.message,
+        properties,
+    }
 }
 
 /// Keeps a disconnected persistent session: the router goes on leaving its

@@ -84,7 +84,11 @@ impl Relay {
         Ok(None)
     }
 
-    pub(super) async fn client_publish(&mut self, client: &mut Client, mut publish: v5::Publish) -> Result<Option<Exit>, End> {
+    pub(super) async fn client_publish(
+        &mut self,
+        client: &mut Client,
+        mut publish: v5::Publish,
+    ) -> Result<Option<Exit>, End> {
         let limits = &self.shared.config.limits;
         if publish.qos != QoS::AtMostOnce {
             if publish.qos == QoS::ExactlyOnce

@@ -1,0 +1,389 @@
+//! One connection of the external router ([`super::external`]): its task
+//! keeps it up (keep-alive pings; after a drop, reconnection with backoff,
+//! every filter of the connection subscribed again, and publishes the
+//! broker had not acknowledged sent again), makes the subscription changes
+//! the router queues ([`LinkState`]), sends the router's publishes within
+//! the broker's Receive Maximum, and hands what the broker routes back to
+//! the router, acknowledged at once.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+
+use super::Message;
+use super::external::{MAX_CONTROL, MAX_INFLIGHT, Shared};
+use super::link::{Accepted, Credentials, Link, LinkError};
+use crate::codec::packet_name;
+use crate::codec::v5::{self, QoS};
+
+/// Keep-alive asked of the broker, in seconds.
+pub(super) const KEEP_ALIVE: u16 = 30;
+/// How long the broker may take to read what a connection writes.
+const WRITE_WAIT: Duration = Duration::from_secs(30);
+/// Reconnection backoff: first and longest wait.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+/// A connection that lived this long starts its next backoff afresh; one
+/// dropped sooner (say, taken over by a gateway with the same id) waits longer.
+const STABLE: Duration = Duration::from_secs(10);
+/// Outgoing bytes queued before a connection writes them, within one turn.
+const BATCH_BYTES: usize = 1024 * 1024;
+
+/// A subscription change for a connection to make upstream.
+#[derive(Debug)]
+pub(super) enum Op {
+    /// Subscribe the entry with this identifier (if it still exists).
+    Subscribe(usize),
+    /// Unsubscribe this upstream filter.
+    Unsubscribe(String),
+}
+
+/// What the router shares with one connection's task.
+#[derive(Debug)]
+pub(super) struct LinkState {
+    /// Subscription changes, in the order the table changed.
+    pub(super) ops: Mutex<VecDeque<Op>>,
+    wake: Notify,
+    /// Publishes for the broker ([`super::external::QUEUE_MESSAGES`] at most).
+    pub(super) queue: mpsc::Sender<Arc<Message>>,
+    /// Bytes of what `queue` holds ([`queued_size`]).
+    pub(super) queued_bytes: AtomicUsize,
+    /// Set at the first publish dropped, until the queue is empty again.
+    pub(super) overflowing: AtomicBool,
+    /// Whether the connection is up.
+    pub(super) up: AtomicBool,
+}
+
+impl LinkState {
+    pub(super) fn new(queue: mpsc::Sender<Arc<Message>>) -> Self {
+        Self {
+            ops: Mutex::default(),
+            wake: Notify::new(),
+            queue,
+            queued_bytes: AtomicUsize::new(0),
+            overflowing: AtomicBool::new(false),
+            up: AtomicBool::new(true),
+        }
+    }
+
+    /// Queues a subscription change and wakes the connection.
+    pub(super) fn push(&self, op: Op) {
+        self.ops.lock().unwrap_or_else(|p| p.into_inner()).push_back(op);
+        self.wake.notify_one();
+    }
+
+    fn pop(&self) -> Option<Op> {
+        self.ops.lock().unwrap_or_else(|p| p.into_inner()).pop_front()
+    }
+
+    /// A message left the queue.
+    fn taken(&self, message: Arc<Message>) -> Arc<Message> {
+        self.queued_bytes.fetch_sub(queued_size(&message), Ordering::Relaxed);
+        message
+    }
+}
+
+/// What a queued message counts against [`QUEUE_BYTES`].
+pub(super) fn queued_size(message: &Message) -> usize {
+    message.topic.len() + message.payload.len()
+}
+
+/// What a connection's task owns across reconnections.
+pub(super) struct Task {
+    pub(super) shared: Arc<Shared>,
+    /// Which connection of the router.
+    pub(super) n: usize,
+    pub(super) address: String,
+    pub(super) client_id: String,
+    pub(super) credentials: Credentials,
+    pub(super) queue: mpsc::Receiver<Arc<Message>>,
+    /// Publishes sent on a lost connection and not acknowledged, to send first.
+    pub(super) retry: VecDeque<Arc<Message>>,
+}
+
+/// One connection's task: runs the connection, and reconnects with backoff
+/// when it drops. Ends when the router is dropped (the task is aborted).
+pub(super) async fn run(mut task: Task, link: Link, accepted: Accepted) {
+    let mut current = Some((link, accepted));
+    let mut backoff = BACKOFF.0;
+    loop {
+        let (link, accepted) = match current.take() {
+            Some(connected) => connected,
+            None => match Link::connect(&task.address, &task.client_id, &task.credentials, KEEP_ALIVE).await {
+                Ok(connected) => connected,
+                Err(e) => {
+                    tracing::warn!(client_id = task.client_id, error = %e, "external router: cannot reconnect");
+                    backoff = pause(backoff).await;
+                    continue;
+                }
+            },
+        };
+        let shared = Arc::clone(&task.shared);
+        let state = &shared.links[task.n];
+        state.up.store(true, Ordering::Relaxed);
+        task.shared.resubscribe(task.n);
+        let started = Instant::now();
+        let mut connection = Connection::new(link, accepted);
+        let error = connection.run(&mut task).await;
+        state.up.store(false, Ordering::Relaxed);
+        task.shared.unsubscribed(task.n);
+        connection.requeue(&mut task.retry);
+        if matches!(error, LinkError::Closed) && task.queue.is_closed() {
+            return;
+        }
+        task.shared.losses.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(client_id = task.client_id, error = %error, "external router: connection lost, reconnecting");
+        if started.elapsed() >= STABLE {
+            backoff = BACKOFF.0;
+        }
+        backoff = pause(backoff).await;
+    }
+}
+
+/// Waits about `backoff` (±25%, so gateways do not reconnect in step); the next backoff.
+async fn pause(backoff: Duration) -> Duration {
+    let jitter = getrandom::u32().unwrap_or(0) % 51;
+    tokio::time::sleep(backoff * (75 + jitter) / 100).await;
+    (backoff * 2).min(BACKOFF.1)
+}
+
+/// What a packet identifier in flight stands for.
+enum Pending {
+    /// A publish, with its place in the sending order.
+    Publish(u64, Arc<Message>),
+    /// A SUBSCRIBE for the entry with this identifier.
+    Subscribe(usize),
+    Unsubscribe,
+}
+
+/// One live connection.
+struct Connection {
+    link: Link,
+    accepted: Accepted,
+    pending: HashMap<u16, Pending>,
+    last_pkid: u16,
+    publishes: usize,
+    controls: usize,
+    sent: u64,
+    last_heard: Instant,
+}
+
+impl Connection {
+    fn new(link: Link, accepted: Accepted) -> Self {
+        Self {
+            link,
+            accepted,
+            pending: HashMap::new(),
+            last_pkid: 0,
+            publishes: 0,
+            controls: 0,
+            sent: 0,
+            last_heard: Instant::now(),
+        }
+    }
+
+    fn keep_alive(&self) -> Duration {
+        if self.accepted.keep_alive.is_zero() {
+            Duration::from_secs(KEEP_ALIVE.into())
+        } else {
+            self.accepted.keep_alive
+        }
+    }
+
+    fn can_publish(&self) -> bool {
+        self.publishes < MAX_INFLIGHT.min(self.accepted.receive_max.into()) && self.link.queued() < BATCH_BYTES
+    }
+
+    fn next_pkid(&mut self) -> u16 {
+        // At most MAX_INFLIGHT + MAX_CONTROL are taken: a free one is near.
+        loop {
+            self.last_pkid = self.last_pkid.checked_add(1).unwrap_or(1);
+            if !self.pending.contains_key(&self.last_pkid) {
+                return self.last_pkid;
+            }
+        }
+    }
+
+    /// Runs until the connection fails; the error says why.
+    async fn run(&mut self, task: &mut Task) -> LinkError {
+        match self.serve(task).await {
+            Ok(never) => match never {},
+            Err(e) => e,
+        }
+    }
+
+    async fn serve(&mut self, task: &mut Task) -> Result<std::convert::Infallible, LinkError> {
+        let shared = Arc::clone(&task.shared);
+        let state = &shared.links[task.n];
+        let mut ping = tokio::time::interval(self.keep_alive() / 2);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
+        loop {
+            self.send_ops(&shared, state)?;
+            while self.can_publish() {
+                let message = match task.retry.pop_front() {
+                    Some(message) => message,
+                    None => match task.queue.try_recv() {
+                        Ok(message) => state.taken(message),
+                        Err(_) => break,
+                    },
+                };
+                self.send(&shared, message)?;
+            }
+            if task.queue.is_empty() {
+                state.overflowing.store(false, Ordering::Relaxed);
+            }
+            self.link.flush(WRITE_WAIT).await?;
+            tokio::select! {
+                packet = self.link.recv() => {
+                    self.handle(&shared, packet?)?;
+                    while let Some(packet) = self.link.buffered()? {
+                        self.handle(&shared, packet)?;
+                    }
+                }
+                message = task.queue.recv(), if self.can_publish() => match message {
+                    Some(message) => self.send(&shared, state.taken(message))?,
+                    None => return Err(LinkError::Closed),
+                },
+                () = state.wake.notified() => {}
+                _ = ping.tick() => {
+                    if self.last_heard.elapsed() > self.keep_alive() * 3 / 2 {
+                        return Err(LinkError::Timeout("no packet from the broker within the keep-alive"));
+                    }
+                    self.link.queue(&v5::Packet::PingReq(v5::PingReq))?;
+                }
+            }
+        }
+    }
+
+    /// Sends queued subscription changes, up to [`MAX_CONTROL`] in flight.
+    fn send_ops(&mut self, shared: &Shared, state: &LinkState) -> Result<(), LinkError> {
+        while self.controls < MAX_CONTROL {
+            let Some(op) = state.pop() else { return Ok(()) };
+            let pkid = self.next_pkid();
+            let (packet, pending) = match op {
+                Op::Subscribe(id) => {
+                    let Some(filter) = shared.upstream_filter(id) else { continue };
+                    let filter = v5::Filter {
+                        path: filter,
+                        qos: QoS::AtLeastOnce,
+                        nolocal: false,
+                        preserve_retain: false,
+                        retain_forward_rule: v5::RetainForwardRule::Never,
+                    };
+                    let properties = v5::SubscribeProperties { id: Some(id), user_properties: Vec::new() };
+                    let packet = v5::Subscribe { pkid, filters: vec![filter], properties: Some(properties) };
+                    (v5::Packet::Subscribe(packet), Pending::Subscribe(id))
+                }
+                Op::Unsubscribe(filter) => {
+                    let packet = v5::Unsubscribe { pkid, filters: vec![filter], properties: None };
+                    (v5::Packet::Unsubscribe(packet), Pending::Unsubscribe)
+                }
+            };
+            if self.link.queue(&packet)? {
+                self.pending.insert(pkid, pending);
+                self.controls += 1;
+            } else if let Pending::Subscribe(id) = pending {
+                shared.subscribed(id, Some(v5::SubscribeReasonCode::TopicFilterInvalid));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends one publish upstream (or drops it: expired, or too large for the broker).
+    fn send(&mut self, shared: &Shared, message: Arc<Message>) -> Result<(), LinkError> {
+        let qos = if self.accepted.max_qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce };
+        let pkid = if qos == QoS::AtMostOnce { 0 } else { self.next_pkid() };
+        let Some(publish) = shared.upstream(&message, qos, pkid) else {
+            shared.dropped.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        };
+        if !self.link.queue(&v5::Packet::Publish(publish))? {
+            shared.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                size = queued_size(&message),
+                "external router: a publish larger than the broker accepts, dropped"
+            );
+            return Ok(());
+        }
+        if qos != QoS::AtMostOnce {
+            self.sent += 1;
+            self.pending.insert(pkid, Pending::Publish(self.sent, message));
+            self.publishes += 1;
+        }
+        Ok(())
+    }
+
+    /// One packet from the broker.
+    fn handle(&mut self, shared: &Shared, packet: v5::Packet) -> Result<(), LinkError> {
+        self.last_heard = Instant::now();
+        match packet {
+            v5::Packet::Publish(publish) => {
+                let (qos, pkid) = (publish.qos, publish.pkid);
+                shared.deliver(publish);
+                // Acknowledged at once: the delivery is the gateway's now.
+                match qos {
+                    QoS::AtMostOnce => {}
+                    QoS::AtLeastOnce => _ = self.link.queue(&v5::Packet::PubAck(v5::PubAck::new(pkid, None)))?,
+                    QoS::ExactlyOnce => _ = self.link.queue(&v5::Packet::PubRec(v5::PubRec::new(pkid, None)))?,
+                }
+            }
+            v5::Packet::PubRel(rel) => _ = self.link.queue(&v5::Packet::PubComp(v5::PubComp::new(rel.pkid, None)))?,
+            v5::Packet::PubAck(ack) => match self.pending.remove(&ack.pkid) {
+                Some(Pending::Publish(..)) => {
+                    self.publishes -= 1;
+                    if !matches!(ack.reason, v5::PubAckReason::Success | v5::PubAckReason::NoMatchingSubscribers) {
+                        tracing::warn!(reason = ?ack.reason, "external router: the broker refused a publish");
+                    }
+                }
+                other => return self.unexpected(other, ack.pkid, "PUBACK"),
+            },
+            v5::Packet::SubAck(ack) => match self.pending.remove(&ack.pkid) {
+                Some(Pending::Subscribe(id)) => {
+                    self.controls -= 1;
+                    shared.subscribed(id, ack.return_codes.first().copied());
+                }
+                other => return self.unexpected(other, ack.pkid, "SUBACK"),
+            },
+            v5::Packet::UnsubAck(ack) => match self.pending.remove(&ack.pkid) {
+                Some(Pending::Unsubscribe) => self.controls -= 1,
+                other => return self.unexpected(other, ack.pkid, "UNSUBACK"),
+            },
+            v5::Packet::PingResp(_) => {}
+            v5::Packet::Disconnect(disconnect) => {
+                let reason = disconnect.properties.and_then(|p| p.reason_string).unwrap_or_default();
+                return Err(LinkError::Disconnected(format!("{:?} {reason}", disconnect.reason_code)));
+            }
+            other => return Err(LinkError::Unexpected(packet_name(&other).into())),
+        }
+        Ok(())
+    }
+
+    /// An acknowledgement for nothing of its kind in flight.
+    fn unexpected(&mut self, pending: Option<Pending>, pkid: u16, what: &str) -> Result<(), LinkError> {
+        if let Some(pending) = pending {
+            self.pending.insert(pkid, pending);
+        }
+        Err(LinkError::Unexpected(format!("{what} for packet identifier {pkid}")))
+    }
+
+    /// Publishes not acknowledged, in the order they were sent, to go first
+    /// on the next connection.
+    fn requeue(self, retry: &mut VecDeque<Arc<Message>>) {
+        let mut unacked: Vec<(u64, Arc<Message>)> = self
+            .pending
+            .into_values()
+            .filter_map(|p| match p {
+                Pending::Publish(order, message) => Some((order, message)),
+                _ => None,
+            })
+            .collect();
+        unacked.sort_unstable_by_key(|(order, _)| *order);
+        for (_, message) in unacked.into_iter().rev() {
+            retry.push_front(message);
+        }
+    }
+}
