@@ -8,7 +8,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::BIN;
+use super::sealmq_bin;
 
 /// A running broker process.
 pub struct BrokerProcess {
@@ -40,7 +40,7 @@ impl BrokerProcess {
         let mut args =
             vec!["--data", data.to_str().unwrap(), "serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"];
         args.extend_from_slice(extra);
-        let mut child = Command::new(BIN)
+        let mut child = Command::new(sealmq_bin())
             .args(&args)
             .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
