@@ -71,7 +71,7 @@ mosquitto_bin=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 
 if [ "$report_only" -eq 0 ]; then
   say "building (cargo build --release)"
-  cargo build --release -p sealmq -p sealmq-broker --bins >&2
+  cargo build --release -p sealmq -p sealmq-bench --bins >&2
 fi
 sealmq="$target/release/sealmq"
 rumqttd="$target/release/rumqttd_alone"
