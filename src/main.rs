@@ -1,7 +1,6 @@
 //! `sealmq`: the broker and its auditor tools.
 
 mod audit_cmd;
-mod bench_cmd;
 mod device_cmd;
 mod serve_cmd;
 
@@ -33,9 +32,6 @@ enum Command {
     /// Register devices and their keys, policy, password and ACL.
     #[command(subcommand)]
     Device(device_cmd::DeviceCommand),
-    /// Load a broker (this one or another) and measure throughput, latency,
-    /// loss, duplicates and memory.
-    Bench(bench_cmd::BenchArgs),
 }
 
 /// Where the data lives unless `--data` or the configuration says otherwise.
@@ -74,7 +70,6 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve_cmd::run(cli.data, args).await,
             Command::Audit(command) => audit_cmd::run(&data, command).await,
             Command::Device(command) => device_cmd::run(&data, command).await,
-            Command::Bench(args) => bench_cmd::run(args).await,
         }
     });
     match outcome {

@@ -1,7 +1,8 @@
 //! The sealmq gateway: terminates MQTT 3.1.1 and 5 clients, checks identity
 //! and MQS1 signatures, appends every accepted PUBLISH to the audit log
-//! ([`sealmq_audit::store::Log`]) and only then forwards it, re-encoded as
-//! MQTT 5, to the router (an embedded rumqttd by default).
+//! ([`sealmq_audit::store::Log`]) and only then routes it: in process by
+//! default ([`route::TopicIndex`]), or through an external MQTT 5 broker
+//! shared by several gateways ([`route::external::External`]).
 //!
 //! - [`Broker`] ([`server`]): starts and stops everything;
 //! - [`config::BrokerConfig`]: embedded defaults, TOML, flags;
@@ -14,7 +15,8 @@
 //! - [`expiry`]: Message Expiry Interval for held and retained messages;
 //! - [`transport`]: TCP, TLS (client certificates) and WebSocket listeners;
 //! - [`limits`]: publish rates and failed logins, per client and address;
-//! - [`upstream`]: the router and the links to it (rumqttd types stop there);
+//! - [`route`]: the router interface ([`route::Router`]), sessions' inboxes,
+//!   the in-process topic index and the external router;
 //! - [`system`]: checkpoints on `$SYS/sealmq/checkpoint`, wills;
 //! - [`http`]: the HTTP API for auditors and monitors, C2SP tlog-tiles,
 //!   served within connection and time limits of its own (`http_serve`);
@@ -40,7 +42,6 @@ pub mod server;
 pub mod session;
 pub mod system;
 pub mod transport;
-pub mod upstream;
 
 pub use config::BrokerConfig;
 pub use server::{Broker, StartError};

@@ -6,8 +6,8 @@
 #   3. rumqttd 0.20 alone (rumqttd_alone: the router sealmq embeds, with the
 #      gateway's settings, no gateway, no log),
 #   4. Mosquitto from Debian (installed when missing),
-# each on a loopback port, loaded and measured by `sealmq bench`; and, once
-# per run, the in-process MQS1 signature-check ceiling (`sealmq bench
+# each on a loopback port, loaded and measured by `sealmq-bench`; and, once
+# per run, the in-process MQS1 signature-check ceiling (`sealmq-bench
 # --verify-ceiling`: 1 thread on the load tool's core, N threads on all
 # cores) at each QoS 1 scenario's payload size. Writes every
 # result as JSON into the output directory and regenerates the tables between
@@ -71,9 +71,10 @@ mosquitto_bin=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 
 if [ "$report_only" -eq 0 ]; then
   say "building (cargo build --release)"
-  cargo build --release -p sealmq -p sealmq-broker --bins >&2
+  cargo build --release -p sealmq -p sealmq-bench --bins >&2
 fi
 sealmq="$target/release/sealmq"
+bench="$target/release/sealmq-bench"
 rumqttd="$target/release/rumqttd_alone"
 
 # Connections each broker and the tool may hold: as many files as allowed.
@@ -257,17 +258,17 @@ commands="$out/commands.txt"
   echo "rumqttd_alone --listen 127.0.0.1:PORT --max-connections 20000"
   echo "mosquitto -c mosquitto.conf"
   echo "  # mosquitto.conf: $(mosquitto_conf_for PORT | grep -v '^#' | tr '\n' ';' | sed 's/;/; /g')"
-  echo "# load (sealmq bench); sealmq-signed adds --signed --register-data DIR, sealmq runs add --checkpoints"
+  echo "# load (sealmq-bench); sealmq-signed adds --signed --register-data DIR, sealmq runs add --checkpoints"
 } >> "$commands"
 
 for entry in "${scenarios[@]}"; do
   IFS='|' read -r run label args <<<"$entry"
-  echo "sealmq bench --host HOST --mqtt $mqtt --broker-pid PID ${args}" >> "$commands"
+  echo "sealmq-bench --host HOST --mqtt $mqtt --broker-pid PID ${args}" >> "$commands"
 done
 echo "# signature-check ceiling, no broker, per payload P in: ${ceiling_payloads[*]}" >> "$commands"
-echo "${pin_tool[*]}${pin_tool[*]:+ }sealmq bench --verify-ceiling --payload P --threads 1 ${ceiling_timing[*]}   # 1 thread" >> "$commands"
+echo "${pin_tool[*]}${pin_tool[*]:+ }sealmq-bench --verify-ceiling --payload P --threads 1 ${ceiling_timing[*]}   # 1 thread" >> "$commands"
 if [ "$cores" -ge 2 ]; then
-  echo "sealmq bench --verify-ceiling --payload P --threads $cores ${ceiling_timing[*]}   # all $cores cores" >> "$commands"
+  echo "sealmq-bench --verify-ceiling --payload P --threads $cores ${ceiling_timing[*]}   # all $cores cores" >> "$commands"
 fi
 
 # --- The signature-check ceiling ---------------------------------------------
@@ -288,10 +289,10 @@ ceiling_run() {
 if [ "$report_only" -eq 0 ]; then
   for size in "${ceiling_payloads[@]}"; do
     say "signature-check ceiling, $size B payload"
-    ceiling_run "ceiling-$size-1" "${pin_tool[@]}" "$sealmq" bench --verify-ceiling --payload "$size" --threads 1 \
+    ceiling_run "ceiling-$size-1" "${pin_tool[@]}" "$bench" --verify-ceiling --payload "$size" --threads 1 \
       "${ceiling_timing[@]}"
     if [ "$cores" -ge 2 ]; then
-      ceiling_run "ceiling-$size-all" "$sealmq" bench --verify-ceiling --payload "$size" --threads "$cores" \
+      ceiling_run "ceiling-$size-all" "$bench" --verify-ceiling --payload "$size" --threads "$cores" \
         "${ceiling_timing[@]}"
     fi
   done
@@ -330,7 +331,7 @@ except Exception: print(0)" "$out/runs/$kind-1to1.json")
         ;;
     esac
     set +e
-    "${pin_tool[@]}" "$sealmq" bench --host "$host" --mqtt "$mqtt" --broker-pid "$broker_pid" \
+    "${pin_tool[@]}" "$bench" --host "$host" --mqtt "$mqtt" --broker-pid "$broker_pid" \
       --label "$label" --json "$out/runs/$kind-$run.json" "${bench_args[@]}" "${extra[@]}" \
       >"$out/runs/$kind-$run.txt" 2>&1
     code=$?
@@ -497,7 +498,7 @@ if ceiling:
     nt = threads.pop() if len(threads) == 1 else "N"
     n, n_adj = f"{nt} threads", f"{nt}-thread"
     w("**Signature-check ceiling**: MQS1 verifications per second in one process, no broker "
-      "(`sealmq bench --verify-ceiling`): SHA-256 of the payload, the TBS rebuilt and `verify_strict` "
+      "(`sealmq-bench --verify-ceiling`): SHA-256 of the payload, the TBS rebuilt and `verify_strict` "
       "(`mqs1::verify`), as the broker checks every signed publish, on every tokio worker. *1 thread*: pinned to "
       f"the load tool's core; *{n}*: all cores at once, the ceiling for signed traffic. *Batch* "
       "(ed25519-dalek `verify_batch`, 64 signatures a call) is a reference figure only: the broker never batches, "
@@ -533,7 +534,7 @@ if ceiling:
           f"{ratio(acked, c['single_n'])} | {ratio(acked, c['single_1'])} |")
     w("")
 else:
-    w("No signature-check ceiling in this output directory (`sealmq bench --verify-ceiling` ran in later versions of this script).")
+    w("No signature-check ceiling in this output directory (`sealmq-bench --verify-ceiling` ran in later versions of this script).")
     w("")
 w("**Publish-to-delivery latency**, p50 / p99 in ms (ratios of p99: sealmq ÷ the other broker, lower is better for sealmq).")
 w("")

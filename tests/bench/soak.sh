@@ -39,8 +39,9 @@ mkdir -p "$out"
 cd "$root"
 
 if [ "$report_only" -eq 0 ]; then
-cargo build --release -p sealmq --bins >&2
+cargo build --release -p sealmq -p sealmq-bench --bins >&2
 sealmq="$target/release/sealmq"
+bench="$target/release/sealmq-bench"
 if [ "$(nproc)" -ge 2 ]; then
   pin_broker=(taskset -c 0)
   pin_tool=(taskset -c 1)
@@ -71,8 +72,8 @@ seconds=$((minutes * 60))
 ) > "$out/rss.txt" &
 sampler=$!
 
-command=(sealmq bench -p 10 -s 10 --pattern pairs --qos 1 --payload 256 --rate "$rate" --warmup 5 --duration "$seconds")
-"${pin_tool[@]}" "$sealmq" bench --host "127.0.0.1:$port" --broker-pid "$broker" \
+command=(sealmq-bench -p 10 -s 10 --pattern pairs --qos 1 --payload 256 --rate "$rate" --warmup 5 --duration "$seconds")
+"${pin_tool[@]}" "$bench" --host "127.0.0.1:$port" --broker-pid "$broker" \
   -p 10 -s 10 --pattern pairs --qos 1 --payload 256 --rate "$rate" --warmup 5 --duration "$seconds" \
   --json "$out/bench.json" | tee "$out/bench.txt" >&2
 kill -TERM "$broker"

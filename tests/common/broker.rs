@@ -8,7 +8,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::BIN;
+use super::sealmq_bin;
 
 /// A running broker process.
 pub struct BrokerProcess {
@@ -40,7 +40,7 @@ impl BrokerProcess {
     /// As [`BrokerProcess::start`], with `rust_log` as its `RUST_LOG` (which
     /// log lines it writes on stderr).
     pub fn start_with_log(data: &Path, extra: &[&str], rust_log: &str) -> Self {
-        Self::launch(Command::new(BIN), data, extra, rust_log)
+        Self::launch(Command::new(sealmq_bin()), data, extra, rust_log)
     }
 
     /// As [`BrokerProcess::start_with_config`], with its file descriptor
@@ -49,7 +49,7 @@ impl BrokerProcess {
         let config = Self::write_config(data, toml);
         let mut shell = Command::new("sh");
         // `exec` keeps the broker's pid the child's, for stop().
-        shell.args(["-c", &format!("ulimit -n {nofile} && exec \"$0\" \"$@\""), BIN]);
+        shell.arg("-c").arg(format!("ulimit -n {nofile} && exec \"$0\" \"$@\"")).arg(sealmq_bin());
         Self::launch(shell, data, &["--config", config.to_str().unwrap()], DEFAULT_LOG)
     }
 

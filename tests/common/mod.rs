@@ -20,6 +20,12 @@ use sqlx::{AssertSqlSafe, Connection};
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_sealmq");
 
+/// The binary under test, as `broker.rs` asks for it: the load tool's tests
+/// (`bench/tests`) share `broker.rs` and find `sealmq` their own way.
+pub fn sealmq_bin() -> &'static Path {
+    Path::new(BIN)
+}
+
 /// What one run of the binary did.
 #[derive(Debug)]
 pub struct Run {

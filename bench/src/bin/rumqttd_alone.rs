@@ -1,12 +1,11 @@
-//! `rumqttd_alone`: the rumqttd the gateway embeds, on its own, for the
-//! benchmark comparison (`tests/bench/compare.sh`).
+//! `rumqttd_alone`: rumqttd on its own, for the benchmark comparison
+//! (`tests/bench/compare.sh`).
 //!
-//! It runs the same rumqttd version with the settings the gateway gives its
-//! embedded router (`upstream::router_settings` and
-//! `upstream::connection_settings`, called here too), but listening on the
-//! given addresses, without authentication, and without the gateway in
-//! front: the difference between this and `sealmq serve` is what the
-//! gateway and the audit log cost.
+//! It runs rumqttd with the settings the gateway gave the rumqttd it
+//! embedded before routing moved in process (`router_settings`,
+//! `connection_settings` below), listening on the given addresses, without
+//! authentication: the Rust broker sealmq's gateway and log are compared
+//! with.
 //!
 //! ```text
 //! rumqttd_alone [--listen ADDR] [--listen-v4 ADDR] [--max-connections N] [--max-packet-size BYTES]
@@ -24,7 +23,6 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use sealmq_broker::config::Limits;
-use sealmq_broker::upstream;
 
 /// What the command line asked for.
 struct Options {
@@ -62,12 +60,12 @@ fn parse_args() -> Result<Options, String> {
 
 /// A listener with the gateway's per-connection settings, without `auth`.
 fn server(name: &str, listen: SocketAddr, max_packet_size: u32) -> rumqttd::ServerSettings {
-    let connections = upstream::connection_settings(max_packet_size, None);
+    let connections = connection_settings(max_packet_size, None);
     rumqttd::ServerSettings { name: name.into(), listen, tls: None, next_connection_delay_ms: 0, connections }
 }
 
 fn config(options: &Options) -> rumqttd::Config {
-    let router = upstream::router_settings(options.max_packet_size, options.max_connections);
+    let router = router_settings(options.max_packet_size, options.max_connections);
     let v4 = options.v4.map(|addr| HashMap::from([("1".to_string(), server("v4", addr, options.max_packet_size))]));
     rumqttd::Config {
         id: 0,
@@ -141,5 +139,48 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
         Err(_) => ExitCode::from(1),
+    }
+}
+
+/// rumqttd segment size: at least one largest packet.
+fn segment_size(max_packet_size: u32) -> usize {
+    (max_packet_size as usize).max(1024 * 1024)
+}
+
+/// The router settings the gateway gave its embedded rumqttd before
+/// routing moved in process (kept so the comparison stays the same).
+fn router_settings(max_packet_size: u32, max_connections: usize) -> rumqttd::RouterConfig {
+    rumqttd::RouterConfig {
+        // Above the gateway's own limit: refusals there would leave stale
+        // state in rumqttd.
+        max_connections: max_connections + 64,
+        // QoS 0 publishes moved to one link per router pass (QoS 1/2 are
+        // bounded by rumqttd's fixed 100 in flight). 200 is the capacity
+        // rumqttd preallocates for each link's outgoing queue, so a pass
+        // never grows it. No value here sizes per-link memory: rumqttd's
+        // ~44 KiB per idle link are fixed-size buffers and queues.
+        max_outgoing_packet_count: 200,
+        // Per-filter logs are kept in memory: small segments, few of them.
+        max_segment_size: segment_size(max_packet_size),
+        max_segment_count: 2,
+        custom_segment: None,
+        initialized_filters: None,
+        shared_subscriptions_strategy: Default::default(),
+    }
+}
+
+/// Its per-connection settings then (`auth`: user → password).
+fn connection_settings(max_packet_size: u32, auth: Option<HashMap<String, String>>) -> rumqttd::ConnectionSettings {
+    rumqttd::ConnectionSettings {
+        connection_timeout_ms: 5_000,
+        // Compared with each packet's remaining length; the gateway's
+        // internal user properties ride on top of the client's packet.
+        max_payload_size: max_packet_size as usize + 4096,
+        // Packets read from one link before the router takes them: a batch
+        // limit, not an allocation (that queue is preallocated for 200).
+        max_inflight_count: 100,
+        auth,
+        external_auth: None,
+        dynamic_filters: false,
     }
 }
