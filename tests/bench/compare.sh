@@ -166,8 +166,8 @@ wait_for_port() {
 }
 
 # The configuration sealmq runs with, and the one Mosquitto runs with.
-sealmq_toml='# No per-client publish rate limit (the default is 1000/s; Mosquitto and
-# rumqttd have none), room for the idle-connection scenarios, and the same
+sealmq_toml='# No per-client publish rate limit (the default; Mosquitto and rumqttd
+# have none either), room for the idle-connection scenarios, and the same
 # per-client queue as Mosquitto gets below (the default is 1000).
 [limits]
 max_publish_rate = 0
@@ -446,8 +446,8 @@ w("")
 w(f"Versions: sealmq {v['sealmq']}, rumqttd {v['rumqttd']} (alone: `rumqttd_alone`), "
   f"Mosquitto {v['mosquitto']} (Debian), {v['rustc']}; MQTT {meta['mqtt']} for every client.")
 w("")
-w("sealmq ran with `[limits] max_publish_rate = 0` (its default, 1000 publishes/s per client, would throttle the "
-  "publishers; Mosquitto and rumqttd have no such limit), `max_connections = 20000` and `max_queued_messages = "
+w("sealmq ran with `[limits] max_publish_rate = 0` (its default: no per-client limit, as in Mosquitto and "
+  "rumqttd), `max_connections = 20000` and `max_queued_messages = "
   "1000000` (as Mosquitto's, so that a subscriber slower than 100 publishers is measured, not cut off); otherwise defaults "
   "(every message durable in SQLite, `synchronous=FULL`, before delivery). *signed*: every publisher a "
   "registered device signing each publish with MQS1 (Ed25519, checked by the broker); *unsigned*: unknown "
