@@ -3,6 +3,7 @@
 //! becomes. Shared by client connections and the gateway's own publishes.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use sealmq_audit::mqs1::{self, Carrier, SignatureBlock, Signed};
@@ -13,7 +14,7 @@ use crate::codec::v5;
 use crate::gateway::Shared;
 use crate::identity::{Device, Policy};
 use crate::replay::{Freshness, Window};
-use crate::retained::{Retained, RetainedStore};
+use crate::retained::Retained;
 use crate::route::Message;
 use tokio::time::Instant;
 
@@ -59,10 +60,17 @@ fn rejected(code: u8, why: impl Into<String>) -> Admission {
     Admission::Rejected { code, why: why.into() }
 }
 
-/// Decides on a PUBLISH to a valid `topic` (aliases resolved) by `device`.
+/// Decides on a PUBLISH to a valid `topic` (aliases resolved) by `device`,
+/// connected as `client_id` (the device id; shared, not copied per publish).
 /// Call it with [`Shared::registry_gate`] held and `device` looked up under
 /// the current registry generation, and queue the record before letting go.
-pub fn admit(shared: &Shared, device: &Device, topic: &str, mut publish: v5::Publish) -> Admission {
+pub fn admit(
+    shared: &Shared,
+    device: &Device,
+    client_id: &Arc<str>,
+    topic: &str,
+    mut publish: v5::Publish,
+) -> Admission {
     if topic.starts_with('$') {
         return rejected(NOT_AUTHORIZED, "topics starting with $ belong to the broker");
     }
@@ -122,21 +130,27 @@ pub fn admit(shared: &Shared, device: &Device, topic: &str, mut publish: v5::Pub
         qos: publish.qos as u8,
         retain: publish.retain,
         index: None,
-        from: Arc::from(device.id.as_str()),
+        from: Arc::clone(client_id),
         at: Instant::now(),
     };
     Admission::Log { entry, message, kid: sb.map(|sb| sb.kid) }
 }
 
-/// Once a publish is durably logged: if it was retained, make it the
-/// topic's retained message (or clear the topic, for an empty payload).
-pub fn remember_if_retained(retained: &RetainedStore, message: &Message) {
-    if !message.retain {
-        return;
+/// Once a publish is durably logged at `index`: counts it, makes it the
+/// topic's retained message if it was retained (an empty payload clears the
+/// topic), and routes it. The one way a logged publish reaches subscribers,
+/// a client's or a will.
+pub fn route_logged(shared: &Shared, mut message: Message, index: u64) {
+    shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
+    message.index = Some(index);
+    // Message Expiry Interval counts from here.
+    message.at = Instant::now();
+    if message.retain {
+        let properties = message.properties.clone().unwrap_or_default();
+        let held = Retained::new(message.index, message.qos, message.payload.clone(), properties);
+        shared.retained.set(message.topic_str(), held);
     }
-    let properties = message.properties.clone().unwrap_or_default();
-    let held = Retained::new(message.index, message.qos, message.payload.clone(), properties);
-    retained.set(message.topic_str(), held);
+    shared.router.publish(Arc::new(message));
 }
 
 /// Checks an SB against the device's keys and the replay window (spec/mqs1.md

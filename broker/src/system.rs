@@ -9,7 +9,7 @@ use sealmq_audit::store::SealedBlock;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::admission::{Admission, admit, remember_if_retained};
+use crate::admission::{Admission, admit, route_logged};
 use crate::codec::{v5, validate_topic_name};
 use crate::gateway::Shared;
 use crate::retained::Retained;
@@ -38,7 +38,7 @@ pub async fn publish_will(shared: &Shared, client_id: &str, publish: v5::Publish
             return;
         }
     };
-    let (appending, mut message) = match admit(shared, &device, &topic, publish) {
+    let (appending, message) = match admit(shared, &device, &Arc::from(client_id), &topic, publish) {
         Admission::Log { entry, message, .. } => match shared.log.submit(vec![entry]).await {
             Ok(appending) => (appending, message),
             Err(e) => {
@@ -55,13 +55,7 @@ pub async fn publish_will(shared: &Shared, client_id: &str, publish: v5::Publish
     };
     drop(gate);
     match appending.await {
-        Ok(indices) => {
-            shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
-            message.index = Some(indices.start);
-            message.at = Instant::now();
-            remember_if_retained(&shared.retained, &message);
-            shared.router.publish(Arc::new(message));
-        }
+        Ok(indices) => route_logged(shared, message, indices.start),
         Err(e) => tracing::error!(client_id, error = %e, "will dropped: could not log it"),
     }
 }

@@ -1,7 +1,6 @@
-//! What crosses a router link besides the publisher's own packet: the
-//! upstream form of topics and filters, and the [`Route`] property that
-//! carries what a router does not keep. Shared by the embedded rumqttd's
-//! links (`upstream.rs`) and the external router ([`super::external`]).
+//! What crosses a link to the external router ([`super::external`]) besides
+//! the publisher's own packet: the upstream form of topics and filters, and
+//! the [`Route`] property that carries what a router does not keep.
 
 use crate::codec::v5;
 
@@ -23,10 +22,9 @@ pub fn up_topic(topic: &str) -> String {
 }
 
 /// The upstream form of a filter. A shared subscription is one group per
-/// share name *and* filter (MQTT 5 §4.8.2), but rumqttd keys its groups by
-/// name alone (and then waits on members whose filter never matches), so
-/// the group goes upstream named by a hash of both: the same on every
-/// gateway, distinct for every (name, filter).
+/// share name *and* filter (MQTT 5 §4.8.2), but some brokers (rumqttd) key
+/// groups by name alone, so the group goes upstream named by a hash of
+/// both: the same on every gateway, distinct for every (name, filter).
 pub fn up_filter(filter: &str) -> String {
     if let Some(rest) = filter.strip_prefix(SHARE)
         && let Some((group, inner)) = rest.split_once('/')

@@ -165,11 +165,7 @@ async fn run(
         previous => {
             if let Some(parked) = previous {
                 // Clean Start ends the old session, and with it the wait of its will.
-                let Parked { relay, will } = *parked;
-                if let Some(will) = will {
-                    crate::system::publish_will(&shared, &client_id, will.publish).await;
-                }
-                relay.end_subscriptions().await;
+                parked.end(&shared, &client_id).await;
             }
             let inbox = Arc::new(Inbox::new(
                 generation,

@@ -8,12 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use sealmq_audit::store::StoreError;
-use tokio::time::Instant;
 
 use super::connect::Client;
 use super::relay::Relay;
 use super::{End, Exit, pub_ack_reason, pub_rec_reason};
-use crate::admission::{Admission, PROP_INDEX, admit, remember_if_retained};
+use crate::admission::{Admission, PROP_INDEX, admit, route_logged};
 use crate::codec::{Version, v5, validate_topic_name};
 use crate::route::Message;
 
@@ -168,7 +167,7 @@ impl Relay {
             self.disconnect(client, Dc::NotAuthorized, "the device is no longer registered").await;
             return Ok(Some(Exit::Abnormal));
         }
-        match admit(&shared, &self.device, &topic, publish) {
+        match admit(&shared, &self.device, &self.client_id, &topic, publish) {
             Admission::Rejected { code, why } => {
                 drop(gate);
                 self.reject_publish(client, (qos, pkid), &topic, code, &why).await
@@ -228,14 +227,10 @@ impl Relay {
     /// A record is durable (or failed): route it and acknowledge it, or
     /// tell the client.
     pub(super) async fn forward(&mut self, client: &mut Client, logged: Logged) -> Result<(), End> {
-        let Logged { mut message, qos, pkid, result } = logged;
+        let Logged { message, qos, pkid, result } = logged;
         match result {
             Ok(index) => {
-                self.shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
-                message.index = Some(index);
-                message.at = Instant::now();
-                remember_if_retained(&self.shared.retained, &message);
-                self.shared.router.publish(Arc::new(message));
+                route_logged(&self.shared, message, index);
                 match qos {
                     QoS::AtMostOnce => {}
                     // Durable and routed: acknowledged now.
