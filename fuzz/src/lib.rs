@@ -20,7 +20,7 @@ use sealmq_audit::{BlockHeader, Checkpoint, ConsistencyBundle, LogKey, ProofBund
 /// The gateway's MQTT codec (`sealmq_broker::codec`), compiled from its
 /// source: the file is self-contained (bytes, rumqttc, thiserror), and
 /// building the whole broker instrumented would take several times longer.
-#[path = "../../broker/src/codec.rs"]
+#[path = "../../broker/src/codec/mod.rs"]
 #[allow(clippy::all, missing_docs)]
 pub mod codec;
 
