@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use sealmq_broker::transport::Listener;
+use sealmq_broker::net::transport::Listener;
 use sealmq_broker::{Broker, BrokerConfig};
 
 #[derive(Debug, Args)]

@@ -266,7 +266,7 @@ pub async fn run_publisher(me: Publisher, mut conn: Conn, run: Arc<Run>) -> Resu
     out.ack_hist = Some(ack_hist);
     // No DISCONNECT: rumqttd 0.20 frees a connection's slot both on
     // DISCONNECT and on close, which can drop an innocent new connection
-    // that took the slot in between (see broker/src/upstream.rs); a plain
+    // that took the slot in between (the first sealmq worked around it); a plain
     // close means the same to every broker here, since there is no will.
     let _ = wr.shutdown().await;
     Ok(out)

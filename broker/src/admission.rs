@@ -11,11 +11,11 @@ use sealmq_audit::store::{Entry, now_ms};
 use sealmq_audit::{PublishRecord, Record, sha256};
 
 use crate::codec::v5;
+use crate::devices::identity::{Device, Policy};
+use crate::devices::replay::{Freshness, Window};
 use crate::gateway::Shared;
-use crate::identity::{Device, Policy};
-use crate::replay::{Freshness, Window};
-use crate::retained::Retained;
 use crate::route::Message;
+use crate::route::retained::Retained;
 use tokio::time::Instant;
 
 /// The record's log index: on PUBACK/PUBREC, and on deliveries to

@@ -1,23 +1,21 @@
-//! The gateway's shared state and its accept loop.
+//! The gateway's shared state: what every connection shares ([`Shared`]),
+//! its counters ([`Stats`]), and what an admitted connection holds (`Slot`).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use sealmq_audit::mqs1::Kid;
 use sealmq_audit::store::Log;
-use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot, watch};
 
 use crate::config::BrokerConfig;
-use crate::descriptors::Acceptor;
-use crate::identity::Identities;
-use crate::limits::LoginLimiter;
-use crate::replay::ReplayWindows;
-use crate::retained::RetainedStore;
+use crate::devices::identity::Identities;
+use crate::devices::replay::ReplayWindows;
+use crate::net::limits::LoginLimiter;
+use crate::net::transport::TlsSetup;
 use crate::route::Router;
-use crate::transport::{Listener, TlsSetup};
+use crate::route::retained::RetainedStore;
 
 /// Counters an operator watches.
 #[derive(Debug, Default)]
@@ -84,7 +82,7 @@ pub struct Shared {
     /// (`limits.max_connections`).
     pub connection_slots: Arc<Semaphore>,
     /// One permit per client's share of the file descriptors
-    /// ([`crate::descriptors::Budget`]): held by each connection, and kept
+    /// ([`crate::net::descriptors::Budget`]): held by each connection, and kept
     /// by its session when parked, since a parked session keeps its link to
     /// the router open.
     pub descriptor_slots: Arc<Semaphore>,
@@ -138,49 +136,6 @@ impl Shared {
     }
 }
 
-/// Accepts connections of one listener until shutdown; each runs in its
-/// own task, so one client's trouble never stops another's. Past
-/// `limits.max_connections` (over all listeners), or past what the
-/// descriptor limit fits (connections and parked sessions:
-/// [`crate::descriptors::Budget`]), a connection is answered with a
-/// refusing CONNACK, or closed when too many are being refused. Out of
-/// descriptors all the same, connections are closed at once ([`Acceptor`]).
-pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, kind: Listener) {
-    let mut shutdown = shared.shutdown.clone();
-    let mut connections = tokio::task::JoinSet::new();
-    let mut acceptor = Acceptor::new(listener, kind.scheme());
-    loop {
-        tokio::select! {
-            (stream, peer) = acceptor.accept() => {
-                let shared_for_task = Arc::clone(&shared);
-                match Slot::take(&shared) {
-                    Some(slot) => {
-                        connections.spawn(crate::session::serve(shared_for_task, stream, peer, kind, slot));
-                    }
-                    None => match Arc::clone(&shared.refusal_slots).try_acquire_owned() {
-                        Ok(permit) => {
-                            tracing::warn!(%peer, "connection limit reached; refusing");
-                            connections.spawn(async move {
-                                crate::session::refuse_busy(shared_for_task, stream, peer, kind).await;
-                                drop(permit);
-                            });
-                        }
-                        Err(_) => {
-                            tracing::warn!(%peer, "connection limit reached; closing");
-                            drop(stream);
-                        }
-                    },
-                }
-            }
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            () = crate::session::stopped(&mut shutdown) => break,
-        }
-    }
-    // Stop accepting; let every connection finish its in-flight appends.
-    drop(acceptor);
-    while connections.join_next().await.is_some() {}
-}
-
 /// What an admitted connection holds until it ends.
 pub(crate) struct Slot {
     _connection: OwnedSemaphorePermit,
@@ -190,19 +145,9 @@ pub(crate) struct Slot {
 impl Slot {
     /// A place under the connection limit and room in the descriptor
     /// budget, if there are both.
-    fn take(shared: &Shared) -> Option<Self> {
+    pub(crate) fn take(shared: &Shared) -> Option<Self> {
         let descriptors = Arc::clone(&shared.descriptor_slots).try_acquire_owned().ok()?;
         let connection = Arc::clone(&shared.connection_slots).try_acquire_owned().ok()?;
         Some(Self { _connection: connection, _descriptors: descriptors })
     }
-}
-
-/// Binds the MQTT listener with a backlog fit for thousands of devices
-/// reconnecting at once (the default of 128 drops handshakes, which the
-/// kernel then retries a second later).
-pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(4096)
 }

@@ -2,46 +2,41 @@
 //! and MQS1 signatures, appends every accepted PUBLISH to the audit log
 //! ([`sealmq_audit::store::Log`]) and only then routes it: in process by
 //! default ([`route::TopicIndex`]), or through an external MQTT 5 broker
-//! shared by several gateways ([`route::external::External`]).
+//! shared by several gateways ([`route::External`]).
 //!
-//! - [`Broker`] ([`server`]): starts and stops everything;
-//! - [`config::BrokerConfig`]: embedded defaults, TOML, flags;
+//! Modules, from the wire inwards (each uses only those above it, but for
+//! [`server`], which assembles them all):
+//!
 //! - [`codec`]: MQTT 3.1.1 and 5 framing, translation to one v5 model, and
 //!   the validation the decoders leave out;
-//! - [`session`]: one client connection, the path of every PUBLISH;
-//! - [`admission`]: the decision on a PUBLISH (policy, ACL, MQS1, replay);
-//! - [`identity`], [`replay`]: the device registry view and replay windows;
-//! - [`retained`]: retained messages, served by the gateway itself;
-//! - [`expiry`]: Message Expiry Interval for held and retained messages;
-//! - [`transport`]: TCP, TLS (client certificates) and WebSocket listeners;
-//! - [`limits`]: publish rates and failed logins, per client and address;
-//! - [`route`]: the router interface ([`route::Router`]), sessions' inboxes,
-//!   the in-process topic index and the external router;
+//! - [`config`] ([`BrokerConfig`]): embedded defaults, TOML, flags;
+//! - [`net`]: TCP, TLS and WebSocket listeners, the descriptor budget,
+//!   rate limits;
+//! - [`devices`]: the device registry view (identity, ACLs, keys) and MQS1
+//!   replay windows;
+//! - [`route`]: the router interface ([`route::Router`]), sessions'
+//!   inboxes, the in-process topic index, the external router, retained
+//!   messages and Message Expiry;
+//! - [`gateway`]: what every connection shares ([`gateway::Shared`]);
+//! - [`admission`]: the decision on one PUBLISH (policy, ACL, MQS1, replay)
+//!   and the record and message it becomes;
 //! - [`system`]: checkpoints on `$SYS/sealmq/checkpoint`, wills;
+//! - [`session`]: one client connection, the path of every PUBLISH;
 //! - [`http`]: the HTTP API for auditors and monitors, C2SP tlog-tiles,
-//!   served within connection and time limits of its own (`http_serve`);
-//! - [`descriptors`]: the file descriptor limit, how many clients fit, and
-//!   accepting when the process runs out;
-//! - [`explorer`]: the log explorer page served at `/`.
+//!   the explorer page, served within limits of its own;
+//! - [`server`] ([`Broker`]): starts everything, accepts, stops.
 
 pub mod admission;
 pub mod codec;
 pub mod config;
-pub mod descriptors;
-pub mod expiry;
-pub mod explorer;
+pub mod devices;
 pub mod gateway;
 pub mod http;
-mod http_serve;
-pub mod identity;
-pub mod limits;
-pub mod replay;
-pub mod retained;
+pub mod net;
 pub mod route;
 pub mod server;
 pub mod session;
 pub mod system;
-pub mod transport;
 
 pub use config::BrokerConfig;
 pub use server::{Broker, StartError};

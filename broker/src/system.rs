@@ -12,8 +12,8 @@ use tokio::time::Instant;
 use crate::admission::{Admission, admit, route_logged};
 use crate::codec::{v5, validate_topic_name};
 use crate::gateway::Shared;
-use crate::retained::Retained;
 use crate::route::Message;
+use crate::route::retained::Retained;
 
 /// Where each sealed block's checkpoint is published (retained).
 pub const CHECKPOINT_TOPIC: &str = "$SYS/sealmq/checkpoint";

@@ -286,7 +286,7 @@ async fn routers_reconnect_and_resubscribe_when_the_broker_restarts() {
 async fn a_broker_sending_nonsense_costs_a_reconnection_never_a_panic() {
     use sealmq_broker::codec::encode_v5;
     use sealmq_broker::codec::v5::{ConnAck, ConnectReturnCode, Packet, PubAck, Publish, QoS};
-    use sealmq_broker::route::wire::Route;
+    use sealmq_broker::route::external::wire::Route;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     // A fake broker: CONNACK to everyone, then per connection, in order of

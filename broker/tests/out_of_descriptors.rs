@@ -8,7 +8,7 @@ use std::io::{ErrorKind, Read};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use sealmq_broker::descriptors::Acceptor;
+use sealmq_broker::net::descriptors::Acceptor;
 
 /// The soft limit this process runs the test under.
 const LIMIT: u64 = 256;

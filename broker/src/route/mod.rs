@@ -8,14 +8,16 @@
 //!   topic level, shared groups by share name and filter;
 //! - [`External`] ([`external`]): the same over an external MQTT 5 broker
 //!   or cluster shared by several gateways, through a few connections
-//!   ([`link`]) carrying what [`wire`] describes;
-//! - [`Router`]: the one interface sessions use, whatever routes.
+//!   ([`external::link`]) carrying what [`external::wire`] describes;
+//! - [`Router`]: the one interface sessions use, whatever routes;
+//! - [`retained`]: the latest retained message per topic, kept by the
+//!   gateway whatever routes, and restored from the log at start;
+//! - [`expiry`]: Message Expiry Interval for held and retained messages.
 
-mod connection;
+pub mod expiry;
 pub mod external;
 pub mod index;
-pub mod link;
-pub mod wire;
+pub mod retained;
 
 use std::collections::VecDeque;
 use std::sync::Arc;

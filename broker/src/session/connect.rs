@@ -13,9 +13,9 @@ use crate::admission::PROP_RECEIPTS;
 use crate::codec::{
     ClientCodec, CodecError, Version, connack_v31_refused, peek_protocol_level, v5, validate_topic_name,
 };
+use crate::devices::identity::{Device, Refusal, check_password};
 use crate::gateway::Shared;
-use crate::identity::{Device, Refusal, check_password};
-use crate::transport::{ClientRead, ClientWrite, write_flushed};
+use crate::net::transport::{ClientRead, ClientWrite, write_flushed};
 
 /// Bytes read from a client at once.
 const READ_SIZE: usize = 4096;

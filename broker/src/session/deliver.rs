@@ -13,7 +13,7 @@ use super::qos_from;
 use super::relay::{Outgoing, Relay};
 use crate::admission::PROP_INDEX;
 use crate::codec::v5;
-use crate::retained::Retained;
+use crate::route::retained::Retained;
 use crate::route::{Delivery, Message, SubOptions};
 
 use v5::QoS;
@@ -55,7 +55,7 @@ impl Relay {
             return None;
         }
         let mut properties = message.properties.clone();
-        if !crate::expiry::age(&mut properties, message.at, now) {
+        if !crate::route::expiry::age(&mut properties, message.at, now) {
             return None;
         }
         let properties = self.for_client(properties, message.index, &options);

@@ -30,8 +30,8 @@ use self::park::{PendingWill, park, will_publish};
 use self::relay::Relay;
 use crate::codec::{CodecError, v5};
 use crate::gateway::{Shared, Slot, TakeRequest};
+use crate::net::transport::{Listener, upgrade};
 use crate::route::Inbox;
-use crate::transport::{Listener, upgrade};
 
 use v5::{PubAckReason, PubRecReason, QoS};
 
@@ -99,7 +99,7 @@ enum End {
     #[error("router: {0}")]
     Route(#[from] crate::route::RouteError),
     #[error(transparent)]
-    Transport(#[from] crate::transport::TransportError),
+    Transport(#[from] crate::net::transport::TransportError),
 }
 
 /// How the relay loop ended.

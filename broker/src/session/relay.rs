@@ -16,9 +16,9 @@ use super::connect::Client;
 use super::publish::{Pending, Qos2In};
 use super::{End, Exit, PIPELINE_DEPTH, sleep_until, stopped};
 use crate::codec::{ClientCodec, v5};
+use crate::devices::identity::Device;
 use crate::gateway::{Shared, TakeRequest};
-use crate::identity::Device;
-use crate::limits::PublishRate;
+use crate::net::limits::PublishRate;
 use crate::route::{Inbox, SubOptions};
 
 use v5::{DisconnectReasonCode as Dc, PubRecReason};

@@ -1,6 +1,8 @@
 //! Starting and stopping the whole broker: log, registry, router, system
 //! link, MQTT and HTTP listeners.
 
+mod accept;
+
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
@@ -13,16 +15,17 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, broadcast, watch};
 use tokio::task::JoinHandle;
 
+use self::accept::{accept_loop, listen};
 use crate::config::BrokerConfig;
-use crate::descriptors::{Budget, TooFewDescriptors, raise_limit};
-use crate::gateway::{Shared, Stats, accept_loop};
-use crate::identity::Identities;
-use crate::limits::LoginLimiter;
-use crate::replay::{ReplayWindows, Window};
-use crate::retained::RetainedStore;
+use crate::devices::identity::Identities;
+use crate::devices::replay::{ReplayWindows, Window};
+use crate::gateway::{Shared, Stats};
+use crate::net::descriptors::{Budget, TooFewDescriptors, raise_limit};
+use crate::net::limits::LoginLimiter;
+use crate::net::transport::{Listener, TlsSetup, TransportError};
 use crate::route::external::External;
+use crate::route::retained::RetainedStore;
 use crate::route::{RouteError, Router, TopicIndex};
-use crate::transport::{Listener, TlsSetup, TransportError};
 
 /// How often the registry is checked for changes made by `sealmq device`.
 const REGISTRY_POLL: Duration = Duration::from_millis(250);
@@ -92,7 +95,7 @@ impl Broker {
 
         // Before the router starts: it and every client share the process's descriptors.
         let client_listeners = [config.tls_listen, config.ws_listen, config.wss_listen].iter().flatten().count() + 1;
-        let refusals = REFUSALS_AT_ONCE + crate::http_serve::REFUSALS_AT_ONCE;
+        let refusals = REFUSALS_AT_ONCE + crate::http::serve::REFUSALS_AT_ONCE;
         let budget = Budget::plan(raise_limit(), &config.limits, client_listeners, refusals)?;
         budget.report(config.limits.max_connections);
 
@@ -129,7 +132,7 @@ impl Broker {
             (Listener::Wss, config.wss_listen),
         ] {
             let Some(addr) = addr else { continue };
-            let listener = crate::gateway::listen(addr).map_err(|source| StartError::Bind { addr, source })?;
+            let listener = listen(addr).map_err(|source| StartError::Bind { addr, source })?;
             let bound = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
             client_listeners.push((kind, bound, listener));
         }
@@ -173,7 +176,8 @@ impl Broker {
         tasks.push(tokio::spawn(watch_registry(Arc::clone(&shared), registry, registry_version)));
         let app = crate::http::router(api);
         let http_stop = shared.shutdown.clone();
-        tasks.push(tokio::spawn(async move { crate::http_serve::serve(http_listener, app, &limits, http_stop).await }));
+        tasks
+            .push(tokio::spawn(async move { crate::http::serve::serve(http_listener, app, &limits, http_stop).await }));
         let accepts = client_listeners
             .into_iter()
             .map(|(kind, _, listener)| tokio::spawn(accept_loop(Arc::clone(&shared), listener, kind)))

@@ -1,4 +1,4 @@
-//! What crosses a link to the external router ([`super::external`]) besides
+//! What crosses a link to the external router ([`super`]) besides
 //! the publisher's own packet: the upstream form of topics and filters, and
 //! the [`Route`] property that carries what a router does not keep.
 

@@ -44,7 +44,7 @@ impl Retained {
     /// Whether its Message Expiry Interval has passed: an expired retained
     /// message is no longer sent [MQTT-3.3.2-5].
     pub fn expired(&self, now: Instant) -> bool {
-        crate::expiry::expired(&self.properties, self.since, now)
+        crate::route::expiry::expired(&self.properties, self.since, now)
     }
 }
 

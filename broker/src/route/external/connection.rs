@@ -1,4 +1,4 @@
-//! One connection of the external router ([`super::external`]): its task
+//! One connection of the external router ([`super`]): its task
 //! keeps it up (keep-alive pings; after a drop, reconnection with backoff,
 //! every filter of the connection subscribed again, and publishes the
 //! broker had not acknowledged sent again), makes the subscription changes
@@ -14,11 +14,11 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
-use super::Message;
-use super::external::{MAX_CONTROL, MAX_INFLIGHT, Shared};
 use super::link::{Accepted, Credentials, Link, LinkError};
+use super::{MAX_CONTROL, MAX_INFLIGHT, Shared};
 use crate::codec::packet_name;
 use crate::codec::v5::{self, QoS};
+use crate::route::Message;
 
 /// Keep-alive asked of the broker, in seconds.
 pub(super) const KEEP_ALIVE: u16 = 30;
@@ -47,7 +47,7 @@ pub(super) struct LinkState {
     /// Subscription changes, in the order the table changed.
     pub(super) ops: Mutex<VecDeque<Op>>,
     wake: Notify,
-    /// Publishes for the broker ([`super::external::QUEUE_MESSAGES`] at most).
+    /// Publishes for the broker ([`super::QUEUE_MESSAGES`] at most).
     pub(super) queue: mpsc::Sender<Arc<Message>>,
     /// Bytes of what `queue` holds ([`queued_size`]).
     pub(super) queued_bytes: AtomicUsize,

@@ -1,5 +1,5 @@
 //! One MQTT 5 connection to an external broker, as the external router
-//! ([`super::external`]) uses it: CONNECT with Clean Start and what the
+//! ([`super`]) uses it: CONNECT with Clean Start and what the
 //! broker answered (its limits), then packets read and written with the
 //! gateway's own framing ([`decode_v5`], [`encode_v5`]), which never panics
 //! on what a peer sends.

@@ -35,13 +35,17 @@
 //!
 //! Memory is bounded per connection by the queue, [`MAX_INFLIGHT`] publishes
 //! and [`MAX_CONTROL`] subscription changes in flight, and a read buffer of
-//! at most [`super::link::MAX_INCOMING_PACKET`]. Not bounded here: the
+//! at most [`self::link::MAX_INCOMING_PACKET`]. Not bounded here: the
 //! entries (one per distinct filter, as the sessions' own limits allow) and
 //! the subscription changes waiting for their connection (at most one per
 //! entry, plus unsubscribes until the connection takes them).
 //!
 //! Trust: the broker must admit only gateways. Anything it sends is decoded
 //! safely, but a publish carrying a well-formed route is believed.
+
+mod connection;
+pub mod link;
+pub mod wire;
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
@@ -54,10 +58,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::connection::{KEEP_ALIVE, LinkState, Op, Task, queued_size, run};
+use self::connection::{KEEP_ALIVE, LinkState, Op, Task, queued_size, run};
+use self::link::{Credentials, Link};
+use self::wire::{Route, down_topic, up_filter, up_topic};
 use super::index::{Member, Subscribers, split_shared};
-use super::link::{Credentials, Link};
-use super::wire::{Route, down_topic, up_filter, up_topic};
 use super::{Inbox, Message, RouteError, SessionId, SubOptions};
 use crate::codec::topic_matches;
 use crate::codec::v5::{self, QoS};
@@ -124,15 +128,15 @@ impl Table {
 
 /// Everything the router and its connection tasks share.
 #[derive(Debug)]
-pub(super) struct Shared {
+struct Shared {
     gateway_id: Box<str>,
     table: RwLock<Table>,
     /// What each connection's task shares with the router.
-    pub(super) links: Vec<LinkState>,
+    links: Vec<LinkState>,
     /// Publishes not sent upstream.
-    pub(super) dropped: AtomicU64,
+    dropped: AtomicU64,
     /// Connections lost.
-    pub(super) losses: AtomicU64,
+    losses: AtomicU64,
     ignored: AtomicU64,
     unrouted: AtomicU64,
 }
@@ -369,7 +373,7 @@ impl Shared {
     }
 
     /// The broker answered a SUBSCRIBE for entry `id`.
-    pub(super) fn subscribed(&self, id: usize, code: Option<v5::SubscribeReasonCode>) {
+    fn subscribed(&self, id: usize, code: Option<v5::SubscribeReasonCode>) {
         let mut table = self.write();
         let Some(entry) = table.entries.get(&id) else { return };
         if let Some(v5::SubscribeReasonCode::Success(_)) = code {
@@ -386,13 +390,13 @@ impl Shared {
     }
 
     /// The upstream filter of the entry `id`, if it still exists.
-    pub(super) fn upstream_filter(&self, id: usize) -> Option<String> {
+    fn upstream_filter(&self, id: usize) -> Option<String> {
         self.read().entries.get(&id).map(|e| up_filter(&e.filter))
     }
 
     /// Connection `n` is up again: every entry on it is to be subscribed
     /// anew (the broker's session is new; pending unsubscribes are moot).
-    pub(super) fn resubscribe(&self, n: usize) {
+    fn resubscribe(&self, n: usize) {
         let table = self.read();
         let mut ops = self.links[n].ops.lock().unwrap_or_else(|p| p.into_inner());
         ops.clear();
@@ -400,7 +404,7 @@ impl Shared {
     }
 
     /// Connection `n` is down: its entries wait for their subscription again.
-    pub(super) fn unsubscribed(&self, n: usize) {
+    fn unsubscribed(&self, n: usize) {
         for entry in self.read().entries.values().filter(|e| e.link == n) {
             entry.state.send_replace(Upstream::Pending);
         }
@@ -408,7 +412,7 @@ impl Shared {
 
     /// A routed copy from the broker: rebuilt and handed to the local
     /// subscribers of the filters it names.
-    pub(super) fn deliver(&self, publish: v5::Publish) {
+    fn deliver(&self, publish: v5::Publish) {
         let Some((message, mut ids)) = self.rebuild(publish) else {
             self.ignored.fetch_add(1, Ordering::Relaxed);
             tracing::debug!("external router: a publish without a gateway's route, ignored");
@@ -461,7 +465,7 @@ impl Shared {
     }
 
     /// The upstream form of a message; `None` if it expired while queued.
-    pub(super) fn upstream(&self, message: &Message, qos: QoS, pkid: u16) -> Option<v5::Publish> {
+    fn upstream(&self, message: &Message, qos: QoS, pkid: u16) -> Option<v5::Publish> {
         let mut properties = message.properties.clone().unwrap_or_default();
         properties.topic_alias = None;
         properties.subscription_identifiers.clear();

@@ -25,7 +25,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::config::Limits;
-use crate::descriptors::{Acceptor, Episode};
+use crate::net::descriptors::{Acceptor, Episode};
 use crate::session::stopped;
 
 /// Connections past the cap answered 503 at once; beyond these they are

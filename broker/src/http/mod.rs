@@ -1,11 +1,14 @@
 //! The HTTP listener for auditors and monitors: the JSON API under `/v1/`,
 //! the C2SP tlog-tiles read layout (`/checkpoint`, `/tile/…`) and the log
-//! explorer page ([`crate::explorer`]).
+//! explorer page ([`crate::http::explorer`]).
 //!
 //! Everything here only reads the log ([`LogReader`]) and the registry.
 //! Bad requests are answered 400 or 404 with `{"error": "…"}`; a store that
 //! cannot be read is 503. Every answer is bounded: pages, ranges and tiles
 //! have fixed maxima.
+
+pub mod explorer;
+pub(crate) mod serve;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -91,7 +94,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/devices", get(devices))
         .route("/v1/devices/{id}", get(device))
         .route("/tile/{*path}", get(tile))
-        .merge(crate::explorer::routes())
+        .merge(crate::http::explorer::routes())
         .fallback(|| async { ApiError::not_found("no such endpoint; see the README's HTTP API section") })
         .with_state(Arc::new(state))
 }

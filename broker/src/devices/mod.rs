@@ -1,0 +1,6 @@
+//! What the broker knows of devices: the in-memory view of the device
+//! registry, admission at CONNECT and ACLs ([`identity`]), and MQS1 replay
+//! windows ([`replay`]).
+
+pub mod identity;
+pub mod replay;
