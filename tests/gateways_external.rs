@@ -88,3 +88,55 @@ fn messages_cross_gateways_exactly_once_and_each_log_holds_its_own() {
     verify_ok(&data_a);
     verify_ok(&data_b);
 }
+
+/// The notes `conn` receives on the checkpoint topic within `window`.
+fn checkpoints(conn: &mut Conn, window: Duration) -> Vec<String> {
+    let end = std::time::Instant::now() + window;
+    let mut notes = Vec::new();
+    while let Some(left) = end.checked_duration_since(std::time::Instant::now()) {
+        let Some(publish) = conn.next_publish5(left) else { break };
+        assert_eq!(&publish.topic[..], b"$SYS/sealmq/checkpoint");
+        notes.push(String::from_utf8(publish.payload.to_vec()).expect("a checkpoint is text"));
+    }
+    notes
+}
+
+/// Behind a shared broker each gateway still speaks only for its own log:
+/// a client of gateway A gets A's checkpoints on `$SYS/sealmq/checkpoint`,
+/// each verifying with A's key, and never B's, which it would otherwise
+/// take for A's (and fail to verify, or worse, check A's proofs against).
+#[test]
+fn each_gateway_publishes_only_its_own_checkpoints() {
+    let upstream = Mosquitto::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let (data_a, data_b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let a = gateway(&data_a, &upstream);
+    let b = gateway(&data_b, &upstream);
+    let key_a: sealmq_audit::VerifierKey = common::vkey(&data_a).parse().unwrap();
+    let key_b: sealmq_audit::VerifierKey = common::vkey(&data_b).parse().unwrap();
+    assert_ne!(key_a.name(), key_b.name(), "two logs, two origins");
+
+    let mut sys_a = connect5(a.mqtt, "monitor-on-a");
+    assert_eq!(subscribe5(&mut sys_a, 1, "$SYS/#", QoS::AtMostOnce), vec![0]);
+    let mut sys_b = connect5(b.mqtt, "monitor-on-b");
+    assert_eq!(subscribe5(&mut sys_b, 1, "$SYS/sealmq/checkpoint", QoS::AtMostOnce), vec![0]);
+
+    // Records on both logs: each seals blocks and publishes checkpoints.
+    let mut sensor_a = connect5(a.mqtt, "sensor-on-a");
+    let mut sensor_b = connect5(b.mqtt, "sensor-on-b");
+    for round in 0..4 {
+        publish_numbered(&mut sensor_a, "plant/a", 5);
+        publish_numbered(&mut sensor_b, "plant/b", 5);
+        if round < 3 {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+    let (notes_a, notes_b) = (checkpoints(&mut sys_a, Duration::from_secs(2)), checkpoints(&mut sys_b, WAIT / 5));
+    for (gateway, key, notes) in [("A", &key_a, &notes_a), ("B", &key_b, &notes_b)] {
+        assert!(notes.len() >= 2, "gateway {gateway}'s client got {} checkpoints", notes.len());
+        for note in notes {
+            assert!(key.open(note).is_ok(), "gateway {gateway}'s client got a checkpoint of another log:\n{note}");
+        }
+    }
+    assert!(a.stop().success() && b.stop().success());
+}

@@ -61,7 +61,9 @@ pub async fn publish_will(shared: &Shared, client_id: &str, publish: v5::Publish
 }
 
 /// Makes a sealed block's checkpoint the retained message of
-/// [`CHECKPOINT_TOPIC`] and routes it to live subscribers.
+/// [`CHECKPOINT_TOPIC`] and hands it to this gateway's live subscribers.
+/// Local only: behind an external broker, every gateway has a log of its
+/// own and publishes its own checkpoints to its own clients.
 fn publish_checkpoint(shared: &Shared, block: &SealedBlock) {
     let payload = Bytes::from(block.checkpoint.clone());
     shared.retained.set(CHECKPOINT_TOPIC, Retained::new(None, 0, payload.clone(), v5::PublishProperties::default()));
@@ -75,7 +77,7 @@ fn publish_checkpoint(shared: &Shared, block: &SealedBlock) {
         from: Arc::from(""),
         at: Instant::now(),
     };
-    shared.router.publish(Arc::new(message));
+    shared.router.publish_local(Arc::new(message));
 }
 
 /// Publishes each sealed block's checkpoint, until the log closes.

@@ -89,6 +89,20 @@ impl Router {
             Router::External(external) => external.publish(message),
         }
     }
+
+    /// Delivers a message of this gateway's own to its local subscribers
+    /// only, never through an external broker: each gateway has its own
+    /// log, so what it says about that log (its checkpoints) must not reach
+    /// another gateway's clients under the same topic, where it would be
+    /// taken for that gateway's. Never waits.
+    pub fn publish_local(&self, message: Arc<Message>) {
+        match self {
+            Router::Embedded(index) => {
+                index.publish(&message);
+            }
+            Router::External(external) => external.publish_local(&message),
+        }
+    }
 }
 
 /// A logged publish, as the router carries it.

@@ -297,6 +297,19 @@ impl External {
         }
     }
 
+    /// Delivers `message` to this gateway's own matching subscribers
+    /// (shared groups included), without the broker: see
+    /// [`super::Router::publish_local`].
+    pub fn publish_local(&self, message: &Arc<Message>) {
+        let topic = message.topic_str();
+        let mut delivered = 0;
+        for entry in self.shared.read().entries.values() {
+            if topic_matches(&entry.filter, topic) {
+                entry.subscribers.deliver(message, &mut delivered);
+            }
+        }
+    }
+
     /// True when every connection is up and every filter subscribed upstream.
     pub fn is_ready(&self) -> bool {
         let table = self.shared.table.read().unwrap_or_else(|p| p.into_inner());
