@@ -10,6 +10,7 @@ use sealmq_audit::store::Log;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot, watch};
 
+use crate::checks::CheckPool;
 use crate::config::BrokerConfig;
 use crate::descriptors::Acceptor;
 use crate::identity::Identities;
@@ -66,6 +67,9 @@ pub struct Shared {
     pub registry_gate: tokio::sync::RwLock<()>,
     /// MQS1 replay windows.
     pub replay: ReplayWindows,
+    /// Where clients' MQS1 signatures are checked, off the connections'
+    /// tasks (see [`crate::checks`]); `None` on a single core.
+    pub checks: Option<CheckPool>,
     /// The latest retained message per topic, served by the gateway.
     pub retained: RetainedStore,
     /// The router.

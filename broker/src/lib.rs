@@ -25,6 +25,7 @@
 //! - [`explorer`]: the log explorer page served at `/`.
 
 pub mod admission;
+pub mod checks;
 pub mod codec;
 pub mod config;
 pub mod descriptors;

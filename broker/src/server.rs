@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, broadcast, watch};
 use tokio::task::JoinHandle;
 
+use crate::checks::CheckPool;
 use crate::config::BrokerConfig;
 use crate::descriptors::{Budget, TooFewDescriptors, raise_limit};
 use crate::gateway::{Shared, Stats, accept_loop};
@@ -52,6 +53,9 @@ pub enum StartError {
     /// The file descriptor limit is too low to serve anyone.
     #[error(transparent)]
     Descriptors(#[from] TooFewDescriptors),
+    /// The signature-check threads could not be started.
+    #[error("cannot start the signature-check threads: {0}")]
+    Checks(std::io::Error),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -148,6 +152,7 @@ impl Broker {
             registry_generation: AtomicU64::new(0),
             registry_gate: tokio::sync::RwLock::new(()),
             replay,
+            checks: CheckPool::per_core().map_err(StartError::Checks)?,
             retained,
             router,
             stats: Stats::default(),
