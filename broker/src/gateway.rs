@@ -68,8 +68,8 @@ pub struct Shared {
     /// MQS1 replay windows.
     pub replay: ReplayWindows,
     /// Where clients' MQS1 signatures are checked, off the connections'
-    /// tasks (see [`crate::checks`]); `None` on a single core.
-    pub checks: Option<CheckPool>,
+    /// tasks, at a lower priority than theirs (see [`crate::checks`]).
+    pub checks: CheckPool,
     /// The latest retained message per topic, served by the gateway.
     pub retained: RetainedStore,
     /// The router.
