@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use sealmq_audit::mqs1::{self, Carrier, SignatureBlock, Signed};
+use sealmq_audit::mqs1::{self, Carrier, SignatureBlock};
 use sealmq_audit::store::{Entry, now_ms};
-use sealmq_audit::{PublishRecord, Record, sha256};
+use sealmq_audit::{Hash, PublishRecord, Record, sha256};
 
+use crate::checks::{Check, Verdict};
 use crate::codec::v5;
 use crate::devices::identity::{Device, Policy};
 use crate::devices::replay::{Freshness, Window};
@@ -60,16 +61,70 @@ fn rejected(code: u8, why: impl Into<String>) -> Admission {
     Admission::Rejected { code, why: why.into() }
 }
 
+/// A PUBLISH as read: its MQS1 signature block, if any, found and taken
+/// apart (not checked). Made without the registry gate, so the expensive
+/// check can start before the decision ([`crate::checks`]).
+pub struct Candidate {
+    publish: v5::Publish,
+    properties: v5::PublishProperties,
+    /// The application payload (an envelope's taken off).
+    payload: Bytes,
+    /// The signature block and how it came, or why it is malformed.
+    found: Result<Option<(SignatureBlock, Carrier)>, String>,
+}
+
+impl Candidate {
+    /// Finds the MQS1 signature block of `publish`, if any.
+    pub fn new(mut publish: v5::Publish) -> Self {
+        let properties = publish.properties.take().unwrap_or_default();
+        let extracted = mqs1::extract(
+            properties.user_properties.iter().map(|(name, value)| (name.as_str(), value.as_str())),
+            &publish.payload,
+        );
+        let (payload, found) = match extracted {
+            Err(e) => (publish.payload.clone(), Err(format!("MQS1: {e}"))),
+            Ok(None) => (publish.payload.clone(), Ok(None)),
+            Ok(Some(found)) => (publish.payload.slice_ref(found.payload), Ok(Some((found.sb, found.carrier)))),
+        };
+        Self { publish, properties, payload, found }
+    }
+
+    /// The signature block, if there is a well-formed one.
+    pub fn signature(&self) -> Option<&SignatureBlock> {
+        self.found.as_ref().ok()?.as_ref().map(|(sb, _)| sb)
+    }
+
+    /// The application payload (without an MQS1 envelope).
+    pub fn payload(&self) -> &Bytes {
+        &self.payload
+    }
+
+    /// The PUBLISH's retain bit.
+    pub fn retain(&self) -> bool {
+        self.publish.retain
+    }
+}
+
 /// Decides on a PUBLISH to a valid `topic` (aliases resolved) by `device`,
 /// connected as `client_id` (the device id; shared, not copied per publish).
 /// Call it with [`Shared::registry_gate`] held and `device` looked up under
 /// the current registry generation, and queue the record before letting go.
-pub fn admit(
+pub fn admit(shared: &Shared, device: &Device, client_id: &Arc<str>, topic: &str, publish: v5::Publish) -> Admission {
+    admit_checked(shared, device, client_id, topic, Candidate::new(publish), None)
+}
+
+/// [`admit`] for a candidate whose signature may have been checked already
+/// (`verdict`, from [`crate::checks`]). The verdict counts only if it was
+/// reached with the key the device has for that kid now; otherwise (the
+/// registry changed meanwhile) the signature is checked here again. Every
+/// other rule is applied here, under the gate, as [`admit`] does.
+pub fn admit_checked(
     shared: &Shared,
     device: &Device,
     client_id: &Arc<str>,
     topic: &str,
-    mut publish: v5::Publish,
+    candidate: Candidate,
+    verdict: Option<Verdict>,
 ) -> Admission {
     if topic.starts_with('$') {
         return rejected(NOT_AUTHORIZED, "topics starting with $ belong to the broker");
@@ -77,24 +132,20 @@ pub fn admit(
     if !device.may_publish(topic) {
         return rejected(NOT_AUTHORIZED, "not allowed to publish to this topic");
     }
-    let mut properties = publish.properties.take().unwrap_or_default();
-    let extracted = mqs1::extract(
-        properties.user_properties.iter().map(|(name, value)| (name.as_str(), value.as_str())),
-        &publish.payload,
-    );
-    let (payload, sb, carrier) = match extracted {
-        Err(e) => return rejected(PAYLOAD_FORMAT_INVALID, format!("MQS1: {e}")),
+    let Candidate { publish, mut properties, payload, found } = candidate;
+    let (sb, carrier) = match found {
+        Err(why) => return rejected(PAYLOAD_FORMAT_INVALID, why),
         Ok(None) if device.policy == Policy::Signed => {
             return rejected(NOT_AUTHORIZED, "this device must sign every publish (MQS1)");
         }
-        Ok(None) => (publish.payload.clone(), None, None),
-        Ok(Some(found)) => (publish.payload.slice_ref(found.payload), Some(found.sb), Some(found.carrier)),
+        Ok(None) => (None, None),
+        Ok(Some((sb, carrier))) => (Some(sb), Some(carrier)),
     };
-    let window = match &sb {
-        None => None,
-        Some(sb) => match check_signature(shared, device, topic, &payload, publish.retain, sb) {
-            Ok(Some(window)) => Some(window),
-            Ok(None) => return Admission::Duplicate,
+    let (window, digest) = match &sb {
+        None => (None, sha256(&payload)),
+        Some(sb) => match check_signature(shared, device, topic, &payload, publish.retain, sb, verdict) {
+            Ok((Some(window), digest)) => (Some(window), digest),
+            Ok((None, _)) => return Admission::Duplicate,
             Err(why) => return rejected(NOT_AUTHORIZED, why),
         },
     };
@@ -105,7 +156,7 @@ pub fn admit(
         qos: publish.qos as u8,
         retain: publish.retain,
         payload_len: u32::try_from(payload.len()).unwrap_or(u32::MAX),
-        payload_sha256: sha256(&payload),
+        payload_sha256: digest,
         signature: sb,
     });
     let mut entry = match Entry::new(&record, Some(payload.to_vec())) {
@@ -154,16 +205,19 @@ pub fn route_logged(shared: &Shared, mut message: Message, index: u64) {
 }
 
 /// Checks an SB against the device's keys and the replay window (spec/mqs1.md
-/// rules 3–5). `Ok(None)`: a retransmission. `Ok(Some(window))`: fresh and
-/// verified; the window to persist with the record.
+/// rules 3–5), using `verdict` when it was reached with the device's current
+/// key. `Ok((None, _))`: a retransmission. `Ok((Some(window), digest))`:
+/// fresh and verified; the window to persist with the record, and the
+/// payload's SHA-256.
 fn check_signature(
     shared: &Shared,
     device: &Device,
     topic: &str,
-    payload: &[u8],
+    payload: &Bytes,
     retain: bool,
     sb: &SignatureBlock,
-) -> Result<Option<Window>, String> {
+    verdict: Option<Verdict>,
+) -> Result<(Option<Window>, Hash), String> {
     let key = device.signing_key(&sb.kid).map_err(str::to_string)?;
     let seen = match shared.replay.check(&sb.kid, sb.ctr) {
         Freshness::TooOld => return Err(format!("MQS1 counter {} is below the replay window", sb.ctr)),
@@ -173,16 +227,27 @@ fn check_signature(
     // A seen counter is verified too before it is acknowledged as a
     // retransmission: otherwise anyone could have a forged publish with a
     // used counter acknowledged (nothing logged, but a misleading answer).
-    let digest = sha256(payload);
-    let signed = Signed { device_id: &device.id, topic, payload_sha256: &digest, retain };
-    mqs1::verify(key, &signed, sb).map_err(|e| format!("MQS1: {e}"))?;
+    let verdict = match verdict {
+        Some(verdict) if verdict.key == *key => verdict,
+        // Not checked yet, or checked with a key the device no longer has.
+        _ => Check {
+            key: *key,
+            device_id: Arc::from(device.id.as_str()),
+            topic: Arc::from(topic),
+            payload: payload.clone(),
+            retain,
+            sb: *sb,
+        }
+        .run(),
+    };
+    let digest = verdict.result?;
     if seen {
-        return Ok(None);
+        return Ok((None, digest));
     }
     // Another connection may have accepted the same counter meanwhile.
     match shared.replay.accept(&sb.kid, sb.ctr) {
-        Ok(window) => Ok(Some(window)),
-        Err(Freshness::Seen) => Ok(None),
+        Ok(window) => Ok((Some(window), digest)),
+        Err(Freshness::Seen) => Ok((None, digest)),
         Err(_) => Err(format!("MQS1 counter {} is below the replay window", sb.ctr)),
     }
 }

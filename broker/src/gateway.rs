@@ -9,6 +9,7 @@ use sealmq_audit::mqs1::Kid;
 use sealmq_audit::store::Log;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot, watch};
 
+use crate::checks::CheckPool;
 use crate::config::BrokerConfig;
 use crate::devices::identity::Identities;
 use crate::devices::replay::ReplayWindows;
@@ -64,6 +65,9 @@ pub struct Shared {
     pub registry_gate: tokio::sync::RwLock<()>,
     /// MQS1 replay windows.
     pub replay: ReplayWindows,
+    /// Where clients' MQS1 signatures are checked, off the connections'
+    /// tasks, at a lower priority than theirs (see [`crate::checks`]).
+    pub checks: CheckPool,
     /// The latest retained message per topic, served by the gateway.
     pub retained: RetainedStore,
     /// The router.

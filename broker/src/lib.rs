@@ -14,6 +14,8 @@
 //!   rate limits;
 //! - [`devices`]: the device registry view (identity, ACLs, keys) and MQS1
 //!   replay windows;
+//! - [`checks`]: the MQS1 signature-check pool, below the connections'
+//!   priority;
 //! - [`route`]: the router interface ([`route::Router`]), sessions'
 //!   inboxes, the in-process topic index, the external router, retained
 //!   messages and Message Expiry;
@@ -27,6 +29,7 @@
 //! - [`server`] ([`Broker`]): starts everything, accepts, stops.
 
 pub mod admission;
+pub mod checks;
 pub mod codec;
 pub mod config;
 pub mod devices;

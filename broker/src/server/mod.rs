@@ -16,6 +16,7 @@ use tokio::sync::{Semaphore, broadcast, watch};
 use tokio::task::JoinHandle;
 
 use self::accept::{accept_loop, listen};
+use crate::checks::CheckPool;
 use crate::config::BrokerConfig;
 use crate::devices::identity::Identities;
 use crate::devices::replay::{ReplayWindows, Window};
@@ -55,6 +56,9 @@ pub enum StartError {
     /// The file descriptor limit is too low to serve anyone.
     #[error(transparent)]
     Descriptors(#[from] TooFewDescriptors),
+    /// The signature-check threads could not be started.
+    #[error("cannot start the signature-check threads: {0}")]
+    Checks(std::io::Error),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -151,6 +155,7 @@ impl Broker {
             registry_generation: AtomicU64::new(0),
             registry_gate: tokio::sync::RwLock::new(()),
             replay,
+            checks: CheckPool::per_core().map_err(StartError::Checks)?,
             retained,
             router,
             stats: Stats::default(),

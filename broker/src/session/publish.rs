@@ -12,30 +12,60 @@ use sealmq_audit::store::StoreError;
 use super::connect::Client;
 use super::relay::Relay;
 use super::{End, Exit, pub_ack_reason, pub_rec_reason};
-use crate::admission::{Admission, PROP_INDEX, admit, route_logged};
+use crate::admission::{Admission, Candidate, PROP_INDEX, admit_checked, route_logged};
+use crate::checks::{Check, Verdict};
 use crate::codec::{Version, v5, validate_topic_name};
+use crate::devices::replay::Freshness;
 use crate::route::Message;
 
 use v5::{DisconnectReasonCode as Dc, QoS};
 
-/// A client PUBLISH that passed every check, waiting for its record to be durable.
+/// A client PUBLISH read and waiting for its decision: its signature being
+/// checked by the pool, or behind one that is (decisions go in receive order).
+pub(super) type Checking = Pin<Box<dyn Future<Output = Checked> + Send>>;
+
+/// A publish ready to be decided.
+pub(super) struct Checked {
+    candidate: Candidate,
+    topic: String,
+    qos: QoS,
+    pkid: u16,
+    /// The pool's verdict on its signature (`None`: not checked there).
+    verdict: Option<Verdict>,
+}
+
+/// A decided client PUBLISH, waiting for its record to be durable (or,
+/// refused or a retransmission, only for its turn to be answered: answers
+/// go in receive order [MQTT-4.6.0-2]).
 pub(super) type Pending = Pin<Box<dyn Future<Output = Logged> + Send>>;
 
-/// A publish whose append finished.
+/// A publish whose answer is due.
 pub(super) struct Logged {
-    /// What subscribers get (its index set once logged).
-    message: Message,
     /// The QoS and packet id the client published with.
     qos: QoS,
     pkid: u16,
-    result: Result<u64, StoreError>,
+    outcome: Outcome,
+}
+
+/// What became of a publish.
+// Made once per publish and taken apart at once (as `Admission`): boxing
+// the large variant would only add an allocation on the hot path.
+#[allow(clippy::large_enum_variant)]
+enum Outcome {
+    /// Appended to the log (or not, on `Err`); `message` is what
+    /// subscribers get (its index set once logged).
+    Appended { message: Message, result: Result<u64, StoreError> },
+    /// Refused: nobody receives it.
+    Rejected { topic: String, code: u8, why: String },
+    /// An MQS1 retransmission: acknowledged, not logged again.
+    Duplicate,
 }
 
 /// A client QoS 2 publish between its PUBLISH and its PUBREL: the same
 /// packet id again in between is the same message [MQTT-4.3.3-9].
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Qos2In {
-    /// Being logged; `owed` retransmissions wait for its PUBREC too.
+    /// Being checked or logged; `owed` retransmissions wait for its PUBREC too.
     Logging { owed: u16 },
     /// Logged at `index` (`None`: an MQS1 retransmission, not logged again).
     Recorded { index: Option<u64> },
@@ -158,53 +188,101 @@ impl Relay {
             }
         };
         let (qos, pkid) = (publish.qos, publish.pkid);
-        // Decided under the registry as it is, and queued in the log before
-        // it may change (see `Shared::registry_gate`).
+        if qos == QoS::ExactlyOnce {
+            // From here the packet id is this message's, until PUBREL.
+            self.qos2_in.insert(pkid, Qos2In::Logging { owed: 0 });
+        }
+        let candidate = Candidate::new(publish);
+        let checking = candidate.signature().and_then(|sb| {
+            // Worth checking only if it can pass: a key the device has and a
+            // counter not below the window (both looked at again, under the
+            // gate, when it is decided).
+            let key = *self.device.signing_key(&sb.kid).ok()?;
+            if self.shared.replay.check(&sb.kid, sb.ctr) == Freshness::TooOld {
+                return None;
+            }
+            let device_id = if self.device.id == *self.client_id {
+                Arc::clone(&self.client_id)
+            } else {
+                Arc::from(self.device.id.as_str())
+            };
+            let check = Check {
+                key,
+                device_id,
+                topic: Arc::from(topic.as_str()),
+                payload: candidate.payload().clone(),
+                retain: candidate.retain(),
+                sb: *sb,
+            };
+            Some(self.shared.checks.check(check))
+        });
+        match checking {
+            // Nothing to wait for: decided now, unless earlier ones still wait.
+            None if self.checks.is_empty() => {
+                return self.decide(client, Checked { candidate, topic, qos, pkid, verdict: None }, false).await;
+            }
+            None => {
+                let checked = Checked { candidate, topic, qos, pkid, verdict: None };
+                self.checks.push_back(Box::pin(std::future::ready(checked)));
+            }
+            Some(verdict) => self.checks.push_back(Box::pin(async move {
+                let verdict = Some(verdict.await);
+                Checked { candidate, topic, qos, pkid, verdict }
+            })),
+        }
+        Ok(None)
+    }
+
+    /// Decides on a publish whose turn came, under the registry as it is,
+    /// and queues its record in the log before the registry may change (see
+    /// `Shared::registry_gate`). `Some` ends the connection: the device is
+    /// no longer registered (the client is told so, unless the connection
+    /// is `ending` already), or a 3.1.1 client's publish was refused.
+    pub(super) async fn decide(
+        &mut self,
+        client: &mut Client,
+        checked: Checked,
+        ending: bool,
+    ) -> Result<Option<Exit>, End> {
+        let Checked { candidate, topic, qos, pkid, verdict } = checked;
         let shared = Arc::clone(&self.shared);
         let gate = shared.registry_gate.read().await;
         if !self.refresh_device().await {
             drop(gate);
-            self.disconnect(client, Dc::NotAuthorized, "the device is no longer registered").await;
+            if !ending {
+                self.disconnect(client, Dc::NotAuthorized, "the device is no longer registered").await;
+            }
             return Ok(Some(Exit::Abnormal));
         }
-        match admit(&shared, &self.device, &self.client_id, &topic, publish) {
-            Admission::Rejected { code, why } => {
-                drop(gate);
-                self.reject_publish(client, (qos, pkid), &topic, code, &why).await
-            }
+        let outcome = match admit_checked(&shared, &self.device, &self.client_id, &topic, candidate, verdict) {
+            Admission::Rejected { code, why } => Outcome::Rejected { topic, code, why },
             Admission::Duplicate => {
-                drop(gate);
                 self.shared.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                match qos {
-                    QoS::AtMostOnce => {}
-                    QoS::AtLeastOnce => {
-                        client.queue(&self.codec, &v5::Packet::PubAck(v5::PubAck::new(pkid, None)))?;
-                        self.inflight = self.inflight.saturating_sub(1);
-                    }
-                    QoS::ExactlyOnce => {
-                        self.qos2_in.insert(pkid, Qos2In::Recorded { index: None });
-                        client.queue(&self.codec, &v5::Packet::PubRec(v5::PubRec::new(pkid, None)))?;
-                    }
-                }
-                Ok(None)
+                Outcome::Duplicate
             }
             Admission::Log { entry, message, kid } => {
                 let submitted = shared.log.submit(vec![entry]).await;
                 drop(gate);
                 self.used_kids.extend(kid);
-                if qos == QoS::ExactlyOnce {
-                    self.qos2_in.insert(pkid, Qos2In::Logging { owed: 0 });
-                }
                 let logged = async move {
                     let result = match submitted {
                         Ok(appending) => appending.await.map(|indices| indices.start),
                         Err(e) => Err(e),
                     };
-                    Logged { message, qos, pkid, result }
+                    Logged { qos, pkid, outcome: Outcome::Appended { message, result } }
                 };
                 self.pipeline.push_back(Box::pin(logged));
-                Ok(None)
+                return Ok(None);
             }
+        };
+        drop(gate);
+        let answer = Logged { qos, pkid, outcome };
+        if self.pipeline.is_empty() {
+            self.forward(client, answer).await
+        } else {
+            // Answered after the publishes before it.
+            self.pipeline.push_back(Box::pin(std::future::ready(answer)));
+            Ok(None)
         }
     }
 
@@ -224,10 +302,39 @@ impl Relay {
         Some(vec![(PROP_INDEX.to_string(), index.to_string())])
     }
 
-    /// A record is durable (or failed): route it and acknowledge it, or
-    /// tell the client.
-    pub(super) async fn forward(&mut self, client: &mut Client, logged: Logged) -> Result<(), End> {
-        let Logged { message, qos, pkid, result } = logged;
+    /// A publish's answer is due: a durable record is routed and
+    /// acknowledged; a failed append, a refusal or a retransmission is
+    /// answered. `Some` ends the connection (3.1.1 has no way to refuse).
+    pub(super) async fn forward(&mut self, client: &mut Client, logged: Logged) -> Result<Option<Exit>, End> {
+        let Logged { qos, pkid, outcome } = logged;
+        let (message, result) = match outcome {
+            Outcome::Appended { message, result } => (message, result),
+            Outcome::Rejected { topic, code, why } => {
+                if qos == QoS::ExactlyOnce {
+                    self.qos2_in.remove(&pkid);
+                }
+                return self.reject_publish(client, (qos, pkid), &topic, code, &why).await;
+            }
+            Outcome::Duplicate => {
+                match qos {
+                    QoS::AtMostOnce => {}
+                    QoS::AtLeastOnce => {
+                        client.queue(&self.codec, &v5::Packet::PubAck(v5::PubAck::new(pkid, None)))?;
+                        self.inflight = self.inflight.saturating_sub(1);
+                    }
+                    QoS::ExactlyOnce => {
+                        let owed = match self.qos2_in.insert(pkid, Qos2In::Recorded { index: None }) {
+                            Some(Qos2In::Logging { owed }) => owed,
+                            _ => 0,
+                        };
+                        for _ in 0..=owed {
+                            client.queue(&self.codec, &v5::Packet::PubRec(v5::PubRec::new(pkid, None)))?;
+                        }
+                    }
+                }
+                return Ok(None);
+            }
+        };
         match result {
             Ok(index) => {
                 route_logged(&self.shared, message, index);
@@ -254,6 +361,7 @@ impl Relay {
                         }
                     }
                 }
+                Ok(None)
             }
             Err(e) => {
                 // Not logged, so not routed and not acknowledged as a success.
@@ -261,14 +369,10 @@ impl Relay {
                 if qos == QoS::ExactlyOnce {
                     self.qos2_in.remove(&pkid);
                 }
-                if self.codec.version == Version::V311 && qos != QoS::AtMostOnce {
-                    return Err(End::Io(std::io::Error::other("the audit log is not accepting records")));
-                }
                 let why = format!("the audit log is not accepting records: {e}");
                 let topic = message.topic_str().to_string();
-                let _ = self.reject_publish(client, (qos, pkid), &topic, 0x80, &why).await?;
+                self.reject_publish(client, (qos, pkid), &topic, 0x80, &why).await
             }
         }
-        Ok(())
     }
 }

@@ -13,7 +13,7 @@ use sealmq_audit::mqs1::Kid;
 use tokio::time::Instant;
 
 use super::connect::Client;
-use super::publish::{Pending, Qos2In};
+use super::publish::{Checking, Pending, Qos2In};
 use super::{End, Exit, PIPELINE_DEPTH, sleep_until, stopped};
 use crate::codec::{ClientCodec, v5};
 use crate::devices::identity::Device;
@@ -45,6 +45,10 @@ pub(crate) struct Relay {
     /// QoS 1/2 publishes from the client not yet completed (its Receive Maximum is ours).
     pub(super) inflight: usize,
     pub(super) used_kids: HashSet<Kid>,
+    /// Publishes read and not yet decided, in receive order (signatures
+    /// being checked by the pool, and what came after them).
+    pub(super) checks: FuturesOrdered<Checking>,
+    /// Publishes decided and not yet answered, in receive order.
     pub(super) pipeline: FuturesOrdered<Pending>,
     /// QoS 1/2 deliveries the client may have unacknowledged at once: its
     /// Receive Maximum, at most `limits.max_inflight`.
@@ -91,6 +95,7 @@ impl Relay {
             qos2_in: HashMap::new(),
             inflight: 0,
             used_kids: HashSet::new(),
+            checks: FuturesOrdered::new(),
             pipeline: FuturesOrdered::new(),
             window,
             outgoing: HashMap::new(),
@@ -165,7 +170,7 @@ impl Relay {
             // A client over its publish rate is not read from until it has
             // budget again: slowed down, and nothing it sent is lost.
             let throttled = self.rate.wait_until();
-            let reading = self.pipeline.len() < PIPELINE_DEPTH && throttled.is_none();
+            let reading = self.checks.len() + self.pipeline.len() < PIPELINE_DEPTH && throttled.is_none();
             // Packets already buffered are handled before reading more.
             if reading {
                 match self.codec.decode(&mut client.buf) {
@@ -198,10 +203,24 @@ impl Relay {
                         return Ok(Exit::Abnormal);
                     }
                 }
+                Some(checked) = self.checks.next() => {
+                    let mut exit = self.decide(client, checked, false).await?;
+                    while exit.is_none() && let Some(Some(checked)) = self.checks.next().now_or_never() {
+                        exit = self.decide(client, checked, false).await?;
+                    }
+                    if let Some(exit) = exit {
+                        self.drain(client).await?;
+                        return Ok(exit);
+                    }
+                }
                 Some(logged) = self.pipeline.next() => {
-                    self.forward(client, logged).await?;
-                    while let Some(Some(logged)) = self.pipeline.next().now_or_never() {
-                        self.forward(client, logged).await?;
+                    let mut exit = self.forward(client, logged).await?;
+                    while exit.is_none() && let Some(Some(logged)) = self.pipeline.next().now_or_never() {
+                        exit = self.forward(client, logged).await?;
+                    }
+                    if let Some(exit) = exit {
+                        self.drain(client).await?;
+                        return Ok(exit);
                     }
                 }
                 () = inbox.ready() => {
@@ -242,10 +261,19 @@ impl Relay {
         }
     }
 
-    /// Routes everything still being logged (so nothing logged is lost).
+    /// Decides what was read and routes everything still being logged
+    /// (so nothing logged is lost), as the connection ends.
     async fn drain(&mut self, client: &mut Client) -> Result<(), End> {
+        while let Some(checked) = self.checks.next().await {
+            if self.decide(client, checked, true).await?.is_some() {
+                // The device is gone (or a 3.1.1 client was refused a
+                // publish): the rest is not decided at all.
+                self.checks = FuturesOrdered::new();
+            }
+        }
         while let Some(logged) = self.pipeline.next().await {
-            self.forward(client, logged).await?;
+            // Ending already: a refusal that would end it changes nothing.
+            let _ = self.forward(client, logged).await?;
         }
         Ok(())
     }
