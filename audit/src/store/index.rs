@@ -63,6 +63,51 @@ async fn index_stored(
     index_records(conn, &rows, cache).await
 }
 
+/// One `record_index` row: idx, kind, at_ms, device id, topic id.
+pub(crate) type IndexRow = (i64, i64, i64, i64, Option<i64>);
+
+/// What the index keeps of one record: kind, time, device, topic.
+fn index_fields(idx: i64, body: &[u8]) -> Result<(i64, i64, String, Option<String>), StoreError> {
+    let record = Record::decode(body)
+        .map_err(|e| StoreError::Corrupt(format!("record {idx} does not decode ({e}); run `sealmq audit verify`")))?;
+    let (kind, at_ms, device, topic) = match record {
+        Record::Publish(p) => (1, p.received_ms, p.device_id, Some(p.topic)),
+        Record::Registry(r) => (2, r.at_ms, r.device_id, None),
+    };
+    // Times past i64::MAX (a broken clock) clamp rather than fail an append.
+    Ok((kind, i64::try_from(at_ms).unwrap_or(i64::MAX), device, topic))
+}
+
+/// The index rows of records whose device ids and topics all have cached
+/// ids, with no statement run; `None` when a name is not cached.
+pub(crate) fn cached_rows(rows: &[(i64, &[u8])], cache: &NameCache) -> Result<Option<Vec<IndexRow>>, StoreError> {
+    let mut index_rows = Vec::with_capacity(rows.len());
+    for &(idx, body) in rows {
+        let (kind, at_ms, device, topic) = index_fields(idx, body)?;
+        let Some(&device) = cache.ids.get(&device) else { return Ok(None) };
+        let topic = match topic {
+            Some(topic) => match cache.ids.get(&topic) {
+                Some(&id) => Some(id),
+                None => return Ok(None),
+            },
+            None => None,
+        };
+        index_rows.push((idx, kind, at_ms, device, topic));
+    }
+    Ok(Some(index_rows))
+}
+
+/// Appends the INSERT statements of `rows` (each ending in `;`) to `sql`.
+pub(crate) fn push_inserts(sql: &mut QueryBuilder<Sqlite>, rows: &[IndexRow]) {
+    for chunk in rows.chunks(INSERT_CHUNK) {
+        sql.push("INSERT INTO record_index (idx, kind, at_ms, device, topic) ");
+        sql.push_values(chunk.iter().copied(), |mut row, (idx, kind, at_ms, device, topic)| {
+            row.push_bind(idx).push_bind(kind).push_bind(at_ms).push_bind(device).push_bind(topic);
+        });
+        sql.push("; ");
+    }
+}
+
 /// Indexes records, given as (index, canonical bytes), inside the caller's
 /// transaction. Returns the names it created, for [`NameCache::learn`]
 /// once committed (ids of a rolled-back transaction must not be cached).
@@ -74,27 +119,18 @@ pub(crate) async fn index_records(
     let mut created: HashMap<String, i64> = HashMap::new();
     let mut index_rows = Vec::with_capacity(rows.len());
     for &(idx, body) in rows {
-        let record = Record::decode(body).map_err(|e| {
-            StoreError::Corrupt(format!("record {idx} does not decode ({e}); run `sealmq audit verify`"))
-        })?;
-        let (kind, at_ms, device, topic) = match &record {
-            Record::Publish(p) => (1, p.received_ms, p.device_id.as_str(), Some(p.topic.as_str())),
-            Record::Registry(r) => (2, r.at_ms, r.device_id.as_str(), None),
-        };
-        let device = name_id(conn, device, cache, &mut created).await?;
+        let (kind, at_ms, device, topic) = index_fields(idx, body)?;
+        let device = name_id(conn, &device, cache, &mut created).await?;
         let topic = match topic {
-            Some(topic) => Some(name_id(conn, topic, cache, &mut created).await?),
+            Some(topic) => Some(name_id(conn, &topic, cache, &mut created).await?),
             None => None,
         };
-        // Times past i64::MAX (a broken clock) clamp rather than fail an append.
-        index_rows.push((idx, kind, i64::try_from(at_ms).unwrap_or(i64::MAX), device, topic));
+        index_rows.push((idx, kind, at_ms, device, topic));
     }
-    for chunk in index_rows.chunks(INSERT_CHUNK) {
-        let mut insert = QueryBuilder::<Sqlite>::new("INSERT INTO record_index (idx, kind, at_ms, device, topic) ");
-        insert.push_values(chunk, |mut row, (idx, kind, at_ms, device, topic)| {
-            row.push_bind(*idx).push_bind(*kind).push_bind(*at_ms).push_bind(*device).push_bind(*topic);
-        });
-        insert.build().execute(&mut *conn).await?;
+    if !index_rows.is_empty() {
+        let mut sql = QueryBuilder::<Sqlite>::new("");
+        push_inserts(&mut sql, &index_rows);
+        sql.build().execute(&mut *conn).await?;
     }
     Ok(created.into_iter().collect())
 }

@@ -24,6 +24,9 @@ use super::{DB_FILE, KEY_FILE, LogConfig, StoreError, io_error, now_ms, to_i64, 
 use crate::mqs1::Kid;
 use crate::{BlockHeader, Checkpoint, DecodeError, Hash, LogKey, Record, RetainedChange, RetainedState, leaf_hash};
 
+#[path = "append.rs"]
+mod append;
+
 /// Rows per multi-row INSERT. Each row binds 3 values; this stays far below
 /// SQLite's variable limit and lets the statement cache reuse one plan.
 const INSERT_CHUNK: usize = 256;
@@ -568,10 +571,12 @@ impl Sequencer {
     async fn insert(&mut self, group: &[(Vec<Entry>, Reply)]) -> Result<(), StoreError> {
         let rows: Vec<(i64, &Entry)> =
             (self.next_index..).map(to_i64).zip(group.iter().flat_map(|(entries, _)| entries)).collect();
-        let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
-        let names = write_entries(&mut tx, &rows, &self.names).await?;
-        tx.commit().await?;
-        self.names.learn(names);
+        if !append::commit_in_one_trip(&mut self.conn, &rows, &self.names).await? {
+            let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
+            let names = write_entries(&mut tx, &rows, &self.names).await?;
+            tx.commit().await?;
+            self.names.learn(names);
+        }
         self.checkpoint_soon();
         Ok(())
     }
