@@ -544,8 +544,8 @@ impl Sequencer {
         start..self.next_index
     }
 
-    async fn commit_group(&mut self, group: Vec<(Vec<Entry>, Reply)>) {
-        match self.insert(&group).await {
+    async fn commit_group(&mut self, mut group: Vec<(Vec<Entry>, Reply)>) {
+        match self.insert(&mut group).await {
             Ok(()) => {
                 for (entries, reply) in group {
                     let range = self.committed(&entries);
@@ -567,11 +567,14 @@ impl Sequencer {
         }
     }
 
-    /// Inserts one group's records, payloads and side effects in one transaction.
-    async fn insert(&mut self, group: &[(Vec<Entry>, Reply)]) -> Result<(), StoreError> {
-        let rows: Vec<(i64, &Entry)> =
-            (self.next_index..).map(to_i64).zip(group.iter().flat_map(|(entries, _)| entries)).collect();
-        if !append::commit_in_one_trip(&mut self.conn, &rows, &self.names).await? {
+    /// Inserts one group's records, payloads and side effects in one
+    /// transaction. May take the payloads out of the entries (they are
+    /// handed to SQLite rather than copied).
+    async fn insert(&mut self, group: &mut [(Vec<Entry>, Reply)]) -> Result<(), StoreError> {
+        let mut rows: Vec<(i64, &mut Entry)> =
+            (self.next_index..).map(to_i64).zip(group.iter_mut().flat_map(|(entries, _)| entries)).collect();
+        if !append::commit_in_one_trip(&mut self.conn, &mut rows, &self.names).await? {
+            let rows: Vec<(i64, &Entry)> = rows.into_iter().map(|(idx, entry)| (idx, &*entry)).collect();
             let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
             let names = write_entries(&mut tx, &rows, &self.names).await?;
             tx.commit().await?;
