@@ -22,20 +22,13 @@ use tokio::sync::mpsc;
 
 use super::StoreError;
 
-/// Pause after a checkpoint that copied little (see [`BUSY_FRAMES`]). Small commits rewrite the same few pages
+/// Pause after each checkpoint. Small commits rewrite the same few pages
 /// (the right edges of the tables and indexes) again and again, and a
 /// checkpoint copies each page once however often the WAL holds it: a
 /// checkpoint every 50 ms writes a fraction of what one per commit would,
 /// and its fsyncs of the database file compete less with the appends'
 /// fsyncs of the WAL (at 5 ms, p50 publish → delivery was 0.2 ms worse).
 const PAUSE: Duration = Duration::from_millis(50);
-/// A checkpoint that went over this many WAL frames since the last one
-/// (4 MiB of 4 KiB pages) means appends write faster than small commits
-/// do, large payloads: the next checkpoint starts at once, so the WAL
-/// left to copy stays small and so does the sequencer's share in
-/// [`Checkpointer::restart_due`] (with the pause, 1 MiB payloads left it
-/// ~10 MiB to copy, a p99 of 360 ms instead of 200).
-const BUSY_FRAMES: i64 = 1024;
 /// WAL frames (pages) past which the sequencer finishes a checkpoint
 /// itself (see [`Checkpointer::restart_due`]): 64 MiB of 4 KiB pages.
 const RESTART_FRAMES: i64 = 16 * 1024;
@@ -100,18 +93,11 @@ impl Checkpointer {
 }
 
 async fn run(mut conn: SqliteConnection, mut kicks: mpsc::Receiver<()>, wal: Arc<WalState>) {
-    let mut last_copied = 0;
     while kicks.recv().await.is_some() {
         match checkpoint(&mut conn).await {
             Ok((frames, copied)) => {
                 wal.behind.store(frames - copied, Ordering::Relaxed);
                 wal.frames.store(frames, Ordering::Relaxed);
-                // Fewer frames than last time: the WAL started over.
-                let went_over = if copied >= last_copied { copied - last_copied } else { copied };
-                last_copied = copied;
-                if went_over > BUSY_FRAMES {
-                    continue;
-                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "WAL checkpoint failed; retrying later");
