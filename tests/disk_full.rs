@@ -250,17 +250,14 @@ fn full_disk_stops_acknowledgements_and_says_why() {
     assert!(frames.iter().all(|f| f.kind() != kind::PUBACK), "a 3.1.1 publish was acknowledged: {frames:?}");
     refused.push(refused4);
 
-    // The broker says why in its log, for the refused publishes and for the
-    // block it could not seal (the two acknowledged before the disk filled
-    // up are pending until BLOCK_INTERVAL_MS has passed).
+    // The broker says why in its log, for the refused publishes. (Sealing
+    // the records acknowledged before the disk filled up may fail too, or
+    // not: a seal writes a block row and a few tree hashes, no payloads,
+    // and may fit in WAL space SQLite already has. Where it fails, the
+    // check of every failure line below wants the reason.)
     assert!(
         logged_line(&broker, &["could not log a publish", "disk is full"]),
         "the broker's log does not say why publishes were refused:\n{}",
-        broker.stderr.lock().unwrap()
-    );
-    assert!(
-        logged_line(&broker, &["sealing a block failed"]),
-        "the broker's log does not say that it could not seal the pending records:\n{}",
         broker.stderr.lock().unwrap()
     );
     assert!(broker.is_running(), "the broker died when the disk filled up");

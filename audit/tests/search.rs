@@ -1,6 +1,7 @@
-//! The record search index: filled when blocks seal, rebuilt on open when
-//! missing, and searched by device, topic (exact or MQTT filter), time and
-//! kind with stable paging in both directions.
+//! The record search index: filled as records are appended, showing only
+//! the sealed ones, rebuilt on open when missing, and searched by device,
+//! topic (exact or MQTT filter), time and kind with stable paging in both
+//! directions.
 
 use std::time::Duration;
 

@@ -19,8 +19,10 @@
 //! Files in the data directory: `log.db` (with its WAL) and `log.key`, the
 //! log's Ed25519 seed (mode 0600, created on first use, never logged).
 
+mod checkpointer;
 mod index;
 mod keyfile;
+mod pending;
 mod reader;
 pub mod registry;
 mod retained;

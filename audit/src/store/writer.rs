@@ -13,18 +13,19 @@ use sqlx::{Connection, QueryBuilder, Sqlite};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+use super::checkpointer::{self, Checkpointer};
 use super::index::{self, NameCache};
 use super::keyfile;
+use super::pending::Pending;
 use super::reader::{LogReader, SealedBlock, connect_options};
 use super::registry::{window_highest_to_sql, window_seen_to_sql};
 use super::retained;
 use super::{DB_FILE, KEY_FILE, LogConfig, StoreError, io_error, now_ms, to_i64, to_u64};
 use crate::mqs1::Kid;
-use crate::tree::is_stored_level;
-use crate::{
-    BlockHeader, Checkpoint, DecodeError, Frontier, Hash, LogKey, NodeId, Record, RetainedChange, RetainedState,
-    leaf_hash, merkle_root,
-};
+use crate::{BlockHeader, Checkpoint, DecodeError, Hash, LogKey, Record, RetainedChange, RetainedState, leaf_hash};
+
+#[path = "append.rs"]
+mod append;
 
 /// Rows per multi-row INSERT. Each row binds 3 values; this stays far below
 /// SQLite's variable limit and lets the statement cache reuse one plan.
@@ -140,6 +141,8 @@ pub struct Log {
     reader: LogReader,
     sealed: watch::Receiver<Option<SealedBlock>>,
     task: tokio::task::JoinHandle<()>,
+    /// The WAL checkpointer; it ends when the sequencer does.
+    checkpointing: tokio::task::JoinHandle<()>,
     _lock: File,
 }
 
@@ -166,7 +169,8 @@ impl Log {
         let lock = lock_data_dir(dir)?;
         let seed = keyfile::load_or_create(&dir.join(KEY_FILE))?;
 
-        let options = connect_options(&dir.join(DB_FILE)).create_if_missing(true).synchronous(SqliteSynchronous::Full);
+        let base = connect_options(&dir.join(DB_FILE)).create_if_missing(true).synchronous(SqliteSynchronous::Full);
+        let options = checkpointer::writer_options(base.clone());
         let mut conn = SqliteConnection::connect_with(&options).await?;
         super::migrate(&mut conn).await?;
         let key = init_meta(&mut conn, &config, &seed).await?;
@@ -178,9 +182,9 @@ impl Log {
         let reader = LogReader::from_pool(pool).await?;
 
         let mut sequencer = Sequencer::resume(conn, options, key, &reader, &config).await?;
-        // Before anything is sealed: the catch-up starts after the highest
-        // indexed record, and each seal indexes its own block.
-        index::catch_up(&mut sequencer.conn, sequencer.frontier.size(), &mut sequencer.names).await?;
+        // Before anything is appended: the catch-up starts after the
+        // highest indexed record, and each append indexes its own records.
+        index::catch_up(&mut sequencer.conn, sequencer.next_index, &mut sequencer.names).await?;
         // Registry changes made while no broker ran are logged before the
         // broker serves anyone with them.
         let drained = sequencer.drain_outbox().await?;
@@ -195,9 +199,11 @@ impl Log {
         }
         let (sealed_tx, sealed) = watch::channel(reader.latest_block().await?);
         sequencer.sealed = Some(sealed_tx);
+        let (checkpoints, checkpointing) = Checkpointer::start(&base).await?;
+        sequencer.checkpoints = Some(checkpoints);
         let (commands, rx) = mpsc::channel(config.queue_depth.max(1));
         let task = tokio::spawn(sequencer.run(rx));
-        Ok(Self { commands, reader, sealed, task, _lock: lock })
+        Ok(Self { commands, reader, sealed, task, checkpointing, _lock: lock })
     }
 
     /// Appends records and returns their log indices once they are durable.
@@ -283,9 +289,12 @@ impl Log {
     /// Stops the sequencer after it has committed every queued append and
     /// sealed every pending record.
     pub async fn close(self) -> Result<(), StoreError> {
-        let Self { commands, task, reader, .. } = self;
+        let Self { commands, task, reader, checkpointing, .. } = self;
         drop(commands);
         task.await.map_err(|e| StoreError::AppendFailed(format!("the sequencer failed: {e}")))?;
+        if let Err(e) = checkpointing.await {
+            tracing::warn!(error = %e, "the WAL checkpointer failed");
+        }
         reader.pool().close().await;
         Ok(())
     }
@@ -354,12 +363,10 @@ struct Sequencer {
     key: LogKey,
     /// The index the next appended record gets.
     next_index: u64,
-    /// The right edge of the sealed tree.
-    frontier: Frontier,
     /// Height and hash of the latest block.
     last_block: Option<(u64, Hash)>,
-    /// Leaf hashes of committed records not yet in a block, from `frontier.size()`.
-    pending: Vec<Hash>,
+    /// Committed records not yet in a block, from the sealed tree's size.
+    pending: Pending,
     /// When the oldest pending record was committed (or a failed seal may be retried).
     seal_due: Option<Instant>,
     block_max_records: usize,
@@ -367,6 +374,8 @@ struct Sequencer {
     sealed: Option<watch::Sender<Option<SealedBlock>>>,
     /// Ids of device ids and topics in the search index.
     names: NameCache,
+    /// Told after each commit; `None` until the log serves appends.
+    checkpoints: Option<Checkpointer>,
 }
 
 impl Sequencer {
@@ -392,7 +401,8 @@ impl Sequencer {
             .bind(to_i64(sealed_size))
             .fetch_all(&mut conn)
             .await?;
-        let mut pending = Vec::with_capacity(rows.len());
+        let block_max_records = usize::try_from(config.block_max_records.max(1)).unwrap_or(usize::MAX);
+        let mut pending = Pending::new(frontier, block_max_records);
         for (expected, (idx, leaf)) in (sealed_size..).zip(rows) {
             if to_u64(idx)? != expected {
                 return Err(StoreError::Corrupt(format!("record {expected} is missing")));
@@ -407,14 +417,14 @@ impl Sequencer {
             options,
             key,
             next_index: sealed_size + pending.len() as u64,
-            frontier,
             last_block: last.map(|b| (b.header.height, b.hash)),
             pending,
             seal_due: None,
-            block_max_records: usize::try_from(config.block_max_records.max(1)).unwrap_or(usize::MAX),
+            block_max_records,
             block_interval: config.block_interval,
             sealed: None,
             names: NameCache::default(),
+            checkpoints: None,
         })
     }
 
@@ -477,6 +487,7 @@ impl Sequencer {
                     }
                     self.commit_group(group).await;
                     self.seal_full_blocks().await;
+                    self.restart_wal_if_due().await;
                 }
             }
         }
@@ -501,6 +512,25 @@ impl Sequencer {
         }
     }
 
+    /// Lets the checkpointer copy what was just committed into the database.
+    fn checkpoint_soon(&self) {
+        if let Some(checkpoints) = &self.checkpoints {
+            checkpoints.kick();
+        }
+    }
+
+    /// Finishes the checkpointer's work on this connection when the WAL
+    /// should start over (see [`Checkpointer::restart_due`]).
+    async fn restart_wal_if_due(&mut self) {
+        if !self.checkpoints.as_ref().is_some_and(Checkpointer::restart_due) {
+            return;
+        }
+        match checkpointer::checkpoint(&mut self.conn).await {
+            Ok((frames, copied)) => tracing::debug!(frames, copied, "checkpointed for a WAL restart"),
+            Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed"),
+        }
+    }
+
     /// Takes committed entries into the head: their indices, from `next_index`.
     fn committed<'a>(&mut self, entries: impl IntoIterator<Item = &'a Entry>) -> Range<u64> {
         let start = self.next_index;
@@ -514,8 +544,8 @@ impl Sequencer {
         start..self.next_index
     }
 
-    async fn commit_group(&mut self, group: Vec<(Vec<Entry>, Reply)>) {
-        match self.insert(&group).await {
+    async fn commit_group(&mut self, mut group: Vec<(Vec<Entry>, Reply)>) {
+        match self.insert(&mut group).await {
             Ok(()) => {
                 for (entries, reply) in group {
                     let range = self.committed(&entries);
@@ -537,13 +567,20 @@ impl Sequencer {
         }
     }
 
-    /// Inserts one group's records, payloads and side effects in one transaction.
-    async fn insert(&mut self, group: &[(Vec<Entry>, Reply)]) -> Result<(), StoreError> {
-        let rows: Vec<(i64, &Entry)> =
-            (self.next_index..).map(to_i64).zip(group.iter().flat_map(|(entries, _)| entries)).collect();
-        let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
-        write_entries(&mut tx, &rows).await?;
-        tx.commit().await?;
+    /// Inserts one group's records, payloads and side effects in one
+    /// transaction. May take the payloads out of the entries (they are
+    /// handed to SQLite rather than copied).
+    async fn insert(&mut self, group: &mut [(Vec<Entry>, Reply)]) -> Result<(), StoreError> {
+        let mut rows: Vec<(i64, &mut Entry)> =
+            (self.next_index..).map(to_i64).zip(group.iter_mut().flat_map(|(entries, _)| entries)).collect();
+        if !append::commit_in_one_trip(&mut self.conn, &mut rows, &self.names).await? {
+            let rows: Vec<(i64, &Entry)> = rows.into_iter().map(|(idx, entry)| (idx, &*entry)).collect();
+            let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
+            let names = write_entries(&mut tx, &rows, &self.names).await?;
+            tx.commit().await?;
+            self.names.learn(names);
+        }
+        self.checkpoint_soon();
         Ok(())
     }
 
@@ -584,11 +621,13 @@ impl Sequencer {
             .await?;
         let entries = rows.iter().map(|(seq, bytes)| outbox_entry(*seq, bytes)).collect::<Result<Vec<_>, _>>()?;
         let indexed: Vec<(i64, &Entry)> = (self.next_index..).map(to_i64).zip(&entries).collect();
-        write_entries(&mut tx, &indexed).await?;
+        let names = write_entries(&mut tx, &indexed, &self.names).await?;
         if let Some((last, _)) = rows.last() {
             sqlx::query("DELETE FROM registry_outbox WHERE seq <= ?").bind(last).execute(&mut *tx).await?;
         }
         tx.commit().await?;
+        self.names.learn(names);
+        self.checkpoint_soon();
         Ok(entries)
     }
 
@@ -650,21 +689,10 @@ impl Sequencer {
     }
 
     /// Seals up to one block's worth of pending records: block root, chain
-    /// link, tree hashes, tree root, signed checkpoint and the block's rows
-    /// of the search index, in one transaction.
+    /// link, tree hashes, tree root and signed checkpoint, in one
+    /// transaction. (The records' search index rows were written with them.)
     async fn seal_block(&mut self) -> Result<SealedBlock, StoreError> {
-        let count = self.pending.len().min(self.block_max_records);
-        debug_assert!(count > 0, "no empty blocks");
-        let leaves = &self.pending[..count];
-        let mut frontier = self.frontier.clone();
-        let mut nodes: Vec<(NodeId, Hash)> = Vec::new();
-        for leaf in leaves {
-            frontier.push(*leaf, |id, hash| {
-                if id.level > 0 && is_stored_level(id.level) {
-                    nodes.push((id, *hash));
-                }
-            });
-        }
+        let open = self.pending.next_block().expect("no empty blocks");
         let (height, prev_block_hash) = match self.last_block {
             Some((height, hash)) => (height + 1, hash),
             None => (0, [0; 32]),
@@ -672,11 +700,11 @@ impl Sequencer {
         let header = BlockHeader {
             height,
             prev_block_hash,
-            first_index: self.frontier.size(),
-            leaf_count: u32::try_from(count).expect("blocks hold at most u32::MAX records"),
-            block_root: merkle_root(leaves),
-            tree_size: frontier.size(),
-            tree_root: frontier.root(),
+            first_index: self.pending.sealed().size(),
+            leaf_count: u32::try_from(open.count).expect("blocks hold at most u32::MAX records"),
+            block_root: open.block.root(),
+            tree_size: open.tree.size(),
+            tree_root: open.tree.root(),
             sealed_ms: now_ms(),
         };
         let checkpoint = self.key.sign(&Checkpoint {
@@ -685,9 +713,10 @@ impl Sequencer {
             root: header.tree_root,
         });
         let block = SealedBlock { header, hash: header.hash(), checkpoint };
+        let count = open.count;
 
         let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
-        for chunk in nodes.chunks(INSERT_CHUNK) {
+        for chunk in open.nodes.chunks(INSERT_CHUNK) {
             let mut insert = QueryBuilder::<Sqlite>::new("INSERT INTO tree_nodes (level, idx, hash) ");
             insert.push_values(chunk, |mut row, (id, hash)| {
                 row.push_bind(i64::from(id.level)).push_bind(to_i64(id.index)).push_bind(&hash[..]);
@@ -702,12 +731,10 @@ impl Sequencer {
             .bind(&block.checkpoint)
             .execute(&mut *tx)
             .await?;
-        let names = index::index_records(&mut tx, header.first_index, header.tree_size, &self.names).await?;
         tx.commit().await?;
-        self.names.learn(names);
+        self.checkpoint_soon();
 
-        self.frontier = frontier;
-        self.pending.drain(..count);
+        self.pending.sealed_next();
         self.last_block = Some((height, block.hash));
         self.seal_due = (!self.pending.is_empty()).then(|| Instant::now() + self.block_interval);
         tracing::debug!(height, records = count, tree_size = header.tree_size, "sealed a block");
@@ -739,11 +766,17 @@ fn outbox_entry(seq: i64, bytes: &[u8]) -> Result<Entry, StoreError> {
     Ok(entry)
 }
 
-/// Inserts records (with their payloads) at the given indices, and applies
-/// their side effects: the retained index and replay windows, each as one
-/// multi-row statement per chunk of the group rather than one per record,
-/// so that the group commit's cost stays per group.
-async fn write_entries(conn: &mut SqliteConnection, rows: &[(i64, &Entry)]) -> Result<(), StoreError> {
+/// Inserts records (with their payloads and search index rows) at the
+/// given indices, and applies their side effects: the retained index and
+/// replay windows, each as one multi-row statement per chunk of the group
+/// rather than one per record, so that the group commit's cost stays per
+/// group. Returns the index names created, for [`NameCache::learn`] once
+/// the transaction committed.
+async fn write_entries(
+    conn: &mut SqliteConnection,
+    rows: &[(i64, &Entry)],
+    names: &NameCache,
+) -> Result<Vec<(String, i64)>, StoreError> {
     for chunk in rows.chunks(INSERT_CHUNK) {
         let mut insert = QueryBuilder::<Sqlite>::new("INSERT INTO records (idx, leaf, body) ");
         insert.push_values(chunk, |mut row, (idx, entry)| {
@@ -751,6 +784,8 @@ async fn write_entries(conn: &mut SqliteConnection, rows: &[(i64, &Entry)]) -> R
         });
         insert.build().execute(&mut *conn).await?;
     }
+    let bodies: Vec<(i64, &[u8])> = rows.iter().map(|(idx, entry)| (*idx, entry.body.as_slice())).collect();
+    let created = index::index_records(conn, &bodies, names).await?;
     let payloads: Vec<(i64, &[u8])> =
         rows.iter().filter_map(|(idx, entry)| Some((*idx, entry.payload.as_deref()?))).collect();
     for chunk in payloads.chunks(INSERT_CHUNK) {
@@ -798,7 +833,7 @@ async fn write_entries(conn: &mut SqliteConnection, rows: &[(i64, &Entry)]) -> R
         );
         upsert.build().execute(&mut *conn).await?;
     }
-    Ok(())
+    Ok(created)
 }
 
 /// The further of two states of one key's replay window.
