@@ -7,6 +7,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use futures_util::stream::FuturesOrdered;
+use futures_util::{FutureExt, StreamExt};
 use sealmq_audit::store::StoreError;
 
 use super::connect::Client;
@@ -20,6 +22,30 @@ use v5::{DisconnectReasonCode as Dc, QoS};
 
 /// A client PUBLISH that passed every check, waiting for its record to be durable.
 pub(super) type Pending = Pin<Box<dyn Future<Output = Logged> + Send>>;
+
+/// Publishes of a connection being logged, in the order they came. The
+/// queue is allocated at the first publish: a connection that never
+/// publishes (an idle one, a subscriber) holds none.
+#[derive(Default)]
+pub(super) struct Pipeline(Option<Box<FuturesOrdered<Pending>>>);
+
+impl Pipeline {
+    pub(super) fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |queue| queue.len())
+    }
+
+    fn push_back(&mut self, pending: Pending) {
+        self.0.get_or_insert_default().push_back(pending);
+    }
+
+    /// The oldest publish once it is logged; `None` at once when none is pending.
+    pub(super) async fn next(&mut self) -> Option<Logged> {
+        match &mut self.0 {
+            Some(queue) => queue.next().await,
+            None => None,
+        }
+    }
+}
 
 /// A publish whose append finished.
 pub(super) struct Logged {
@@ -42,7 +68,7 @@ pub(super) enum Qos2In {
 }
 
 impl Relay {
-    pub(super) async fn reject_publish(
+    pub(super) fn reject_publish(
         &mut self,
         client: &mut Client,
         (qos, pkid): (QoS, u16),
@@ -170,7 +196,7 @@ impl Relay {
         match admit(&shared, &self.device, &self.client_id, &topic, publish) {
             Admission::Rejected { code, why } => {
                 drop(gate);
-                self.reject_publish(client, (qos, pkid), &topic, code, &why).await
+                self.reject_publish(client, (qos, pkid), &topic, code, &why)
             }
             Admission::Duplicate => {
                 drop(gate);
@@ -225,36 +251,12 @@ impl Relay {
     }
 
     /// A record is durable (or failed): route it and acknowledge it, or
-    /// tell the client.
-    pub(super) async fn forward(&mut self, client: &mut Client, logged: Logged) -> Result<(), End> {
+    /// tell the client. Waits for nothing: it runs for every publish in the
+    /// connection's loop, whose state would otherwise grow by its own.
+    pub(super) fn forward(&mut self, client: &mut Client, logged: Logged) -> Result<(), End> {
         let Logged { message, qos, pkid, result } = logged;
-        match result {
-            Ok(index) => {
-                route_logged(&self.shared, message, index);
-                match qos {
-                    QoS::AtMostOnce => {}
-                    // Durable and routed: acknowledged now.
-                    QoS::AtLeastOnce => {
-                        let mut ack = v5::PubAck::new(pkid, None);
-                        ack.properties = self
-                            .receipt(Some(index))
-                            .map(|user_properties| v5::PubAckProperties { reason_string: None, user_properties });
-                        self.inflight = self.inflight.saturating_sub(1);
-                        client.queue(&self.codec, &v5::Packet::PubAck(ack))?;
-                    }
-                    // QoS 2: PUBREC now (to each retransmission too); PUBCOMP on PUBREL.
-                    QoS::ExactlyOnce => {
-                        let owed = match self.qos2_in.insert(pkid, Qos2In::Recorded { index: Some(index) }) {
-                            Some(Qos2In::Logging { owed }) => owed,
-                            _ => 0,
-                        };
-                        let rec = self.pubrec(pkid, Some(index));
-                        for _ in 0..=owed {
-                            client.queue(&self.codec, &rec)?;
-                        }
-                    }
-                }
-            }
+        let index = match result {
+            Ok(index) => index,
             Err(e) => {
                 // Not logged, so not routed and not acknowledged as a success.
                 tracing::error!(device = &*self.client_id, error = %e, "could not log a publish; it was not delivered");
@@ -265,9 +267,42 @@ impl Relay {
                     return Err(End::Io(std::io::Error::other("the audit log is not accepting records")));
                 }
                 let why = format!("the audit log is not accepting records: {e}");
-                let topic = message.topic_str().to_string();
-                let _ = self.reject_publish(client, (qos, pkid), &topic, 0x80, &why).await?;
+                let _ = self.reject_publish(client, (qos, pkid), message.topic_str(), 0x80, &why)?;
+                return Ok(());
             }
+        };
+        route_logged(&self.shared, message, index);
+        match qos {
+            QoS::AtMostOnce => {}
+            // Durable and routed: acknowledged now.
+            QoS::AtLeastOnce => {
+                let mut ack = v5::PubAck::new(pkid, None);
+                ack.properties = self
+                    .receipt(Some(index))
+                    .map(|user_properties| v5::PubAckProperties { reason_string: None, user_properties });
+                self.inflight = self.inflight.saturating_sub(1);
+                client.queue(&self.codec, &v5::Packet::PubAck(ack))?;
+            }
+            // QoS 2: PUBREC now (to each retransmission too); PUBCOMP on PUBREL.
+            QoS::ExactlyOnce => {
+                let owed = match self.qos2_in.insert(pkid, Qos2In::Recorded { index: Some(index) }) {
+                    Some(Qos2In::Logging { owed }) => owed,
+                    _ => 0,
+                };
+                let rec = self.pubrec(pkid, Some(index));
+                for _ in 0..=owed {
+                    client.queue(&self.codec, &rec)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Forwards every publish whose record is ready, `first` first.
+    pub(super) fn forward_ready(&mut self, client: &mut Client, first: Logged) -> Result<(), End> {
+        self.forward(client, first)?;
+        while let Some(Some(logged)) = self.pipeline.next().now_or_never() {
+            self.forward(client, logged)?;
         }
         Ok(())
     }

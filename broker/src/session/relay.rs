@@ -7,16 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::stream::FuturesOrdered;
-use futures_util::{FutureExt, StreamExt};
 use sealmq_audit::mqs1::Kid;
 use tokio::time::Instant;
 
 use super::connect::Client;
-use super::publish::{Pending, Qos2In};
+use super::publish::{Pipeline, Qos2In};
 use super::{End, Exit, PIPELINE_DEPTH, sleep_until, stopped};
 use crate::codec::{ClientCodec, v5};
-use crate::gateway::{Shared, TakeRequest};
+use crate::gateway::{Shared, Takes};
 use crate::identity::Device;
 use crate::limits::PublishRate;
 use crate::route::{Inbox, SubOptions};
@@ -45,7 +43,7 @@ pub(crate) struct Relay {
     /// QoS 1/2 publishes from the client not yet completed (its Receive Maximum is ours).
     pub(super) inflight: usize,
     pub(super) used_kids: HashSet<Kid>,
-    pub(super) pipeline: FuturesOrdered<Pending>,
+    pub(super) pipeline: Pipeline,
     /// QoS 1/2 deliveries the client may have unacknowledged at once: its
     /// Receive Maximum, at most `limits.max_inflight`.
     pub(super) window: usize,
@@ -82,7 +80,7 @@ impl Relay {
             codec,
             device,
             registry_seen: shared.registry_generation(),
-            client_id: Arc::from(inbox.client_id()),
+            client_id: Arc::clone(inbox.client_id_shared()),
             problem_info,
             receipts: false,
             aliases: HashMap::new(),
@@ -91,7 +89,7 @@ impl Relay {
             qos2_in: HashMap::new(),
             inflight: 0,
             used_kids: HashSet::new(),
-            pipeline: FuturesOrdered::new(),
+            pipeline: Pipeline::default(),
             window,
             outgoing: HashMap::new(),
             next_seq: 0,
@@ -150,12 +148,13 @@ impl Relay {
         }
     }
 
-    pub(super) async fn relay(
-        &mut self,
-        client: &mut Client,
-        keep_alive: u16,
-        takes: &mut tokio::sync::mpsc::Receiver<TakeRequest>,
-    ) -> Result<Exit, End> {
+    /// The connection's loop. Its future is part of every connection's
+    /// task for as long as the connection lives, so it is kept small: what
+    /// waits here is the `select!` (one timer, the read readiness, the
+    /// inbox, take-over, revocation and shutdown), and everything larger or
+    /// rare (a PUBLISH, SUBSCRIBE or UNSUBSCRIBE, the end of the
+    /// connection) runs in a boxed future of its own while it runs.
+    pub(super) async fn relay(&mut self, client: &mut Client, keep_alive: u16, takes: &mut Takes) -> Result<Exit, End> {
         let client_timeout = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
         let mut client_deadline = client_timeout.map(|t| Instant::now() + t);
         let mut shutdown = self.shared.shutdown.clone();
@@ -171,81 +170,89 @@ impl Relay {
                 match self.codec.decode(&mut client.buf) {
                     Ok(Some(packet)) => {
                         client_deadline = client_timeout.map(|t| Instant::now() + t);
-                        match self.on_client_packet(client, packet).await? {
+                        // Acknowledgements and pings (most packets under
+                        // load) are handled in place, the rest boxed.
+                        let Some(packet) = self.on_ack(client, packet)? else { continue };
+                        match Box::pin(self.on_client_packet(client, packet)).await? {
                             None => continue,
-                            Some(exit) => {
-                                self.drain(client).await?;
-                                return Ok(exit);
-                            }
+                            Some(exit) => return Box::pin(self.close(client, None, exit)).await,
                         }
                     }
                     Ok(None) => client.release_idle_buffer(),
                     Err(e) => {
                         tracing::info!(client_id = &*self.client_id, error = %e, "malformed packet from client");
-                        self.disconnect(client, e.v5_reason(), &e.to_string()).await;
-                        self.drain(client).await?;
-                        return Ok(Exit::Abnormal);
+                        let why = e.to_string();
+                        return Box::pin(self.close(client, Some((e.v5_reason(), &why)), Exit::Abnormal)).await;
                     }
                 }
             }
             // Everything handled so far goes out in one write.
             client.flush().await?;
+            // One timer for both: the end of the throttle, and keep-alive.
+            let wake_at = match (throttled, client_deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             tokio::select! {
                 read = client.read_more(), if reading => {
                     if !read? {
                         // EOF without DISCONNECT: abnormal, the will goes out.
-                        self.drain(client).await?;
-                        return Ok(Exit::Abnormal);
+                        return Box::pin(self.close(client, None, Exit::Abnormal)).await;
                     }
                 }
-                Some(logged) = self.pipeline.next() => {
-                    self.forward(client, logged).await?;
-                    while let Some(Some(logged)) = self.pipeline.next().now_or_never() {
-                        self.forward(client, logged).await?;
-                    }
-                }
+                Some(logged) = self.pipeline.next() => self.forward_ready(client, logged)?,
                 () = inbox.ready() => {
                     // Deliveries are decided under the registry as it is too
                     // (a narrowed subscribe ACL ends subscriptions).
                     if !self.refresh_device().await {
-                        self.disconnect(client, Dc::NotAuthorized, "the device is no longer registered").await;
-                        self.drain(client).await?;
-                        return Ok(Exit::Abnormal);
+                        let reason = Some((Dc::NotAuthorized, "the device is no longer registered"));
+                        return Box::pin(self.close(client, reason, Exit::Abnormal)).await;
                     }
                     self.pump(client)?;
                 }
-                () = sleep_until(throttled) => {}
-                () = sleep_until(client_deadline) => {
-                    tracing::info!(client_id = &*self.client_id, "keep-alive expired");
-                    self.disconnect(client, Dc::KeepAliveTimeout, "keep-alive expired").await;
-                    self.drain(client).await?;
-                    return Ok(Exit::Abnormal);
+                () = sleep_until(wake_at) => {
+                    if client_deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                        tracing::info!(client_id = &*self.client_id, "keep-alive expired");
+                        let reason = Some((Dc::KeepAliveTimeout, "keep-alive expired"));
+                        return Box::pin(self.close(client, reason, Exit::Abnormal)).await;
+                    }
                 }
                 Some(reply) = takes.recv() => {
-                    self.disconnect(client, Dc::SessionTakenOver, "another connection took over this client id").await;
-                    self.drain(client).await?;
-                    return Ok(Exit::TakenOver(reply));
+                    let reason = Some((Dc::SessionTakenOver, "another connection took over this client id"));
+                    return Box::pin(self.close(client, reason, Exit::TakenOver(reply))).await;
                 }
                 kids = revoked.recv() => {
                     if let Ok(kids) = kids && kids.iter().any(|kid| self.used_kids.contains(kid)) {
-                        self.disconnect(client, Dc::NotAuthorized, "a key this connection signed with was revoked").await;
-                        self.drain(client).await?;
-                        return Ok(Exit::Abnormal);
+                        let reason = Some((Dc::NotAuthorized, "a key this connection signed with was revoked"));
+                        return Box::pin(self.close(client, reason, Exit::Abnormal)).await;
                     }
                 }
                 () = stopped(&mut shutdown) => {
-                    self.drain(client).await?;
-                    self.disconnect(client, Dc::ServerShuttingDown, "the broker is shutting down").await;
-                    return Ok(Exit::Shutdown);
+                    return Box::pin(async {
+                        self.drain(client).await?;
+                        self.disconnect(client, Dc::ServerShuttingDown, "the broker is shutting down").await;
+                        Ok(Exit::Shutdown)
+                    })
+                    .await;
                 }
             }
         }
     }
 
+    /// Ends the relay with `exit`: tells the client why, if there is a
+    /// reason to give, then routes what is still being logged.
+    async fn close(&mut self, client: &mut Client, reason: Option<(Dc, &str)>, exit: Exit) -> Result<Exit, End> {
+        if let Some((reason, why)) = reason {
+            self.disconnect(client, reason, why).await;
+        }
+        self.drain(client).await?;
+        Ok(exit)
+    }
+
     /// Routes everything still being logged (so nothing logged is lost).
     async fn drain(&mut self, client: &mut Client) -> Result<(), End> {
         while let Some(logged) = self.pipeline.next().await {
-            self.forward(client, logged).await?;
+            self.forward_ready(client, logged)?;
         }
         Ok(())
     }
@@ -261,13 +268,10 @@ impl Relay {
         let _ = client.flush().await;
     }
 
-    /// Handles one packet from the client; `Some` ends the connection.
-    async fn on_client_packet(&mut self, client: &mut Client, packet: v5::Packet) -> Result<Option<Exit>, End> {
+    /// Handles an acknowledgement or a ping, which need no waiting; any
+    /// other packet comes back, for [`Relay::on_client_packet`].
+    fn on_ack(&mut self, client: &mut Client, packet: v5::Packet) -> Result<Option<v5::Packet>, End> {
         match packet {
-            v5::Packet::Publish(publish) => {
-                self.rate.spend();
-                return self.client_publish(client, publish).await;
-            }
             v5::Packet::PubAck(ack) => {
                 if matches!(self.outgoing.get(&ack.pkid), Some(out) if out.qos == 1) {
                     self.outgoing.remove(&ack.pkid);
@@ -305,9 +309,21 @@ impl Relay {
                     self.pump(client)?;
                 }
             }
+            v5::Packet::PingReq(_) => client.queue(&self.codec, &v5::Packet::PingResp(v5::PingResp))?,
+            other => return Ok(Some(other)),
+        }
+        Ok(None)
+    }
+
+    /// Handles one packet from the client; `Some` ends the connection.
+    async fn on_client_packet(&mut self, client: &mut Client, packet: v5::Packet) -> Result<Option<Exit>, End> {
+        match packet {
+            v5::Packet::Publish(publish) => {
+                self.rate.spend();
+                return self.client_publish(client, publish).await;
+            }
             v5::Packet::Subscribe(subscribe) => self.client_subscribe(client, subscribe).await?,
             v5::Packet::Unsubscribe(unsubscribe) => self.client_unsubscribe(client, unsubscribe).await?,
-            v5::Packet::PingReq(_) => client.queue(&self.codec, &v5::Packet::PingResp(v5::PingResp))?,
             v5::Packet::Disconnect(disconnect) => {
                 let publish_will = disconnect.reason_code == Dc::DisconnectWithWillMessage;
                 let session_expiry = disconnect.properties.and_then(|p| p.session_expiry_interval);
@@ -316,6 +332,13 @@ impl Relay {
             v5::Packet::Connect(..) => {
                 self.disconnect(client, Dc::ProtocolError, "a second CONNECT").await;
                 return Ok(Some(Exit::Abnormal));
+            }
+            ack @ (v5::Packet::PubAck(_)
+            | v5::Packet::PubRec(_)
+            | v5::Packet::PubRel(_)
+            | v5::Packet::PubComp(_)
+            | v5::Packet::PingReq(_)) => {
+                self.on_ack(client, ack)?;
             }
             other => {
                 tracing::info!(client_id = &*self.client_id, packet = ?other, "packet not allowed from a client");
