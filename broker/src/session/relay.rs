@@ -56,6 +56,18 @@ pub(crate) struct Relay {
     pub(super) rate: PublishRate,
 }
 
+/// What woke the connection's loop, to be handled after its `select!`.
+enum Event {
+    /// Handled already: go round again.
+    Next,
+    /// Deliveries wait in the inbox.
+    Inbox,
+    /// The connection ends: DISCONNECT with this reason, if any, then `Exit`.
+    Close(Option<(Dc, &'static str)>, Exit),
+    /// The broker is shutting down.
+    Shutdown,
+}
+
 /// A QoS 1/2 delivery the client has not completed.
 pub(super) struct Outgoing {
     pub(super) seq: u64,
@@ -160,31 +172,43 @@ impl Relay {
         let mut shutdown = self.shared.shutdown.clone();
         let mut revoked = self.shared.revoked.subscribe();
         let inbox = Arc::clone(&self.inbox);
-        loop {
+        'relay: loop {
             // A client over its publish rate is not read from until it has
             // budget again: slowed down, and nothing it sent is lost.
             let throttled = self.rate.wait_until();
             let reading = self.pipeline.len() < PIPELINE_DEPTH && throttled.is_none();
-            // Packets already buffered are handled before reading more.
-            if reading {
-                match self.codec.decode(&mut client.buf) {
+            // Packets already buffered are handled before reading more. No
+            // wait here holds the decoded packet in a local (it is moved
+            // into a boxed future first), so it takes no room in this loop's
+            // state while the loop waits.
+            let malformed = 'decoded: {
+                if !reading {
+                    break 'decoded None;
+                }
+                let handling = match self.codec.decode(&mut client.buf) {
                     Ok(Some(packet)) => {
                         client_deadline = client_timeout.map(|t| Instant::now() + t);
                         // Acknowledgements and pings (most packets under
                         // load) are handled in place, the rest boxed.
-                        let Some(packet) = self.on_ack(client, packet)? else { continue };
-                        match Box::pin(self.on_client_packet(client, packet)).await? {
-                            None => continue,
-                            Some(exit) => return Box::pin(self.close(client, None, exit)).await,
-                        }
+                        let Some(packet) = self.on_ack(client, packet)? else { continue 'relay };
+                        Box::pin(self.on_client_packet(client, packet))
                     }
-                    Ok(None) => client.release_idle_buffer(),
+                    Ok(None) => {
+                        client.release_idle_buffer();
+                        break 'decoded None;
+                    }
                     Err(e) => {
                         tracing::info!(client_id = &*self.client_id, error = %e, "malformed packet from client");
-                        let why = e.to_string();
-                        return Box::pin(self.close(client, Some((e.v5_reason(), &why)), Exit::Abnormal)).await;
+                        break 'decoded Some((e.v5_reason(), e.to_string()));
                     }
+                };
+                match handling.await? {
+                    None => continue 'relay,
+                    Some(exit) => return Box::pin(self.close(client, None, exit)).await,
                 }
+            };
+            if let Some((reason, why)) = malformed {
+                return Box::pin(self.close(client, Some((reason, &why)), Exit::Abnormal)).await;
             }
             // Everything handled so far goes out in one write.
             client.flush().await?;
@@ -193,15 +217,43 @@ impl Relay {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            tokio::select! {
+            // No arm waits: an arm that did would keep every arm's output
+            // (a logged publish among them) in this loop's state.
+            let event = tokio::select! {
                 read = client.read_more(), if reading => {
-                    if !read? {
-                        // EOF without DISCONNECT: abnormal, the will goes out.
-                        return Box::pin(self.close(client, None, Exit::Abnormal)).await;
+                    // EOF without DISCONNECT: abnormal, the will goes out.
+                    if read? { Event::Next } else { Event::Close(None, Exit::Abnormal) }
+                }
+                Some(logged) = self.pipeline.next() => {
+                    self.forward_ready(client, logged)?;
+                    Event::Next
+                }
+                () = inbox.ready() => Event::Inbox,
+                () = sleep_until(wake_at) => {
+                    if client_deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                        tracing::info!(client_id = &*self.client_id, "keep-alive expired");
+                        Event::Close(Some((Dc::KeepAliveTimeout, "keep-alive expired")), Exit::Abnormal)
+                    } else {
+                        Event::Next
                     }
                 }
-                Some(logged) = self.pipeline.next() => self.forward_ready(client, logged)?,
-                () = inbox.ready() => {
+                Some(reply) = takes.recv() => {
+                    let reason = (Dc::SessionTakenOver, "another connection took over this client id");
+                    Event::Close(Some(reason), Exit::TakenOver(reply))
+                }
+                kids = revoked.recv() => {
+                    if let Ok(kids) = kids && kids.iter().any(|kid| self.used_kids.contains(kid)) {
+                        let reason = (Dc::NotAuthorized, "a key this connection signed with was revoked");
+                        Event::Close(Some(reason), Exit::Abnormal)
+                    } else {
+                        Event::Next
+                    }
+                }
+                () = stopped(&mut shutdown) => Event::Shutdown,
+            };
+            match event {
+                Event::Next => {}
+                Event::Inbox => {
                     // Deliveries are decided under the registry as it is too
                     // (a narrowed subscribe ACL ends subscriptions).
                     if !self.refresh_device().await {
@@ -210,24 +262,8 @@ impl Relay {
                     }
                     self.pump(client)?;
                 }
-                () = sleep_until(wake_at) => {
-                    if client_deadline.is_some_and(|deadline| Instant::now() >= deadline) {
-                        tracing::info!(client_id = &*self.client_id, "keep-alive expired");
-                        let reason = Some((Dc::KeepAliveTimeout, "keep-alive expired"));
-                        return Box::pin(self.close(client, reason, Exit::Abnormal)).await;
-                    }
-                }
-                Some(reply) = takes.recv() => {
-                    let reason = Some((Dc::SessionTakenOver, "another connection took over this client id"));
-                    return Box::pin(self.close(client, reason, Exit::TakenOver(reply))).await;
-                }
-                kids = revoked.recv() => {
-                    if let Ok(kids) = kids && kids.iter().any(|kid| self.used_kids.contains(kid)) {
-                        let reason = Some((Dc::NotAuthorized, "a key this connection signed with was revoked"));
-                        return Box::pin(self.close(client, reason, Exit::Abnormal)).await;
-                    }
-                }
-                () = stopped(&mut shutdown) => {
+                Event::Close(reason, exit) => return Box::pin(self.close(client, reason, exit)).await,
+                Event::Shutdown => {
                     return Box::pin(async {
                         self.drain(client).await?;
                         self.disconnect(client, Dc::ServerShuttingDown, "the broker is shutting down").await;
