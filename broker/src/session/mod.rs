@@ -16,6 +16,7 @@ mod publish;
 mod relay;
 mod subscribe;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,13 +47,33 @@ const PIPELINE_DEPTH: usize = 256;
 /// the CONNECT, taking a session over, CONNACK) or ends (wills, parking)
 /// runs in boxed futures allocated for those moments only, and an idle
 /// connection keeps just the relay's state (see [`Relay::relay`]).
-pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, kind: Listener, slot: Slot) {
-    let Some(mut live) = Box::pin(open(shared, stream, peer, kind)).await else { return };
+pub(crate) fn serve(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    kind: Listener,
+    slot: Slot,
+) -> impl Future<Output = ()> + Send {
+    // One pointer in the task, not its five arguments for its whole life.
+    serve_boxed(Box::new(Incoming { shared, stream, peer, kind, slot }))
+}
+
+/// A connection as accepted.
+struct Incoming {
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    kind: Listener,
+    slot: Slot,
+}
+
+async fn serve_boxed(incoming: Box<Incoming>) {
+    let Some(mut live) = Box::pin(open(incoming)).await else { return };
     let exit = match live.started.take() {
-        Some(Err(e)) => Err(e),
-        _ => live.relay.relay(&mut live.client, live.keep_alive, &mut live.closing.takes).await,
+        Some(e) => Err(*e),
+        None => live.relay.relay(&mut live.client, live.keep_alive, &mut live.closing.takes).await,
     };
-    Box::pin(finish(live, exit, slot, peer)).await;
+    Box::pin(finish(live, exit)).await;
 }
 
 /// A connection whose CONNECT was accepted, with its session.
@@ -63,14 +84,17 @@ struct Live {
     keep_alive: u16,
     /// An error answering the CONNECT or resending what a resumed session
     /// had in flight: the session then ends as on any abnormal disconnection.
-    started: Option<Result<(), End>>,
+    started: Option<Box<End>>,
     closing: Closing,
+    peer: SocketAddr,
+    slot: Slot,
 }
 
 /// The connection up to its accepted CONNECT and its session: `None` when
 /// it was refused or left first. Bounded by the CONNECT timeout, which the
 /// transport's handshakes count against too.
-async fn open(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, kind: Listener) -> Option<Live> {
+async fn open(incoming: Box<Incoming>) -> Option<Live> {
+    let Incoming { shared, stream, peer, kind, slot } = *incoming;
     let timeout = Duration::from_millis(shared.config.limits.connect_timeout_ms);
     let accepted = tokio::time::timeout(timeout, async {
         let upgraded = upgrade(kind, stream, shared.tls.as_ref(), shared.config.limits.max_packet_size).await?;
@@ -121,8 +145,9 @@ async fn open(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, kind: Li
     let (relay, started) = start(&shared, &mut client, opening, previous, peer).await;
     // A will is rare, and large: boxed, it costs others one pointer.
     let will = will.map(Box::new);
-    let closing = Closing { client_id, generation, session_expiry, will, will_delay, takes };
-    Some(Live { shared, client, relay, keep_alive, started: Some(started), closing })
+    let closing = Closing { generation, session_expiry, will, will_delay, takes };
+    let started = started.err().map(Box::new);
+    Some(Live { shared, client, relay, keep_alive, started, closing, peer, slot })
 }
 
 /// Answers a connection past the connection limit: reads its CONNECT (for
@@ -226,7 +251,7 @@ async fn start(
             relay.problem_info = request_problem_info;
             relay.receipts = receipts;
             relay.window = window;
-            relay.aliases.clear();
+            relay.aliases = Default::default();
             relay.inflight = 0;
             (relay, true)
         }
@@ -279,9 +304,8 @@ async fn start(
     (relay, resumed)
 }
 
-/// What [`finish`] needs of the CONNECT.
+/// What [`finish`] needs of the CONNECT (the client id is the relay's).
 struct Closing {
-    client_id: String,
     generation: u64,
     /// As the CONNECT asked.
     session_expiry: u32,
@@ -293,12 +317,13 @@ struct Closing {
 /// Ends the connection: the will (now, or waiting in the session for its
 /// delay), then the session handed to the connection that took it over,
 /// parked for its expiry, or ended.
-async fn finish(live: Live, exit: Result<Exit, End>, slot: Slot, peer: SocketAddr) {
-    let Live { shared, mut client, relay, closing, .. } = live;
+async fn finish(live: Live, exit: Result<Exit, End>) {
+    let Live { shared, mut client, relay, closing, peer, slot, .. } = live;
+    let client_id = relay.client_id.to_string();
     if let Err(e) = &exit {
-        tracing::debug!(%peer, client_id = closing.client_id, error = %e, "connection ended");
+        tracing::debug!(%peer, client_id, error = %e, "connection ended");
     }
-    let Closing { client_id, generation, session_expiry, will, will_delay, takes } = closing;
+    let Closing { generation, session_expiry, will, will_delay, takes } = closing;
     let _ = client.flush().await;
     let _ = client.write.shutdown().await;
     drop(client);

@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use bytes::Bytes;
 use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, StreamExt};
 use sealmq_audit::store::StoreError;
@@ -117,7 +118,7 @@ impl Relay {
         let limits = &self.shared.config.limits;
         if publish.qos != QoS::AtMostOnce {
             if publish.qos == QoS::ExactlyOnce
-                && let Some(state) = self.qos2_in.get_mut(&publish.pkid)
+                && let Some(state) = self.qos2_in.get_mut().and_then(|q| q.get_mut(&publish.pkid))
             {
                 // The same packet id before its PUBREL: the same message,
                 // not logged or delivered again [MQTT-4.3.3-9]; answered
@@ -151,7 +152,7 @@ impl Relay {
                 return Ok(Some(Exit::Abnormal));
             }
             if publish.topic.is_empty() {
-                match self.aliases.get(&alias) {
+                match self.aliases.get().and_then(|aliases| aliases.get(&alias)) {
                     Some(topic) => publish.topic = topic.clone(),
                     None => {
                         self.disconnect(client, Dc::ProtocolError, "unknown topic alias").await;
@@ -159,7 +160,9 @@ impl Relay {
                     }
                 }
             } else {
-                self.aliases.insert(alias, publish.topic.clone());
+                // A copy: the topic shares the read buffer, which a session
+                // keeping it would keep whole.
+                self.aliases.or_default().insert(alias, Bytes::copy_from_slice(&publish.topic));
             }
         }
         if publish.topic.is_empty() {
@@ -208,7 +211,7 @@ impl Relay {
                         self.inflight = self.inflight.saturating_sub(1);
                     }
                     QoS::ExactlyOnce => {
-                        self.qos2_in.insert(pkid, Qos2In::Recorded { index: None });
+                        self.qos2_in.or_default().insert(pkid, Qos2In::Recorded { index: None });
                         client.queue(&self.codec, &v5::Packet::PubRec(v5::PubRec::new(pkid, None)))?;
                     }
                 }
@@ -217,9 +220,11 @@ impl Relay {
             Admission::Log { entry, message, kid } => {
                 let submitted = shared.log.submit(vec![entry]).await;
                 drop(gate);
-                self.used_kids.extend(kid);
+                if let Some(kid) = kid {
+                    self.used_kids.or_default().insert(kid);
+                }
                 if qos == QoS::ExactlyOnce {
-                    self.qos2_in.insert(pkid, Qos2In::Logging { owed: 0 });
+                    self.qos2_in.or_default().insert(pkid, Qos2In::Logging { owed: 0 });
                 }
                 let logged = async move {
                     let result = match submitted {
@@ -261,7 +266,9 @@ impl Relay {
                 // Not logged, so not routed and not acknowledged as a success.
                 tracing::error!(device = &*self.client_id, error = %e, "could not log a publish; it was not delivered");
                 if qos == QoS::ExactlyOnce {
-                    self.qos2_in.remove(&pkid);
+                    if let Some(qos2_in) = self.qos2_in.get_mut() {
+                        qos2_in.remove(&pkid);
+                    }
                 }
                 if self.codec.version == Version::V311 && qos != QoS::AtMostOnce {
                     return Err(End::Io(std::io::Error::other("the audit log is not accepting records")));
@@ -285,7 +292,7 @@ impl Relay {
             }
             // QoS 2: PUBREC now (to each retransmission too); PUBCOMP on PUBREL.
             QoS::ExactlyOnce => {
-                let owed = match self.qos2_in.insert(pkid, Qos2In::Recorded { index: Some(index) }) {
+                let owed = match self.qos2_in.or_default().insert(pkid, Qos2In::Recorded { index: Some(index) }) {
                     Some(Qos2In::Logging { owed }) => owed,
                     _ => 0,
                 };

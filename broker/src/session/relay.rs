@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::connect::Client;
 use super::publish::{Pipeline, Qos2In};
-use super::{End, Exit, PIPELINE_DEPTH, sleep_until, stopped};
+use super::{End, Exit, PIPELINE_DEPTH, sleep_until};
 use crate::codec::{ClientCodec, v5};
 use crate::gateway::{Shared, Takes};
 use crate::identity::Device;
@@ -33,16 +33,19 @@ pub(crate) struct Relay {
     pub(super) problem_info: bool,
     /// Whether deliveries carry the record's index ([`crate::admission::PROP_RECEIPTS`]).
     pub(super) receipts: bool,
-    pub(super) aliases: HashMap<u16, Bytes>,
+    /// Rare state (topic aliases, QoS 2 from the client, keys signed
+    /// with) is allocated when first used: most connections never need it,
+    /// and empty, each map would still take 48 bytes of every connection.
+    pub(super) aliases: Rare<HashMap<u16, Bytes>>,
     /// The session's subscriptions, by filter as the client wrote it.
     pub(super) subscriptions: HashMap<Arc<str>, SubOptions>,
     /// Where the router leaves the session's deliveries.
     pub(super) inbox: Arc<Inbox>,
     /// Client QoS 2 publishes awaiting PUBREL, by packet id.
-    pub(super) qos2_in: HashMap<u16, Qos2In>,
+    pub(super) qos2_in: Rare<HashMap<u16, Qos2In>>,
     /// QoS 1/2 publishes from the client not yet completed (its Receive Maximum is ours).
     pub(super) inflight: usize,
-    pub(super) used_kids: HashSet<Kid>,
+    pub(super) used_kids: Rare<HashSet<Kid>>,
     pub(super) pipeline: Pipeline,
     /// QoS 1/2 deliveries the client may have unacknowledged at once: its
     /// Receive Maximum, at most `limits.max_inflight`.
@@ -54,6 +57,30 @@ pub(crate) struct Relay {
     pub(super) next_pkid: u16,
     /// The client's publish budget: past it, reading from it pauses.
     pub(super) rate: PublishRate,
+}
+
+/// State a connection may never need: nothing allocated until it does.
+pub(crate) struct Rare<T>(Option<Box<T>>);
+
+impl<T> Default for Rare<T> {
+    fn default() -> Self {
+        Self(None)
+    }
+}
+
+impl<T: Default> Rare<T> {
+    pub(super) fn get(&self) -> Option<&T> {
+        self.0.as_deref()
+    }
+
+    pub(super) fn get_mut(&mut self) -> Option<&mut T> {
+        self.0.as_deref_mut()
+    }
+
+    /// The state, allocated now if it was not yet.
+    pub(super) fn or_default(&mut self) -> &mut T {
+        self.0.get_or_insert_default()
+    }
 }
 
 /// What woke the connection's loop, to be handled after its `select!`.
@@ -95,12 +122,12 @@ impl Relay {
             client_id: Arc::clone(inbox.client_id_shared()),
             problem_info,
             receipts: false,
-            aliases: HashMap::new(),
+            aliases: Rare::default(),
             subscriptions: HashMap::new(),
             inbox,
-            qos2_in: HashMap::new(),
+            qos2_in: Rare::default(),
             inflight: 0,
-            used_kids: HashSet::new(),
+            used_kids: Rare::default(),
             pipeline: Pipeline::default(),
             window,
             outgoing: HashMap::new(),
@@ -242,14 +269,17 @@ impl Relay {
                     Event::Close(Some(reason), Exit::TakenOver(reply))
                 }
                 kids = revoked.recv() => {
-                    if let Ok(kids) = kids && kids.iter().any(|kid| self.used_kids.contains(kid)) {
+                    if let Ok(kids) = kids && self.used_kids.get().is_some_and(|used| kids.iter().any(|kid| used.contains(kid))) {
                         let reason = (Dc::NotAuthorized, "a key this connection signed with was revoked");
                         Event::Close(Some(reason), Exit::Abnormal)
                     } else {
                         Event::Next
                     }
                 }
-                () = stopped(&mut shutdown) => Event::Shutdown,
+                // The only change is to true (shutdown); a closed channel
+                // means the broker is gone. `changed`, not `stopped`: its
+                // state is smaller, and this waits in every connection.
+                _ = shutdown.changed() => Event::Shutdown,
             };
             match event {
                 Event::Next => {}
@@ -330,8 +360,10 @@ impl Relay {
             }
             v5::Packet::PubRel(rel) => {
                 let mut comp = v5::PubComp::new(rel.pkid, None);
-                if let Some(Qos2In::Recorded { .. }) = self.qos2_in.get(&rel.pkid) {
-                    self.qos2_in.remove(&rel.pkid);
+                if let Some(qos2_in) = self.qos2_in.get_mut()
+                    && let Some(Qos2In::Recorded { .. }) = qos2_in.get(&rel.pkid)
+                {
+                    qos2_in.remove(&rel.pkid);
                     self.inflight = self.inflight.saturating_sub(1);
                 } else {
                     // Unknown, or released before its PUBREC was sent.
