@@ -17,6 +17,7 @@
 //! starting with a wildcard does not match topics starting with `$`.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use thiserror::Error;
 
@@ -120,11 +121,14 @@ pub fn validate_pattern(pattern: &str, device_id: &str) -> Result<(), AclError> 
 }
 
 /// A device's ACL, compiled once (per session) for checks on every packet.
+/// Cloning shares the compiled patterns: an ACL without `{device}` can be
+/// compiled once for every device it applies to (unknown devices: one
+/// broker-wide ACL, not one per connection).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Acl {
     /// `None`: no restriction. Invalid patterns are left out, so a list of
     /// only invalid patterns allows nothing (fails closed).
-    patterns: Option<Vec<Vec<Level<'static>>>>,
+    patterns: Option<Arc<[Vec<Level<'static>>]>>,
 }
 
 impl Acl {
@@ -133,13 +137,19 @@ impl Acl {
         if patterns.is_empty() {
             return Self { patterns: None };
         }
-        let compiled = patterns.iter().filter_map(|p| compile(p.as_ref(), device_id)).collect();
-        Self { patterns: Some(compiled) }
+        let compiled: Vec<_> = patterns.iter().filter_map(|p| compile(p.as_ref(), device_id)).collect();
+        Self { patterns: Some(compiled.into()) }
     }
 
     /// An ACL that allows every valid topic and filter.
     pub fn unrestricted() -> Self {
         Self { patterns: None }
+    }
+
+    /// True when some pattern names `{device}`: the ACL then differs from
+    /// one device to the next.
+    pub fn depends_on_device<S: AsRef<str>>(patterns: &[S]) -> bool {
+        patterns.iter().any(|p| p.as_ref().contains(DEVICE_PLACEHOLDER))
     }
 
     /// True when the ACL restricts nothing.

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use sealmq_audit::mqs1::Kid;
 use sealmq_audit::store::Log;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, oneshot, watch};
 
 use crate::checks::CheckPool;
 use crate::config::BrokerConfig;
@@ -43,7 +43,26 @@ pub(crate) struct SessionEntry {
     /// Distinguishes this holder from a later one with the same id.
     pub generation: u64,
     /// Where to ask it to hand the session over.
-    pub take: mpsc::Sender<TakeRequest>,
+    pub take: oneshot::Sender<TakeRequest>,
+}
+
+/// Where a session's holder hears that another connection takes its
+/// client id over. A holder is asked at most once: the table hands its
+/// sender to exactly one successor. A oneshot (about 100 bytes), not an
+/// mpsc channel, whose first block and padded halves cost every connection
+/// most of a KiB.
+pub(crate) struct Takes(Option<oneshot::Receiver<TakeRequest>>);
+
+impl Takes {
+    /// The next take-over request; `None` (at once, from then on) once no
+    /// successor can ask any more.
+    pub(crate) async fn recv(&mut self) -> Option<TakeRequest> {
+        // A oneshot must not be polled again once it has answered.
+        let receiver = self.0.as_mut()?;
+        let answer = receiver.await.ok();
+        self.0 = None;
+        answer
+    }
 }
 
 /// What every connection shares.
@@ -120,15 +139,12 @@ impl Shared {
     /// Registers a new connection as the holder of `client_id`. Returns its
     /// generation, where it receives take-over requests, and where to ask
     /// the previous holder (live or parked), if any, for the session.
-    pub(crate) fn claim_session(
-        &self,
-        client_id: &str,
-    ) -> (u64, mpsc::Receiver<TakeRequest>, Option<mpsc::Sender<TakeRequest>>) {
+    pub(crate) fn claim_session(&self, client_id: &str) -> (u64, Takes, Option<oneshot::Sender<TakeRequest>>) {
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-        let (take, takes) = mpsc::channel(4);
+        let (take, takes) = oneshot::channel();
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let previous = sessions.insert(client_id.to_string(), SessionEntry { generation, take });
-        (generation, takes, previous.map(|entry| entry.take))
+        (generation, Takes(Some(takes)), previous.map(|entry| entry.take))
     }
 
     /// Forgets a connection, unless a newer one has taken its id.

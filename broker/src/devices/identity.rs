@@ -84,6 +84,10 @@ pub enum Refusal {
 pub struct Identities {
     devices: HashMap<String, Arc<Device>>,
     unknown: UnknownDevices,
+    /// Unknown devices' publish and subscribe ACLs, compiled once when no
+    /// pattern names `{device}` (the default): every connection of an
+    /// unknown device shares them instead of compiling its own.
+    unknown_acls: (Option<Acl>, Option<Acl>),
 }
 
 impl Identities {
@@ -115,7 +119,9 @@ impl Identities {
                 }),
             );
         }
-        Self { devices, unknown }
+        let shared = |patterns: &[String]| (!Acl::depends_on_device(patterns)).then(|| Acl::new(patterns, ""));
+        let unknown_acls = (shared(&unknown.allow_pub), shared(&unknown.allow_sub));
+        Self { devices, unknown, unknown_acls }
     }
 
     /// The identity a client id gets, before the password check.
@@ -133,8 +139,8 @@ impl Identities {
             registered: false,
             policy,
             password_hash: None,
-            allow_pub: Acl::new(&self.unknown.allow_pub, client_id),
-            allow_sub: Acl::new(&self.unknown.allow_sub, client_id),
+            allow_pub: self.unknown_acls.0.clone().unwrap_or_else(|| Acl::new(&self.unknown.allow_pub, client_id)),
+            allow_sub: self.unknown_acls.1.clone().unwrap_or_else(|| Acl::new(&self.unknown.allow_sub, client_id)),
             keys: HashMap::new(),
         }))
     }
@@ -163,4 +169,41 @@ pub async fn check_password(device: &Device, password: Option<Vec<u8>>) -> Resul
     let ok =
         tokio::task::spawn_blocking(move || store_registry::verify_password(&hash, &password)).await.unwrap_or(false);
     if ok { Ok(()) } else { Err(Refusal::BadPassword) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identities(allow_pub: &[&str]) -> Identities {
+        let snapshot = RegistrySnapshot { version: 0, unlogged: 0, devices: Vec::new() };
+        let unknown = UnknownDevices {
+            policy: UnknownPolicy::Legacy,
+            allow_pub: allow_pub.iter().map(|p| p.to_string()).collect(),
+            allow_sub: vec!["#".into()],
+        };
+        Identities::new(&snapshot, unknown)
+    }
+
+    /// An ACL compiled once for every unknown device still holds each to
+    /// its patterns.
+    #[test]
+    fn unknown_devices_share_an_acl_without_device_placeholder() {
+        let ids = identities(&["telemetry/#"]);
+        for id in ["a", "b"] {
+            let device = ids.lookup(id).unwrap();
+            assert!(device.may_publish("telemetry/x"));
+            assert!(!device.may_publish("other/x"));
+        }
+    }
+
+    /// `{device}` makes the ACL per device: one device's topics are not another's.
+    #[test]
+    fn unknown_devices_get_their_own_acl_with_device_placeholder() {
+        let ids = identities(&["dev/{device}/#"]);
+        let a = ids.lookup("a").unwrap();
+        let b = ids.lookup("b").unwrap();
+        assert!(a.may_publish("dev/a/x") && !a.may_publish("dev/b/x"));
+        assert!(b.may_publish("dev/b/x") && !b.may_publish("dev/a/x"));
+    }
 }

@@ -26,8 +26,40 @@ use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::config::{CertIdentity, TlsConfig};
 
-/// The client's half for reading.
-pub type ClientRead = Box<dyn AsyncRead + Send + Unpin>;
+/// The client's half for reading. Plain TCP is kept apart from the other
+/// transports so that an idle connection can wait for data with no read
+/// buffer at all ([`ClientRead::ready`]): with thousands of idle clients a
+/// standing 4 KiB buffer each would be most of the broker's memory.
+pub enum ClientRead {
+    /// Plain TCP.
+    Tcp(tokio::net::tcp::OwnedReadHalf),
+    /// TLS and WebSocket, whose own buffers hold bytes the socket's
+    /// readiness says nothing about.
+    Stream(Box<dyn AsyncRead + Send + Unpin>),
+}
+
+impl ClientRead {
+    /// Resolves once reading would likely return data (or EOF, or an
+    /// error) at once: the caller can allocate its buffer then. Plain TCP
+    /// waits for the socket's readiness; the other transports resolve at
+    /// once (their reads then wait, with the buffer reserved).
+    pub async fn ready(&mut self) -> io::Result<()> {
+        match self {
+            ClientRead::Tcp(read) => read.readable().await,
+            ClientRead::Stream(_) => Ok(()),
+        }
+    }
+}
+
+impl AsyncRead for ClientRead {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientRead::Tcp(read) => Pin::new(read).poll_read(cx, buf),
+            ClientRead::Stream(read) => Pin::new(read).poll_read(cx, buf),
+        }
+    }
+}
+
 /// The client's half for writing.
 pub type ClientWrite = Box<dyn AsyncWrite + Send + Unpin>;
 
@@ -181,7 +213,7 @@ pub async fn upgrade(
             Listener::Ws => websocket(stream, None, max_packet_size).await,
             _ => {
                 let (read, write) = stream.into_split();
-                Ok(Upgraded { read: Box::new(read), write: Box::new(write), cert_identity: None })
+                Ok(Upgraded { read: ClientRead::Tcp(read), write: Box::new(write), cert_identity: None })
             }
         };
     }
@@ -195,7 +227,7 @@ pub async fn upgrade(
         Listener::Wss => websocket(stream, cert_identity, max_packet_size).await,
         _ => {
             let (read, write) = tokio::io::split(stream);
-            Ok(Upgraded { read: Box::new(read), write: Box::new(write), cert_identity })
+            Ok(Upgraded { read: ClientRead::Stream(Box::new(read)), write: Box::new(write), cert_identity })
         }
     }
 }
@@ -254,7 +286,7 @@ where
     let config = WebSocketConfig::default().max_message_size(Some(limit)).max_frame_size(Some(limit));
     let ws = tokio_tungstenite::accept_hdr_async_with_config(stream, choose_mqtt, Some(config)).await?;
     let (read, write) = tokio::io::split(WsBytes { ws, pending: Bytes::new() });
-    Ok(Upgraded { read: Box::new(read), write: Box::new(write), cert_identity })
+    Ok(Upgraded { read: ClientRead::Stream(Box::new(read)), write: Box::new(write), cert_identity })
 }
 
 /// A WebSocket as a byte stream: binary messages in, one binary message per

@@ -202,6 +202,11 @@ impl Inbox {
         &self.client_id
     }
 
+    /// The same, shared: a session keeps one copy of its client id.
+    pub fn client_id_shared(&self) -> &Arc<str> {
+        &self.client_id
+    }
+
     /// The most deliveries it holds.
     pub fn limit(&self) -> usize {
         self.limit

@@ -44,9 +44,12 @@ impl Client {
     }
 
     /// Reads what the client sent next into the buffer; `false` at EOF.
-    /// Reserves a whole read's room first (an empty `BytesMut` would
-    /// otherwise be read into 64 bytes at a time).
+    /// Waits for data first with no buffer (plain TCP: an idle connection
+    /// holds none, see [`Client::release_idle_buffer`]), then reserves a
+    /// whole read's room (an empty `BytesMut` would otherwise be read into
+    /// 64 bytes at a time). Cancel-safe: nothing is read until the last step.
     pub(super) async fn read_more(&mut self) -> Result<bool, std::io::Error> {
+        self.read.ready().await?;
         if self.buf.capacity() - self.buf.len() < READ_SIZE / 4 {
             self.buf.reserve(READ_SIZE);
         }

@@ -16,6 +16,7 @@ mod publish;
 mod relay;
 mod subscribe;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,7 +30,7 @@ pub(crate) use self::park::Parked;
 use self::park::{PendingWill, park, will_publish};
 use self::relay::Relay;
 use crate::codec::{CodecError, v5};
-use crate::gateway::{Shared, Slot, TakeRequest};
+use crate::gateway::{Shared, Slot, TakeRequest, Takes};
 use crate::net::transport::{Listener, upgrade};
 use crate::route::Inbox;
 
@@ -40,37 +41,113 @@ use v5::{PubAckReason, PubRecReason, QoS};
 const PIPELINE_DEPTH: usize = 256;
 
 /// Serves one client until it disconnects; errors end only this connection.
-pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, kind: Listener, slot: Slot) {
+///
+/// This future is every connection's task for its whole life, so it is
+/// kept small: what a connection needs only while it starts (handshakes,
+/// the CONNECT, taking a session over, CONNACK) or ends (wills, parking)
+/// runs in boxed futures allocated for those moments only, and an idle
+/// connection keeps just the relay's state (see [`Relay::relay`]).
+pub(crate) fn serve(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    kind: Listener,
+    slot: Slot,
+) -> impl Future<Output = ()> + Send {
+    // One pointer in the task, not its five arguments for its whole life.
+    serve_boxed(Box::new(Incoming { shared, stream, peer, kind, slot }))
+}
+
+/// A connection as accepted.
+struct Incoming {
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    kind: Listener,
+    slot: Slot,
+}
+
+async fn serve_boxed(incoming: Box<Incoming>) {
+    let Some(mut live) = Box::pin(open(incoming)).await else { return };
+    let exit = match live.started.take() {
+        Some(e) => Err(*e),
+        None => live.relay.relay(&mut live.client, live.keep_alive, &mut live.closing.takes).await,
+    };
+    Box::pin(finish(live, exit)).await;
+}
+
+/// A connection whose CONNECT was accepted, with its session.
+struct Live {
+    shared: Arc<Shared>,
+    client: Client,
+    relay: Relay,
+    keep_alive: u16,
+    /// An error answering the CONNECT or resending what a resumed session
+    /// had in flight: the session then ends as on any abnormal disconnection.
+    started: Option<Box<End>>,
+    closing: Closing,
+    peer: SocketAddr,
+    slot: Slot,
+}
+
+/// The connection up to its accepted CONNECT and its session: `None` when
+/// it was refused or left first. Bounded by the CONNECT timeout, which the
+/// transport's handshakes count against too.
+async fn open(incoming: Box<Incoming>) -> Option<Live> {
+    let Incoming { shared, stream, peer, kind, slot } = *incoming;
     let timeout = Duration::from_millis(shared.config.limits.connect_timeout_ms);
-    // The transport's handshakes count against the CONNECT timeout too.
     let accepted = tokio::time::timeout(timeout, async {
-        // Boxed: the TLS and WebSocket handshake state is most of this
-        // future, and unboxed it would stay in every connection's task for
-        // its whole life (about 5.6 KiB per idle connection).
-        let upgraded =
-            Box::pin(upgrade(kind, stream, shared.tls.as_ref(), shared.config.limits.max_packet_size)).await?;
+        let upgraded = upgrade(kind, stream, shared.tls.as_ref(), shared.config.limits.max_packet_size).await?;
         let mut client = Client::new(upgraded.read, upgraded.write);
         let connect = read_connect(&shared, &mut client, peer, upgraded.cert_identity.as_deref()).await?;
         Ok::<_, End>(connect.map(|connect| (client, connect)))
     })
     .await;
-    let (client, connect) = match accepted {
+    let (mut client, connect) = match accepted {
         Ok(Ok(Some(accepted))) => accepted,
-        Ok(Ok(None)) => return,
+        Ok(Ok(None)) => return None,
         Ok(Err(e)) => {
             tracing::debug!(%peer, listener = kind.scheme(), error = %e, "refused before CONNECT completed");
-            return;
+            return None;
         }
         Err(_) => {
             tracing::debug!(%peer, listener = kind.scheme(), "no CONNECT within the connect timeout");
-            return;
+            return None;
         }
     };
-    let client_id = connect.client_id.clone();
-    // Boxed: the relay's state is large and lives as long as the connection.
-    if let Err(e) = Box::pin(run(shared, client, connect, peer, slot)).await {
-        tracing::debug!(%peer, client_id, error = %e, "connection ended");
-    }
+    let Connected {
+        codec,
+        client_id,
+        assigned_id,
+        keep_alive,
+        device,
+        will,
+        request_problem_info,
+        receive_max,
+        clean_start,
+        session_expiry,
+        will_delay,
+        receipts,
+    } = connect;
+    let (generation, takes, previous) = shared.claim_session(&client_id);
+    let opening = Opening {
+        codec,
+        client_id: &client_id,
+        assigned_id,
+        device,
+        request_problem_info,
+        receive_max,
+        clean_start,
+        session_expiry,
+        receipts,
+        generation,
+    };
+    let (relay, started) = start(&shared, &mut client, opening, previous, peer).await;
+    // A will is rare, and large: boxed, it costs others one pointer.
+    let will = will.map(Box::new);
+    let closing = Closing { generation, session_expiry, will, will_delay, takes };
+    let started = started.err().map(Box::new);
+    Some(Live { shared, client, relay, keep_alive, started, closing, peer, slot })
 }
 
 /// Answers a connection past the connection limit: reads its CONNECT (for
@@ -116,28 +193,44 @@ enum Exit {
     Shutdown,
 }
 
-async fn run(
-    shared: Arc<Shared>,
-    mut client: Client,
-    connect: Connected,
+/// What [`start`] takes from the CONNECT.
+struct Opening<'a> {
+    codec: crate::codec::ClientCodec,
+    client_id: &'a str,
+    assigned_id: bool,
+    device: Arc<crate::devices::identity::Device>,
+    request_problem_info: bool,
+    receive_max: usize,
+    clean_start: bool,
+    session_expiry: u32,
+    receipts: bool,
+    generation: u64,
+}
+
+/// The session a new connection relays for: the one its client id had
+/// (taken over from the previous holder, live or parked) unless Clean
+/// Start, else a new one; answered with CONNACK, and a resumed session's
+/// unacknowledged deliveries sent again. The relay comes back on an error
+/// too: the session still ends as an abnormal disconnection does.
+async fn start(
+    shared: &Arc<Shared>,
+    client: &mut Client,
+    opening: Opening<'_>,
+    previous: Option<tokio::sync::oneshot::Sender<TakeRequest>>,
     peer: SocketAddr,
-    slot: Slot,
-) -> Result<(), End> {
-    let Connected {
+) -> (Relay, Result<(), End>) {
+    let Opening {
         codec,
         client_id,
         assigned_id,
-        keep_alive,
         device,
-        will,
         request_problem_info,
         receive_max,
         clean_start,
         session_expiry,
-        will_delay,
         receipts,
-    } = connect;
-    let (generation, mut takes, previous) = shared.claim_session(&client_id);
+        generation,
+    } = opening;
     // The client id's previous holder hands its session over (a live
     // connection is disconnected with 0x8E first).
     let previous = match previous {
@@ -158,22 +251,22 @@ async fn run(
             relay.problem_info = request_problem_info;
             relay.receipts = receipts;
             relay.window = window;
-            relay.aliases.clear();
+            relay.aliases = Default::default();
             relay.inflight = 0;
             (relay, true)
         }
         previous => {
             if let Some(parked) = previous {
                 // Clean Start ends the old session, and with it the wait of its will.
-                parked.end(&shared, &client_id).await;
+                parked.end(shared, client_id).await;
             }
             let inbox = Arc::new(Inbox::new(
                 generation,
                 shared.config.limits.max_queued_messages,
-                Arc::from(client_id.as_str()),
+                Arc::from(client_id),
                 Arc::clone(&shared.stats.dropped),
             ));
-            let mut relay = Relay::new(&shared, codec, device, inbox, request_problem_info, window);
+            let mut relay = Relay::new(shared, codec, device, inbox, request_problem_info, window);
             relay.receipts = receipts;
             (relay, false)
         }
@@ -188,7 +281,7 @@ async fn run(
         max_qos: None,
         retain_available: Some(1),
         max_packet_size: Some(limits.max_packet_size),
-        assigned_client_identifier: assigned_id.then(|| client_id.clone()),
+        assigned_client_identifier: assigned_id.then(|| client_id.to_string()),
         topic_alias_max: Some(limits.max_topic_aliases),
         reason_string: None,
         user_properties: Vec::new(),
@@ -203,15 +296,37 @@ async fn run(
     };
     let ack =
         v5::ConnAck { session_present: resumed, code: v5::ConnectReturnCode::Success, properties: Some(properties) };
-    client.send(&relay.codec, &v5::Packet::ConnAck(ack)).await?;
-    tracing::debug!(%peer, client_id, version = ?relay.codec.version, resumed, "connected");
-    if resumed {
-        relay.resume(&mut client).await?;
+    if let Err(e) = client.send(&relay.codec, &v5::Packet::ConnAck(ack)).await {
+        return (relay, Err(e));
     }
+    tracing::debug!(%peer, client_id, version = ?relay.codec.version, resumed, "connected");
+    let resumed = if resumed { relay.resume(client).await } else { Ok(()) };
+    (relay, resumed)
+}
 
-    let exit = relay.relay(&mut client, keep_alive, &mut takes).await;
+/// What [`finish`] needs of the CONNECT (the client id is the relay's).
+struct Closing {
+    generation: u64,
+    /// As the CONNECT asked.
+    session_expiry: u32,
+    will: Option<Box<(v5::LastWill, Option<v5::LastWillProperties>)>>,
+    will_delay: u32,
+    takes: Takes,
+}
+
+/// Ends the connection: the will (now, or waiting in the session for its
+/// delay), then the session handed to the connection that took it over,
+/// parked for its expiry, or ended.
+async fn finish(live: Live, exit: Result<Exit, End>) {
+    let Live { shared, mut client, relay, closing, peer, slot, .. } = live;
+    let client_id = relay.client_id.to_string();
+    if let Err(e) = &exit {
+        tracing::debug!(%peer, client_id, error = %e, "connection ended");
+    }
+    let Closing { generation, session_expiry, will, will_delay, takes } = closing;
     let _ = client.flush().await;
     let _ = client.write.shutdown().await;
+    drop(client);
     // The connection's descriptor and place are free from here: a parked
     // session holds neither.
     drop(slot);
@@ -228,7 +343,10 @@ async fn run(
     // The session outlives the connection for its Session Expiry Interval,
     // whatever Clean Start was [MQTT-3.1.2-23].
     let persistent = !expiry.is_zero();
-    let will = will.filter(|_| publish_will).map(|(will, properties)| will_publish(will, properties));
+    let will = will.filter(|_| publish_will).map(|will| {
+        let (will, properties) = *will;
+        will_publish(will, properties)
+    });
     // A will with a delay waits in the session; without one, or when the
     // session ends now, it goes at once.
     let will = match will {
@@ -253,26 +371,23 @@ async fn run(
             } else if let Err(Some(parked)) = reply.send(Some(parked)) {
                 parked.end(&shared, &client_id).await;
             }
-            Ok(())
         }
         Ok(Exit::Normal { .. } | Exit::Abnormal) | Err(_) if persistent => {
             let parked = Parked { relay, will };
             tokio::spawn(park(shared, client_id, generation, parked, takes, expiry));
-            exit.map(|_| ())
         }
-        exit => {
+        _ => {
             Parked { relay, will }.end(&shared, &client_id).await;
             shared.release_session(&client_id, generation);
-            exit.map(|_| ())
         }
     }
 }
 
 /// Asks a client id's previous holder for its session; a holder that does
 /// not answer in time loses it.
-async fn request_session(take: tokio::sync::mpsc::Sender<TakeRequest>) -> Option<Box<Parked>> {
+async fn request_session(take: tokio::sync::oneshot::Sender<TakeRequest>) -> Option<Box<Parked>> {
     let (reply, answer) = tokio::sync::oneshot::channel();
-    take.send(reply).await.ok()?;
+    take.send(reply).ok()?;
     tokio::time::timeout(Duration::from_secs(5), answer).await.ok()?.ok()?
 }
 

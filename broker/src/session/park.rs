@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use super::relay::Relay;
 use super::{sleep_until, stopped};
 use crate::codec::v5;
-use crate::gateway::{Shared, TakeRequest};
+use crate::gateway::{Shared, Takes};
 
 /// A persistent session between connections: its state, its subscriptions
 /// (still in the router) and its inbox, where deliveries wait (bounded).
@@ -70,7 +70,7 @@ pub(super) async fn park(
     client_id: String,
     generation: u64,
     parked: Parked,
-    mut takes: tokio::sync::mpsc::Receiver<TakeRequest>,
+    mut takes: Takes,
     expiry: Duration,
 ) {
     let Parked { relay, mut will } = parked;

@@ -7,6 +7,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use bytes::Bytes;
+use futures_util::stream::FuturesOrdered;
+use futures_util::{FutureExt, StreamExt};
 use sealmq_audit::store::StoreError;
 
 use super::connect::Client;
@@ -38,6 +41,44 @@ pub(super) struct Checked {
 /// refused or a retransmission, only for its turn to be answered: answers
 /// go in receive order [MQTT-4.6.0-2]).
 pub(super) type Pending = Pin<Box<dyn Future<Output = Logged> + Send>>;
+
+/// Futures of one connection in the order they came (publishes being
+/// checked, or being logged), allocated at the first: a connection that
+/// never publishes (an idle one, a subscriber) holds none.
+pub(super) struct Ordered<F: Future>(Option<Box<FuturesOrdered<F>>>);
+
+impl<F: Future> Default for Ordered<F> {
+    fn default() -> Self {
+        Self(None)
+    }
+}
+
+impl<F: Future> Ordered<F> {
+    pub(super) fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |queue| queue.len())
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub(super) fn push_back(&mut self, future: F) {
+        self.0.get_or_insert_with(Default::default).push_back(future);
+    }
+
+    /// Forgets every future still queued.
+    pub(super) fn clear(&mut self) {
+        self.0 = None;
+    }
+
+    /// The oldest one's output once it is ready; `None` at once when none is queued.
+    pub(super) async fn next(&mut self) -> Option<F::Output> {
+        match &mut self.0 {
+            Some(queue) => queue.next().await,
+            None => None,
+        }
+    }
+}
 
 /// A publish whose answer is due.
 pub(super) struct Logged {
@@ -72,7 +113,7 @@ pub(super) enum Qos2In {
 }
 
 impl Relay {
-    pub(super) async fn reject_publish(
+    pub(super) fn reject_publish(
         &mut self,
         client: &mut Client,
         (qos, pkid): (QoS, u16),
@@ -121,7 +162,7 @@ impl Relay {
         let limits = &self.shared.config.limits;
         if publish.qos != QoS::AtMostOnce {
             if publish.qos == QoS::ExactlyOnce
-                && let Some(state) = self.qos2_in.get_mut(&publish.pkid)
+                && let Some(state) = self.qos2_in.get_mut().and_then(|q| q.get_mut(&publish.pkid))
             {
                 // The same packet id before its PUBREL: the same message,
                 // not logged or delivered again [MQTT-4.3.3-9]; answered
@@ -155,7 +196,7 @@ impl Relay {
                 return Ok(Some(Exit::Abnormal));
             }
             if publish.topic.is_empty() {
-                match self.aliases.get(&alias) {
+                match self.aliases.get().and_then(|aliases| aliases.get(&alias)) {
                     Some(topic) => publish.topic = topic.clone(),
                     None => {
                         self.disconnect(client, Dc::ProtocolError, "unknown topic alias").await;
@@ -163,7 +204,9 @@ impl Relay {
                     }
                 }
             } else {
-                self.aliases.insert(alias, publish.topic.clone());
+                // A copy: the topic shares the read buffer, which a session
+                // keeping it would keep whole.
+                self.aliases.or_default().insert(alias, Bytes::copy_from_slice(&publish.topic));
             }
         }
         if publish.topic.is_empty() {
@@ -190,7 +233,7 @@ impl Relay {
         let (qos, pkid) = (publish.qos, publish.pkid);
         if qos == QoS::ExactlyOnce {
             // From here the packet id is this message's, until PUBREL.
-            self.qos2_in.insert(pkid, Qos2In::Logging { owed: 0 });
+            self.qos2_in.or_default().insert(pkid, Qos2In::Logging { owed: 0 });
         }
         let candidate = Candidate::new(publish);
         let checking = candidate.signature().and_then(|sb| {
@@ -263,7 +306,9 @@ impl Relay {
             Admission::Log { entry, message, kid } => {
                 let submitted = shared.log.submit(vec![entry]).await;
                 drop(gate);
-                self.used_kids.extend(kid);
+                if let Some(kid) = kid {
+                    self.used_kids.or_default().insert(kid);
+                }
                 let logged = async move {
                     let result = match submitted {
                         Ok(appending) => appending.await.map(|indices| indices.start),
@@ -278,7 +323,7 @@ impl Relay {
         drop(gate);
         let answer = Logged { qos, pkid, outcome };
         if self.pipeline.is_empty() {
-            self.forward(client, answer).await
+            self.forward(client, answer)
         } else {
             // Answered after the publishes before it.
             self.pipeline.push_back(Box::pin(std::future::ready(answer)));
@@ -302,18 +347,44 @@ impl Relay {
         Some(vec![(PROP_INDEX.to_string(), index.to_string())])
     }
 
+    /// Answers every publish whose answer is ready, `first` first, until
+    /// one ends the connection (see [`Relay::forward`]).
+    pub(super) fn forward_ready(&mut self, client: &mut Client, first: Logged) -> Result<Option<Exit>, End> {
+        let mut exit = self.forward(client, first)?;
+        while exit.is_none()
+            && let Some(Some(logged)) = self.pipeline.next().now_or_never()
+        {
+            exit = self.forward(client, logged)?;
+        }
+        Ok(exit)
+    }
+
+    /// Decides every publish whose turn came, `first` first, until one ends
+    /// the connection (see [`Relay::decide`]).
+    pub(super) async fn decide_ready(&mut self, client: &mut Client, first: Checked) -> Result<Option<Exit>, End> {
+        let mut exit = self.decide(client, first, false).await?;
+        while exit.is_none()
+            && let Some(Some(checked)) = self.checks.next().now_or_never()
+        {
+            exit = self.decide(client, checked, false).await?;
+        }
+        Ok(exit)
+    }
+
     /// A publish's answer is due: a durable record is routed and
     /// acknowledged; a failed append, a refusal or a retransmission is
     /// answered. `Some` ends the connection (3.1.1 has no way to refuse).
-    pub(super) async fn forward(&mut self, client: &mut Client, logged: Logged) -> Result<Option<Exit>, End> {
+    pub(super) fn forward(&mut self, client: &mut Client, logged: Logged) -> Result<Option<Exit>, End> {
         let Logged { qos, pkid, outcome } = logged;
         let (message, result) = match outcome {
             Outcome::Appended { message, result } => (message, result),
             Outcome::Rejected { topic, code, why } => {
-                if qos == QoS::ExactlyOnce {
-                    self.qos2_in.remove(&pkid);
+                if qos == QoS::ExactlyOnce
+                    && let Some(qos2_in) = self.qos2_in.get_mut()
+                {
+                    qos2_in.remove(&pkid);
                 }
-                return self.reject_publish(client, (qos, pkid), &topic, code, &why).await;
+                return self.reject_publish(client, (qos, pkid), &topic, code, &why);
             }
             Outcome::Duplicate => {
                 match qos {
@@ -323,7 +394,7 @@ impl Relay {
                         self.inflight = self.inflight.saturating_sub(1);
                     }
                     QoS::ExactlyOnce => {
-                        let owed = match self.qos2_in.insert(pkid, Qos2In::Recorded { index: None }) {
+                        let owed = match self.qos2_in.or_default().insert(pkid, Qos2In::Recorded { index: None }) {
                             Some(Qos2In::Logging { owed }) => owed,
                             _ => 0,
                         };
@@ -351,7 +422,8 @@ impl Relay {
                     }
                     // QoS 2: PUBREC now (to each retransmission too); PUBCOMP on PUBREL.
                     QoS::ExactlyOnce => {
-                        let owed = match self.qos2_in.insert(pkid, Qos2In::Recorded { index: Some(index) }) {
+                        let owed = match self.qos2_in.or_default().insert(pkid, Qos2In::Recorded { index: Some(index) })
+                        {
                             Some(Qos2In::Logging { owed }) => owed,
                             _ => 0,
                         };
@@ -366,12 +438,14 @@ impl Relay {
             Err(e) => {
                 // Not logged, so not routed and not acknowledged as a success.
                 tracing::error!(device = &*self.client_id, error = %e, "could not log a publish; it was not delivered");
-                if qos == QoS::ExactlyOnce {
-                    self.qos2_in.remove(&pkid);
+                if qos == QoS::ExactlyOnce
+                    && let Some(qos2_in) = self.qos2_in.get_mut()
+                {
+                    qos2_in.remove(&pkid);
                 }
                 let why = format!("the audit log is not accepting records: {e}");
                 let topic = message.topic_str().to_string();
-                self.reject_publish(client, (qos, pkid), &topic, 0x80, &why).await
+                self.reject_publish(client, (qos, pkid), &topic, 0x80, &why)
             }
         }
     }

@@ -7,17 +7,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::stream::FuturesOrdered;
-use futures_util::{FutureExt, StreamExt};
 use sealmq_audit::mqs1::Kid;
 use tokio::time::Instant;
 
 use super::connect::Client;
-use super::publish::{Checking, Pending, Qos2In};
-use super::{End, Exit, PIPELINE_DEPTH, sleep_until, stopped};
+use super::publish::{Checked, Checking, Ordered, Pending, Qos2In};
+use super::{End, Exit, PIPELINE_DEPTH, sleep_until};
 use crate::codec::{ClientCodec, v5};
 use crate::devices::identity::Device;
-use crate::gateway::{Shared, TakeRequest};
+use crate::gateway::{Shared, Takes};
 use crate::net::limits::PublishRate;
 use crate::route::{Inbox, SubOptions};
 
@@ -35,21 +33,24 @@ pub(crate) struct Relay {
     pub(super) problem_info: bool,
     /// Whether deliveries carry the record's index ([`crate::admission::PROP_RECEIPTS`]).
     pub(super) receipts: bool,
-    pub(super) aliases: HashMap<u16, Bytes>,
+    /// Rare state (topic aliases, QoS 2 from the client, keys signed
+    /// with) is allocated when first used: most connections never need it,
+    /// and empty, each map would still take 48 bytes of every connection.
+    pub(super) aliases: Rare<HashMap<u16, Bytes>>,
     /// The session's subscriptions, by filter as the client wrote it.
     pub(super) subscriptions: HashMap<Arc<str>, SubOptions>,
     /// Where the router leaves the session's deliveries.
     pub(super) inbox: Arc<Inbox>,
     /// Client QoS 2 publishes awaiting PUBREL, by packet id.
-    pub(super) qos2_in: HashMap<u16, Qos2In>,
+    pub(super) qos2_in: Rare<HashMap<u16, Qos2In>>,
     /// QoS 1/2 publishes from the client not yet completed (its Receive Maximum is ours).
     pub(super) inflight: usize,
-    pub(super) used_kids: HashSet<Kid>,
+    pub(super) used_kids: Rare<HashSet<Kid>>,
     /// Publishes read and not yet decided, in receive order (signatures
     /// being checked by the pool, and what came after them).
-    pub(super) checks: FuturesOrdered<Checking>,
+    pub(super) checks: Ordered<Checking>,
     /// Publishes decided and not yet answered, in receive order.
-    pub(super) pipeline: FuturesOrdered<Pending>,
+    pub(super) pipeline: Ordered<Pending>,
     /// QoS 1/2 deliveries the client may have unacknowledged at once: its
     /// Receive Maximum, at most `limits.max_inflight`.
     pub(super) window: usize,
@@ -60,6 +61,45 @@ pub(crate) struct Relay {
     pub(super) next_pkid: u16,
     /// The client's publish budget: past it, reading from it pauses.
     pub(super) rate: PublishRate,
+}
+
+/// State a connection may never need: nothing allocated until it does.
+pub(crate) struct Rare<T>(Option<Box<T>>);
+
+impl<T> Default for Rare<T> {
+    fn default() -> Self {
+        Self(None)
+    }
+}
+
+impl<T: Default> Rare<T> {
+    pub(super) fn get(&self) -> Option<&T> {
+        self.0.as_deref()
+    }
+
+    pub(super) fn get_mut(&mut self) -> Option<&mut T> {
+        self.0.as_deref_mut()
+    }
+
+    /// The state, allocated now if it was not yet.
+    pub(super) fn or_default(&mut self) -> &mut T {
+        self.0.get_or_insert_default()
+    }
+}
+
+/// What woke the connection's loop, to be handled after its `select!`.
+enum Event {
+    /// Handled already: go round again.
+    Next,
+    /// Deliveries wait in the inbox.
+    Inbox,
+    /// A publish's turn to be decided came (boxed: the loop's state keeps
+    /// room for an event, and this one is rare and large).
+    Decide(Box<Checked>),
+    /// The connection ends: DISCONNECT with this reason, if any, then `Exit`.
+    Close(Option<(Dc, &'static str)>, Exit),
+    /// The broker is shutting down.
+    Shutdown,
 }
 
 /// A QoS 1/2 delivery the client has not completed.
@@ -86,17 +126,17 @@ impl Relay {
             codec,
             device,
             registry_seen: shared.registry_generation(),
-            client_id: Arc::from(inbox.client_id()),
+            client_id: Arc::clone(inbox.client_id_shared()),
             problem_info,
             receipts: false,
-            aliases: HashMap::new(),
+            aliases: Rare::default(),
             subscriptions: HashMap::new(),
             inbox,
-            qos2_in: HashMap::new(),
+            qos2_in: Rare::default(),
             inflight: 0,
-            used_kids: HashSet::new(),
-            checks: FuturesOrdered::new(),
-            pipeline: FuturesOrdered::new(),
+            used_kids: Rare::default(),
+            checks: Ordered::default(),
+            pipeline: Ordered::default(),
             window,
             outgoing: HashMap::new(),
             next_seq: 0,
@@ -155,110 +195,138 @@ impl Relay {
         }
     }
 
-    pub(super) async fn relay(
-        &mut self,
-        client: &mut Client,
-        keep_alive: u16,
-        takes: &mut tokio::sync::mpsc::Receiver<TakeRequest>,
-    ) -> Result<Exit, End> {
+    /// The connection's loop. Its future is part of every connection's
+    /// task for as long as the connection lives, so it is kept small: what
+    /// waits here is the `select!` (one timer, the read readiness, the
+    /// inbox, take-over, revocation and shutdown), and everything larger or
+    /// rare (a PUBLISH, SUBSCRIBE or UNSUBSCRIBE, the end of the
+    /// connection) runs in a boxed future of its own while it runs.
+    pub(super) async fn relay(&mut self, client: &mut Client, keep_alive: u16, takes: &mut Takes) -> Result<Exit, End> {
         let client_timeout = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
         let mut client_deadline = client_timeout.map(|t| Instant::now() + t);
         let mut shutdown = self.shared.shutdown.clone();
         let mut revoked = self.shared.revoked.subscribe();
         let inbox = Arc::clone(&self.inbox);
-        loop {
+        'relay: loop {
             // A client over its publish rate is not read from until it has
             // budget again: slowed down, and nothing it sent is lost.
             let throttled = self.rate.wait_until();
             let reading = self.checks.len() + self.pipeline.len() < PIPELINE_DEPTH && throttled.is_none();
-            // Packets already buffered are handled before reading more.
-            if reading {
-                match self.codec.decode(&mut client.buf) {
+            // Packets already buffered are handled before reading more. No
+            // wait here holds the decoded packet in a local (it is moved
+            // into a boxed future first), so it takes no room in this loop's
+            // state while the loop waits.
+            let malformed = 'decoded: {
+                if !reading {
+                    break 'decoded None;
+                }
+                let handling = match self.codec.decode(&mut client.buf) {
                     Ok(Some(packet)) => {
                         client_deadline = client_timeout.map(|t| Instant::now() + t);
-                        match self.on_client_packet(client, packet).await? {
-                            None => continue,
-                            Some(exit) => {
-                                self.drain(client).await?;
-                                return Ok(exit);
-                            }
-                        }
+                        // Acknowledgements and pings (most packets under
+                        // load) are handled in place, the rest boxed.
+                        let Some(packet) = self.on_ack(client, packet)? else { continue 'relay };
+                        Box::pin(self.on_client_packet(client, packet))
                     }
-                    Ok(None) => client.release_idle_buffer(),
+                    Ok(None) => {
+                        client.release_idle_buffer();
+                        break 'decoded None;
+                    }
                     Err(e) => {
                         tracing::info!(client_id = &*self.client_id, error = %e, "malformed packet from client");
-                        self.disconnect(client, e.v5_reason(), &e.to_string()).await;
-                        self.drain(client).await?;
-                        return Ok(Exit::Abnormal);
+                        break 'decoded Some((e.v5_reason(), e.to_string()));
                     }
+                };
+                match handling.await? {
+                    None => continue 'relay,
+                    Some(exit) => return Box::pin(self.close(client, None, exit)).await,
                 }
+            };
+            if let Some((reason, why)) = malformed {
+                return Box::pin(self.close(client, Some((reason, &why)), Exit::Abnormal)).await;
             }
             // Everything handled so far goes out in one write.
             client.flush().await?;
-            tokio::select! {
+            // One timer for both: the end of the throttle, and keep-alive.
+            let wake_at = match (throttled, client_deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            // No arm waits: an arm that did would keep every arm's output
+            // (a logged publish among them) in this loop's state.
+            let event = tokio::select! {
                 read = client.read_more(), if reading => {
-                    if !read? {
-                        // EOF without DISCONNECT: abnormal, the will goes out.
-                        self.drain(client).await?;
-                        return Ok(Exit::Abnormal);
+                    // EOF without DISCONNECT: abnormal, the will goes out.
+                    if read? { Event::Next } else { Event::Close(None, Exit::Abnormal) }
+                }
+                Some(checked) = self.checks.next() => Event::Decide(Box::new(checked)),
+                Some(logged) = self.pipeline.next() => match self.forward_ready(client, logged)? {
+                    None => Event::Next,
+                    Some(exit) => Event::Close(None, exit),
+                },
+                () = inbox.ready() => Event::Inbox,
+                () = sleep_until(wake_at) => {
+                    if client_deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                        tracing::info!(client_id = &*self.client_id, "keep-alive expired");
+                        Event::Close(Some((Dc::KeepAliveTimeout, "keep-alive expired")), Exit::Abnormal)
+                    } else {
+                        Event::Next
                     }
                 }
-                Some(checked) = self.checks.next() => {
-                    let mut exit = self.decide(client, checked, false).await?;
-                    while exit.is_none() && let Some(Some(checked)) = self.checks.next().now_or_never() {
-                        exit = self.decide(client, checked, false).await?;
-                    }
-                    if let Some(exit) = exit {
-                        self.drain(client).await?;
-                        return Ok(exit);
+                Some(reply) = takes.recv() => {
+                    let reason = (Dc::SessionTakenOver, "another connection took over this client id");
+                    Event::Close(Some(reason), Exit::TakenOver(reply))
+                }
+                kids = revoked.recv() => {
+                    if let Ok(kids) = kids && self.used_kids.get().is_some_and(|used| kids.iter().any(|kid| used.contains(kid))) {
+                        let reason = (Dc::NotAuthorized, "a key this connection signed with was revoked");
+                        Event::Close(Some(reason), Exit::Abnormal)
+                    } else {
+                        Event::Next
                     }
                 }
-                Some(logged) = self.pipeline.next() => {
-                    let mut exit = self.forward(client, logged).await?;
-                    while exit.is_none() && let Some(Some(logged)) = self.pipeline.next().now_or_never() {
-                        exit = self.forward(client, logged).await?;
-                    }
-                    if let Some(exit) = exit {
-                        self.drain(client).await?;
-                        return Ok(exit);
-                    }
-                }
-                () = inbox.ready() => {
+                // The only change is to true (shutdown); a closed channel
+                // means the broker is gone. `changed`, not `stopped`: its
+                // state is smaller, and this waits in every connection.
+                _ = shutdown.changed() => Event::Shutdown,
+            };
+            match event {
+                Event::Next => {}
+                Event::Inbox => {
                     // Deliveries are decided under the registry as it is too
                     // (a narrowed subscribe ACL ends subscriptions).
                     if !self.refresh_device().await {
-                        self.disconnect(client, Dc::NotAuthorized, "the device is no longer registered").await;
-                        self.drain(client).await?;
-                        return Ok(Exit::Abnormal);
+                        let reason = Some((Dc::NotAuthorized, "the device is no longer registered"));
+                        return Box::pin(self.close(client, reason, Exit::Abnormal)).await;
                     }
                     self.pump(client)?;
                 }
-                () = sleep_until(throttled) => {}
-                () = sleep_until(client_deadline) => {
-                    tracing::info!(client_id = &*self.client_id, "keep-alive expired");
-                    self.disconnect(client, Dc::KeepAliveTimeout, "keep-alive expired").await;
-                    self.drain(client).await?;
-                    return Ok(Exit::Abnormal);
-                }
-                Some(reply) = takes.recv() => {
-                    self.disconnect(client, Dc::SessionTakenOver, "another connection took over this client id").await;
-                    self.drain(client).await?;
-                    return Ok(Exit::TakenOver(reply));
-                }
-                kids = revoked.recv() => {
-                    if let Ok(kids) = kids && kids.iter().any(|kid| self.used_kids.contains(kid)) {
-                        self.disconnect(client, Dc::NotAuthorized, "a key this connection signed with was revoked").await;
-                        self.drain(client).await?;
-                        return Ok(Exit::Abnormal);
+                Event::Decide(checked) => {
+                    if let Some(exit) = Box::pin(self.decide_ready(client, *checked)).await? {
+                        return Box::pin(self.close(client, None, exit)).await;
                     }
                 }
-                () = stopped(&mut shutdown) => {
-                    self.drain(client).await?;
-                    self.disconnect(client, Dc::ServerShuttingDown, "the broker is shutting down").await;
-                    return Ok(Exit::Shutdown);
+                Event::Close(reason, exit) => return Box::pin(self.close(client, reason, exit)).await,
+                Event::Shutdown => {
+                    return Box::pin(async {
+                        self.drain(client).await?;
+                        self.disconnect(client, Dc::ServerShuttingDown, "the broker is shutting down").await;
+                        Ok(Exit::Shutdown)
+                    })
+                    .await;
                 }
             }
         }
+    }
+
+    /// Ends the relay with `exit`: tells the client why, if there is a
+    /// reason to give, then routes what is still being logged.
+    async fn close(&mut self, client: &mut Client, reason: Option<(Dc, &str)>, exit: Exit) -> Result<Exit, End> {
+        if let Some((reason, why)) = reason {
+            self.disconnect(client, reason, why).await;
+        }
+        self.drain(client).await?;
+        Ok(exit)
     }
 
     /// Decides what was read and routes everything still being logged
@@ -268,12 +336,12 @@ impl Relay {
             if self.decide(client, checked, true).await?.is_some() {
                 // The device is gone (or a 3.1.1 client was refused a
                 // publish): the rest is not decided at all.
-                self.checks = FuturesOrdered::new();
+                self.checks.clear();
             }
         }
         while let Some(logged) = self.pipeline.next().await {
             // Ending already: a refusal that would end it changes nothing.
-            let _ = self.forward(client, logged).await?;
+            let _ = self.forward_ready(client, logged)?;
         }
         Ok(())
     }
@@ -289,13 +357,10 @@ impl Relay {
         let _ = client.flush().await;
     }
 
-    /// Handles one packet from the client; `Some` ends the connection.
-    async fn on_client_packet(&mut self, client: &mut Client, packet: v5::Packet) -> Result<Option<Exit>, End> {
+    /// Handles an acknowledgement or a ping, which need no waiting; any
+    /// other packet comes back, for [`Relay::on_client_packet`].
+    fn on_ack(&mut self, client: &mut Client, packet: v5::Packet) -> Result<Option<v5::Packet>, End> {
         match packet {
-            v5::Packet::Publish(publish) => {
-                self.rate.spend();
-                return self.client_publish(client, publish).await;
-            }
             v5::Packet::PubAck(ack) => {
                 if matches!(self.outgoing.get(&ack.pkid), Some(out) if out.qos == 1) {
                     self.outgoing.remove(&ack.pkid);
@@ -318,8 +383,10 @@ impl Relay {
             }
             v5::Packet::PubRel(rel) => {
                 let mut comp = v5::PubComp::new(rel.pkid, None);
-                if let Some(Qos2In::Recorded { .. }) = self.qos2_in.get(&rel.pkid) {
-                    self.qos2_in.remove(&rel.pkid);
+                if let Some(qos2_in) = self.qos2_in.get_mut()
+                    && let Some(Qos2In::Recorded { .. }) = qos2_in.get(&rel.pkid)
+                {
+                    qos2_in.remove(&rel.pkid);
                     self.inflight = self.inflight.saturating_sub(1);
                 } else {
                     // Unknown, or released before its PUBREC was sent.
@@ -333,9 +400,21 @@ impl Relay {
                     self.pump(client)?;
                 }
             }
+            v5::Packet::PingReq(_) => client.queue(&self.codec, &v5::Packet::PingResp(v5::PingResp))?,
+            other => return Ok(Some(other)),
+        }
+        Ok(None)
+    }
+
+    /// Handles one packet from the client; `Some` ends the connection.
+    async fn on_client_packet(&mut self, client: &mut Client, packet: v5::Packet) -> Result<Option<Exit>, End> {
+        match packet {
+            v5::Packet::Publish(publish) => {
+                self.rate.spend();
+                return self.client_publish(client, publish).await;
+            }
             v5::Packet::Subscribe(subscribe) => self.client_subscribe(client, subscribe).await?,
             v5::Packet::Unsubscribe(unsubscribe) => self.client_unsubscribe(client, unsubscribe).await?,
-            v5::Packet::PingReq(_) => client.queue(&self.codec, &v5::Packet::PingResp(v5::PingResp))?,
             v5::Packet::Disconnect(disconnect) => {
                 let publish_will = disconnect.reason_code == Dc::DisconnectWithWillMessage;
                 let session_expiry = disconnect.properties.and_then(|p| p.session_expiry_interval);
@@ -344,6 +423,13 @@ impl Relay {
             v5::Packet::Connect(..) => {
                 self.disconnect(client, Dc::ProtocolError, "a second CONNECT").await;
                 return Ok(Some(Exit::Abnormal));
+            }
+            ack @ (v5::Packet::PubAck(_)
+            | v5::Packet::PubRec(_)
+            | v5::Packet::PubRel(_)
+            | v5::Packet::PubComp(_)
+            | v5::Packet::PingReq(_)) => {
+                self.on_ack(client, ack)?;
             }
             other => {
                 tracing::info!(client_id = &*self.client_id, packet = ?other, "packet not allowed from a client");
