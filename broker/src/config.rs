@@ -7,6 +7,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+/// How often a live stream with nothing to say sends a comment: it keeps
+/// proxies from closing it, and the listener's idle timeout
+/// (`limits.http_idle_timeout_ms`, at least twice this) from taking it for
+/// a stalled client.
+pub const LIVE_KEEP_ALIVE: Duration = Duration::from_secs(15);
+
 /// Everything `sealmq serve` needs. Every field has a default, so an empty
 /// file (or none) is a working broker.
 #[derive(Debug, Clone, Deserialize)]
@@ -287,7 +293,7 @@ impl BrokerConfig {
             return invalid("limits.http_header_timeout_ms must be at least 1");
         }
         // Live streams are idle between blocks but for their keep-alives.
-        let idle_floor = 2 * crate::http::LIVE_KEEP_ALIVE.as_millis();
+        let idle_floor = 2 * LIVE_KEEP_ALIVE.as_millis();
         if u128::from(self.limits.http_idle_timeout_ms) < idle_floor {
             return Err(ConfigError::Invalid(format!(
                 "limits.http_idle_timeout_ms must be at least {idle_floor} (twice the live streams' keep-alive)"

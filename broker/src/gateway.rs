@@ -1,13 +1,12 @@
 //! The gateway's shared state: what every connection shares ([`Shared`]),
 //! its counters ([`Stats`]), and what an admitted connection holds (`Slot`).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use sealmq_audit::mqs1::Kid;
 use sealmq_audit::store::Log;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, watch};
 
 use crate::checks::CheckPool;
 use crate::config::BrokerConfig;
@@ -31,38 +30,6 @@ pub struct Stats {
     pub refused_connections: AtomicU64,
     /// Deliveries dropped because a session's queue was full.
     pub dropped: Arc<AtomicU64>,
-}
-
-/// Asks the holder of a client id's session (a live connection or a parked
-/// session) to hand it over to a new connection: it answers with the
-/// session when it is persistent.
-pub(crate) type TakeRequest = oneshot::Sender<Option<Box<crate::session::Parked>>>;
-
-/// A client id's current holder, as the session table knows it.
-pub(crate) struct SessionEntry {
-    /// Distinguishes this holder from a later one with the same id.
-    pub generation: u64,
-    /// Where to ask it to hand the session over.
-    pub take: oneshot::Sender<TakeRequest>,
-}
-
-/// Where a session's holder hears that another connection takes its
-/// client id over. A holder is asked at most once: the table hands its
-/// sender to exactly one successor. A oneshot (about 100 bytes), not an
-/// mpsc channel, whose first block and padded halves cost every connection
-/// most of a KiB.
-pub(crate) struct Takes(Option<oneshot::Receiver<TakeRequest>>);
-
-impl Takes {
-    /// The next take-over request; `None` (at once, from then on) once no
-    /// successor can ask any more.
-    pub(crate) async fn recv(&mut self) -> Option<TakeRequest> {
-        // A oneshot must not be polled again once it has answered.
-        let receiver = self.0.as_mut()?;
-        let answer = receiver.await.ok();
-        self.0 = None;
-        answer
-    }
 }
 
 /// What every connection shares.
@@ -115,8 +82,6 @@ pub struct Shared {
     /// Argon2 checks running at once: each takes tens of milliseconds of
     /// CPU by design, so a flood of logins must queue, not starve the rest.
     pub password_checks: Semaphore,
-    pub(crate) sessions: Mutex<HashMap<String, SessionEntry>>,
-    pub(crate) next_generation: AtomicU64,
 }
 
 impl Shared {
@@ -134,25 +99,6 @@ impl Shared {
     pub(crate) fn replace_identities(&self, next: Identities) {
         *self.identities.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
         self.registry_generation.fetch_add(1, Ordering::AcqRel);
-    }
-
-    /// Registers a new connection as the holder of `client_id`. Returns its
-    /// generation, where it receives take-over requests, and where to ask
-    /// the previous holder (live or parked), if any, for the session.
-    pub(crate) fn claim_session(&self, client_id: &str) -> (u64, Takes, Option<oneshot::Sender<TakeRequest>>) {
-        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-        let (take, takes) = oneshot::channel();
-        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        let previous = sessions.insert(client_id.to_string(), SessionEntry { generation, take });
-        (generation, Takes(Some(takes)), previous.map(|entry| entry.take))
-    }
-
-    /// Forgets a connection, unless a newer one has taken its id.
-    pub(crate) fn release_session(&self, client_id: &str, generation: u64) {
-        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        if sessions.get(client_id).is_some_and(|s| s.generation == generation) {
-            sessions.remove(client_id);
-        }
     }
 }
 

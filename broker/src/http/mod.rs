@@ -39,11 +39,7 @@ const BLOCKS_PAGE_MAX: u32 = 200;
 /// Blocks one live update sends at most (a client that fell further behind
 /// reloads the list).
 const LIVE_BATCH: u32 = 64;
-/// How often a live stream with nothing to say sends a comment: it keeps
-/// proxies from closing it, and the listener's idle timeout
-/// (`limits.http_idle_timeout_ms`, at least twice this) from taking it for
-/// a stalled client.
-pub const LIVE_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+pub use crate::config::LIVE_KEEP_ALIVE;
 /// Hashes or entries in a full tile (C2SP tlog-tiles).
 const TILE_WIDTH: u64 = 256;
 /// Tree levels per tile level.

@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 use crate::gateway::{Shared, Slot};
 use crate::net::descriptors::Acceptor;
 use crate::net::transport::Listener;
+use crate::session::Sessions;
 
 /// Accepts connections of one listener until shutdown; each runs in its
 /// own task, so one client's trouble never stops another's. Past
@@ -16,7 +17,7 @@ use crate::net::transport::Listener;
 /// [`crate::net::descriptors::Budget`]), a connection is answered with a
 /// refusing CONNACK, or closed when too many are being refused. Out of
 /// descriptors all the same, connections are closed at once ([`Acceptor`]).
-pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, kind: Listener) {
+pub async fn accept_loop(shared: Arc<Shared>, sessions: Arc<Sessions>, listener: TcpListener, kind: Listener) {
     let mut shutdown = shared.shutdown.clone();
     let mut connections = tokio::task::JoinSet::new();
     let mut acceptor = Acceptor::new(listener, kind.scheme());
@@ -26,7 +27,7 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, kind: Liste
                 let shared_for_task = Arc::clone(&shared);
                 match Slot::take(&shared) {
                     Some(slot) => {
-                        connections.spawn(crate::session::serve(shared_for_task, stream, peer, kind, slot));
+                        connections.spawn(crate::session::serve(shared_for_task, Arc::clone(&sessions), stream, peer, kind, slot));
                     }
                     None => match Arc::clone(&shared.refusal_slots).try_acquire_owned() {
                         Ok(permit) => {

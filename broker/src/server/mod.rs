@@ -5,7 +5,7 @@ mod accept;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use sealmq_audit::VerifierKey;
@@ -148,6 +148,7 @@ impl Broker {
         let (stop, shutdown) = watch::channel(false);
         let (revoked, _) = broadcast::channel(16);
         let limits = config.limits.clone();
+        let sessions = Arc::new(crate::session::Sessions::default());
         let shared = Arc::new(Shared {
             config,
             log: Arc::clone(&log),
@@ -167,8 +168,6 @@ impl Broker {
             descriptor_slots: Arc::new(Semaphore::new(budget.clients)),
             refusal_slots: Arc::new(Semaphore::new(REFUSALS_AT_ONCE)),
             password_checks: Semaphore::new(PASSWORD_CHECKS_AT_ONCE),
-            sessions: Mutex::new(Default::default()),
-            next_generation: AtomicU64::new(0),
         });
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(crate::system::run(Arc::clone(&shared), log.sealed_blocks())));
@@ -185,7 +184,9 @@ impl Broker {
             .push(tokio::spawn(async move { crate::http::serve::serve(http_listener, app, &limits, http_stop).await }));
         let accepts = client_listeners
             .into_iter()
-            .map(|(kind, _, listener)| tokio::spawn(accept_loop(Arc::clone(&shared), listener, kind)))
+            .map(|(kind, _, listener)| {
+                tokio::spawn(accept_loop(Arc::clone(&shared), Arc::clone(&sessions), listener, kind))
+            })
             .collect();
         Ok(Self { shared, stop, listeners, http, tasks, accepts })
     }

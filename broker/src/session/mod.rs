@@ -15,6 +15,7 @@ mod park;
 mod publish;
 mod relay;
 mod subscribe;
+mod table;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -29,8 +30,10 @@ use self::connect::{Client, Connected, read_connect, read_connect_codec, refuse}
 pub(crate) use self::park::Parked;
 use self::park::{PendingWill, park, will_publish};
 use self::relay::Relay;
+pub use self::table::Sessions;
+use self::table::{TakeRequest, Takes, request_session};
 use crate::codec::{CodecError, v5};
-use crate::gateway::{Shared, Slot, TakeRequest, Takes};
+use crate::gateway::{Shared, Slot};
 use crate::net::transport::{Listener, upgrade};
 use crate::route::Inbox;
 
@@ -49,18 +52,20 @@ const PIPELINE_DEPTH: usize = 256;
 /// connection keeps just the relay's state (see [`Relay::relay`]).
 pub(crate) fn serve(
     shared: Arc<Shared>,
+    sessions: Arc<Sessions>,
     stream: TcpStream,
     peer: SocketAddr,
     kind: Listener,
     slot: Slot,
 ) -> impl Future<Output = ()> + Send {
     // One pointer in the task, not its five arguments for its whole life.
-    serve_boxed(Box::new(Incoming { shared, stream, peer, kind, slot }))
+    serve_boxed(Box::new(Incoming { shared, sessions, stream, peer, kind, slot }))
 }
 
 /// A connection as accepted.
 struct Incoming {
     shared: Arc<Shared>,
+    sessions: Arc<Sessions>,
     stream: TcpStream,
     peer: SocketAddr,
     kind: Listener,
@@ -79,6 +84,7 @@ async fn serve_boxed(incoming: Box<Incoming>) {
 /// A connection whose CONNECT was accepted, with its session.
 struct Live {
     shared: Arc<Shared>,
+    sessions: Arc<Sessions>,
     client: Client,
     relay: Relay,
     keep_alive: u16,
@@ -94,7 +100,7 @@ struct Live {
 /// it was refused or left first. Bounded by the CONNECT timeout, which the
 /// transport's handshakes count against too.
 async fn open(incoming: Box<Incoming>) -> Option<Live> {
-    let Incoming { shared, stream, peer, kind, slot } = *incoming;
+    let Incoming { shared, sessions, stream, peer, kind, slot } = *incoming;
     let timeout = Duration::from_millis(shared.config.limits.connect_timeout_ms);
     let accepted = tokio::time::timeout(timeout, async {
         let upgraded = upgrade(kind, stream, shared.tls.as_ref(), shared.config.limits.max_packet_size).await?;
@@ -129,7 +135,7 @@ async fn open(incoming: Box<Incoming>) -> Option<Live> {
         will_delay,
         receipts,
     } = connect;
-    let (generation, takes, previous) = shared.claim_session(&client_id);
+    let (generation, takes, previous) = sessions.claim(&client_id);
     let opening = Opening {
         codec,
         client_id: &client_id,
@@ -147,7 +153,7 @@ async fn open(incoming: Box<Incoming>) -> Option<Live> {
     let will = will.map(Box::new);
     let closing = Closing { generation, session_expiry, will, will_delay, takes };
     let started = started.err().map(Box::new);
-    Some(Live { shared, client, relay, keep_alive, started, closing, peer, slot })
+    Some(Live { shared, sessions, client, relay, keep_alive, started, closing, peer, slot })
 }
 
 /// Answers a connection past the connection limit: reads its CONNECT (for
@@ -318,7 +324,7 @@ struct Closing {
 /// delay), then the session handed to the connection that took it over,
 /// parked for its expiry, or ended.
 async fn finish(live: Live, exit: Result<Exit, End>) {
-    let Live { shared, mut client, relay, closing, peer, slot, .. } = live;
+    let Live { shared, sessions, mut client, relay, closing, peer, slot, .. } = live;
     let client_id = relay.client_id.to_string();
     if let Err(e) = &exit {
         tracing::debug!(%peer, client_id, error = %e, "connection ended");
@@ -374,21 +380,13 @@ async fn finish(live: Live, exit: Result<Exit, End>) {
         }
         Ok(Exit::Normal { .. } | Exit::Abnormal) | Err(_) if persistent => {
             let parked = Parked { relay, will };
-            tokio::spawn(park(shared, client_id, generation, parked, takes, expiry));
+            tokio::spawn(park(shared, sessions, client_id, generation, parked, takes, expiry));
         }
         _ => {
             Parked { relay, will }.end(&shared, &client_id).await;
-            shared.release_session(&client_id, generation);
+            sessions.release(&client_id, generation);
         }
     }
-}
-
-/// Asks a client id's previous holder for its session; a holder that does
-/// not answer in time loses it.
-async fn request_session(take: tokio::sync::oneshot::Sender<TakeRequest>) -> Option<Box<Parked>> {
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    take.send(reply).ok()?;
-    tokio::time::timeout(Duration::from_secs(5), answer).await.ok()?.ok()?
 }
 
 /// Resolves once the broker is shutting down.

@@ -7,9 +7,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::relay::Relay;
+use super::table::{Sessions, Takes};
 use super::{sleep_until, stopped};
 use crate::codec::v5;
-use crate::gateway::{Shared, Takes};
+use crate::gateway::Shared;
 
 /// A persistent session between connections: its state, its subscriptions
 /// (still in the router) and its inbox, where deliveries wait (bounded).
@@ -67,6 +68,7 @@ pub(super) fn will_publish(will: v5::LastWill, properties: Option<v5::LastWillPr
 /// holds no socket and no descriptor.
 pub(super) async fn park(
     shared: Arc<Shared>,
+    sessions: Arc<Sessions>,
     client_id: String,
     generation: u64,
     parked: Parked,
@@ -108,5 +110,5 @@ pub(super) async fn park(
     // where no will goes, as for live connections).
     let will = will.filter(|_| !stopping);
     Parked { relay, will }.end(&shared, &client_id).await;
-    shared.release_session(&client_id, generation);
+    sessions.release(&client_id, generation);
 }

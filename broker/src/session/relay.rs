@@ -12,10 +12,11 @@ use tokio::time::Instant;
 
 use super::connect::Client;
 use super::publish::{Checked, Checking, Ordered, Pending, Qos2In};
+use super::table::Takes;
 use super::{End, Exit, PIPELINE_DEPTH, sleep_until};
 use crate::codec::{ClientCodec, v5};
 use crate::devices::identity::Device;
-use crate::gateway::{Shared, Takes};
+use crate::gateway::Shared;
 use crate::net::limits::PublishRate;
 use crate::route::{Inbox, SubOptions};
 
