@@ -265,10 +265,10 @@ impl Relay {
             Err(e) => {
                 // Not logged, so not routed and not acknowledged as a success.
                 tracing::error!(device = &*self.client_id, error = %e, "could not log a publish; it was not delivered");
-                if qos == QoS::ExactlyOnce {
-                    if let Some(qos2_in) = self.qos2_in.get_mut() {
-                        qos2_in.remove(&pkid);
-                    }
+                if qos == QoS::ExactlyOnce
+                    && let Some(qos2_in) = self.qos2_in.get_mut()
+                {
+                    qos2_in.remove(&pkid);
                 }
                 if self.codec.version == Version::V311 && qos != QoS::AtMostOnce {
                     return Err(End::Io(std::io::Error::other("the audit log is not accepting records")));
