@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
@@ -56,9 +56,40 @@ pub async fn fill<R: tokio::io::AsyncRead + Unpin>(stream: &mut R, rbuf: &mut Ve
     Ok(stream.read_buf(rbuf).await?)
 }
 
+/// Connections opened from one local address at most. Linux gives a
+/// source address about 28,000 ephemeral ports to one destination
+/// (`net.ipv4.ip_local_port_range`, 32768–60999 by default); past this
+/// many, connections to a loopback broker come from 127.0.0.2, .3, ….
+const PER_SOURCE: usize = 20_000;
+
+/// The local address connection `i` of a batch comes from: the system's
+/// choice, unless the batch is larger than one source address can carry.
+fn source_for(addr: SocketAddr, i: usize) -> Option<SocketAddr> {
+    match addr {
+        SocketAddr::V4(v4) if v4.ip().is_loopback() && i >= PER_SOURCE => {
+            let n = u8::try_from(1 + i / PER_SOURCE).ok()?;
+            Some(SocketAddr::from(([127, 0, 0, n], 0)))
+        }
+        _ => None,
+    }
+}
+
 impl Conn {
     pub async fn open(addr: SocketAddr, v5: bool, client_id: &str) -> Result<Self> {
-        let stream = TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
+        Self::open_from(addr, None, v5, client_id).await
+    }
+
+    /// Opens a connection from `source` (any port), or from the system's choice.
+    pub async fn open_from(addr: SocketAddr, source: Option<SocketAddr>, v5: bool, client_id: &str) -> Result<Self> {
+        let stream = match source {
+            None => TcpStream::connect(addr).await,
+            Some(source) => {
+                let socket = TcpSocket::new_v4()?;
+                socket.bind(source).with_context(|| format!("binding {source}"))?;
+                socket.connect(addr).await
+            }
+        }
+        .with_context(|| format!("connecting to {addr}"))?;
         stream.set_nodelay(true)?;
         let mut conn = Self { stream, rbuf: Vec::new(), v5, receive_max: u16::MAX, next_pkid: 1 };
         let mut buf = Vec::new();
@@ -136,7 +167,7 @@ pub async fn open_many(
         let client_id = name(i);
         tasks.spawn(async move {
             let _permit = gate.acquire_owned().await?;
-            Ok::<_, anyhow::Error>((i, Conn::open(addr, v5, &client_id).await?))
+            Ok::<_, anyhow::Error>((i, Conn::open_from(addr, source_for(addr, i), v5, &client_id).await?))
         });
     }
     let mut conns: Vec<Option<Conn>> = (0..n).map(|_| None).collect();

@@ -37,3 +37,15 @@ pub fn cpu_percent(from: CpuMark, to: CpuMark, pick: impl Fn(&CpuMark) -> Option
     let secs = to.at.saturating_sub(from.at) as f64 / 1e9;
     Some((pick(&to)? - pick(&from)?) / secs * 100.0).filter(|_| secs > 0.0)
 }
+
+/// CPU seconds used between two marks.
+pub fn cpu_secs_between(from: CpuMark, to: CpuMark, pick: impl Fn(&CpuMark) -> Option<f64>) -> Option<f64> {
+    Some(pick(&to)? - pick(&from)?)
+}
+
+/// This process's soft limit on open files (`ulimit -n`), from /proc.
+pub fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..].split_whitespace().next()?.parse().ok()
+}

@@ -42,6 +42,10 @@ pub struct Results {
     pub rss_end: Option<u64>,
     pub rss_max: Option<u64>,
     pub broker_cpu: Option<f64>,
+    /// The broker's CPU seconds (user + system) in the measured window.
+    pub broker_cpu_secs: Option<f64>,
+    /// Those, in µs, per message delivered in the window.
+    pub broker_cpu_us_per_delivered: Option<f64>,
     pub tool_cpu: Option<f64>,
     /// QoS ≥ 1 and messages lost, unacknowledged or rejected.
     pub failed_qos: bool,
@@ -90,6 +94,8 @@ pub fn write(args: &BenchArgs, r: &Results) -> Result<()> {
             "rss_end_kib": r.rss_end,
             "rss_max_kib": r.rss_max,
             "cpu_percent": r.broker_cpu.map(|c| c.round()),
+            "cpu_secs": r.broker_cpu_secs.map(|c| (c * 100.0).round() / 100.0),
+            "cpu_us_per_delivered": r.broker_cpu_us_per_delivered.map(|c| (c * 100.0).round() / 100.0),
         })),
         "tool_cpu_percent": r.tool_cpu.map(|c| c.round()),
         "ok": r.ok,
@@ -198,6 +204,9 @@ pub fn write(args: &BenchArgs, r: &Results) -> Result<()> {
             ),
         );
         row("broker CPU", r.broker_cpu.map_or("-".into(), |c| format!("{c:.0} % of one core")));
+        if let Some(us) = r.broker_cpu_us_per_delivered {
+            row("broker CPU per delivered message", format!("{us:.2} µs"));
+        }
     }
     row("load tool CPU", r.tool_cpu.map_or("-".into(), |c| format!("{c:.0} % of one core")));
     let verdict = if r.ok {

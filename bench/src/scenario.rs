@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 
 use crate::client::{Conn, open_many, run_idle};
 use crate::clock::{at_ns, now_ns, secs_ns};
-use crate::process::{CpuMark, cpu_mark, cpu_percent, rss_kib};
+use crate::process::{CpuMark, cpu_mark, cpu_percent, cpu_secs_between, open_files_limit, rss_kib};
 use crate::publisher::{Published, Publisher, run_publisher};
 use crate::report::{Checkpoints, Results};
 use crate::stats::{CheckpointWait, histogram, tally};
@@ -104,6 +104,14 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
     ensure!(!args.checkpoints || args.mqtt == Mqtt::V5, "--checkpoints needs --mqtt 5 (PUBACKs carry the log index)");
     ensure!(args.idle == 0 || args.broker_pid.is_some(), "--idle needs --broker-pid to read the broker's memory");
     ensure!(args.publishers > 0 || args.idle > 0, "nothing to do: no publishers and no idle connections");
+    // One descriptor per connection, and a few for the runtime and files.
+    let needed = (args.idle + args.publishers + args.subscribers + 64) as u64;
+    if let Some(limit) = open_files_limit() {
+        ensure!(
+            needed <= limit,
+            "{needed} connections need more open files than this process may have ({limit}): raise `ulimit -n`"
+        );
+    }
     let addr = tokio::net::lookup_host(&args.host)
         .await
         .with_context(|| format!("resolving {}", args.host))?
@@ -379,6 +387,11 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
     let cpu_from = marks.lock().unwrap_or_else(|p| p.into_inner()).0;
     let cpu_to = marks.lock().unwrap_or_else(|p| p.into_inner()).1.unwrap_or(done_mark);
     let broker_cpu = cpu_from.and_then(|from| cpu_percent(from, cpu_to, |m| m.broker));
+    // The efficiency figure: the broker's CPU time (user + system, all its
+    // threads) in the measured window, per message delivered in it.
+    let broker_cpu_secs = cpu_from.and_then(|from| cpu_secs_between(from, cpu_to, |m| m.broker));
+    let broker_cpu_us_per_delivered =
+        broker_cpu_secs.filter(|_| delivered_in_window > 0).map(|secs| secs * 1e6 / delivered_in_window as f64);
     let tool_cpu = cpu_from.and_then(|from| cpu_percent(from, cpu_to, |m| m.tool));
     let rss_max = rss_samples.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().max();
     let checkpoint = run.checkpoints.as_ref().map(|w| {
@@ -418,6 +431,8 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
         rss_end,
         rss_max,
         broker_cpu,
+        broker_cpu_secs,
+        broker_cpu_us_per_delivered,
         tool_cpu,
         failed_qos,
         ok,
