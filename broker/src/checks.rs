@@ -6,9 +6,8 @@
 //! publish's path. Checked inline, a connection's task verified a whole
 //! read's worth of publishes in one turn, holding its tokio worker for
 //! milliseconds; here the connection tasks only hand checks over and take
-//! the verdicts back, and with more than one core the checks run in
-//! parallel with the I/O, and on any number of cores they yield to the
-//! connection tasks ([`work`]).
+//! the verdicts back, and the kernel shares the cores between the checks
+//! and the I/O ([`work`]); with more than one core they run in parallel.
 //!
 //! Only the expensive, stateless part runs here. The decision itself (the
 //! key still registered and still the one checked, the replay window, the
@@ -158,16 +157,15 @@ fn stopped(key: VerifyingKey) -> Verdict {
 
 /// A check thread: takes jobs until the pool is dropped.
 ///
-/// It runs at a lower scheduling priority than the connection tasks (nice
-/// +10 for this thread alone): when the CPU is saturated, handing logged
-/// messages to subscribers and reading their acknowledgements come before
-/// checking more publishes. Checks then simply wait in the bounded queue,
-/// and their publishers feel it as back-pressure. At equal priority, 100
-/// signing publishers on one core took a whole turn each for every turn of
-/// one subscriber, which got a few hundred of the 16,000 messages a second
-/// they had acknowledged.
+/// At the same priority as the connection tasks: the kernel then shares a
+/// saturated core between checking and everything else, whatever the
+/// number of connections. Checked on the connections' own tasks, 100
+/// signing publishers took a whole turn each for every turn of one
+/// subscriber, which got a few hundred of the 16,000 messages a second
+/// they had acknowledged. (A lower priority for these threads was tried:
+/// it changed nothing for that subscriber and halved signed QoS 0 fan-out,
+/// where delivering then took the checks' share too.)
 fn work(queue: &Mutex<mpsc::Receiver<Job>>) {
-    lower_priority();
     loop {
         // One thread waits in `recv` at a time; the lock is let go as soon
         // as it has a job, so the others take the next ones meanwhile.
@@ -182,16 +180,6 @@ fn work(queue: &Mutex<mpsc::Receiver<Job>>) {
         drop(permit);
         // The connection may have gone meanwhile: nobody to tell.
         let _ = reply.send(verdict);
-    }
-}
-
-/// Nice +10 for the calling thread only (Linux: `setpriority` with a thread
-/// id applies to that thread). Best effort: a failure leaves the
-/// thread at normal priority, which is correct, only less fair.
-fn lower_priority() {
-    let tid = rustix::thread::gettid();
-    if let Err(error) = rustix::process::setpriority_process(Some(tid), 10) {
-        tracing::debug!(%error, "check thread: priority not lowered");
     }
 }
 

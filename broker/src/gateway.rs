@@ -52,7 +52,7 @@ pub struct Shared {
     /// MQS1 replay windows.
     pub replay: ReplayWindows,
     /// Where clients' MQS1 signatures are checked, off the connections'
-    /// tasks, at a lower priority than theirs (see [`crate::checks`]).
+    /// tasks (see [`crate::checks`]).
     pub checks: CheckPool,
     /// The latest retained message per topic, served by the gateway.
     pub retained: RetainedStore,

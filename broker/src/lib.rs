@@ -14,8 +14,7 @@
 //!   rate limits;
 //! - [`devices`]: the device registry view (identity, ACLs, keys) and MQS1
 //!   replay windows;
-//! - [`checks`]: the MQS1 signature-check pool, below the connections'
-//!   priority;
+//! - [`checks`]: the MQS1 signature-check pool, off the connections' tasks;
 //! - [`route`]: the router interface ([`route::Router`]), sessions'
 //!   inboxes, the in-process topic index, the external router, retained
 //!   messages and Message Expiry;
