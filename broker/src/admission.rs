@@ -10,7 +10,7 @@ use sealmq_audit::mqs1::{self, Carrier, SignatureBlock};
 use sealmq_audit::store::{Entry, now_ms};
 use sealmq_audit::{Hash, PublishRecord, Record, sha256};
 
-use crate::checks::{Check, Verdict};
+use crate::checks::{self, Verdict};
 use crate::codec::v5;
 use crate::devices::identity::{Device, Policy};
 use crate::devices::replay::{Freshness, Window};
@@ -213,7 +213,7 @@ fn check_signature(
     shared: &Shared,
     device: &Device,
     topic: &str,
-    payload: &Bytes,
+    payload: &[u8],
     retain: bool,
     sb: &SignatureBlock,
     verdict: Option<Verdict>,
@@ -227,20 +227,11 @@ fn check_signature(
     // A seen counter is verified too before it is acknowledged as a
     // retransmission: otherwise anyone could have a forged publish with a
     // used counter acknowledged (nothing logged, but a misleading answer).
-    let verdict = match verdict {
-        Some(verdict) if verdict.key == *key => verdict,
+    let digest = match verdict {
+        Some(verdict) if verdict.key == *key => verdict.result?,
         // Not checked yet, or checked with a key the device no longer has.
-        _ => Check {
-            key: *key,
-            device_id: Arc::from(device.id.as_str()),
-            topic: Arc::from(topic),
-            payload: payload.clone(),
-            retain,
-            sb: *sb,
-        }
-        .run(),
+        _ => checks::verify(key, &device.id, topic, payload, retain, sb)?,
     };
-    let digest = verdict.result?;
     if seen {
         return Ok((None, digest));
     }

@@ -64,12 +64,26 @@ pub struct Verdict {
 impl Check {
     /// Runs the check here, on the calling thread.
     pub fn run(&self) -> Verdict {
-        let digest = sha256(&self.payload);
-        let signed =
-            Signed { device_id: &self.device_id, topic: &self.topic, payload_sha256: &digest, retain: self.retain };
-        let result = mqs1::verify(&self.key, &signed, &self.sb).map(|()| digest).map_err(|e| format!("MQS1: {e}"));
+        let result = verify(&self.key, &self.device_id, &self.topic, &self.payload, self.retain, &self.sb);
         Verdict { key: self.key, result }
     }
+}
+
+/// The MQS1 check itself (spec/mqs1.md rules 3–4): the payload's SHA-256
+/// if `sb` is `key`'s signature over this publish, why not otherwise. What
+/// the pool runs, and what a decision runs inline when it has no verdict
+/// for the device's current key.
+pub fn verify(
+    key: &VerifyingKey,
+    device_id: &str,
+    topic: &str,
+    payload: &[u8],
+    retain: bool,
+    sb: &SignatureBlock,
+) -> Result<Hash, String> {
+    let digest = sha256(payload);
+    let signed = Signed { device_id, topic, payload_sha256: &digest, retain };
+    mqs1::verify(key, &signed, sb).map(|()| digest).map_err(|e| format!("MQS1: {e}"))
 }
 
 struct Job {
