@@ -14,27 +14,16 @@ use super::super::StoreError;
 use super::super::index::{self, NameCache};
 use super::{Entry, INSERT_CHUNK};
 
-/// Writes and commits `rows` in one query when the group allows it:
-/// `Ok(false)` when it has side effects or new names, and nothing was done.
-/// On error the transaction was rolled back: nothing of the group is in the
-/// log (unless the COMMIT itself failed after landing; the caller resyncs).
-pub(super) async fn commit_in_one_trip(
-    conn: &mut SqliteConnection,
-    rows: &mut [(i64, &mut Entry)],
-    names: &NameCache,
-) -> Result<bool, StoreError> {
-    if rows.iter().any(|(_, entry)| entry.retained.is_some() || entry.replay.is_some()) {
-        return Ok(false);
-    }
-    let bodies: Vec<(i64, &[u8])> = rows.iter().map(|(idx, entry)| (*idx, entry.body.as_slice())).collect();
-    let Some(index_rows) = index::cached_rows(&bodies, names)? else { return Ok(false) };
-    // Moved, not borrowed: sqlx copies a borrowed blob into a buffer of its
-    // own before SQLite copies it again (a whole extra copy of a 1 MiB
-    // payload, in fresh pages). The entries are done with once committed.
-    let mut payloads: Vec<(i64, Vec<u8>)> =
-        rows.iter_mut().filter_map(|(idx, entry)| Some((*idx, entry.payload.take()?))).collect();
+/// Takes the payloads out of the entries, to be moved into the query: sqlx
+/// copies a borrowed blob into a buffer of its own before SQLite copies it
+/// again (a whole extra copy of a 1 MiB payload, in fresh pages). The
+/// entries are done with once committed.
+pub(super) fn take_payloads(rows: &mut [(i64, &mut Entry)]) -> Vec<(i64, Vec<u8>)> {
+    rows.iter_mut().filter_map(|(idx, entry)| Some((*idx, entry.payload.take()?))).collect()
+}
 
-    let mut sql = QueryBuilder::<Sqlite>::new("BEGIN IMMEDIATE; ");
+/// Adds `INSERT INTO records …; ` for `rows`, a statement per chunk.
+pub(super) fn push_records(sql: &mut QueryBuilder<Sqlite>, rows: &[(i64, &Entry)]) {
     for chunk in rows.chunks(INSERT_CHUNK) {
         sql.push("INSERT INTO records (idx, leaf, body) ");
         sql.push_values(chunk, |mut row, (idx, entry)| {
@@ -42,14 +31,41 @@ pub(super) async fn commit_in_one_trip(
         });
         sql.push("; ");
     }
-    index::push_inserts(&mut sql, &index_rows);
-    for chunk in payloads.chunks_mut(INSERT_CHUNK) {
+}
+
+/// Adds `INSERT INTO payloads …; ` for `payloads`, a statement per chunk,
+/// each payload moved into the query.
+pub(super) fn push_payloads(sql: &mut QueryBuilder<Sqlite>, mut payloads: Vec<(i64, Vec<u8>)>) {
+    while !payloads.is_empty() {
+        let rest = payloads.split_off(payloads.len().min(INSERT_CHUNK));
         sql.push("INSERT INTO payloads (idx, data) ");
-        sql.push_values(chunk.iter_mut(), |mut row, (idx, data)| {
-            row.push_bind(*idx).push_bind(std::mem::take(data));
+        sql.push_values(std::mem::replace(&mut payloads, rest), |mut row, (idx, data)| {
+            row.push_bind(idx).push_bind(data);
         });
         sql.push("; ");
     }
+}
+
+/// Writes and commits `rows` (and `payloads`, theirs) in one query when the
+/// group allows it: `Ok(false)` when it has side effects or new names, and
+/// nothing was done (`payloads` untouched). On error the transaction was
+/// rolled back: nothing of the group is in the log (unless the COMMIT
+/// itself failed after landing; the caller resyncs).
+pub(super) async fn commit_in_one_trip(
+    conn: &mut SqliteConnection,
+    rows: &[(i64, &Entry)],
+    payloads: &mut Vec<(i64, Vec<u8>)>,
+    names: &NameCache,
+) -> Result<bool, StoreError> {
+    if rows.iter().any(|(_, entry)| entry.retained.is_some() || entry.replay.is_some()) {
+        return Ok(false);
+    }
+    let bodies: Vec<(i64, &[u8])> = rows.iter().map(|(idx, entry)| (*idx, entry.body.as_slice())).collect();
+    let Some(index_rows) = index::cached_rows(&bodies, names)? else { return Ok(false) };
+    let mut sql = QueryBuilder::<Sqlite>::new("BEGIN IMMEDIATE; ");
+    push_records(&mut sql, rows);
+    index::push_inserts(&mut sql, &index_rows);
+    push_payloads(&mut sql, std::mem::take(payloads));
     sql.push("COMMIT");
     if let Err(e) = sql.build().execute(&mut *conn).await {
         // A failed statement leaves the transaction open; a failed COMMIT

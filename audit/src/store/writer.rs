@@ -573,10 +573,11 @@ impl Sequencer {
     async fn insert(&mut self, group: &mut [(Vec<Entry>, Reply)]) -> Result<(), StoreError> {
         let mut rows: Vec<(i64, &mut Entry)> =
             (self.next_index..).map(to_i64).zip(group.iter_mut().flat_map(|(entries, _)| entries)).collect();
-        if !append::commit_in_one_trip(&mut self.conn, &mut rows, &self.names).await? {
-            let rows: Vec<(i64, &Entry)> = rows.into_iter().map(|(idx, entry)| (idx, &*entry)).collect();
+        let mut payloads = append::take_payloads(&mut rows);
+        let rows: Vec<(i64, &Entry)> = rows.into_iter().map(|(idx, entry)| (idx, &*entry)).collect();
+        if !append::commit_in_one_trip(&mut self.conn, &rows, &mut payloads, &self.names).await? {
             let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
-            let names = write_entries(&mut tx, &rows, &self.names).await?;
+            let names = write_entries(&mut tx, &rows, payloads, &self.names).await?;
             tx.commit().await?;
             self.names.learn(names);
         }
@@ -621,7 +622,8 @@ impl Sequencer {
             .await?;
         let entries = rows.iter().map(|(seq, bytes)| outbox_entry(*seq, bytes)).collect::<Result<Vec<_>, _>>()?;
         let indexed: Vec<(i64, &Entry)> = (self.next_index..).map(to_i64).zip(&entries).collect();
-        let names = write_entries(&mut tx, &indexed, &self.names).await?;
+        // Registry records carry no payload.
+        let names = write_entries(&mut tx, &indexed, Vec::new(), &self.names).await?;
         if let Some((last, _)) = rows.last() {
             sqlx::query("DELETE FROM registry_outbox WHERE seq <= ?").bind(last).execute(&mut *tx).await?;
         }
@@ -767,7 +769,7 @@ fn outbox_entry(seq: i64, bytes: &[u8]) -> Result<Entry, StoreError> {
 }
 
 /// Inserts records (with their payloads and search index rows) at the
-/// given indices, and applies their side effects: the retained index and
+/// given indices (`payloads`: theirs, moved into the query), and applies their side effects: the retained index and
 /// replay windows, each as one multi-row statement per chunk of the group
 /// rather than one per record, so that the group commit's cost stays per
 /// group. Returns the index names created, for [`NameCache::learn`] once
@@ -775,24 +777,17 @@ fn outbox_entry(seq: i64, bytes: &[u8]) -> Result<Entry, StoreError> {
 async fn write_entries(
     conn: &mut SqliteConnection,
     rows: &[(i64, &Entry)],
+    payloads: Vec<(i64, Vec<u8>)>,
     names: &NameCache,
 ) -> Result<Vec<(String, i64)>, StoreError> {
-    for chunk in rows.chunks(INSERT_CHUNK) {
-        let mut insert = QueryBuilder::<Sqlite>::new("INSERT INTO records (idx, leaf, body) ");
-        insert.push_values(chunk, |mut row, (idx, entry)| {
-            row.push_bind(*idx).push_bind(&entry.leaf[..]).push_bind(&entry.body[..]);
-        });
-        insert.build().execute(&mut *conn).await?;
-    }
+    let mut records = QueryBuilder::<Sqlite>::new("");
+    append::push_records(&mut records, rows);
+    records.build().execute(&mut *conn).await?;
     let bodies: Vec<(i64, &[u8])> = rows.iter().map(|(idx, entry)| (*idx, entry.body.as_slice())).collect();
     let created = index::index_records(conn, &bodies, names).await?;
-    let payloads: Vec<(i64, &[u8])> =
-        rows.iter().filter_map(|(idx, entry)| Some((*idx, entry.payload.as_deref()?))).collect();
-    for chunk in payloads.chunks(INSERT_CHUNK) {
-        let mut insert = QueryBuilder::<Sqlite>::new("INSERT INTO payloads (idx, data) ");
-        insert.push_values(chunk, |mut row, (idx, data)| {
-            row.push_bind(*idx).push_bind(*data);
-        });
+    if !payloads.is_empty() {
+        let mut insert = QueryBuilder::<Sqlite>::new("");
+        append::push_payloads(&mut insert, payloads);
         insert.build().execute(&mut *conn).await?;
     }
 
