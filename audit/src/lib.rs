@@ -11,6 +11,10 @@
 //! - [`BlockHeader`]: sealed blocks and their hash chain;
 //! - [`Checkpoint`], [`LogKey`], [`VerifierKey`]: C2SP signed notes;
 //! - [`ProofBundle`], [`ConsistencyBundle`]: what auditors check offline;
+//! - [`WitnessKey`], [`CosignerKey`] ([`cosign`]): C2SP tlog-cosignature;
+//!   [`Policy`] ([`policy`]): C2SP tlog-policy, the quorum a verifier
+//!   requires; [`witness`]: C2SP tlog-witness requests and the rules a
+//!   witness applies ([`witness::judge`]);
 //! - [`acl`]: device ACL patterns and MQTT topic-filter coverage;
 //! - [`RetainedState`]: the retained messages the log implies (MQTT 5
 //!   §3.3.1.3), as a fold over records.
@@ -23,23 +27,28 @@ pub mod acl;
 mod block;
 mod bundle;
 mod codec;
+pub mod cosign;
 mod error;
 mod hash;
 pub mod mqs1;
 mod note;
+pub mod policy;
 mod record;
 mod retained;
 pub mod tree;
+pub mod witness;
 
 #[cfg(feature = "store")]
 pub mod store;
 
 pub use block::{BlockHeader, HEADER_LEN};
 pub use bundle::{CONSISTENCY_FORMAT, ConsistencyBundle, PROOF_FORMAT, ProofBundle, Proven, check_device_signature};
+pub use cosign::{CosignerKey, WitnessKey};
 pub use error::{BundleError, DecodeError, Mqs1Error, NoteError, ProofError};
 pub use hash::{Hash, Rfc6962, empty_root, leaf_hash, merkle_root, node_hash, sha256};
 pub use mqs1::SignatureBlock;
-pub use note::{Checkpoint, LogKey, VerifierKey};
+pub use note::{Checkpoint, LogKey, NoteParts, SignatureLine, VerifierKey, parse_note};
+pub use policy::{Cosigner, Policy, PolicyError, Witnessed};
 pub use record::{PublishRecord, Record, RegistryEvent, RegistryRecord};
 pub use retained::{RetainedChange, RetainedMismatch, RetainedState};
 pub use tree::{Frontier, NodeId};

@@ -15,20 +15,26 @@ const ALG_ED25519: u8 = 0x01;
 /// Notes with more signature lines are refused rather than parsed.
 const MAX_SIGNATURES: usize = 100;
 /// U+2014 and a space: how every signature line starts.
-const SIGNATURE_PREFIX: &str = "\u{2014} ";
+pub(crate) const SIGNATURE_PREFIX: &str = "\u{2014} ";
 
 /// `SHA-256(name || 0x0A || 0x01 || public_key)[0..4]`.
 fn key_id(name: &str, public_key: &[u8; 32]) -> [u8; 4] {
+    key_id_of(name, ALG_ED25519, public_key)
+}
+
+/// `SHA-256(name || 0x0A || algorithm || public_key)[0..4]`, the key id of
+/// every signed-note key type.
+pub(crate) fn key_id_of(name: &str, algorithm: u8, public_key: &[u8; 32]) -> [u8; 4] {
     let mut input = Vec::with_capacity(name.len() + 34);
     input.extend_from_slice(name.as_bytes());
     input.push(b'\n');
-    input.push(ALG_ED25519);
+    input.push(algorithm);
     input.extend_from_slice(public_key);
     sha256(&input)[..4].try_into().expect("4 of 32 bytes")
 }
 
 /// A key name must be non-empty and contain no whitespace or `+`.
-fn check_name(name: &str) -> Result<(), String> {
+pub(crate) fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("empty name".into());
     }
@@ -146,30 +152,12 @@ impl VerifierKey {
     /// signature from this key (other keys' lines, such as witness
     /// cosignatures, are ignored), then parses its checkpoint.
     pub fn open(&self, note: &str) -> Result<Checkpoint, NoteError> {
-        let malformed = |why: &str| NoteError::Malformed(why.to_string());
-        let split = note.rfind("\n\n").ok_or_else(|| malformed("no blank line before the signatures"))?;
-        let (text, signatures) = (&note[..=split], &note[split + 2..]);
-        if text.chars().any(|c| c.is_control() && c != '\n') {
-            return Err(malformed("text contains control characters"));
-        }
-        let signatures = signatures.strip_suffix('\n').ok_or_else(|| malformed("does not end in a newline"))?;
+        let parts = parse_note(note)?;
+        let text = parts.text();
         let mut found = false;
-        for (n, line) in signatures.split('\n').enumerate() {
-            if n >= MAX_SIGNATURES {
-                return Err(malformed("too many signature lines"));
-            }
-            let rest = line
-                .strip_prefix(SIGNATURE_PREFIX)
-                .ok_or_else(|| malformed(&format!("signature line {line:?} does not start with an em dash")))?;
-            let (name, blob) = rest.split_once(' ').ok_or_else(|| malformed("signature line has no signature"))?;
-            let blob = STANDARD.decode(blob).map_err(|_| malformed("signature is not base64"))?;
-            if blob.len() < 5 {
-                return Err(malformed("signature is too short"));
-            }
-            if name != self.name || blob[..4] != self.key_id {
-                continue;
-            }
-            let signature = <[u8; 64]>::try_from(&blob[4..]).map_err(|_| NoteError::BadSignature(self.to_string()))?;
+        for line in parts.signatures().filter(|line| line.name == self.name && line.key_id == self.key_id) {
+            let signature =
+                <[u8; 64]>::try_from(line.signature).map_err(|_| NoteError::BadSignature(self.to_string()))?;
             self.key
                 .verify_strict(text.as_bytes(), &Signature::from_bytes(&signature))
                 .map_err(|_| NoteError::BadSignature(self.to_string()))?;
@@ -184,6 +172,75 @@ impl VerifierKey {
         }
         Ok(checkpoint)
     }
+}
+
+/// One signature line of a note, its blob split after the key id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignatureLine<'a> {
+    /// The key name.
+    pub name: &'a str,
+    /// The first four bytes of the blob.
+    pub key_id: [u8; 4],
+    /// The rest of the blob: the signature, in a form the key type defines.
+    pub signature: &'a [u8],
+    /// The whole line, newline included, as it appears in the note.
+    pub line: &'a str,
+}
+
+/// A note split into its text (everything signed, final newline included)
+/// and its signature lines, whose blobs are decoded.
+#[derive(Debug)]
+pub struct NoteParts<'a> {
+    text: &'a str,
+    blobs: Vec<(&'a str, Vec<u8>, &'a str)>,
+}
+
+impl<'a> NoteParts<'a> {
+    /// The signed text.
+    pub fn text(&self) -> &'a str {
+        self.text
+    }
+
+    /// The signature lines, in order.
+    pub fn signatures(&self) -> impl Iterator<Item = SignatureLine<'_>> {
+        self.blobs.iter().map(|(name, blob, line)| SignatureLine {
+            name,
+            key_id: blob[..4].try_into().expect("blobs are at least 5 bytes"),
+            signature: &blob[4..],
+            line,
+        })
+    }
+}
+
+/// Splits a signed note (C2SP signed-note) into its text and signature
+/// lines, refusing malformed notes.
+pub fn parse_note(note: &str) -> Result<NoteParts<'_>, NoteError> {
+    let malformed = |why: &str| NoteError::Malformed(why.to_string());
+    let split = note.rfind("\n\n").ok_or_else(|| malformed("no blank line before the signatures"))?;
+    let (text, signatures) = (&note[..=split], &note[split + 2..]);
+    if text.chars().any(|c| c.is_control() && c != '\n') {
+        return Err(malformed("text contains control characters"));
+    }
+    if !signatures.ends_with('\n') {
+        return Err(malformed("does not end in a newline"));
+    }
+    let mut blobs = Vec::new();
+    for (n, line) in signatures.split_inclusive('\n').enumerate() {
+        if n >= MAX_SIGNATURES {
+            return Err(malformed("too many signature lines"));
+        }
+        let rest = line[..line.len() - 1]
+            .strip_prefix(SIGNATURE_PREFIX)
+            .ok_or_else(|| malformed(&format!("signature line {line:?} does not start with an em dash")))?;
+        let (name, blob) = rest.split_once(' ').ok_or_else(|| malformed("signature line has no signature"))?;
+        check_name(name).map_err(|e| malformed(&format!("signature line: {e}")))?;
+        let blob = STANDARD.decode(blob).map_err(|_| malformed("signature is not base64"))?;
+        if blob.len() < 5 {
+            return Err(malformed("signature is too short"));
+        }
+        blobs.push((name, blob, line));
+    }
+    Ok(NoteParts { text, blobs })
 }
 
 impl fmt::Display for VerifierKey {
