@@ -205,8 +205,8 @@ fn watch(args: &Args, api: &Api, policy: Policy) -> Result<ExitCode> {
             if !policy.logs().iter().any(|l| l.key.to_string() == state.vkey.trim()) {
                 bail!("{} is the state of another log (verifier key {})", path.display(), state.vkey);
             }
-            let chain = CheckpointChain::resume(policy, &state.checkpoint)
-                .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+            let chain =
+                CheckpointChain::resume(policy, &state.checkpoint).map_err(|e| anyhow!("{}: {e}", path.display()))?;
             let size = chain.latest().map_or(0, |l| l.checkpoint.size);
             println!("watch: resuming from the checkpoint of tree size {size} ({})", path.display());
             chain

@@ -310,6 +310,7 @@ const SealmqVerify = (() => {
    * the text does not define (the rule is then not known here).
    */
   function quorumMet(rules, names, cosigned) {
+    if (typeof rules !== 'string') return null;
     const groups = new Map();
     let quorum = null;
     const lines = String(rules || '').split('\n');
@@ -522,8 +523,10 @@ const SealmqVerify = (() => {
    *    what the proof proves;
    *  - `payload` (optional Uint8Array): the stored payload shown;
    *  - `devices` (optional): the /v1/devices list, for MQS1 keys;
-   *  - `witnesses` (optional): {quorum, list: [{name, vkey}]} from
-   *    /v1/witnesses, to check the checkpoint's cosignatures.
+   *  - `witnesses` (optional): {quorum, list: [{name, vkey}], claimed} from
+   *    /v1/witnesses, to check the checkpoint's cosignatures; `claimed` is
+   *    the broker's word on whether this checkpoint meets its quorum, used
+   *    only when the quorum rule is not known here.
    * Returns {ok, failedStep, witnessed: true|false|null, steps: [{id, label,
    * status: ok|failed|skipped|unwitnessed|not-run, detail}]}; the first
    * failure stops the run. A checkpoint without the witnesses' quorum is not
@@ -589,12 +592,21 @@ const SealmqVerify = (() => {
         if (!witnesses || !witnesses.list || witnesses.list.length === 0) {
           return ['skipped', 'no witnesses configured: the checkpoint is signed by the log alone'];
         }
-        const { cosigners, witnessed } = await checkWitnessed(bundle.checkpoint, witnesses.list, witnesses.quorum);
+        const checked = await checkWitnessed(bundle.checkpoint, witnesses.list, witnesses.quorum);
+        const { cosigners } = checked;
+        let { witnessed } = checked;
+        let rule = 'quorum';
+        if (witnessed === null && typeof witnesses.claimed === 'boolean') {
+          // The rule's groups are not published: take the broker's verdict,
+          // but never for a checkpoint no witness was seen cosigning here.
+          witnessed = witnesses.claimed && cosigners.length > 0;
+          rule = 'quorum (as the broker evaluates its policy)';
+        }
         ctx.witnessed = witnessed;
         const who = cosigners.length ? `cosigned by ${cosigners.map((c) => c.name).join(', ')}` : 'cosigned by no witness';
-        if (witnessed === false) return ['unwitnessed', `not witnessed: ${who}; the quorum is not met`];
-        if (witnessed === null) return ['ok', `${who} (each checked here); the quorum rule is not published, not evaluated`];
-        return `witnessed: ${who} (each checked here), quorum met`;
+        if (witnessed === false) return ['unwitnessed', `not witnessed: ${who}; the ${rule} is not met`];
+        if (witnessed === null) return ['ok', `${who} (each checked here); the quorum rule is not known here`];
+        return `witnessed: ${who} (each checked here), ${rule} met`;
       },
       signature: async () => {
         const rec = ctx.record;
@@ -1009,7 +1021,15 @@ const Explorer = (() => {
 
   const when = (t) => (asMs(t) === null ? '—' : `${formatTime(asMs(t))} (${relativeTime(asMs(t))})`);
 
-  function witnessRow(w) {
+  /** When a witness cosigned its latest size: the API's field, else its timestamp in `recent`. */
+  function cosignedAt(w, recent) {
+    if (w.cosigned_at !== undefined && w.cosigned_at !== null) return w.cosigned_at;
+    const entry = recent.find((r) => r.size === w.cosigned_size);
+    const mine = entry && (entry.cosigners || []).find((c) => c.name === w.name);
+    return mine ? mine.timestamp : null;
+  }
+
+  function witnessRow(w, recent) {
     const failing = w.last_error || (w.last_status && Number(w.last_status) >= 400);
     const status = w.last_status === null || w.last_status === undefined ? '—' : String(w.last_status);
     return el(
@@ -1019,9 +1039,10 @@ const Explorer = (() => {
       el('td', {}, el('span', { class: 'hash mono', title: w.vkey }, w.vkey && w.vkey.length > 28 ? `${w.vkey.slice(0, 28)}…` : w.vkey || '—')),
       el('td', { class: 'mono small' }, w.url || el('span', { class: 'muted' }, 'not asked')),
       el('td', { class: 'num', dataset: { field: 'cosigned-size' } }, number(w.cosigned_size)),
-      el('td', { class: 'small' }, when(w.cosigned_at)),
+      el('td', { class: 'small' }, when(cosignedAt(w, recent))),
       el('td', { class: failing ? 'status bad' : 'status', dataset: { field: 'status' } },
-        status, w.last_error ? el('div', { class: 'small' }, w.last_error) : null),
+        status, w.last_attempt_ms ? el('span', { class: 'small muted' }, ` ${relativeTime(w.last_attempt_ms)}`) : null,
+        w.last_error ? el('div', { class: 'small' }, w.last_error) : null),
       el('td', { class: 'num small' }, `${number(w.requests)} / ${number(w.refusals)}`),
     );
   }
@@ -1038,10 +1059,11 @@ const Explorer = (() => {
       return;
     }
     const recent = Array.isArray(w.recent) ? w.recent : [];
+    const quorum = typeof w.quorum === 'string' ? w.quorum : w.quorum ? 'required by the broker\'s policy' : 'none (quorum none)';
     fill(
       box,
       dl([
-        ['Quorum', el('span', { class: 'mono', id: 'witness-quorum' }, w.quorum || '—')],
+        ['Quorum', el('span', { class: 'mono', id: 'witness-quorum' }, quorum)],
         ['Witnessed size', el('span', { id: 'witness-witnessed-size' }, size === null ? 'none yet' : number(size))],
       ]),
       el('div', { class: 'table-wrap' }, el('table', { class: 'table', id: 'witness-table' },
@@ -1049,26 +1071,33 @@ const Explorer = (() => {
           el('th', {}, 'Witness'), el('th', {}, 'Key'), el('th', {}, 'URL'), el('th', { class: 'num' }, 'Cosigned size'),
           el('th', {}, 'Cosigned'), el('th', {}, 'Last status'), el('th', { class: 'num' }, 'Requests / refusals'))),
         el('tbody', {}, (w.witnesses || []).length
-          ? w.witnesses.map(witnessRow)
+          ? w.witnesses.map((x) => witnessRow(x, recent))
           : el('tr', { class: 'empty' }, el('td', { colspan: 7 }, 'The policy lists no witnesses.'))))),
       el('h3', { class: 'small muted' }, 'Recent cosigned checkpoints'),
       el('div', { class: 'table-wrap' }, el('table', { class: 'table', id: 'witness-recent' },
-        el('thead', {}, el('tr', {}, el('th', { class: 'num' }, 'Tree size'), el('th', {}, 'Cosigned by'))),
+        el('thead', {}, el('tr', {}, el('th', { class: 'num' }, 'Tree size'), el('th', {}, 'Sealed'),
+          el('th', {}, 'Cosigned by'), el('th', {}, 'Quorum'))),
         el('tbody', {}, recent.length
-          ? recent.map((r) => el('tr', { dataset: { size: r.size } },
+          ? recent.map((r) => el('tr', { dataset: { size: r.size, quorum: String(r.quorum) } },
             el('td', { class: 'num' }, number(r.size)),
+            el('td', { class: 'small' }, r.sealed_ms ? formatTime(r.sealed_ms) : '—'),
             el('td', {}, (r.cosigners || []).map((c, i) => [i ? ', ' : '',
-              el('span', { title: when(c.timestamp) }, c.name)]))))
-          : el('tr', { class: 'empty' }, el('td', { colspan: 2 }, 'No checkpoint cosigned yet.'))))),
+              el('span', { title: when(c.timestamp) }, c.name)])),
+            el('td', {}, r.quorum === true ? 'met' : r.quorum === false ? 'not met' : '—')))
+          : el('tr', { class: 'empty' }, el('td', { colspan: 4 }, 'No checkpoint cosigned yet.'))))),
     );
   }
 
   async function loadWitnesses() {
+    if (state.noWitnesses) return;
     try {
       state.witnesses = await api('/v1/witnesses');
     } catch (e) {
-      if (e.status === 404) state.witnesses = null;
-      else {
+      if (e.status === 404) {
+        // Configuration, not a passing state: stop asking.
+        state.witnesses = null;
+        state.noWitnesses = true;
+      } else {
         showError($('witnesses'), `Cannot load the witnesses: ${e.message}`);
         return;
       }
@@ -1348,7 +1377,21 @@ const Explorer = (() => {
       const bundle = await api(`/v1/proof/${view.index}${covered ? '?witnessed=true' : ''}`);
       const signed = view.kind === 'publish' && view.auth === 'mqs1';
       const devices = signed ? (await api('/v1/devices')).devices : [];
-      const witnesses = w ? { quorum: w.quorum, list: (w.witnesses || []).map(({ name, vkey }) => ({ name, vkey })) } : null;
+      let claimed = null;
+      if (w) {
+        let size = null;
+        try {
+          size = Number(V.parseCheckpoint(bundle.checkpoint).size);
+        } catch {
+          // verifyRecord reports a malformed checkpoint at its own step.
+        }
+        const entry = (w.recent || []).find((r) => r.size === size);
+        if (size !== null && size === w.witnessed_size) claimed = true;
+        else if (entry && typeof entry.quorum === 'boolean') claimed = entry.quorum;
+      }
+      const witnesses = w
+        ? { quorum: w.quorum, claimed, list: (w.witnesses || []).map(({ name, vkey }) => ({ name, vkey })) }
+        : null;
       result = await V.verifyRecord({ bundle, vkey: trustedVkey(), index: view.index, view, payload, devices, witnesses });
     } catch (e) {
       const detail = e.status === 404 ? 'the record is not sealed yet; try again after the next block' : e.message;
