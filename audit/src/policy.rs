@@ -135,6 +135,23 @@ impl Policy {
         &self.witnesses
     }
 
+    /// The policy's `group` and `quorum` lines, as a policy file would
+    /// write them (thresholds as numbers): the rule without the keys, for a
+    /// verifier that is given the witnesses separately.
+    pub fn rules(&self) -> String {
+        let name = |member: &Member| match member {
+            Member::Witness(w) => self.witnesses[*w].name.as_str(),
+            Member::Group(g) => self.groups[*g].name.as_str(),
+        };
+        let mut text = String::new();
+        for group in &self.groups {
+            let members: Vec<&str> = group.members.iter().map(name).collect();
+            text.push_str(&format!("group {} {} {}\n", group.name, group.threshold, members.join(" ")));
+        }
+        text.push_str(&format!("quorum {}\n", self.quorum.as_ref().map_or("none", name)));
+        text
+    }
+
     /// Whether the quorum is `none`.
     pub fn needs_no_witness(&self) -> bool {
         self.quorum.is_none()

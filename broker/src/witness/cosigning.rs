@@ -212,13 +212,14 @@ impl Witnessing {
         let mut witnesses = Vec::new();
         for (state, witness) in self.states.iter().zip(self.policy.witnesses()) {
             let vkey = witness.key.to_string();
-            let cosigned = self.store.latest_size(&vkey).await?;
+            let cosigned = self.store.latest(&vkey).await?;
             let last = state.last.lock().expect("status lock").clone();
             witnesses.push(json!({
                 "name": witness.name,
                 "vkey": vkey,
                 "url": witness.url,
-                "cosigned_size": cosigned,
+                "cosigned_size": cosigned.map(|(size, _)| size),
+                "cosigned_at": cosigned.map(|(_, at)| at),
                 "last_status": last.as_ref().map(|l| l.0),
                 "last_error": last.as_ref().map(|l| l.1.clone()).filter(|e| !e.is_empty()),
                 "last_attempt_ms": last.as_ref().map(|l| l.2),
@@ -242,7 +243,7 @@ impl Witnessing {
         }
         let witnessed = self.witnessed().map(|(size, _)| size);
         Ok(
-            json!({ "quorum": !self.policy.needs_no_witness(), "witnessed_size": witnessed, "witnesses": witnesses, "recent": recent }),
+            json!({ "quorum": self.policy.rules(), "witnessed_size": witnessed, "witnesses": witnesses, "recent": recent }),
         )
     }
 }
