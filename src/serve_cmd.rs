@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::io::Write;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 
@@ -90,7 +91,9 @@ pub async fn run(data: Option<PathBuf>, args: ServeArgs) -> Result<ExitCode> {
         "publishes and connections since start"
     );
     broker.shutdown().await.context("closing the log")?;
-    println!("sealmq stopped cleanly");
+    // Whoever started us may have closed our stdout by now; a failed
+    // goodbye is no reason to exit with a panic after a clean stop.
+    let _ = writeln!(std::io::stdout(), "sealmq stopped cleanly");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,6 +1,7 @@
 //! `sealmq init` and `sealmq witness …`: the keys a data directory holds,
 //! and sealmq as a standalone witness (C2SP tlog-witness).
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
@@ -95,7 +96,8 @@ pub async fn run(data: &Path, command: WitnessCommand) -> Result<ExitCode> {
             crate::serve_cmd::wait_for_signal().await?;
             let _ = stop.send(true);
             let _ = server.await;
-            println!("sealmq witness stopped cleanly");
+            // As for `serve`: stdout may be closed by now.
+            let _ = writeln!(std::io::stdout(), "sealmq witness stopped cleanly");
             Ok(ExitCode::SUCCESS)
         }
     }
