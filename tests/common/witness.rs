@@ -292,6 +292,7 @@ impl Mesh {
             })
             .collect();
         let w_data = dir.path().join("w");
+        std::fs::create_dir_all(&w_data).unwrap();
         let key_name = "w.sealmq.test/witness".to_string();
         let w_vkey = sealmq(&w_data, &["witness", "vkey", "--name", &key_name]).ok().trim().to_string();
         assert!(w_vkey.starts_with(&format!("{key_name}+")), "witness vkey {w_vkey:?} is not named {key_name}");
