@@ -3,6 +3,7 @@
 mod audit_cmd;
 mod device_cmd;
 mod serve_cmd;
+mod witness_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +33,12 @@ enum Command {
     /// Register devices and their keys, policy, password and ACL.
     #[command(subcommand)]
     Device(device_cmd::DeviceCommand),
+    /// Create the data directory's log and witness keys when missing and
+    /// print their verifier keys (for peers' policies and witness lists).
+    Init(witness_cmd::InitArgs),
+    /// Witness other logs (C2SP tlog-witness) without a broker.
+    #[command(subcommand)]
+    Witness(witness_cmd::WitnessCommand),
 }
 
 /// Where the data lives unless `--data` or the configuration says otherwise.
@@ -47,7 +54,7 @@ fn main() -> ExitCode {
     // rumqttd reports every routine disconnect as an error; the gateway
     // logs what matters about each connection itself.
     let default_filter = match cli.command {
-        Command::Serve(_) => "info,rumqttd=off",
+        Command::Serve(_) | Command::Witness(witness_cmd::WitnessCommand::Serve { .. }) => "info,rumqttd=off",
         _ => "warn,rumqttd=off",
     };
     tracing_subscriber::fmt()
@@ -70,6 +77,8 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve_cmd::run(cli.data, args).await,
             Command::Audit(command) => audit_cmd::run(&data, command).await,
             Command::Device(command) => device_cmd::run(&data, command).await,
+            Command::Init(args) => witness_cmd::init(&data, args).await,
+            Command::Witness(command) => witness_cmd::run(&data, command).await,
         }
     });
     match outcome {

@@ -22,6 +22,14 @@ pub struct ServeArgs {
     /// HTTP listener address for auditors (default 127.0.0.1:8080).
     #[arg(long)]
     http: Option<SocketAddr>,
+    /// A C2SP tlog-policy file naming the witnesses to ask for
+    /// cosignatures and their quorum (overrides witnessing.policy).
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// Serve even if the witnesses show this database is an older or
+    /// diverging copy of the log (a restored backup). Logged as an error.
+    #[arg(long)]
+    accept_rollback: bool,
 }
 
 pub async fn run(data: Option<PathBuf>, args: ServeArgs) -> Result<ExitCode> {
@@ -38,6 +46,10 @@ pub async fn run(data: Option<PathBuf>, args: ServeArgs) -> Result<ExitCode> {
     if let Some(http) = args.http {
         config.http = http;
     }
+    if let Some(policy) = args.policy {
+        config.witnessing.policy = Some(policy);
+    }
+    config.accept_rollback = args.accept_rollback;
     config.check()?;
     // Past a file-size limit (ulimit -f, systemd's LimitFSIZE=) the kernel
     // sends SIGXFSZ, whose default action kills the process. With a handler
@@ -61,6 +73,9 @@ pub async fn run(data: Option<PathBuf>, args: ServeArgs) -> Result<ExitCode> {
     println!("  http      http://{}", broker.http_addr());
     println!("  data      {}", data.display());
     println!("  vkey      {}", broker.verifier_key());
+    if let Some(witness) = broker.witness_key() {
+        println!("  witness   {witness}");
+    }
     tracing::info!(mqtt = %broker.mqtt_addr(), http = %broker.http_addr(), "serving");
 
     wait_for_signal().await?;
@@ -80,7 +95,7 @@ pub async fn run(data: Option<PathBuf>, args: ServeArgs) -> Result<ExitCode> {
 }
 
 /// Waits for SIGINT (Ctrl-C) or SIGTERM.
-async fn wait_for_signal() -> Result<()> {
+pub async fn wait_for_signal() -> Result<()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

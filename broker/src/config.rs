@@ -44,6 +44,16 @@ pub struct BrokerConfig {
     pub limits: Limits,
     /// Where accepted messages are routed.
     pub upstream: Upstream,
+    /// The witnesses this log asks to cosign its checkpoints.
+    pub witnessing: WitnessingConfig,
+    /// The logs this broker witnesses.
+    pub witness: WitnessConfig,
+    /// Serve even when the witnesses show the database is an older or
+    /// diverging copy of the log. A command-line flag only
+    /// (`--accept-rollback`), never a file setting: overriding the check
+    /// must be a deliberate act each time.
+    #[serde(skip)]
+    pub accept_rollback: bool,
 }
 
 impl Default for BrokerConfig {
@@ -62,6 +72,9 @@ impl Default for BrokerConfig {
             unknown_devices: UnknownDevices::default(),
             limits: Limits::default(),
             upstream: Upstream::default(),
+            witnessing: WitnessingConfig::default(),
+            witness: WitnessConfig::default(),
+            accept_rollback: false,
         }
     }
 }
@@ -231,6 +244,37 @@ pub struct Upstream {
     pub connections: Option<usize>,
 }
 
+/// The witnesses this log asks to cosign (C2SP tlog-witness).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WitnessingConfig {
+    /// A C2SP tlog-policy file: every `witness` line with a URL (its
+    /// submission prefix) is asked; the quorum decides which checkpoints
+    /// are served as witnessed. Default: none, no witnesses.
+    pub policy: Option<PathBuf>,
+    /// Rounds of requests start at most this often (default 250 ms).
+    pub min_interval_ms: u64,
+    /// Each request's timeout (default 3 s).
+    pub timeout_ms: u64,
+}
+
+impl Default for WitnessingConfig {
+    fn default() -> Self {
+        Self { policy: None, min_interval_ms: 250, timeout_ms: 3000 }
+    }
+}
+
+/// This broker as a witness of other logs.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WitnessConfig {
+    /// The verifier keys of the logs to witness; empty: not a witness.
+    pub logs: Vec<String>,
+    /// The witness key's name, fixed when the key is made (default
+    /// `sealmq-witness/<8 hex digits>`).
+    pub name: Option<String>,
+}
+
 /// A configuration file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -298,6 +342,14 @@ impl BrokerConfig {
             return Err(ConfigError::Invalid(format!(
                 "limits.http_idle_timeout_ms must be at least {idle_floor} (twice the live streams' keep-alive)"
             )));
+        }
+        if self.witnessing.timeout_ms == 0 {
+            return invalid("witnessing.timeout_ms must be at least 1");
+        }
+        for key in &self.witness.logs {
+            if let Err(e) = key.parse::<sealmq_audit::VerifierKey>() {
+                return Err(ConfigError::Invalid(format!("witness.logs: {key:?}: {e}")));
+            }
         }
         if self.upstream.address.is_none() && (self.upstream.username.is_some() || self.upstream.password.is_some()) {
             return invalid("upstream.username and upstream.password need upstream.address");

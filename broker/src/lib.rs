@@ -15,6 +15,9 @@
 //! - [`devices`]: the device registry view (identity, ACLs, keys) and MQS1
 //!   replay windows;
 //! - [`checks`]: the MQS1 signature-check pool, off the connections' tasks;
+//! - [`witness`]: witnesses (C2SP tlog-witness): this log asking them to
+//!   cosign ([`witness::Witnessing`]), the rollback check on start, and
+//!   sealmq as a witness of other logs ([`witness::WitnessService`]);
 //! - [`route`]: the router interface ([`route::Router`]), sessions'
 //!   inboxes, the in-process topic index, the external router, retained
 //!   messages and Message Expiry;
@@ -39,6 +42,7 @@ pub mod route;
 pub mod server;
 pub mod session;
 pub mod system;
+pub mod witness;
 
 pub use config::BrokerConfig;
 pub use server::{Broker, StartError};

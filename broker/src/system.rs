@@ -14,6 +14,7 @@ use crate::codec::{v5, validate_topic_name};
 use crate::gateway::Shared;
 use crate::route::Message;
 use crate::route::retained::Retained;
+use crate::witness::Witnessing;
 
 /// Where each sealed block's checkpoint is published (retained).
 pub const CHECKPOINT_TOPIC: &str = "$SYS/sealmq/checkpoint";
@@ -64,8 +65,8 @@ pub async fn publish_will(shared: &Shared, client_id: &str, publish: v5::Publish
 /// [`CHECKPOINT_TOPIC`] and hands it to this gateway's live subscribers.
 /// Local only: behind an external broker, every gateway has a log of its
 /// own and publishes its own checkpoints to its own clients.
-fn publish_checkpoint(shared: &Shared, block: &SealedBlock) {
-    let payload = Bytes::from(block.checkpoint.clone());
+fn publish_checkpoint(shared: &Shared, note: String) {
+    let payload = Bytes::from(note);
     shared.retained.set(CHECKPOINT_TOPIC, Retained::new(None, 0, payload.clone(), v5::PublishProperties::default()));
     let message = Message {
         topic: Bytes::from_static(CHECKPOINT_TOPIC.as_bytes()),
@@ -80,16 +81,38 @@ fn publish_checkpoint(shared: &Shared, block: &SealedBlock) {
     shared.router.publish_local(Arc::new(message));
 }
 
-/// Publishes each sealed block's checkpoint, until the log closes.
-pub async fn run(shared: Arc<Shared>, mut sealed: watch::Receiver<Option<SealedBlock>>) {
+/// Publishes each sealed block's checkpoint, until the log closes, and
+/// again with its witnesses' cosignatures as they arrive.
+pub async fn run(
+    shared: Arc<Shared>,
+    mut sealed: watch::Receiver<Option<SealedBlock>>,
+    witnessing: Option<Arc<Witnessing>>,
+) {
+    let mut cosigned = witnessing.as_ref().map(|w| w.cosigned_changes());
     loop {
         let latest = sealed.borrow_and_update().clone();
         if let Some(block) = latest {
-            publish_checkpoint(&shared, &block);
+            let note = match &witnessing {
+                Some(w) => w.with_cosignatures(&block.checkpoint, block.header.tree_size).await.unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "cannot read cosignatures; publishing the checkpoint without them");
+                    block.checkpoint.clone()
+                }),
+                None => block.checkpoint.clone(),
+            };
+            publish_checkpoint(&shared, note);
         }
-        if sealed.changed().await.is_err() {
-            // The log is closed: nothing more will be sealed.
-            return;
+        let more_cosignatures = async {
+            match cosigned.as_mut() {
+                Some(changes) => changes.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            changed = sealed.changed() => if changed.is_err() {
+                // The log is closed: nothing more will be sealed.
+                return;
+            },
+            true = more_cosignatures => {}
         }
     }
 }

@@ -39,7 +39,7 @@ pub(crate) fn load_or_create(path: &Path) -> Result<[u8; 32], StoreError> {
         // Make the new directory entry durable too.
         std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_error(dir))?;
     }
-    tracing::info!(path = %path.display(), "created a new log key");
+    tracing::info!(path = %path.display(), "created a new signing key");
     Ok(seed)
 }
 

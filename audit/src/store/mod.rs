@@ -16,10 +16,16 @@
 //!   (the latter only as checked against the log,
 //!   [`Log::reconcile_retained`]).
 //!
+//! - [`Cosignatures`]: what the log's witnesses cosigned (`log.db`);
+//!   [`WitnessStore`]: this broker as a witness of other logs, its key and
+//!   state (`witness.db`, `witness.key`).
+//!
 //! Files in the data directory: `log.db` (with its WAL) and `log.key`, the
-//! log's Ed25519 seed (mode 0600, created on first use, never logged).
+//! log's Ed25519 seed (mode 0600, created on first use, never logged); a
+//! witness adds `witness.db` and `witness.key`.
 
 mod checkpointer;
+pub mod cosignatures;
 mod index;
 mod keyfile;
 mod pending;
@@ -28,11 +34,13 @@ pub mod registry;
 mod retained;
 pub mod synthetic;
 mod verify;
+pub mod witness;
 mod writer;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use cosignatures::Cosignatures;
 pub use index::{FILTER_TOPICS_MAX, FoundRecord, RecordQuery, SearchPage};
 pub use reader::{LogReader, SealedBlock, StoredRecord};
 pub use registry::{
@@ -40,6 +48,7 @@ pub use registry::{
     verify_password,
 };
 pub use verify::{Failure, Place, Progress, VerifyReport, verify};
+pub use witness::{WitnessStore, WitnessedLog};
 pub use writer::{Appending, Entry, Log};
 
 use crate::{DecodeError, NoteError, ProofError};

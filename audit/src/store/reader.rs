@@ -180,6 +180,17 @@ impl LogReader {
         Ok(bundle)
     }
 
+    /// The RFC 9162 consistency proof from any `old_size` (0 included: an
+    /// empty proof) to `new_size`, both at most the sealed size: what a
+    /// witness asks for, from the size it last cosigned.
+    pub async fn consistency_proof(&self, old_size: u64, new_size: u64) -> Result<Vec<Hash>, StoreError> {
+        if old_size == 0 || old_size == new_size {
+            return Ok(Vec::new());
+        }
+        let plan = consistency_plan(old_size, new_size)?;
+        self.resolve(&plan).await
+    }
+
     /// The right edge of the tree of `size` records.
     pub async fn frontier(&self, size: u64) -> Result<Frontier, StoreError> {
         let ids = Frontier::ids(size);

@@ -8,7 +8,7 @@
 //! have fixed maxima.
 
 pub mod explorer;
-pub(crate) mod serve;
+pub mod serve;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -29,6 +29,8 @@ use sealmq_audit::store::{FoundRecord, LogReader, RecordQuery, SealedBlock, Stor
 use sealmq_audit::{Record, RegistryEvent, mqs1};
 use serde_json::{Value, json};
 use tokio::sync::watch;
+
+use crate::witness::Witnessing;
 
 /// Records per search page: the default and the most a client may ask for.
 const RECORDS_PAGE: u32 = 50;
@@ -54,6 +56,7 @@ pub struct ApiState {
     registry: Registry,
     sealed: watch::Receiver<Option<SealedBlock>>,
     shutdown: watch::Receiver<bool>,
+    witnessing: Option<Arc<Witnessing>>,
 }
 
 impl ApiState {
@@ -66,7 +69,22 @@ impl ApiState {
         sealed: watch::Receiver<Option<SealedBlock>>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
-        Self { reader, registry, sealed, shutdown }
+        Self { reader, registry, sealed, shutdown, witnessing: None }
+    }
+
+    /// Serves checkpoints with their witnesses' cosignatures, and the
+    /// witnessed checkpoint and witnesses' state.
+    pub fn with_witnessing(mut self, witnessing: Arc<Witnessing>) -> Self {
+        self.witnessing = Some(witnessing);
+        self
+    }
+
+    /// `note` of tree size `size` with the cosignatures stored for it.
+    async fn cosigned(&self, note: String, size: u64) -> Result<String, ApiError> {
+        match &self.witnessing {
+            Some(witnessing) => Ok(witnessing.with_cosignatures(&note, size).await?),
+            None => Ok(note),
+        }
     }
 }
 
@@ -79,6 +97,8 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/v1/checkpoint", get(checkpoint))
         .route("/checkpoint", get(checkpoint))
+        .route("/v1/checkpoint/witnessed", get(witnessed_checkpoint))
+        .route("/v1/witnesses", get(witnesses))
         .route("/v1/vkey", get(vkey))
         .route("/v1/proof/{index}", get(proof))
         .route("/v1/consistency", get(consistency))
@@ -179,12 +199,31 @@ fn page_limit(params: &HashMap<String, String>, default: u32, max: u32) -> Resul
     }
 }
 
-/// The latest signed checkpoint (a C2SP signed note).
+/// The latest signed checkpoint (a C2SP signed note), with the
+/// cosignatures its witnesses returned so far.
 async fn checkpoint(State(api): Shared) -> ApiResult {
     match api.reader.latest_block().await? {
-        Some(block) => Ok(text(block.checkpoint)),
+        Some(block) => Ok(text(api.cosigned(block.checkpoint, block.header.tree_size).await?)),
         None => Err(ApiError::not_found("no block has been sealed yet")),
     }
+}
+
+/// The latest checkpoint whose cosignatures meet the witness policy's quorum.
+async fn witnessed_checkpoint(State(api): Shared) -> ApiResult {
+    let witnessing = api.witnessing.as_ref().ok_or_else(no_policy)?;
+    let (_, note) =
+        witnessing.witnessed().ok_or_else(|| ApiError::not_found("no checkpoint has met the witness quorum yet"))?;
+    Ok(text(note))
+}
+
+/// Each witness's state, and who cosigned the recent checkpoints.
+async fn witnesses(State(api): Shared) -> ApiResult {
+    let witnessing = api.witnessing.as_ref().ok_or_else(no_policy)?;
+    ok_json(witnessing.status().await?)
+}
+
+fn no_policy() -> ApiError {
+    ApiError::not_found("no witnesses are configured (witnessing.policy)")
 }
 
 /// The log's verifier key.
@@ -192,11 +231,29 @@ async fn vkey(State(api): Shared) -> Response {
     text(format!("{}\n", api.reader.verifier_key()))
 }
 
-/// `sealmq-proof/v1` for one record, against the latest checkpoint or `?size=`.
+/// `sealmq-proof/v1` for one record, against the latest checkpoint, `?size=`
+/// or (`?witnessed=true`) the latest witnessed one; the checkpoint carries
+/// the cosignatures stored for it.
 async fn proof(State(api): Shared, index: Segment, query: Params) -> ApiResult {
     let index = position("index", &segment(index)?)?;
-    let size = optional_position(&params(query)?, "size")?;
-    let bundle = api.reader.prove(index, size).await?;
+    let params = params(query)?;
+    let mut size = optional_position(&params, "size")?;
+    match params.get("witnessed").map(String::as_str) {
+        None | Some("false") => {}
+        Some("true") => {
+            let witnessing = api.witnessing.as_ref().ok_or_else(no_policy)?;
+            let (witnessed, _) = witnessing
+                .witnessed()
+                .ok_or_else(|| ApiError::not_found("no checkpoint has met the witness quorum yet"))?;
+            if size.is_some_and(|s| s != witnessed) {
+                return Err(ApiError::bad_request("size and witnessed=true name different checkpoints"));
+            }
+            size = Some(witnessed);
+        }
+        Some(other) => return Err(ApiError::bad_request(format!("witnessed must be true or false, not {other:?}"))),
+    }
+    let mut bundle = api.reader.prove(index, size).await?;
+    bundle.checkpoint = api.cosigned(bundle.checkpoint, bundle.tree_size).await?;
     Ok(([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-cache")], bundle.to_json())
         .into_response())
 }
@@ -211,7 +268,13 @@ async fn consistency(State(api): Shared, query: Params) -> ApiResult {
     {
         return Err(ApiError::bad_request(format!("old ({old}) must not be larger than new ({new})")));
     }
-    let bundle = api.reader.consistency(old, new).await?;
+    let mut bundle = api.reader.consistency(old, new).await?;
+    if let Some(note) = bundle.old_checkpoint.take() {
+        bundle.old_checkpoint = Some(api.cosigned(note, bundle.old_size).await?);
+    }
+    if let Some(note) = bundle.new_checkpoint.take() {
+        bundle.new_checkpoint = Some(api.cosigned(note, bundle.new_size).await?);
+    }
     Ok(([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-cache")], bundle.to_json())
         .into_response())
 }

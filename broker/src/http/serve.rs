@@ -40,7 +40,7 @@ const BUSY_BODY: &str = r#"{"error":"too many HTTP connections; retry shortly"}"
 type Connection = http1::Connection<TokioIo<Watched>, TowerToHyperService<Router>>;
 
 /// Serves `app` on `listener` until shutdown, within `limits`' `http_*`.
-pub(crate) async fn serve(listener: TcpListener, app: Router, limits: &Limits, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(listener: TcpListener, app: Router, limits: &Limits, mut shutdown: watch::Receiver<bool>) {
     let slots = Arc::new(Semaphore::new(limits.http_max_connections));
     let refusals = Arc::new(Semaphore::new(REFUSALS_AT_ONCE));
     let idle = Duration::from_millis(limits.http_idle_timeout_ms);

@@ -8,9 +8,10 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use sealmq_audit::VerifierKey;
 use sealmq_audit::store::registry::{Registry, RegistryError, RegistrySnapshot};
+use sealmq_audit::store::{Cosignatures, WitnessStore};
 use sealmq_audit::store::{Log, LogConfig, StoreError};
+use sealmq_audit::{CosignerKey, Policy, VerifierKey};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, broadcast, watch};
 use tokio::task::JoinHandle;
@@ -27,6 +28,7 @@ use crate::net::transport::{Listener, TlsSetup, TransportError};
 use crate::route::external::External;
 use crate::route::retained::RetainedStore;
 use crate::route::{RouteError, Router, TopicIndex};
+use crate::witness::{RollbackError, WitnessService, Witnessing};
 
 /// How often the registry is checked for changes made by `sealmq device`.
 const REGISTRY_POLL: Duration = Duration::from_millis(250);
@@ -59,6 +61,12 @@ pub enum StartError {
     /// The signature-check threads could not be started.
     #[error("cannot start the signature-check threads: {0}")]
     Checks(std::io::Error),
+    /// The witness policy file could not be read or parsed.
+    #[error("witness policy {0}")]
+    Policy(String),
+    /// The witnesses show this database is behind or diverges from what they cosigned.
+    #[error(transparent)]
+    Rollback(#[from] RollbackError),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -75,6 +83,7 @@ pub struct Broker {
     stop: watch::Sender<bool>,
     listeners: Vec<(Listener, SocketAddr)>,
     http: SocketAddr,
+    witness_key: Option<CosignerKey>,
     tasks: Vec<JoinHandle<()>>,
     accepts: Vec<JoinHandle<()>>,
 }
@@ -96,6 +105,22 @@ impl Broker {
         let replay = ReplayWindows::from_persisted(
             windows.into_iter().map(|(kid, highest, seen)| (kid, Window { highest, seen })),
         );
+
+        // Before anyone is served: a database its witnesses contradict (an
+        // older or diverging copy) must not accept publishes.
+        let witnessing = match &config.witnessing.policy {
+            Some(path) => Some(Arc::new(start_witnessing(&config, path, &log).await?)),
+            None => None,
+        };
+        let witness_service = match config.witness.logs.is_empty() {
+            true => None,
+            false => {
+                let store = WitnessStore::open(&config.data, config.witness.name.as_deref()).await?;
+                let keys = config.witness.logs.iter().filter_map(|k| k.parse().ok()).collect();
+                Some(Arc::new(WitnessService::new(store, keys)))
+            }
+        };
+        let witness_key = witness_service.as_ref().map(|w| w.store().key().verifier());
 
         // Before the router starts: it and every client share the process's descriptors.
         let client_listeners = [config.tls_listen, config.ws_listen, config.wss_listen].iter().flatten().count() + 1;
@@ -170,15 +195,22 @@ impl Broker {
             password_checks: Semaphore::new(PASSWORD_CHECKS_AT_ONCE),
         });
         let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(crate::system::run(Arc::clone(&shared), log.sealed_blocks())));
-        let api = crate::http::ApiState::new(
+        tasks.push(tokio::spawn(crate::system::run(Arc::clone(&shared), log.sealed_blocks(), witnessing.clone())));
+        let mut api = crate::http::ApiState::new(
             log.reader().clone(),
             registry.clone(),
             log.sealed_blocks(),
             shared.shutdown.clone(),
         );
+        if let Some(witnessing) = witnessing {
+            tasks.push(tokio::spawn(crate::witness::cosigning::run(Arc::clone(&witnessing), log.sealed_blocks())));
+            api = api.with_witnessing(witnessing);
+        }
         tasks.push(tokio::spawn(watch_registry(Arc::clone(&shared), registry, registry_version)));
-        let app = crate::http::router(api);
+        let mut app = crate::http::router(api);
+        if let Some(service) = witness_service {
+            app = app.merge(crate::witness::serve::routes(service));
+        }
         let http_stop = shared.shutdown.clone();
         tasks
             .push(tokio::spawn(async move { crate::http::serve::serve(http_listener, app, &limits, http_stop).await }));
@@ -188,7 +220,7 @@ impl Broker {
                 tokio::spawn(accept_loop(Arc::clone(&shared), Arc::clone(&sessions), listener, kind))
             })
             .collect();
-        Ok(Self { shared, stop, listeners, http, tasks, accepts })
+        Ok(Self { shared, stop, listeners, http, witness_key, tasks, accepts })
     }
 
     /// The plain MQTT listener's address.
@@ -209,6 +241,11 @@ impl Broker {
     /// The log's verifier key.
     pub fn verifier_key(&self) -> &VerifierKey {
         self.shared.log.reader().verifier_key()
+    }
+
+    /// This broker's witness key, when it witnesses other logs.
+    pub fn witness_key(&self) -> Option<&CosignerKey> {
+        self.witness_key.as_ref()
     }
 
     /// Counters.
@@ -238,6 +275,26 @@ impl Broker {
             }
         }
     }
+}
+
+/// Reads the witness policy, and asks the witnesses whether this database
+/// is the log they cosigned (see [`crate::witness::startup`]).
+async fn start_witnessing(config: &BrokerConfig, path: &std::path::Path, log: &Log) -> Result<Witnessing, StartError> {
+    let text = std::fs::read_to_string(path).map_err(|e| StartError::Policy(format!("{}: {e}", path.display())))?;
+    let policy: Policy = text.parse().map_err(|e| StartError::Policy(format!("{}: {e}", path.display())))?;
+    let own = log.reader().verifier_key();
+    if !policy.logs().iter().any(|l| &l.key == own) {
+        tracing::warn!(vkey = %own, "the witness policy does not list this log; verifiers using it will refuse its checkpoints");
+    }
+    let asked = policy.witnesses().iter().filter(|w| w.url.is_some()).count();
+    if asked == 0 {
+        tracing::warn!("the witness policy gives no witness a URL: none will be asked to cosign");
+    }
+    let store = Cosignatures::open(&config.data).await?;
+    let witnessing = Witnessing::new(policy, store, log.reader().clone(), &config.witnessing).await?;
+    crate::witness::startup::check(&witnessing, config.accept_rollback).await?;
+    tracing::info!(witnesses = asked, "asking witnesses to cosign each checkpoint");
+    Ok(witnessing)
 }
 
 /// Polls the registry; on a change, logs the change records (through the
