@@ -90,10 +90,10 @@ impl BrokerProcess {
         let (tx, rx) = std::sync::mpsc::channel();
         let stdout = child.stdout.take().unwrap();
         std::thread::spawn(move || {
+            // Read to the end even once nobody listens: a closed pipe would make
+            // the process's next line on stdout (its goodbye) fail.
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
+                let _ = tx.send(line);
             }
         });
         let (mut mqtt, mut http, mut vkey) = (None, None, None);

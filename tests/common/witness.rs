@@ -233,10 +233,10 @@ pub fn collect(pipe: impl Read + Send + 'static) -> Arc<Mutex<String>> {
 fn lines(pipe: impl Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
+        // Read to the end even once nobody listens: a closed pipe would make
+        // the process's next line on stdout (its goodbye) fail.
         for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
+            let _ = tx.send(line);
         }
     });
     rx
@@ -554,6 +554,12 @@ pub fn latest(http: SocketAddr) -> String {
     let reply = get(http, "/v1/checkpoint");
     assert_eq!(reply.status, 200, "GET /v1/checkpoint: {}", reply.text());
     reply.text()
+}
+
+/// The latest checkpoint, or why there is none (yet), for polls.
+pub fn checkpoint_now(http: SocketAddr) -> Result<String, String> {
+    let reply = request(http, "GET", "/v1/checkpoint", b"").map_err(|e| e.to_string())?;
+    if reply.status == 200 { Ok(reply.text()) } else { Err(format!("{}: {}", reply.status, reply.text())) }
 }
 
 /// Waits until the witnessed checkpoint covers `size` records; its note.
