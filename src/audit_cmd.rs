@@ -8,10 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use sealmq_audit::store::synthetic::SyntheticDevice;
 use sealmq_audit::store::{Log, LogConfig, LogReader, Progress, now_ms, verify};
-use sealmq_audit::{ConsistencyBundle, ProofBundle, VerifierKey, check_device_signature, mqs1};
+use sealmq_audit::{ConsistencyBundle, Cosigner, Policy, ProofBundle, VerifierKey, check_device_signature, mqs1};
 
 use crate::EXIT_FAILED_CHECK;
 
@@ -35,13 +35,13 @@ pub enum AuditCommand {
         #[arg(long)]
         size: Option<u64>,
     },
-    /// Check a sealmq-proof/v1 bundle offline, with only the log's verifier key.
+    /// Check a sealmq-proof/v1 bundle offline, with only the log's verifier
+    /// key, or a tlog-policy naming the log and the witnesses it requires.
     CheckProof {
         /// The bundle (JSON), or - for standard input.
         file: PathBuf,
-        /// The log's verifier key, `<origin>+<key id>+<key>`.
-        #[arg(long)]
-        vkey: String,
+        #[command(flatten)]
+        trust: Trust,
         /// Also check the record's MQS1 signature with this device key (hex).
         #[arg(long)]
         device_key: Option<String>,
@@ -53,13 +53,13 @@ pub enum AuditCommand {
         /// The newer checkpoint's tree size (default: the latest).
         new_size: Option<u64>,
     },
-    /// Check a sealmq-consistency/v1 proof offline.
+    /// Check a sealmq-consistency/v1 proof offline. With --policy, both
+    /// checkpoints must carry the quorum of witness cosignatures.
     CheckConsistency {
         /// The proof (JSON), or - for standard input.
         file: PathBuf,
-        /// The log's verifier key.
-        #[arg(long)]
-        vkey: String,
+        #[command(flatten)]
+        trust: Trust,
         /// The older signed note you trust (default: the one in the proof).
         #[arg(long)]
         old: Option<PathBuf>,
@@ -107,6 +107,43 @@ pub enum AuditCommand {
     },
 }
 
+/// What an offline check trusts: the log's key alone, or a C2SP tlog-policy
+/// (the logs, the witnesses and the quorum of cosignatures required).
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct Trust {
+    /// The log's verifier key, `<origin>+<key id>+<key>` (no witnesses required).
+    #[arg(long)]
+    vkey: Option<String>,
+    /// A C2SP tlog-policy file: the log key from its `log` lines, and the
+    /// checkpoint must carry its quorum of witness cosignatures.
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+}
+
+impl Trust {
+    /// `--vkey` is the policy of that one log with `quorum none`.
+    fn policy(&self) -> Result<Policy> {
+        match (&self.vkey, &self.policy) {
+            (Some(vkey), _) => Ok(Policy::log_only(parse_vkey(vkey)?)),
+            (None, Some(file)) => {
+                let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+                text.parse().with_context(|| format!("--policy {}", file.display()))
+            }
+            (None, None) => bail!("pass --vkey or --policy"),
+        }
+    }
+}
+
+/// ", cosigned by A, C (quorum met)", or nothing when no witness is required.
+fn cosigned(policy: &Policy, cosigners: &[Cosigner]) -> String {
+    if policy.needs_no_witness() && cosigners.is_empty() {
+        return String::new();
+    }
+    let names: Vec<&str> = cosigners.iter().map(|c| c.witness.as_str()).collect();
+    format!(", cosigned by {} (quorum met)", if names.is_empty() { "no witness".into() } else { names.join(", ") })
+}
+
 pub async fn run(data: &Path, command: AuditCommand) -> Result<ExitCode> {
     match command {
         AuditCommand::Verify { vkey } => verify_log(data, vkey.as_deref()).await,
@@ -115,14 +152,16 @@ pub async fn run(data: &Path, command: AuditCommand) -> Result<ExitCode> {
             println!("{}", bundle.to_json());
             Ok(ExitCode::SUCCESS)
         }
-        AuditCommand::CheckProof { file, vkey, device_key } => check_proof(&file, &vkey, device_key.as_deref()),
+        AuditCommand::CheckProof { file, trust, device_key } => {
+            check_proof(&file, &trust.policy()?, device_key.as_deref())
+        }
         AuditCommand::Consistency { old_size, new_size } => {
             let bundle = open_reader(data).await?.consistency(old_size, new_size).await?;
             println!("{}", bundle.to_json());
             Ok(ExitCode::SUCCESS)
         }
-        AuditCommand::CheckConsistency { file, vkey, old, new } => {
-            check_consistency(&file, &vkey, old.as_deref(), new.as_deref())
+        AuditCommand::CheckConsistency { file, trust, old, new } => {
+            check_consistency(&file, &trust.policy()?, old.as_deref(), new.as_deref())
         }
         AuditCommand::Checkpoint => {
             let block = open_reader(data).await?.latest_block().await?.context("no block has been sealed yet")?;
@@ -207,8 +246,7 @@ async fn verify_log(data: &Path, vkey: Option<&str>) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn check_proof(file: &Path, vkey: &str, device_key: Option<&str>) -> Result<ExitCode> {
-    let vkey = parse_vkey(vkey)?;
+fn check_proof(file: &Path, policy: &Policy, device_key: Option<&str>) -> Result<ExitCode> {
     let device_key = device_key
         .map(|hex_key| -> Result<_> {
             let raw: [u8; 32] = hex::decode(hex_key.trim())
@@ -219,20 +257,21 @@ fn check_proof(file: &Path, vkey: &str, device_key: Option<&str>) -> Result<Exit
         })
         .transpose()?;
     let outcome = ProofBundle::from_json(&read_input(file)?).and_then(|bundle| {
-        let proven = bundle.check(&vkey)?;
+        let (proven, cosigners) = bundle.check_policy(policy)?;
         if let Some(key) = &device_key {
             check_device_signature(&proven.record, key)?;
         }
-        Ok((bundle, proven))
+        Ok((bundle, proven, cosigners))
     });
     match outcome {
-        Ok((bundle, proven)) => {
+        Ok((bundle, proven, cosigners)) => {
             println!(
-                "ok: record {} (device {:?}) is in {} at tree size {}{}",
+                "ok: record {} (device {:?}) is in {} at tree size {}{}{}",
                 bundle.index,
                 proven.record.device_id(),
                 proven.checkpoint.origin,
                 proven.checkpoint.size,
+                cosigned(policy, &cosigners),
                 if device_key.is_some() { ", and its device signature holds" } else { "" }
             );
             Ok(ExitCode::SUCCESS)
@@ -244,8 +283,7 @@ fn check_proof(file: &Path, vkey: &str, device_key: Option<&str>) -> Result<Exit
     }
 }
 
-fn check_consistency(file: &Path, vkey: &str, old: Option<&Path>, new: Option<&Path>) -> Result<ExitCode> {
-    let vkey = parse_vkey(vkey)?;
+fn check_consistency(file: &Path, policy: &Policy, old: Option<&Path>, new: Option<&Path>) -> Result<ExitCode> {
     let bundle = match ConsistencyBundle::from_json(&read_input(file)?) {
         Ok(bundle) => bundle,
         Err(e) => {
@@ -262,9 +300,15 @@ fn check_consistency(file: &Path, vkey: &str, old: Option<&Path>, new: Option<&P
     };
     let old_note = note(old, &bundle.old_checkpoint, "old")?;
     let new_note = note(new, &bundle.new_checkpoint, "new")?;
-    match bundle.check(&vkey, &old_note, &new_note) {
+    match bundle.check_policy(policy, &old_note, &new_note) {
         Ok((old, new)) => {
-            println!("ok: the checkpoint of size {} extends the one of size {}", new.size, old.size);
+            println!(
+                "ok: the checkpoint of size {}{} extends the one of size {}{}",
+                new.checkpoint.size,
+                cosigned(policy, &new.cosigners),
+                old.checkpoint.size,
+                cosigned(policy, &old.cosigners)
+            );
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::mqs1::{self, Signed};
 use crate::note::{Checkpoint, VerifierKey};
+use crate::policy::{Cosigner, Policy, Witnessed};
 use crate::record::{PublishRecord, Record};
 use crate::tree::{verify_consistency, verify_inclusion};
 use crate::{BundleError, Hash, leaf_hash};
@@ -108,6 +109,19 @@ impl ProofBundle {
     }
 }
 
+impl ProofBundle {
+    /// Checks the bundle against a verifier's tlog-policy: its checkpoint is
+    /// signed by one of the policy's logs and cosigned by a quorum of its
+    /// witnesses, then everything [`check`](Self::check) checks, with that
+    /// log's key. Returns what was proven and who cosigned.
+    pub fn check_policy(&self, policy: &Policy) -> Result<(Proven, Vec<Cosigner>), BundleError> {
+        check_format(&self.format, PROOF_FORMAT)?;
+        let witnessed = policy.check(&self.checkpoint)?;
+        let (key, _) = policy.open(&self.checkpoint)?;
+        Ok((self.check(key)?, witnessed.cosigners))
+    }
+}
+
 /// Checks the device's MQS1 signature carried in a signed publish record.
 pub fn check_device_signature(record: &Record, device_key: &VerifyingKey) -> Result<(), BundleError> {
     let Record::Publish(PublishRecord { device_id, topic, retain, payload_sha256, signature: Some(sb), .. }) = record
@@ -178,6 +192,25 @@ impl ConsistencyBundle {
         }
         let proof = decode_hashes("proof", &self.proof)?;
         verify_consistency(self.old_size, self.new_size, &old.root, &new.root, &proof)?;
+        Ok((old, new))
+    }
+
+    /// Checks that `new` extends `old` under a verifier's tlog-policy: both
+    /// notes are signed by the same log of the policy and each carries a
+    /// quorum of its witnesses' cosignatures, then everything
+    /// [`check`](Self::check) checks.
+    pub fn check_policy(
+        &self,
+        policy: &Policy,
+        old_note: &str,
+        new_note: &str,
+    ) -> Result<(Witnessed, Witnessed), BundleError> {
+        check_format(&self.format, CONSISTENCY_FORMAT)?;
+        let old = policy.check(old_note)?;
+        let new = policy.check(new_note)?;
+        let (key, _) = policy.open(new_note)?;
+        // One key opens both: a proof between two logs' checkpoints proves nothing.
+        self.check(key, old_note, new_note)?;
         Ok((old, new))
     }
 }

@@ -3,6 +3,8 @@
 
 use thiserror::Error;
 
+use crate::policy::PolicyError;
+
 /// A byte string is not a well-formed record, block header or signature block.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum DecodeError {
@@ -193,4 +195,8 @@ pub enum BundleError {
     /// The record is not a signed publish, so there is no device signature to check.
     #[error("record is not a signed publish (kind 1, auth 1)")]
     NotSigned,
+    /// The checkpoint does not satisfy the verifier's policy: not signed by
+    /// one of its logs, or without the quorum of witness cosignatures.
+    #[error("{0}")]
+    Policy(#[from] PolicyError),
 }

@@ -44,11 +44,20 @@ pub enum PolicyError {
         error: NoteError,
     },
     /// Valid, but too few witnesses cosigned it.
-    #[error("quorum not met: cosigned by {} of the policy's witnesses ({})", cosigned.len(), cosigned.join(", "))]
+    #[error("quorum not met: {}", cosigned_by(cosigned))]
     Quorum {
         /// The witnesses whose cosignatures verified.
         cosigned: Vec<String>,
     },
+}
+
+/// "cosigned by A, C" or "no witness of the policy cosigned it".
+fn cosigned_by(cosigned: &[String]) -> String {
+    if cosigned.is_empty() {
+        "no witness of the policy cosigned it".into()
+    } else {
+        format!("cosigned only by {} of the policy's witnesses ({})", cosigned.len(), cosigned.join(", "))
+    }
 }
 
 /// One witness of a policy.
@@ -126,6 +135,23 @@ impl Policy {
         &self.witnesses
     }
 
+    /// The policy's `group` and `quorum` lines, as a policy file would
+    /// write them (thresholds as numbers): the rule without the keys, for a
+    /// verifier that is given the witnesses separately.
+    pub fn rules(&self) -> String {
+        let name = |member: &Member| match member {
+            Member::Witness(w) => self.witnesses[*w].name.as_str(),
+            Member::Group(g) => self.groups[*g].name.as_str(),
+        };
+        let mut text = String::new();
+        for group in &self.groups {
+            let members: Vec<&str> = group.members.iter().map(name).collect();
+            text.push_str(&format!("group {} {} {}\n", group.name, group.threshold, members.join(" ")));
+        }
+        text.push_str(&format!("quorum {}\n", self.quorum.as_ref().map_or("none", name)));
+        text
+    }
+
     /// Whether the quorum is `none`.
     pub fn needs_no_witness(&self) -> bool {
         self.quorum.is_none()
@@ -154,24 +180,27 @@ impl Policy {
     /// the quorum. Lines from keys the policy does not know are ignored; a
     /// known witness's line that does not verify is an error.
     pub fn check(&self, note: &str) -> Result<Witnessed, PolicyError> {
-        let mut last = NoteError::NoSignature("any log of the policy".into());
-        let mut checkpoint = None;
-        for log in &self.logs {
-            match log.key.open(note) {
-                Ok(opened) => {
-                    checkpoint = Some(opened);
-                    break;
-                }
-                Err(e) => last = e,
-            }
-        }
-        let checkpoint = checkpoint.ok_or(PolicyError::Log(last))?;
+        let (_, checkpoint) = self.open(note)?;
         let cosigners = self.cosigners(note)?;
         let positions: Vec<usize> = cosigners.iter().map(|c| c.position).collect();
         if !self.quorum_met(&positions) {
             return Err(PolicyError::Quorum { cosigned: cosigners.into_iter().map(|c| c.witness).collect() });
         }
         Ok(Witnessed { checkpoint, cosigners })
+    }
+
+    /// Opens `note` with the first of the policy's logs whose signature on
+    /// it verifies, returning that log's key (to check proofs against the
+    /// checkpoint with) and the checkpoint. Does not look at cosignatures.
+    pub fn open(&self, note: &str) -> Result<(&VerifierKey, Checkpoint), PolicyError> {
+        let mut last = NoteError::NoSignature("any log of the policy".into());
+        for log in &self.logs {
+            match log.key.open(note) {
+                Ok(checkpoint) => return Ok((&log.key, checkpoint)),
+                Err(e) => last = e,
+            }
+        }
+        Err(PolicyError::Log(last))
     }
 
     /// The policy's witnesses whose cosignatures on `note` verify. Does not

@@ -27,10 +27,10 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use clap::Parser;
 use client_examples::{
-    Api, CheckError, CheckpointChain, DeviceKeys, EXIT_ERROR, EXIT_FAILED, Step, describe_record, exit_code,
-    fetch_and_check_proof, parse_vkey, write_atomically,
+    Api, CheckError, CheckpointChain, DeviceKeys, EXIT_ERROR, EXIT_FAILED, Step, cosigned_suffix, describe_policy,
+    describe_record, exit_code, fetch_and_check_proof, load_policy, write_atomically,
 };
-use sealmq_audit::{Record, VerifierKey, check_device_signature};
+use sealmq_audit::{Policy, Record, check_device_signature};
 use serde::{Deserialize, Serialize};
 
 /// Checks inclusion proofs of log records offline, and watches the log's
@@ -40,8 +40,14 @@ use serde::{Deserialize, Serialize};
 struct Args {
     /// The log's verifier key (`sealmq audit vkey`): the root of trust, given
     /// out of band, never taken from the server.
-    #[arg(long, env = "SEALMQ_VKEY")]
-    vkey: String,
+    #[arg(long, env = "SEALMQ_VKEY", required_unless_present = "policy")]
+    vkey: Option<String>,
+    /// A C2SP tlog-policy file instead of --vkey: the log's key and the
+    /// quorum of witnesses that must cosign every checkpoint accepted.
+    /// Proofs are then taken against the latest witnessed checkpoint, and
+    /// --watch follows `/v1/checkpoint/witnessed`.
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
     /// The broker's HTTP API, `host:port`.
     #[arg(long, default_value = "127.0.0.1:8080")]
     http: String,
@@ -91,50 +97,52 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<ExitCode> {
-    let vkey = parse_vkey(&args.vkey)?;
+    let policy = load_policy(args.vkey.as_deref(), args.policy.as_deref())?;
     let api = Api::new(&args.http)?;
     if args.indices.is_empty() && !args.watch {
         bail!("nothing to do: give record indices to prove, or --watch");
     }
     if let Ok(Some(served)) = api.vkey()
-        && served != vkey.to_string()
+        && !policy.logs().iter().any(|l| l.key.to_string() == served)
     {
         // Only a hint for the operator: the checks use the key given.
-        eprintln!("warning: the server says its verifier key is {served}; checking with the one given: {vkey}");
+        eprintln!("warning: the server says its verifier key is {served}; checking with the one(s) given");
     }
     let mut code = ExitCode::SUCCESS;
     if !args.indices.is_empty() {
-        code = prove(&args, &api, &vkey)?;
+        code = prove(&args, &api, &policy)?;
     }
     if args.watch && code == ExitCode::SUCCESS {
-        code = watch(&args, &api, vkey)?;
+        code = watch(&args, &api, policy)?;
     }
     Ok(code)
 }
 
 /// Proves each index; every failure is reported, the exit code says if any.
-fn prove(args: &Args, api: &Api, vkey: &VerifierKey) -> Result<ExitCode> {
+fn prove(args: &Args, api: &Api, policy: &Policy) -> Result<ExitCode> {
     let wait = Duration::from_secs(args.wait_secs);
     let mut keys = None;
     // Proofs fetched one after another may be against different (growing)
     // checkpoints; the chain checks those are consistent with each other.
-    let mut chain = CheckpointChain::new(vkey.clone());
+    let mut chain = CheckpointChain::with_policy(policy.clone());
     let mut failures = 0u64;
     let mut unchecked = 0u64;
     for &index in &args.indices {
-        let result = fetch_and_check_proof(api, vkey, index, args.size, wait).and_then(|(bundle, proven)| {
-            let mut line = format!(
-                "ok: record {index}: {} — included in the checkpoint of tree size {} (root {})",
-                describe_record(&proven.record),
-                proven.checkpoint.size,
-                STANDARD.encode(proven.checkpoint.root)
-            );
-            if args.device_signatures {
-                line.push_str(&device_signature(api, &mut keys, &proven.record)?);
-            }
-            chain.observe(api, &bundle.checkpoint)?;
-            Ok(line)
-        });
+        let result =
+            fetch_and_check_proof(api, policy, index, args.size, wait).and_then(|(bundle, proven, cosigners)| {
+                let mut line = format!(
+                    "ok: record {index}: {} — included in the checkpoint of tree size {} (root {}){}",
+                    describe_record(&proven.record),
+                    proven.checkpoint.size,
+                    STANDARD.encode(proven.checkpoint.root),
+                    cosigned_suffix(policy, &cosigners)
+                );
+                if args.device_signatures {
+                    line.push_str(&device_signature(api, &mut keys, &proven.record)?);
+                }
+                chain.observe(api, &bundle.checkpoint)?;
+                Ok(line)
+            });
         match result {
             Ok(line) => println!("{line}"),
             Err(CheckError::Failed(why)) => {
@@ -156,7 +164,7 @@ fn prove(args: &Args, api: &Api, vkey: &VerifierKey) -> Result<ExitCode> {
         eprintln!("error: {unchecked} of {total} record(s) could not be checked");
         return Ok(ExitCode::from(EXIT_ERROR));
     }
-    println!("all {total} record(s) proven against checkpoints signed by {}", vkey.name());
+    println!("all {total} record(s) proven against checkpoints of the {}", describe_policy(policy));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -185,38 +193,51 @@ fn device_signature(api: &Api, keys: &mut Option<DeviceKeys>, record: &Record) -
     Ok(format!("; device signature holds (key {})", hex::encode(sb.kid)))
 }
 
-/// Polls the checkpoint and proves each new one consistent with the last.
-fn watch(args: &Args, api: &Api, vkey: VerifierKey) -> Result<ExitCode> {
+/// Polls the checkpoint (the latest witnessed one, under a policy with
+/// witnesses) and proves each new one consistent with the last.
+fn watch(args: &Args, api: &Api, policy: Policy) -> Result<ExitCode> {
+    let witnessed = !policy.needs_no_witness();
     let mut chain = match &args.state {
         Some(path) if path.exists() => {
             let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
             let state: WatchState =
                 serde_json::from_str(&text).with_context(|| format!("{} is not a watch state file", path.display()))?;
-            if state.vkey.trim() != vkey.to_string() {
+            if !policy.logs().iter().any(|l| l.key.to_string() == state.vkey.trim()) {
                 bail!("{} is the state of another log (verifier key {})", path.display(), state.vkey);
             }
-            let chain = CheckpointChain::resume(vkey.clone(), &state.checkpoint)
-                .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+            let chain =
+                CheckpointChain::resume(policy, &state.checkpoint).map_err(|e| anyhow!("{}: {e}", path.display()))?;
             let size = chain.latest().map_or(0, |l| l.checkpoint.size);
             println!("watch: resuming from the checkpoint of tree size {size} ({})", path.display());
             chain
         }
-        _ => CheckpointChain::new(vkey.clone()),
+        _ => CheckpointChain::with_policy(policy),
     };
     let started = Instant::now();
     let mut extended = 0u64;
     loop {
-        match api.checkpoint() {
+        let fetched = if witnessed { api.witnessed_checkpoint() } else { api.checkpoint() };
+        match fetched {
             Ok(Some(note)) => match chain.observe(api, &note) {
                 Ok(Step::First { size }) => {
-                    println!("watch: tree size {size}, signed by {}", vkey.name());
-                    save(args, &vkey, &note)?;
+                    let (key, cosigned) = accepted(&chain);
+                    println!("watch: tree size {size}, signed by {}{cosigned}", key.name());
+                    save(args, &chain, &note)?;
                 }
                 Ok(Step::Same { .. }) => {}
                 Ok(Step::Extended { from, to }) => {
                     extended += 1;
-                    println!("watch: tree size {to}, consistent with {from}");
-                    save(args, &vkey, &note)?;
+                    println!("watch: tree size {to}{}, consistent with {from}", accepted(&chain).1);
+                    save(args, &chain, &note)?;
+                }
+                Ok(Step::Unwitnessed { size, cosigned }) => {
+                    // The broker serves as witnessed what the policy's quorum
+                    // did not cosign: this policy's witnesses differ from the
+                    // broker's, or it lies. Not accepted, not yet a failure.
+                    eprintln!(
+                        "watch: the checkpoint of tree size {size} is not cosigned by the policy's quorum (only by \
+                         {cosigned:?}); not accepted"
+                    );
                 }
                 Ok(Step::Older { size, latest }) => {
                     println!(
@@ -231,6 +252,7 @@ fn watch(args: &Args, api: &Api, vkey: VerifierKey) -> Result<ExitCode> {
                 }
                 Err(CheckError::Unavailable(e)) => eprintln!("watch: could not check this time: {e:#}"),
             },
+            Ok(None) if witnessed => eprintln!("watch: the log has no witnessed checkpoint yet"),
             Ok(None) => eprintln!("watch: the log has no checkpoint yet"),
             // A monitor rides out an unreachable server and tries again.
             Err(e) => eprintln!("watch: {e:#}"),
@@ -254,9 +276,16 @@ fn watch(args: &Args, api: &Api, vkey: VerifierKey) -> Result<ExitCode> {
     }
 }
 
+/// The key of the log followed and who cosigned the latest checkpoint.
+fn accepted(chain: &CheckpointChain) -> (&sealmq_audit::VerifierKey, String) {
+    let key = chain.log_key().expect("a checkpoint was accepted");
+    let cosigners = chain.latest().map(|l| cosigned_suffix(chain.policy(), &l.cosigners)).unwrap_or_default();
+    (key, cosigners)
+}
+
 /// Persists the last verified checkpoint, atomically.
-fn save(args: &Args, vkey: &VerifierKey, note: &str) -> Result<()> {
+fn save(args: &Args, chain: &CheckpointChain, note: &str) -> Result<()> {
     let Some(path) = &args.state else { return Ok(()) };
-    let state = WatchState { vkey: vkey.to_string(), checkpoint: note.to_string() };
+    let state = WatchState { vkey: accepted(chain).0.to_string(), checkpoint: note.to_string() };
     write_atomically(path, serde_json::to_string_pretty(&state)?.as_bytes())
 }

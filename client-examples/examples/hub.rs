@@ -21,10 +21,18 @@
 //! from the server), and consistent with the last one seen
 //! (`GET /v1/consistency`), so the log cannot rewrite what it committed to.
 //!
+//! With `--policy FILE` (a C2SP tlog-policy: the log's key, its witnesses
+//! and a quorum) instead of `--vkey`, a checkpoint is accepted only once a
+//! quorum of witnesses cosigned it, so the log cannot show this hub a
+//! history the witnesses did not see; proofs are taken against the latest
+//! witnessed checkpoint (`/v1/proof/{i}?witnessed=true`). Checkpoints not yet
+//! cosigned are still checked for consistency, but not accepted.
+//!
 //! Every failure is printed on stderr as `FAILED: …` when it happens; at the
 //! end a summary, and exit code 1 if anything failed (2 if it could not run).
 
 use std::collections::{HashSet, VecDeque};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -33,14 +41,14 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use client_examples::{
     Api, CHECKPOINT_TOPIC, CheckError, CheckpointChain, DeviceKeys, EXIT_ERROR, EXIT_FAILED, INDEX_PROPERTY,
-    RECEIPTS_PROPERTY, Step, Verdict, check_delivered_in_log, check_delivery, check_proof_json, exit_code, parse_vkey,
-    printable, prove_key_registration,
+    ProofCheck, RECEIPTS_PROPERTY, Step, Verdict, check_delivered_in_log, check_delivery, check_proof_json,
+    cosigned_suffix, describe_policy, exit_code, load_policy, printable, prove_key_registration,
 };
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, RetainForwardRule, SubscribeReasonCode};
 use rumqttc::v5::{Client, ConnectionError, Event, MqttOptions};
 use sealmq_audit::mqs1::{Kid, SignatureBlock};
-use sealmq_audit::{Record, VerifierKey, check_device_signature};
+use sealmq_audit::{Policy, Record, check_device_signature};
 
 /// Subscribes like a home-automation hub and checks every message's MQS1
 /// signature, a sample of inclusion proofs, and the log's checkpoints.
@@ -49,8 +57,12 @@ use sealmq_audit::{Record, VerifierKey, check_device_signature};
 struct Args {
     /// The log's verifier key (`sealmq audit vkey`): the root of trust, given
     /// out of band, never taken from the server.
-    #[arg(long, env = "SEALMQ_VKEY")]
-    vkey: String,
+    #[arg(long, env = "SEALMQ_VKEY", required_unless_present = "policy")]
+    vkey: Option<String>,
+    /// A C2SP tlog-policy file instead of --vkey: the log's key and the
+    /// quorum of witnesses that must cosign each checkpoint accepted.
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
     /// The broker's MQTT host.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -116,6 +128,8 @@ struct Tally {
     checkpoints: u64,
     consistency: u64,
     keys_proven: u64,
+    /// Checkpoints signed by the log that the policy's quorum had not cosigned.
+    unwitnessed: u64,
     failures: u64,
     unchecked: u64,
 }
@@ -123,7 +137,7 @@ struct Tally {
 struct Hub {
     args: Args,
     api: Api,
-    vkey: VerifierKey,
+    policy: Policy,
     keys: DeviceKeys,
     chain: CheckpointChain,
     pending: VecDeque<Pending>,
@@ -136,17 +150,17 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<ExitCode> {
-    let vkey = parse_vkey(&args.vkey)?;
+    let policy = load_policy(args.vkey.as_deref(), args.policy.as_deref())?;
     let api = Api::new(&args.http)?;
     let mut keys = DeviceKeys::new();
     keys.refresh(&api).with_context(|| format!("fetching the device keys from {}", api.base()))?;
     if let Ok(Some(served)) = api.vkey()
-        && served != vkey.to_string()
+        && !policy.logs().iter().any(|l| l.key.to_string() == served)
     {
         // Only a hint for the operator: the checks below use the key given.
-        eprintln!("warning: the server says its verifier key is {served}; checking with the one given: {vkey}");
+        eprintln!("warning: the server says its verifier key is {served}; checking with the one(s) given");
     }
-    println!("hub: {} device key(s) known; log {}", keys.len(), vkey.name());
+    println!("hub: {} device key(s) known; {}", keys.len(), describe_policy(&policy));
 
     let id = args.id.clone().unwrap_or_else(|| format!("hub-{}", std::process::id()));
     let mut options = MqttOptions::new(id, &args.host, args.port);
@@ -176,11 +190,11 @@ fn run(args: Args) -> Result<ExitCode> {
         }
     });
 
-    let chain = CheckpointChain::new(vkey.clone());
+    let chain = CheckpointChain::with_policy(policy.clone());
     let mut hub = Hub {
         args,
         api,
-        vkey,
+        policy,
         keys,
         chain,
         pending: VecDeque::new(),
@@ -230,6 +244,9 @@ fn run(args: Args) -> Result<ExitCode> {
          {} checkpoint(s), {} consistency proof(s) checked; {} device key(s) proven; {} failure(s)",
         t.messages, t.verified, t.unsigned, t.proofs, t.checkpoints, t.consistency, t.keys_proven, t.failures
     );
+    if !hub.policy.needs_no_witness() {
+        println!("hub: {} checkpoint(s) not accepted: not (yet) cosigned by the policy's quorum", t.unwitnessed);
+    }
     if t.failures > 0 {
         eprintln!("FAILED: {} check(s) did not hold (see the FAILED lines above)", t.failures);
         return Ok(ExitCode::from(EXIT_FAILED));
@@ -348,7 +365,7 @@ impl Hub {
         }
         let Some(key) = self.keys.get(kid).cloned() else { return };
         let wait = Duration::from_secs(self.args.proof_timeout_secs);
-        match prove_key_registration(&self.api, &self.vkey, &key.device_id, &key.public_key, wait) {
+        match prove_key_registration(&self.api, &self.policy, &key.device_id, &key.public_key, wait) {
             Ok(index) => {
                 self.proven_keys.insert(*kid);
                 self.tally.keys_proven += 1;
@@ -370,12 +387,23 @@ impl Hub {
 
     /// Passes a checkpoint note through the chain and reports what it found.
     fn observe(&mut self, note: &str, source: &str) {
-        match self.chain.observe(&self.api, note) {
-            Ok(Step::First { size }) => println!("{source}: tree size {size}, signed by the log"),
+        let step = self.chain.observe(&self.api, note);
+        let cosigned = self.chain.latest().map(|l| cosigned_suffix(&self.policy, &l.cosigners)).unwrap_or_default();
+        match step {
+            Ok(Step::First { size }) => println!("{source}: tree size {size}, signed by the log{cosigned}"),
             Ok(Step::Same { .. }) => {}
             Ok(Step::Extended { from, to }) => {
                 self.tally.consistency += 1;
-                println!("{source}: tree size {to}, consistent with {from}");
+                println!("{source}: tree size {to}{cosigned}, consistent with {from}");
+            }
+            Ok(Step::Unwitnessed { size, cosigned }) => {
+                // Not a failure: witnesses cosign after the log signs.
+                self.tally.unwitnessed += 1;
+                println!(
+                    "{source}: tree size {size}, signed by the log but not accepted: the policy's quorum is not met \
+                     (cosigned by {})",
+                    if cosigned.is_empty() { "no witness yet".to_string() } else { cosigned.join(", ") }
+                );
             }
             Ok(Step::Older { size, latest }) => {
                 self.tally.consistency += 1;
@@ -389,7 +417,7 @@ impl Hub {
     fn check_pending(&mut self) {
         let timeout = Duration::from_secs(self.args.proof_timeout_secs);
         for _ in 0..self.pending.len() {
-            let Some(mut item) = self.pending.pop_front() else { break };
+            let Some(item) = self.pending.pop_front() else { break };
             if item.next_try > Instant::now() {
                 self.pending.push_back(item);
                 continue;
@@ -398,30 +426,59 @@ impl Hub {
             // it covers the record, so the proof ties into the chain.
             let size = self.chain.latest().map(|l| l.checkpoint.size).filter(|&size| size > item.index);
             let what = format!("proof of record {}", item.index);
-            match self.api.proof(item.index, size) {
-                Ok(Some(json)) => self.check_proof(&item, &json),
-                Ok(None) if item.since.elapsed() < timeout => {
-                    // Not sealed yet: blocks seal every 250 ms by default.
-                    item.next_try = Instant::now() + Duration::from_millis(250);
-                    self.pending.push_back(item);
+            let fetched = match size {
+                // Else the latest checkpoint the witnesses' quorum cosigned.
+                None if !self.policy.needs_no_witness() => self.api.witnessed_proof(item.index),
+                size => self.api.proof(item.index, size),
+            };
+            let retry = |mut item: Pending, pending: &mut VecDeque<Pending>| {
+                // Blocks seal every 250 ms by default; witnesses cosign soon after.
+                item.next_try = Instant::now() + Duration::from_millis(250);
+                pending.push_back(item);
+            };
+            match fetched {
+                Ok(Some(json)) => {
+                    if let Some(unwitnessed) = self.check_proof(&item, &json) {
+                        if item.since.elapsed() < timeout {
+                            retry(item, &mut self.pending);
+                        } else {
+                            self.report(&what, CheckError::Failed(unwitnessed));
+                        }
+                    }
                 }
+                Ok(None) if item.since.elapsed() < timeout => retry(item, &mut self.pending),
                 Ok(None) => self.report(
                     &what,
-                    CheckError::Failed(format!("the log has no proof after {timeout:?}: the record was not sealed")),
+                    CheckError::Failed(format!(
+                        "the log has no {}proof after {timeout:?}: the record was not sealed",
+                        if self.policy.needs_no_witness() { "" } else { "witnessed " }
+                    )),
                 ),
                 Err(e) => self.report(&what, CheckError::Unavailable(e)),
             }
         }
     }
 
-    fn check_proof(&mut self, item: &Pending, json: &str) {
+    /// Checks one fetched proof; `Some(why)` when its checkpoint is not
+    /// (yet) cosigned by the policy's quorum, to try again later.
+    fn check_proof(&mut self, item: &Pending, json: &str) -> Option<String> {
         let what = format!("proof of record {}", item.index);
-        let (bundle, proven) = match check_proof_json(json, &self.vkey, item.index) {
-            Ok(checked) => checked,
-            Err(e) => return self.report(&what, e),
+        let (bundle, proven, cosigners) = match check_proof_json(json, &self.policy, item.index) {
+            Ok(ProofCheck::Witnessed(bundle, proven, cosigners)) => (bundle, proven, cosigners),
+            Ok(ProofCheck::Unwitnessed { size, cosigned }) => {
+                return Some(format!(
+                    "no proof against a checkpoint the policy's quorum cosigned: the latest, of tree size {size}, is \
+                     cosigned by {cosigned:?}"
+                ));
+            }
+            Err(e) => {
+                self.report(&what, e);
+                return None;
+            }
         };
         if let Err(e) = check_delivered_in_log(&proven, &item.topic, &item.payload, item.sb.as_ref()) {
-            return self.report(&what, e);
+            self.report(&what, e);
+            return None;
         }
         // The record carries the signature too: check it there as well, as
         // an auditor holding only the bundle would.
@@ -429,14 +486,18 @@ impl Hub {
             && let Some(key) = self.keys.get(&sb.kid)
             && let Err(e) = check_device_signature(&proven.record, &key.public_key)
         {
-            return self.report(&what, CheckError::Failed(format!("device {:?}: {e}", p.device_id)));
+            self.report(&what, CheckError::Failed(format!("device {:?}: {e}", p.device_id)));
+            return None;
         }
         self.tally.proofs += 1;
         println!(
-            "proof: record {} is in the log at tree size {} and is the message delivered",
-            item.index, proven.checkpoint.size
+            "proof: record {} is in the log at tree size {}{} and is the message delivered",
+            item.index,
+            proven.checkpoint.size,
+            cosigned_suffix(&self.policy, &cosigners)
         );
         // The bundle's checkpoint must fit the chain the hub follows.
         self.observe(&bundle.checkpoint, &format!("{what}: its checkpoint"));
+        None
     }
 }

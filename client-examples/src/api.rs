@@ -131,6 +131,19 @@ impl Api {
         }
     }
 
+    /// The proof bundle of record `index` against the latest checkpoint
+    /// cosigned by the broker's witness quorum; `None` when there is none
+    /// yet (not sealed, or not witnessed yet).
+    pub fn witnessed_proof(&self, index: u64) -> Result<Option<String>> {
+        self.get(&format!("/v1/proof/{index}?witnessed=true"))
+    }
+
+    /// The latest checkpoint cosigned by the broker's witness quorum;
+    /// `None` before there is one, or when the broker has no witnesses.
+    pub fn witnessed_checkpoint(&self) -> Result<Option<String>> {
+        self.get("/v1/checkpoint/witnessed")
+    }
+
     /// The consistency proof between the checkpoints of sizes `old` and `new`.
     pub fn consistency(&self, old: u64, new: u64) -> Result<Option<String>> {
         self.get(&format!("/v1/consistency?old={old}&new={new}"))

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use sealmq_audit::mqs1::{self, Kid, SignatureBlock};
-use sealmq_audit::{Record, RegistryEvent, VerifierKey, sha256};
+use sealmq_audit::{Policy, Record, RegistryEvent, sha256};
 
 use crate::*;
 /// A device key learned from the registry.
@@ -153,7 +153,7 @@ pub fn check_delivery<'a, 'p>(
 /// the record). Returns the record's index.
 pub fn prove_key_registration(
     api: &Api,
-    vkey: &VerifierKey,
+    policy: &Policy,
     device_id: &str,
     public_key: &VerifyingKey,
     wait: Duration,
@@ -175,7 +175,7 @@ pub fn prove_key_registration(
             hex::encode(mqs1::kid(public_key.as_bytes()))
         ));
     };
-    let (_, proven) = fetch_and_check_proof(api, vkey, summary.index, None, wait)?;
+    let (_, proven, _) = fetch_and_check_proof(api, policy, summary.index, None, wait)?;
     match &proven.record {
         Record::Registry(r)
             if r.device_id == device_id

@@ -16,6 +16,9 @@
 //!   shows up.
 //! - [`CheckpointChain`]: follows the log's signed checkpoints and checks that
 //!   each new one extends the last one seen (a consistency proof).
+//! - [`load_policy`], [`check_witnessed`]: what the hub and auditor trust,
+//!   `--vkey` or a C2SP tlog-policy (`--policy`) whose quorum of witness
+//!   cosignatures each accepted checkpoint must carry.
 //! - [`check_delivery`], [`check_delivered_in_log`]: what a subscriber can
 //!   check about one message, end to end.
 //!
@@ -25,7 +28,8 @@
 //!
 //! Files: `api.rs`, `proofs.rs`, `checkpoints.rs`, `signing.rs` (the device
 //! key), `state.rs` (atomic state files, [`CounterState`]), `delivery.rs`
-//! ([`DeviceKeys`], [`check_delivery`]); everything is re-exported here.
+//! ([`DeviceKeys`], [`check_delivery`]), `witnessed.rs` (policies);
+//! everything is re-exported here.
 //!
 //! Exit codes of every example: [`EXIT_OK`] when everything checked held,
 //! [`EXIT_FAILED`] when a check ran and did not hold (or a device's publish
@@ -38,6 +42,7 @@ mod delivery;
 mod proofs;
 mod signing;
 mod state;
+mod witnessed;
 
 pub use api::*;
 pub use checkpoints::*;
@@ -45,6 +50,7 @@ pub use delivery::*;
 pub use proofs::*;
 pub use signing::*;
 pub use state::*;
+pub use witnessed::*;
 
 use std::fmt;
 use std::process::ExitCode;

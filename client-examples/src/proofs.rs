@@ -1,42 +1,96 @@
-//! Inclusion proofs: fetched, checked against the log's key, described.
+//! Inclusion proofs: fetched, checked against the log's key (and the
+//! policy's quorum of witnesses), described.
 
 use std::time::Duration;
 
 use anyhow::{Result, anyhow};
 use sealmq_audit::mqs1::{self, SignatureBlock};
-use sealmq_audit::{ProofBundle, Proven, PublishRecord, Record, RegistryEvent, VerifierKey, sha256};
+use sealmq_audit::{Cosigner, Policy, ProofBundle, Proven, PublishRecord, Record, RegistryEvent, sha256};
 
 use crate::*;
 /// Fetches the proof of record `index` (against checkpoint `size`, or the
-/// latest) and checks it offline with `vkey`: the checkpoint is signed by the
-/// log, and the record leads to its root. `Unavailable` if there is no proof
-/// within `wait` (e.g. the record is not sealed yet, or does not exist).
+/// latest; under a policy with witnesses, the latest witnessed one) and
+/// checks it offline against `policy`: the checkpoint is signed by the log
+/// and cosigned by the quorum, and the record leads to its root.
+/// `Unavailable` if there is no such proof within `wait` (the record is not
+/// sealed, or not witnessed, yet, or does not exist).
 pub fn fetch_and_check_proof(
     api: &Api,
-    vkey: &VerifierKey,
+    policy: &Policy,
     index: u64,
     size: Option<u64>,
     wait: Duration,
-) -> Result<(ProofBundle, Proven), CheckError> {
-    let Some(json) = api.wait_for(wait, || api.proof(index, size))? else {
-        return Err(CheckError::Unavailable(anyhow!(
-            "the log has no proof of record {index}{} (HTTP 404 for {:.1} s): not sealed yet, or no such record",
-            size.map(|s| format!(" at tree size {s}")).unwrap_or_default(),
-            wait.as_secs_f64()
-        )));
-    };
-    check_proof_json(&json, vkey, index)
+) -> Result<(ProofBundle, Proven, Vec<Cosigner>), CheckError> {
+    let witnessed = size.is_none() && !policy.needs_no_witness();
+    let mut short = None;
+    let found = api.wait_for(wait, || {
+        let json = if witnessed { api.witnessed_proof(index)? } else { api.proof(index, size)? };
+        let Some(json) = json else { return Ok(None) };
+        Ok(match check_proof_json(&json, policy, index) {
+            Ok(ProofCheck::Witnessed(bundle, proven, cosigners)) => Some(Ok((bundle, *proven, cosigners))),
+            // Witnesses cosign after the log signs: wait for them.
+            Ok(ProofCheck::Unwitnessed { size, cosigned }) => {
+                short = Some((size, cosigned));
+                None
+            }
+            Err(e) => Some(Err(e)),
+        })
+    });
+    match found {
+        Ok(Some(checked)) => checked,
+        Ok(None) => Err(CheckError::Unavailable(match short {
+            Some((size, cosigned)) => anyhow!(
+                "the proof of record {index} is against the checkpoint of tree size {size}, cosigned only by \
+                 {cosigned:?}: the policy's quorum is not met (waited {:.1} s)",
+                wait.as_secs_f64()
+            ),
+            None => anyhow!(
+                "the log has no {}proof of record {index}{} (HTTP 404 for {:.1} s): not {} yet, or no such record",
+                if witnessed { "witnessed " } else { "" },
+                size.map(|s| format!(" at tree size {s}")).unwrap_or_default(),
+                wait.as_secs_f64(),
+                if witnessed { "sealed and witnessed" } else { "sealed" },
+            ),
+        })),
+        Err(e) => Err(CheckError::Unavailable(e)),
+    }
 }
 
-/// Checks a `sealmq-proof/v1` bundle for record `index` with the verifier key.
-pub fn check_proof_json(json: &str, vkey: &VerifierKey, index: u64) -> Result<(ProofBundle, Proven), CheckError> {
+/// What [`check_proof_json`] found in a bundle that holds.
+#[derive(Debug)]
+pub enum ProofCheck {
+    /// The proof holds and its checkpoint satisfies the policy: the bundle,
+    /// what it proves and who cosigned.
+    Witnessed(ProofBundle, Box<Proven>, Vec<Cosigner>),
+    /// The checkpoint is the log's, but not (yet) cosigned by the policy's
+    /// quorum: nothing is proven to a verifier that requires witnesses.
+    Unwitnessed {
+        /// Its tree size.
+        size: u64,
+        /// The witnesses that did cosign it.
+        cosigned: Vec<String>,
+    },
+}
+
+/// Checks a `sealmq-proof/v1` bundle for record `index` against a policy
+/// (`Policy::log_only(vkey)` for the log's key alone).
+pub fn check_proof_json(json: &str, policy: &Policy, index: u64) -> Result<ProofCheck, CheckError> {
     let bundle =
         ProofBundle::from_json(json).map_err(|e| CheckError::Failed(format!("proof of record {index}: {e}")))?;
     if bundle.index != index {
         return failed(format!("asked for the proof of record {index}, got one for record {}", bundle.index));
     }
-    let proven = bundle.check(vkey).map_err(|e| CheckError::Failed(format!("proof of record {index}: {e}")))?;
-    Ok((bundle, proven))
+    let cosigners = match check_witnessed(policy, &bundle.checkpoint)
+        .map_err(|e| CheckError::Failed(format!("proof of record {index}: {e}")))?
+    {
+        Witnessing::Met { cosigners, .. } => cosigners,
+        Witnessing::Short { checkpoint, cosigned, .. } => {
+            return Ok(ProofCheck::Unwitnessed { size: checkpoint.size, cosigned });
+        }
+    };
+    let (proven, _) =
+        bundle.check_policy(policy).map_err(|e| CheckError::Failed(format!("proof of record {index}: {e}")))?;
+    Ok(ProofCheck::Witnessed(bundle, Box::new(proven), cosigners))
 }
 
 /// Checks that a proven record is the message a subscriber received: same

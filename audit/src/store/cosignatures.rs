@@ -57,6 +57,17 @@ impl Cosignatures {
         Ok(size.map(to_u64))
     }
 
+    /// The largest size `witness` cosigned and when its cosignature arrived (Unix ms).
+    pub async fn latest(&self, witness: &str) -> Result<Option<(u64, u64)>, StoreError> {
+        let row: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT tree_size, received_ms FROM cosignatures WHERE witness = ? ORDER BY tree_size DESC LIMIT 1",
+        )
+        .bind(witness)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(size, at)| (to_u64(size), to_u64(at))))
+    }
+
     /// Every cosignature line on the checkpoint of `tree_size`, by witness.
     pub async fn lines(&self, tree_size: u64) -> Result<BTreeMap<String, String>, StoreError> {
         let rows: Vec<(String, String)> =

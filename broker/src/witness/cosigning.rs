@@ -10,6 +10,7 @@
 //! from the size it last cosigned. Rounds start at most every
 //! `min_interval_ms`.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -28,6 +29,9 @@ use crate::config::WitnessingConfig;
 /// and listed by `/v1/witnesses`.
 const RECENT: u32 = 20;
 
+/// Round trips kept per witness for the latency figures.
+const LATENCIES: usize = 256;
+
 /// What the log knows of one witness.
 #[derive(Default)]
 struct WitnessState {
@@ -35,6 +39,32 @@ struct WitnessState {
     requests: AtomicU64,
     refusals: AtomicU64,
     last: Mutex<Option<(u16, String, u64)>>,
+    /// The latest exchanges that ended in a cosignature, in microseconds.
+    latencies: Mutex<VecDeque<u64>>,
+}
+
+impl WitnessState {
+    fn record_latency(&self, elapsed: Duration) {
+        let mut latencies = self.latencies.lock().expect("latency lock");
+        if latencies.len() == LATENCIES {
+            latencies.pop_front();
+        }
+        latencies.push_back(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX));
+    }
+
+    /// p50 and p99 of the kept round trips, in milliseconds.
+    fn latency_ms(&self) -> Value {
+        let mut sorted: Vec<u64> = self.latencies.lock().expect("latency lock").iter().copied().collect();
+        if sorted.is_empty() {
+            return Value::Null;
+        }
+        sorted.sort_unstable();
+        let at = |q: f64| {
+            let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+            sorted[rank - 1] as f64 / 1000.0
+        };
+        json!({ "p50": at(0.50), "p99": at(0.99), "samples": sorted.len() })
+    }
 }
 
 /// The log's witnessing: policy, stored cosignatures, status, and the
@@ -139,10 +169,12 @@ impl Witnessing {
     async fn ask(&self, n: usize, target: &Target<'_>, block: &SealedBlock) {
         let state = &self.states[n];
         state.requests.fetch_add(1, Ordering::Relaxed);
+        let started = std::time::Instant::now();
         let outcome = exchange(&self.client, &self.reader, &self.store, target, block).await;
         let size = block.header.tree_size;
         let (status, why) = match outcome {
             Ok(Outcome::Cosigned) => {
+                state.record_latency(started.elapsed());
                 self.cosigned.send_replace(size);
                 if let Err(e) = self.update_witnessed(size).await {
                     tracing::warn!(error = %e, "cannot read back cosignatures");
@@ -180,18 +212,20 @@ impl Witnessing {
         let mut witnesses = Vec::new();
         for (state, witness) in self.states.iter().zip(self.policy.witnesses()) {
             let vkey = witness.key.to_string();
-            let cosigned = self.store.latest_size(&vkey).await?;
+            let cosigned = self.store.latest(&vkey).await?;
             let last = state.last.lock().expect("status lock").clone();
             witnesses.push(json!({
                 "name": witness.name,
                 "vkey": vkey,
                 "url": witness.url,
-                "cosigned_size": cosigned,
+                "cosigned_size": cosigned.map(|(size, _)| size),
+                "cosigned_at": cosigned.map(|(_, at)| at),
                 "last_status": last.as_ref().map(|l| l.0),
                 "last_error": last.as_ref().map(|l| l.1.clone()).filter(|e| !e.is_empty()),
                 "last_attempt_ms": last.as_ref().map(|l| l.2),
                 "requests": state.requests.load(Ordering::Relaxed),
                 "refusals": state.refusals.load(Ordering::Relaxed),
+                "round_trip_ms": state.latency_ms(),
             }));
         }
         let mut recent = Vec::new();
@@ -209,7 +243,7 @@ impl Witnessing {
         }
         let witnessed = self.witnessed().map(|(size, _)| size);
         Ok(
-            json!({ "quorum": !self.policy.needs_no_witness(), "witnessed_size": witnessed, "witnesses": witnesses, "recent": recent }),
+            json!({ "quorum": self.policy.rules(), "witnessed_size": witnessed, "witnesses": witnesses, "recent": recent }),
         )
     }
 }
