@@ -27,6 +27,9 @@ pub struct BrokerProcess {
     pub stderr: Arc<Mutex<String>>,
 }
 
+/// `--listen` and `--http` when the test lets the system choose the ports.
+const EPHEMERAL: [&str; 2] = ["127.0.0.1:0", "127.0.0.1:0"];
+
 /// What the broker logs in tests: its own debug lines, the router's none.
 const DEFAULT_LOG: &str = "sealmq=debug,sealmq_broker=debug,sealmq_audit=info,rumqttd=off,warn";
 
@@ -40,7 +43,15 @@ impl BrokerProcess {
     /// As [`BrokerProcess::start`], with `rust_log` as its `RUST_LOG` (which
     /// log lines it writes on stderr).
     pub fn start_with_log(data: &Path, extra: &[&str], rust_log: &str) -> Self {
-        Self::launch(Command::new(sealmq_bin()), data, extra, rust_log)
+        Self::launch(Command::new(sealmq_bin()), data, EPHEMERAL, extra, rust_log)
+    }
+
+    /// As [`BrokerProcess::start`], listening on `mqtt` and `http`: for
+    /// brokers whose addresses others must know before they start (and keep
+    /// across a restart), such as witnesses named in a policy.
+    pub fn start_at(data: &Path, mqtt: SocketAddr, http: SocketAddr, extra: &[&str]) -> Self {
+        let (mqtt, http) = (mqtt.to_string(), http.to_string());
+        Self::launch(Command::new(sealmq_bin()), data, [&mqtt, &http], extra, DEFAULT_LOG)
     }
 
     /// As [`BrokerProcess::start_with_config`], with its file descriptor
@@ -50,12 +61,11 @@ impl BrokerProcess {
         let mut shell = Command::new("sh");
         // `exec` keeps the broker's pid the child's, for stop().
         shell.arg("-c").arg(format!("ulimit -n {nofile} && exec \"$0\" \"$@\"")).arg(sealmq_bin());
-        Self::launch(shell, data, &["--config", config.to_str().unwrap()], DEFAULT_LOG)
+        Self::launch(shell, data, EPHEMERAL, &["--config", config.to_str().unwrap()], DEFAULT_LOG)
     }
 
-    fn launch(mut command: Command, data: &Path, extra: &[&str], rust_log: &str) -> Self {
-        let mut args =
-            vec!["--data", data.to_str().unwrap(), "serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"];
+    fn launch(mut command: Command, data: &Path, [mqtt, http]: [&str; 2], extra: &[&str], rust_log: &str) -> Self {
+        let mut args = vec!["--data", data.to_str().unwrap(), "serve", "--listen", mqtt, "--http", http];
         args.extend_from_slice(extra);
         let mut child = command
             .args(&args)
@@ -80,10 +90,10 @@ impl BrokerProcess {
         let (tx, rx) = std::sync::mpsc::channel();
         let stdout = child.stdout.take().unwrap();
         std::thread::spawn(move || {
+            // Read to the end even once nobody listens: a closed pipe would make
+            // the process's next line on stdout (its goodbye) fail.
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
+                let _ = tx.send(line);
             }
         });
         let (mut mqtt, mut http, mut vkey) = (None, None, None);
