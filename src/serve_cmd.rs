@@ -1,8 +1,8 @@
 //! `sealmq serve`: the broker.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::io::Write;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 

@@ -29,6 +29,8 @@ use crate::config::WitnessingConfig;
 /// and listed by `/v1/witnesses`.
 const RECENT: u32 = 20;
 
+/// The longest wait between asking a lagging witness again.
+const RETRY_MAX: Duration = Duration::from_secs(5);
 /// Round trips kept per witness for the latency figures.
 const LATENCIES: usize = 256;
 
@@ -36,6 +38,8 @@ const LATENCIES: usize = 256;
 #[derive(Default)]
 struct WitnessState {
     busy: AtomicBool,
+    /// The largest size it cosigned since this process started.
+    cosigned: AtomicU64,
     requests: AtomicU64,
     refusals: AtomicU64,
     last: Mutex<Option<(u16, String, u64)>>,
@@ -175,6 +179,7 @@ impl Witnessing {
         let (status, why) = match outcome {
             Ok(Outcome::Cosigned) => {
                 state.record_latency(started.elapsed());
+                state.cosigned.fetch_max(size, Ordering::AcqRel);
                 self.cosigned.send_replace(size);
                 if let Err(e) = self.update_witnessed(size).await {
                     tracing::warn!(error = %e, "cannot read back cosignatures");
@@ -205,6 +210,11 @@ impl Witnessing {
             state.refusals.fetch_add(1, Ordering::Relaxed);
         }
         *state.last.lock().expect("status lock") = Some((status, why, now_ms()));
+    }
+
+    /// Whether a witness that is asked has not cosigned `size` yet.
+    fn lagging(&self, size: u64) -> bool {
+        self.targets().any(|(n, _)| self.states[n].cosigned.load(Ordering::Acquire) < size)
     }
 
     /// The state of every witness, for `/v1/witnesses`.
@@ -248,30 +258,49 @@ impl Witnessing {
     }
 }
 
-/// Runs rounds after seals until the log closes.
+/// Runs rounds after seals until the log closes. Witnesses that did not
+/// cosign the latest checkpoint (down, refusing, slow) are asked again,
+/// backing off up to [`RETRY_MAX`], even when nothing new is sealed: a log
+/// that has gone quiet still regains its quorum once they are back.
 pub async fn run(witnessing: std::sync::Arc<Witnessing>, mut sealed: watch::Receiver<Option<SealedBlock>>) {
     let mut asked = 0u64;
+    let mut retry = witnessing.min_interval;
     loop {
         let latest = sealed.borrow_and_update().clone();
-        if let Some(block) = latest.filter(|b| b.header.tree_size > asked) {
+        if let Some(block) = latest.as_ref().filter(|b| b.header.tree_size > asked) {
             asked = block.header.tree_size;
+            retry = witnessing.min_interval;
             let started = tokio::time::Instant::now();
             round(&witnessing, block).await;
             tokio::time::sleep_until(started + witnessing.min_interval).await;
             continue;
         }
-        if sealed.changed().await.is_err() {
+        let lagging = latest.as_ref().is_some_and(|block| witnessing.lagging(block.header.tree_size));
+        if lagging {
+            tokio::select! {
+                changed = sealed.changed() => if changed.is_err() { return },
+                () = tokio::time::sleep(retry) => {
+                    retry = (retry * 2).min(RETRY_MAX);
+                    if let Some(block) = latest {
+                        round(&witnessing, &block).await;
+                    }
+                }
+            }
+        } else if sealed.changed().await.is_err() {
             return;
         }
     }
 }
 
-/// Asks every idle witness about `block`, waiting for their answers up to
-/// the timeout (late answers still land, in the background).
-async fn round(witnessing: &std::sync::Arc<Witnessing>, block: SealedBlock) {
+/// Asks every idle witness that has not cosigned `block` yet, waiting for
+/// their answers up to the timeout (late answers still land, in the
+/// background).
+async fn round(witnessing: &std::sync::Arc<Witnessing>, block: &SealedBlock) {
+    let size = block.header.tree_size;
     let mut asks = JoinSet::new();
     for (n, _) in witnessing.targets() {
-        if witnessing.states[n].busy.swap(true, Ordering::AcqRel) {
+        let state = &witnessing.states[n];
+        if state.cosigned.load(Ordering::Acquire) >= size || state.busy.swap(true, Ordering::AcqRel) {
             continue;
         }
         let witnessing = std::sync::Arc::clone(witnessing);
