@@ -31,7 +31,7 @@ const BROWSER_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser");
 const VECTORS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/spec/vectors");
 /// The whole browser run; it takes about ten seconds on an idle machine.
 const BROWSER_DEADLINE: Duration = Duration::from_secs(240);
-/// The explorer's page size (PAGE_SIZE in app.js); the legacy device
+/// The explorer's page size (PAGE_SIZE in explorer/records.js); the legacy device
 /// publishes more than this so that paging is exercised.
 const PAGE_SIZE: usize = 25;
 
