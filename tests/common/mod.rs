@@ -9,6 +9,7 @@ pub mod logged;
 pub mod mosquitto;
 pub mod mqtt;
 pub mod signed;
+pub mod witness;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
