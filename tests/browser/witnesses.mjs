@@ -81,7 +81,11 @@ async function openPage(context, url, may404) {
   page.on('request', (request) => {
     if (!request.url().startsWith(`${origin}/`) && !request.url().startsWith('data:')) foreignRequests.push(request.url());
   });
-  await page.goto(url, { waitUntil: 'load' });
+  const response = await page.goto(url, { waitUntil: 'load' });
+  // The page runs under a strict Content-Security-Policy (its own scripts
+  // only): a violation would show as a console error.
+  const csp = response.headers()['content-security-policy'] || '';
+  check(/script-src 'self'(;|$)/.test(csp) && !csp.includes('unsafe'), `the page's Content-Security-Policy: ${csp}`);
   await page.waitForFunction(() => document.body.dataset.ready === 'true');
   return page;
 }

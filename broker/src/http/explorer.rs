@@ -37,7 +37,22 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     router
 }
 
+/// What the page may load and run: its own scripts and stylesheet, the API
+/// of this listener, the inline icon; nothing inline, nothing elsewhere, not
+/// in a frame. The page renders attacker data (topics, payloads) and checks
+/// proofs; if a rendering bug ever let markup through, no script of it runs.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+    img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
 fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
     // Assets change with the binary; revalidate rather than cache for long.
-    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body)
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
 }
