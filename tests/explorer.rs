@@ -3,7 +3,11 @@
 //! MQTT, and `tests/browser/explorer.mjs` (playwright-core) driving the page:
 //! checkpoint and key shown, blocks arriving live, search, a record's
 //! payload, and the in-browser proof check passing on genuine answers and
-//! failing, at the right step, on tampered ones.
+//! failing, at the right step, on tampered ones. And witnesses: a broker
+//! whose policy names two real `sealmq witness serve` processes, a quorum of
+//! both, with `tests/browser/witnesses.mjs` checking the Witnesses panel and
+//! the in-browser check of their cosignatures; beside it, a broker without
+//! a policy.
 //!
 //! Needs node, /usr/bin/chromium and `npm ci --prefix tests/browser`; `tests/run`
 //! installs all three. Missing tools fail the test rather than skip it, so a
@@ -24,6 +28,7 @@ use serde_json::json;
 
 use common::broker::BrokerProcess;
 use common::mqtt::{Conn, QoS, connect5, kind, publish5_packet};
+use common::witness_process::WitnessProcess;
 use common::{Db, sealmq};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -31,7 +36,7 @@ const BROWSER_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser");
 const VECTORS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/spec/vectors");
 /// The whole browser run; it takes about ten seconds on an idle machine.
 const BROWSER_DEADLINE: Duration = Duration::from_secs(240);
-/// The explorer's page size (PAGE_SIZE in app.js); the legacy device
+/// The explorer's page size (PAGE_SIZE in explorer/records.js); the legacy device
 /// publishes more than this so that paging is exercised.
 const PAGE_SIZE: usize = 25;
 
@@ -67,6 +72,27 @@ fn wait_sealed(broker: &BrokerProcess, index: u64) -> u64 {
     }
 }
 
+/// Waits until `/v1/checkpoint/witnessed` (the latest checkpoint meeting the
+/// witnesses' quorum) covers record `index`; its tree size.
+fn wait_witnessed(broker: &BrokerProcess, index: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = common::http::get(broker.http, "/v1/checkpoint/witnessed");
+        if status == 200 {
+            let note = String::from_utf8(body).unwrap();
+            let size: u64 = note.lines().nth(1).and_then(|s| s.parse().ok()).expect("a checkpoint size line");
+            if size > index {
+                return size;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no witnessed checkpoint covered record {index} within 30 s (last: {status})"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A QoS 1 MQTT 5 publish that must be accepted; its log index.
 #[track_caller]
 fn publish(conn: &mut Conn, pkid: u16, topic: &str, payload: &[u8], props: Vec<(String, String)>) -> u64 {
@@ -97,6 +123,63 @@ fn png_size(png: &[u8]) -> (u32, u32) {
     assert!(png.len() > 24 && png.starts_with(b"\x89PNG\r\n\x1a\n") && &png[12..16] == b"IHDR", "not a PNG");
     let be = |at: usize| u32::from_be_bytes(png[at..at + 4].try_into().unwrap());
     (be(16), be(20))
+}
+
+/// Runs `tests/browser/SCRIPT ARGS…` (node, playwright-core) to its end and
+/// returns its stdout lines, failing unless it printed PASS and exited 0.
+/// `respond` sees each line as it comes; what it returns is written to the
+/// script's stdin (the scripts' READY protocol: the page waits while the
+/// test changes the log).
+fn drive_browser(script: &str, args: &[&str], mut respond: impl FnMut(&str) -> Option<String>) -> Vec<String> {
+    let mut node = Command::new("node")
+        .arg(Path::new(BROWSER_DIR).join(script))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("node starts");
+    let (tx, rx) = mpsc::channel();
+    let stdout = node.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut stderr_pipe = node.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr_pipe.read_to_string(&mut text);
+        text
+    });
+    let deadline = Instant::now() + BROWSER_DEADLINE;
+    let mut lines: Vec<String> = Vec::new();
+    loop {
+        let line = match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => line,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let _ = node.kill();
+                panic!("{script} did not finish within {BROWSER_DEADLINE:?}; its output:\n{}", lines.join("\n"));
+            }
+        };
+        if let Some(answer) = respond(&line) {
+            let stdin = node.stdin.as_mut().unwrap();
+            writeln!(stdin, "{answer}").unwrap();
+            stdin.flush().unwrap();
+        }
+        lines.push(line);
+    }
+    let status = node.wait().unwrap();
+    let stderr = stderr.join().unwrap();
+    let output = lines.join("\n");
+    // Shown with --nocapture: what the browser checked.
+    println!("{output}");
+    assert!(status.success(), "{script} failed ({status}):\n{output}\nstderr:\n{stderr}");
+    assert_eq!(lines.last().map(String::as_str), Some("PASS"), "{output}");
+    lines
 }
 
 #[test]
@@ -155,66 +238,25 @@ fn explorer_shows_the_log_live_and_verifies_proofs_in_the_browser() {
 
     let screenshot = tmp.path().join("explorer.png");
     let base = format!("http://{}/", broker.http);
-    let mut node = Command::new("node")
-        .arg(Path::new(BROWSER_DIR).join("explorer.mjs"))
-        .args([base.as_str(), screenshot.to_str().unwrap(), &expect.to_string(), VECTORS_DIR])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("node starts");
-    let (tx, rx) = mpsc::channel();
-    let stdout = node.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut stderr_pipe = node.stderr.take().unwrap();
-    let stderr = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr_pipe.read_to_string(&mut text);
-        text
-    });
-
-    // Follow the script; when the page is up, seal a new block for it to
-    // pick up live (a third device, so the searches' expectations hold).
-    let deadline = Instant::now() + BROWSER_DEADLINE;
-    let mut lines: Vec<String> = Vec::new();
+    // When the page is up, seal a new block for it to pick up live (a third
+    // device, so the searches' expectations hold).
     let mut late_indices = Vec::new();
-    loop {
-        let line = match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(line) => line,
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                let _ = node.kill();
-                panic!(
-                    "the browser test did not finish within {BROWSER_DEADLINE:?}; its output:\n{}",
-                    lines.join("\n")
-                );
+    let lines = drive_browser(
+        "explorer.mjs",
+        &[base.as_str(), screenshot.to_str().unwrap(), &expect.to_string(), VECTORS_DIR],
+        |line| {
+            if !line.starts_with("READY") {
+                return None;
             }
-        };
-        if line.starts_with("READY") {
             let client = format!("late-{}", late_indices.len());
             let mut late = connect5(broker.mqtt, &client);
             let index = publish(&mut late, 1, "late/news", b"sealed after the page loaded", vec![]);
             wait_sealed(&broker, index);
-            let stdin = node.stdin.as_mut().unwrap();
-            writeln!(stdin, "SEALED {index}").unwrap();
-            stdin.flush().unwrap();
             late_indices.push(index);
-        }
-        lines.push(line);
-    }
-    let status = node.wait().unwrap();
-    let stderr = stderr.join().unwrap();
+            Some(format!("SEALED {index}"))
+        },
+    );
     let output = lines.join("\n");
-    // Shown with --nocapture: what the browser checked.
-    println!("{output}");
-    assert!(status.success(), "the browser test failed ({status}):\n{output}\nstderr:\n{stderr}");
-    assert_eq!(lines.last().map(String::as_str), Some("PASS"), "{output}");
     let [live_index, polled_index] = late_indices[..] else {
         panic!("the script asked for two late blocks (live, then polling), got {late_indices:?}:\n{output}");
     };
@@ -264,4 +306,89 @@ fn explorer_shows_the_log_live_and_verifies_proofs_in_the_browser() {
 
     let stderr = broker.stderr.lock().unwrap().clone();
     assert!(!stderr.contains("panicked"), "the broker panicked:\n{stderr}");
+}
+
+#[test]
+fn explorer_shows_witnesses_and_checks_their_cosignatures_in_the_browser() {
+    require_tools();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+
+    // The log's key first, then two standalone witnesses of it, then the
+    // broker asking both: a quorum of two (C2SP tlog-policy).
+    let init = sealmq(&data, &["init"]).ok();
+    let log_vkey =
+        init.lines().find_map(|l| l.strip_prefix("log")).expect("init prints the log's key").trim().to_string();
+    let witnesses: Vec<(&str, &str, WitnessProcess)> = [("A", "witness-a"), ("B", "witness-b")]
+        .into_iter()
+        .map(|(name, key_name)| {
+            (name, key_name, WitnessProcess::start(&tmp.path().join(key_name), &log_vkey, key_name))
+        })
+        .collect();
+    let mut policy = format!("log {log_vkey}\n");
+    for (name, _, w) in &witnesses {
+        policy.push_str(&format!("witness {name} {} {}\n", w.vkey, w.url()));
+    }
+    policy.push_str("group g 2 A B\nquorum g\n");
+    let policy_path = tmp.path().join("policy.txt");
+    std::fs::write(&policy_path, &policy).unwrap();
+    let broker = BrokerProcess::start(&data, &["--policy", policy_path.to_str().unwrap()]);
+    assert_eq!(broker.vkey, log_vkey, "the broker serves the log init made");
+
+    let mut device = connect5(broker.mqtt, "legacy-1");
+    let indices: Vec<u64> =
+        (0..3).map(|i| publish(&mut device, 1 + i, "plant/1/temp", format!("2{i}.5").as_bytes(), vec![])).collect();
+    let witnessed_size = wait_witnessed(&broker, *indices.last().unwrap());
+
+    // A broker with no policy, for the panel's other state.
+    let plain = BrokerProcess::start(&tmp.path().join("plain"), &[]);
+    let plain_index = publish(&mut connect5(plain.mqtt, "legacy-2"), 1, "office/door", b"open", vec![]);
+    wait_sealed(&plain, plain_index);
+
+    let expect = json!({
+        "witnesses": witnesses.iter().map(|(name, key_name, w)| json!({"name": name, "key_name": key_name, "url": w.url()})).collect::<Vec<_>>(),
+        "quorum_lines": ["group g 2 A B", "quorum g"],
+        "witnessed_size": witnessed_size,
+        "record_index": indices[0],
+        "plain_record_index": plain_index,
+    });
+    let base = format!("http://{}/", broker.http);
+    let plain_base = format!("http://{}/", plain.http);
+    let mut late = None;
+    let lines = drive_browser("witnesses.mjs", &[base.as_str(), plain_base.as_str(), &expect.to_string()], |line| {
+        // The page is up: a new record, witnessed while the panel polls.
+        if !line.starts_with("READY") {
+            return None;
+        }
+        let index = publish(&mut device, 10, "plant/1/temp", b"22.0", vec![]);
+        let size = wait_witnessed(&broker, index);
+        late = Some(size);
+        Some(format!("WITNESSED {size}"))
+    });
+    let output = lines.join("\n");
+    let late = late.unwrap_or_else(|| panic!("the script never asked for a new witnessed checkpoint:\n{output}"));
+    for expected in [
+        format!("ok the panel lists witnesses A and B, each having cosigned at least {witnessed_size}"),
+        format!("ok witnessed size {witnessed_size} or more shown, with the quorum rule"),
+        "ok recent checkpoints show the quorum met, cosigned by A and B".to_string(),
+        format!("ok without a reload, the panel shows the witnessed size reaching {late}"),
+        format!("ok Verify on record {}: the checkpoint is cosigned by the quorum, checked here", indices[0]),
+        "ok one witness's cosignature altered → failed at \"witnesses\"".to_string(),
+        "ok one witness's cosignature removed → verified, not witnessed".to_string(),
+        "ok a broker without witnesses says so".to_string(),
+        format!("ok Verify on record {plain_index} of the broker without witnesses: ok, witnesses skipped"),
+        "ok /v1/witnesses asked once, not again after its 404".to_string(),
+        "ok no page errors, no console errors, nothing fetched from elsewhere".to_string(),
+    ] {
+        assert!(lines.iter().any(|l| l.starts_with(&expected)), "missing {expected:?} in:\n{output}");
+    }
+
+    for (name, _, w) in &witnesses {
+        let stderr = w.stderr.lock().unwrap().clone();
+        assert!(!stderr.contains("panicked"), "witness {name} panicked:\n{stderr}");
+    }
+    for b in [&broker, &plain] {
+        let stderr = b.stderr.lock().unwrap().clone();
+        assert!(!stderr.contains("panicked"), "a broker panicked:\n{stderr}");
+    }
 }

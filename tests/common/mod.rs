@@ -10,6 +10,7 @@ pub mod mosquitto;
 pub mod mqtt;
 pub mod signed;
 pub mod witness;
+pub mod witness_process;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
