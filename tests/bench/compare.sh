@@ -141,9 +141,22 @@ scenarios=(
   "1to100|1 → 100 fan-out, QoS 0, 64 B|-p 1 -s 100 --pattern fanout --qos 0 --payload 64 --inflight 1000 ${timing[*]}"
   "1mib|1 → 1, QoS 1, 1 MiB payload|-p 1 -s 1 --qos 1 --payload 1048576 --inflight 16 ${timing[*]}"
   "half|1 → 1, QoS 1, 64 B at half the 1 → 1 rate|-p 1 -s 1 --qos 1 --payload 64 --rate HALF ${timing[*]}"
+  "1k|1 → 1, QoS 1, 64 B at 1,000 msgs/s|-p 1 -s 1 --qos 1 --payload 64 --rate 1000 ${timing[*]}"
 )
 scenarios+=("${idle_scenarios[@]}")
 brokers=(sealmq-signed sealmq-unsigned rumqttd mosquitto)
+# The issue's throughput target is with the broker pinned to one core, and
+# reported unpinned too: these run again with neither the broker nor the
+# load tool pinned (they share all cores as the kernel sees fit), for
+# sealmq unsigned and Mosquitto only, to keep the run short.
+unpinned_scenarios=()
+if [ "$cores" -ge 2 ]; then
+  unpinned_scenarios=(
+    "1to1-unpinned|1 → 1, QoS 1, 64 B|-p 1 -s 1 --qos 1 --payload 64 ${timing[*]}"
+    "10to10-unpinned|10 → 10 (pairs), QoS 1, 256 B|-p 10 -s 10 --pattern pairs --qos 1 --payload 256 ${timing[*]}"
+  )
+fi
+unpinned_brokers=(sealmq-unsigned mosquitto)
 # The payload sizes of the QoS 1 scenarios: the signature-check ceiling is
 # measured at each (SHA-256 of the payload is part of the check).
 ceiling_payloads=()
@@ -221,7 +234,7 @@ start_broker() {
       data="$work/$kind-$run"
       mkdir -p "$data"
       printf '%s\n' "$sealmq_toml" > "$data.toml"
-      "${pin_broker[@]}" "$sealmq" --data "$data" serve --config "$data.toml" \
+      "${run_pin_broker[@]}" "$sealmq" --data "$data" serve --config "$data.toml" \
         --listen 127.0.0.1:0 --http 127.0.0.1:0 >"$out/runs/$kind-$run.broker.out" 2>"$out/runs/$kind-$run.broker.err" &
       broker_pid=$!
       wait_for_line "$out/runs/$kind-$run.broker.out" '^ +mqtt +' || return 1
@@ -234,7 +247,7 @@ start_broker() {
       if [ "$mqtt" != 5 ]; then
         listen=(--listen "127.0.0.1:$(free_port)" --listen-v4 "127.0.0.1:$port")
       fi
-      "${pin_broker[@]}" "$rumqttd" "${listen[@]}" --max-connections "$max_connections" \
+      "${run_pin_broker[@]}" "$rumqttd" "${listen[@]}" --max-connections "$max_connections" \
         >"$out/runs/$kind-$run.broker.out" 2>"$out/runs/$kind-$run.broker.err" &
       broker_pid=$!
       wait_for_line "$out/runs/$kind-$run.broker.out" '^rumqttd 0.20 alone' || return 1
@@ -244,7 +257,7 @@ start_broker() {
       local port
       port=$(free_port)
       mosquitto_conf_for "$port" > "$work/mosquitto.conf"
-      "${pin_broker[@]}" "$mosquitto_bin" -c "$work/mosquitto.conf" \
+      "${run_pin_broker[@]}" "$mosquitto_bin" -c "$work/mosquitto.conf" \
         >"$out/runs/$kind-$run.broker.out" 2>"$out/runs/$kind-$run.broker.err" &
       broker_pid=$!
       wait_for_port "$port" || return 1
@@ -287,6 +300,13 @@ for entry in "${scenarios[@]}"; do
   IFS='|' read -r run label args <<<"$entry"
   echo "sealmq-bench --host HOST --mqtt $mqtt --broker-pid PID ${args}" >> "$commands"
 done
+if [ "${#unpinned_scenarios[@]}" -gt 0 ]; then
+  echo "# again, neither the broker nor the load tool pinned (no taskset), sealmq unsigned and Mosquitto only" >> "$commands"
+  for entry in "${unpinned_scenarios[@]}"; do
+    IFS='|' read -r run label args <<<"$entry"
+    echo "sealmq-bench --host HOST --mqtt $mqtt --broker-pid PID ${args}" >> "$commands"
+  done
+fi
 echo "# signature-check ceiling, no broker, per payload P in: ${ceiling_payloads[*]}" >> "$commands"
 echo "${pin_tool[*]}${pin_tool[*]:+ }sealmq-bench --verify-ceiling --payload P --threads 1 ${ceiling_timing[*]}   # 1 thread" >> "$commands"
 if [ "$cores" -ge 2 ]; then
@@ -320,52 +340,73 @@ if [ "$report_only" -eq 0 ]; then
   done
 fi
 
-for entry in "${scenarios[@]}"; do
-  [ "$report_only" -eq 1 ] && break
-  IFS='|' read -r run label args <<<"$entry"
-  for kind in "${brokers[@]}"; do
-    read -r -a bench_args <<<"$args"
-    if [ "$run" = half ]; then
-      # Half of what this broker delivered in the 1 → 1 scenario.
-      half=$(python3 -c "import json,sys
+# One scenario against one broker: run_one KIND RUN LABEL ARGS PINNED
+# (PINNED 1: the broker and the load tool on their cores, as above; 0: neither pinned).
+run_one() {
+  local kind=$1 run=$2 label=$3 args=$4 pinned=$5
+  local bench_args extra code half
+  local -a run_pin_tool=()
+  run_pin_broker=()
+  if [ "$pinned" -eq 1 ]; then
+    run_pin_broker=("${pin_broker[@]}")
+    run_pin_tool=("${pin_tool[@]}")
+  fi
+  read -r -a bench_args <<<"$args"
+  if [ "$run" = half ]; then
+    # Half of what this broker delivered in the 1 → 1 scenario.
+    half=$(python3 -c "import json,sys
 try: print(max(1, round(json.load(open(sys.argv[1]))['delivered_per_s'] / 2)))
 except Exception: print(0)" "$out/runs/$kind-1to1.json")
-      [ "$half" = 0 ] && { say "$kind: no 1 → 1 result, skipping the half-rate run"; continue; }
-      bench_args=("${bench_args[@]/HALF/$half}")
-    fi
-    extra=()
-    case "$kind" in
-      sealmq-signed) [[ "$run" != idle* ]] && extra+=(--signed) ;;
-    esac
-    say "$label — $kind"
-    if ! start_broker "$kind" "$run"; then
-      say "$kind did not start; see $out/runs/$kind-$run.broker.err"
-      [ -n "$broker_pid" ] && kill -TERM "$broker_pid" 2>/dev/null || true
-      broker_pid=""
-      continue
-    fi
-    case "$kind" in
-      sealmq-*)
-        [ "${#extra[@]}" -gt 0 ] && extra+=(--register-data "$data")
-        if [ "$mqtt" = 5 ] && [ "$run" != 1to100 ] && [[ "$run" != idle* ]]; then
-          extra+=(--checkpoints)
-        fi
-        ;;
-    esac
-    set +e
-    "${pin_tool[@]}" "$bench" --host "$host" --mqtt "$mqtt" --broker-pid "$broker_pid" \
-      --label "$label" --json "$out/runs/$kind-$run.json" "${bench_args[@]}" "${extra[@]}" \
-      >"$out/runs/$kind-$run.txt" 2>&1
-    code=$?
-    set -e
-    case $code in
-      0) ;;
-      1) say "$kind: $label: loss or duplicates (see $out/runs/$kind-$run.txt)" ;;
-      *) say "$kind: $label: the load tool failed (exit $code):"; tail -5 "$out/runs/$kind-$run.txt" >&2 ;;
-    esac
-    stop_broker "$kind" "$run"
+    [ "$half" = 0 ] && { say "$kind: no 1 → 1 result, skipping the half-rate run"; return 0; }
+    bench_args=("${bench_args[@]/HALF/$half}")
+  fi
+  extra=()
+  case "$kind" in
+    sealmq-signed) [[ "$run" != idle* ]] && extra+=(--signed) ;;
+  esac
+  say "$label — $kind$([ "$pinned" -eq 1 ] || echo ", unpinned")"
+  if ! start_broker "$kind" "$run"; then
+    say "$kind did not start; see $out/runs/$kind-$run.broker.err"
+    [ -n "$broker_pid" ] && kill -TERM "$broker_pid" 2>/dev/null || true
+    broker_pid=""
+    return 0
+  fi
+  case "$kind" in
+    sealmq-*)
+      [ "${#extra[@]}" -gt 0 ] && extra+=(--register-data "$data")
+      if [ "$mqtt" = 5 ] && [ "$run" != 1to100 ] && [[ "$run" != idle* ]]; then
+        extra+=(--checkpoints)
+      fi
+      ;;
+  esac
+  set +e
+  "${run_pin_tool[@]}" "$bench" --host "$host" --mqtt "$mqtt" --broker-pid "$broker_pid" \
+    --label "$label" --json "$out/runs/$kind-$run.json" "${bench_args[@]}" "${extra[@]}" \
+    >"$out/runs/$kind-$run.txt" 2>&1
+  code=$?
+  set -e
+  case $code in
+    0) ;;
+    1) say "$kind: $label: loss or duplicates (see $out/runs/$kind-$run.txt)" ;;
+    *) say "$kind: $label: the load tool failed (exit $code):"; tail -5 "$out/runs/$kind-$run.txt" >&2 ;;
+  esac
+  stop_broker "$kind" "$run"
+}
+
+if [ "$report_only" -eq 0 ]; then
+  for entry in "${scenarios[@]}"; do
+    IFS='|' read -r run label args <<<"$entry"
+    for kind in "${brokers[@]}"; do
+      run_one "$kind" "$run" "$label" "$args" 1
+    done
   done
-done
+  for entry in "${unpinned_scenarios[@]}"; do
+    IFS='|' read -r run label args <<<"$entry"
+    for kind in "${unpinned_brokers[@]}"; do
+      run_one "$kind" "$run" "$label" "$args" 0
+    done
+  done
+fi
 
 # --- Machine, versions, tables -----------------------------------------------
 rev=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
@@ -377,6 +418,7 @@ mosquitto_version=$({ "$mosquitto_bin" -h 2>/dev/null || true; } | head -1 | awk
 rumqttd_version=$(awk '/^name = "rumqttd"$/ { getline; gsub(/[^0-9.]/, ""); print; exit }' Cargo.lock)
 
 printf '%s\n' "${scenarios[@]}" > "$out/scenarios.txt"
+printf '%s\n' "${unpinned_scenarios[@]}" > "$out/unpinned.txt"
 export OUT="$out" BENCHMARKS="$benchmarks" WRITE="$write" QUICK="$quick" MQTT="$mqtt" CPU="$cpu" CORES="$cores" \
   RAM="$ram" KERNEL="$(uname -r)" REV="$rev" RUMQTTD="$rumqttd_version" MOSQUITTO="$mosquitto_version" \
   RUSTC="$(rustc --version)" PINNING="$pinning" FILE_LIMIT="$fd_limit" PORT_RANGE="$port_range" \
@@ -391,6 +433,10 @@ brokers = ["sealmq-signed", "sealmq-unsigned", "rumqttd", "mosquitto"]
 names = {"sealmq-signed": "sealmq signed", "sealmq-unsigned": "sealmq unsigned",
          "rumqttd": "rumqttd alone", "mosquitto": "Mosquitto"}
 scenarios = [line.split("|", 2) for line in open(os.path.join(out, "scenarios.txt")).read().splitlines() if line]
+# The same throughput scenarios with neither the broker nor the load tool pinned (older output directories have none).
+unpinned_path = os.path.join(out, "unpinned.txt")
+unpinned = [line.split("|", 2) for line in open(unpinned_path).read().splitlines() if line] \
+    if os.path.exists(unpinned_path) else []
 meta = {
     "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     "quick": quick,
@@ -413,6 +459,11 @@ for run, label, args in scenarios:
             if os.path.exists(store):
                 r["store"] = json.load(open(store))
             results.setdefault(run, {})[b] = r
+for run, label, args in unpinned:
+    for b in brokers:
+        path = os.path.join(out, "runs", f"{b}-{run}.json")
+        if os.path.exists(path):
+            results.setdefault(run, {})[b] = json.load(open(path))
 # The signature-check ceiling, per payload size: "one_core" (the 1-thread
 # figures, pinned to the load tool's core) and "all_cores" (the N-thread ones).
 ceiling = {}
@@ -437,6 +488,7 @@ cpu_per_message = {run: {b: r.get("broker", {}).get("cpu_us_per_delivered") for 
 idle_per_connection = {run: {b: (r.get("idle") or {}).get("bytes_per_connection") for b, r in rs.items()}
                        for run, rs in results.items() if run.startswith("idle")}
 json.dump({"meta": meta, "scenarios": [{"name": s[0], "label": s[1], "args": s[2]} for s in scenarios],
+           "unpinned_scenarios": [{"name": s[0], "label": s[1], "args": s[2]} for s in unpinned],
            "results": results, "ceiling": ceiling, "cpu_us_per_delivered": cpu_per_message,
            "idle_bytes_per_connection": idle_per_connection},
           open(os.path.join(out, "results.json"), "w"), indent=2)
@@ -500,6 +552,26 @@ for run, label, _ in tput:
       + " | ".join([ratio(d["sealmq-signed"], d["rumqttd"]), ratio(d["sealmq-unsigned"], d["rumqttd"]),
                     ratio(d["sealmq-signed"], d["mosquitto"]), ratio(d["sealmq-unsigned"], d["mosquitto"])]) + " |")
 w("")
+if unpinned:
+    w("**Throughput unpinned**: the same QoS 1 scenarios again with neither the broker nor the load tool pinned "
+      "(no `taskset`: both may use every core, and share them), sealmq unsigned and Mosquitto only; messages "
+      "delivered per second, with the pinned figures of the table above beside them, and the broker's CPU in "
+      "% of one core (above 100: more than one core).")
+    w("")
+    w("| scenario | sealmq unsigned, pinned | sealmq unsigned, unpinned | Mosquitto, pinned | Mosquitto, unpinned "
+      "| unsigned ÷ Mosquitto, pinned | unsigned ÷ Mosquitto, unpinned | broker CPU unpinned: sealmq / Mosquitto |")
+    w("|---|--:|--:|--:|--:|--:|--:|--:|")
+    pinned_runs = {label: run for run, label, _ in tput}
+    for run, label, _ in unpinned:
+        pinned = pinned_runs.get(label)
+        d = {b: get(run, b, "delivered_per_s") for b in ("sealmq-unsigned", "mosquitto")}
+        p = {b: get(pinned, b, "delivered_per_s") if pinned else None for b in ("sealmq-unsigned", "mosquitto")}
+        cpu = [get(run, b, "broker", "cpu_percent") for b in ("sealmq-unsigned", "mosquitto")]
+        w(f"| {label} | {num(p['sealmq-unsigned'])} | {num(d['sealmq-unsigned'])}{flag(run, 'sealmq-unsigned')} | "
+          f"{num(p['mosquitto'])} | {num(d['mosquitto'])}{flag(run, 'mosquitto')} | "
+          f"{ratio(p['sealmq-unsigned'], p['mosquitto'])} | {ratio(d['sealmq-unsigned'], d['mosquitto'])} | "
+          f"{num(cpu[0])} / {num(cpu[1])} |")
+    w("")
 def size_name(n):
     n = int(n)
     for unit, size in (("MiB", 1 << 20), ("KiB", 1 << 10)):
@@ -550,7 +622,7 @@ if ceiling:
     w("**Signed throughput against the ceiling** (QoS 1): sealmq signed, acknowledged publishes per second (each "
       "one verified once; here every publish goes to one subscriber, so this is also the delivered rate), "
       "÷ the single-verification ceiling at the scenario's payload size. The issue's target: ≥ 0.70 × the "
-      f"{n_adj} ceiling."
+      "1-thread ceiling (the last column; fixed-rate rows measure latency, not capacity)."
       + (f" The broker is pinned to one core in these runs, so it can verify at most the 1-thread figure: "
          f"its ratio to the {n_adj} ceiling is at most the 1-thread ÷ {n_adj} ceiling (about "
          f"1 ÷ {meta['machine']['cores']})."
