@@ -13,7 +13,7 @@
 //   - "PASS" at the end and exit 0, or "FAIL: <why>" and exit 1.
 
 import { readFileSync } from 'node:fs';
-import { createInterface } from 'node:readline';
+import { check, closeInput, nextLine, ok } from './protocol.mjs';
 import { chromium } from 'playwright-core';
 
 const [base, screenshotPath, expectJson, vectorsDir] = process.argv.slice(2);
@@ -25,33 +25,6 @@ const expected = JSON.parse(expectJson);
 const origin = new URL(base).origin;
 
 const WAIT_MS = 15_000;
-const stdinLines = createInterface({ input: process.stdin });
-const pendingLines = [];
-const lineWaiters = [];
-stdinLines.on('line', (line) => {
-  const waiter = lineWaiters.shift();
-  if (waiter) waiter(line);
-  else pendingLines.push(line);
-});
-
-function nextLine(timeoutMs) {
-  if (pendingLines.length > 0) return Promise.resolve(pendingLines.shift());
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('no answer from the test on stdin')), timeoutMs);
-    lineWaiters.push((line) => {
-      clearTimeout(timer);
-      resolve(line);
-    });
-  });
-}
-
-function check(condition, what) {
-  if (!condition) throw new Error(what);
-}
-
-function ok(what) {
-  console.log(`ok ${what}`);
-}
 
 function flipByteBase64(text, at) {
   const bytes = Buffer.from(text, 'base64');
@@ -387,7 +360,7 @@ try {
   exitCode = 1;
 } finally {
   await browser.close();
-  stdinLines.close();
+  closeInput();
 }
 process.exit(exitCode);
 

@@ -12,7 +12,7 @@
 // and the witnesses' quorum cosigned a checkpoint of that size; "PASS" and
 // exit 0, or "FAIL: <why>" and exit 1.
 
-import { createInterface } from 'node:readline';
+import { check, closeInput, nextLine, ok } from './protocol.mjs';
 import { chromium } from 'playwright-core';
 
 const [base, plainBase, expectJson] = process.argv.slice(2);
@@ -24,33 +24,6 @@ const expected = JSON.parse(expectJson);
 const names = expected.witnesses.map((w) => w.name);
 
 const WAIT_MS = 15_000;
-const stdinLines = createInterface({ input: process.stdin });
-const pendingLines = [];
-const lineWaiters = [];
-stdinLines.on('line', (line) => {
-  const waiter = lineWaiters.shift();
-  if (waiter) waiter(line);
-  else pendingLines.push(line);
-});
-
-function nextLine(timeoutMs) {
-  if (pendingLines.length > 0) return Promise.resolve(pendingLines.shift());
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('no answer from the test on stdin')), timeoutMs);
-    lineWaiters.push((line) => {
-      clearTimeout(timer);
-      resolve(line);
-    });
-  });
-}
-
-function check(condition, what) {
-  if (!condition) throw new Error(what);
-}
-
-function ok(what) {
-  console.log(`ok ${what}`);
-}
 
 /** A number as the page shows it (en-US grouping), or NaN. */
 const shown = (text) => Number(String(text).replace(/,/g, ''));
@@ -275,6 +248,6 @@ try {
   exitCode = 1;
 } finally {
   await browser.close();
-  stdinLines.close();
+  closeInput();
 }
 process.exit(exitCode);
