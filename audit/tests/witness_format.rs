@@ -238,3 +238,43 @@ fn the_409_body_is_a_decimal_size_and_a_newline() {
     assert_eq!(parse_size_body("12"), None);
     assert_eq!(parse_size_body("x\n"), None);
 }
+
+mod never_panics {
+    //! What a witness parses comes from the network, and policy files from
+    //! operators: malformed input is an error, never a panic.
+    use proptest::prelude::*;
+    use sealmq_audit::Policy;
+    use sealmq_audit::witness::{AddCheckpoint, judge};
+
+    fn mangled(base: String) -> impl Strategy<Value = String> {
+        (any::<usize>(), any::<usize>(), "[\\PC\n\u{2014} +=/]{0,40}").prop_map(move |(at, cut, insert)| {
+            let mut text = base.clone();
+            let at = text.char_indices().map(|(i, _)| i).nth(at % text.chars().count().max(1)).unwrap_or(0);
+            let end = text[at..].char_indices().map(|(i, _)| at + i).nth(cut % 8).unwrap_or(text.len());
+            text.replace_range(at..end, &insert);
+            text
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn add_checkpoint_bodies(body in mangled(super::request(5, 11).encode())) {
+            if let Ok(request) = AddCheckpoint::parse(&body) {
+                let _ = judge(&[super::log_key().verifier()], Some(&super::latest(5)), &request);
+            }
+        }
+
+        #[test]
+        fn policies(text in mangled(super::policy_text("group two 2 A B C\nquorum two"))) {
+            if let Ok(policy) = text.parse::<Policy>() {
+                let _ = policy.check(&super::cosigned_by(4, &[1, 2]));
+            }
+        }
+
+        #[test]
+        fn cosigned_notes(note in mangled(super::cosigned_by(4, &[1, 2, 3]))) {
+            let policy: Policy = super::policy_text("group two 2 A B C\nquorum two").parse().unwrap();
+            let _ = policy.check(&note);
+        }
+    }
+}
