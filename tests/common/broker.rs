@@ -5,6 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -67,35 +68,8 @@ impl BrokerProcess {
     fn launch(mut command: Command, data: &Path, [mqtt, http]: [&str; 2], extra: &[&str], rust_log: &str) -> Self {
         let mut args = vec!["--data", data.to_str().unwrap(), "serve", "--listen", mqtt, "--http", http];
         args.extend_from_slice(extra);
-        let mut child = command
-            .args(&args)
-            .env("RUST_LOG", rust_log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("sealmq serve starts");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        {
-            let stderr = Arc::clone(&stderr);
-            let pipe = child.stderr.take().unwrap();
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    let mut all = stderr.lock().unwrap();
-                    all.push_str(&line);
-                    all.push('\n');
-                }
-            });
-        }
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            // Read to the end even once nobody listens: a closed pipe would make
-            // the process's next line on stdout (its goodbye) fail.
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
+        command.args(&args).env("RUST_LOG", rust_log);
+        let (child, stderr, rx) = spawn_piped(command, "sealmq serve starts");
         let (mut mqtt, mut http, mut vkey) = (None, None, None);
         let mut listeners = std::collections::HashMap::new();
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -194,4 +168,32 @@ impl Drop for BrokerProcess {
             let _ = child.wait();
         }
     }
+}
+
+/// Spawns `command` with its stdout and stderr piped: stderr collected into
+/// the returned string, stdout sent line by line to the receiver and read
+/// to its end even once nobody listens (a closed pipe would make the
+/// process's goodbye line fail).
+pub fn spawn_piped(mut command: Command, what: &str) -> (Child, Arc<Mutex<String>>, Receiver<String>) {
+    let mut child = command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect(what);
+    let stderr = Arc::new(Mutex::new(String::new()));
+    {
+        let stderr = Arc::clone(&stderr);
+        let pipe = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut all = stderr.lock().unwrap();
+                all.push_str(&line);
+                all.push('\n');
+            }
+        });
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (child, stderr, rx)
 }

@@ -2,13 +2,13 @@
 //! loopback port with a data directory of its own, for the end-to-end tests
 //! that run a broker with a witness policy.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::broker::spawn_piped;
 use super::sealmq_bin;
 
 /// A running `sealmq witness serve` process; killed when dropped.
@@ -26,36 +26,12 @@ impl WitnessProcess {
     /// Starts a witness of the log with verifier key `log_vkey`, its key
     /// named `name` (when `data` has no witness key yet); waits for its banner.
     pub fn start(data: &Path, log_vkey: &str, name: &str) -> Self {
-        let mut child = Command::new(sealmq_bin())
+        let mut command = Command::new(sealmq_bin());
+        command
             .args(["--data", data.to_str().unwrap(), "witness", "serve", "--listen", "127.0.0.1:0"])
             .args(["--log", log_vkey, "--name", name])
-            .env("RUST_LOG", "sealmq=debug,sealmq_broker=debug,sealmq_audit=info,warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("sealmq witness serve starts");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        {
-            let stderr = Arc::clone(&stderr);
-            let pipe = child.stderr.take().unwrap();
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    let mut all = stderr.lock().unwrap();
-                    all.push_str(&line);
-                    all.push('\n');
-                }
-            });
-        }
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+            .env("RUST_LOG", "sealmq=debug,sealmq_broker=debug,sealmq_audit=info,warn");
+        let (child, stderr, rx) = spawn_piped(command, "sealmq witness serve starts");
         let (mut http, mut vkey) = (None, None);
         let deadline = Instant::now() + Duration::from_secs(60);
         while http.is_none() || vkey.is_none() {
