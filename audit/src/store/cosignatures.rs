@@ -48,15 +48,6 @@ impl Cosignatures {
         Ok(())
     }
 
-    /// The largest size `witness` cosigned, as far as this database knows.
-    pub async fn latest_size(&self, witness: &str) -> Result<Option<u64>, StoreError> {
-        let size: Option<i64> = sqlx::query_scalar("SELECT max(tree_size) FROM cosignatures WHERE witness = ?")
-            .bind(witness)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(size.map(to_u64))
-    }
-
     /// The largest size `witness` cosigned and when its cosignature arrived (Unix ms).
     pub async fn latest(&self, witness: &str) -> Result<Option<(u64, u64)>, StoreError> {
         let row: Option<(i64, i64)> = sqlx::query_as(

@@ -3,9 +3,9 @@
 //! 409s to the size it reports, and say what came of it. Used by the
 //! rounds after each seal and by the check on start.
 
+use sealmq_audit::CosignerKey;
 use sealmq_audit::store::{Cosignatures, LogReader, SealedBlock, StoreError, now_ms};
 use sealmq_audit::witness::{AddCheckpoint, SIZE_CONTENT_TYPE, parse_size_body};
-use sealmq_audit::{CosignerKey, NoteParts, parse_note};
 
 use super::client::WitnessClient;
 
@@ -62,9 +62,10 @@ pub async fn exchange(
     let witness = target.key.to_string();
     // What this database believes the witness last cosigned; a guess, the
     // witness corrects it with a 409.
-    let mut old = store.latest_size(&witness).await?.filter(|&s| s <= size).unwrap_or(0);
-    // The note sent carries the log's signature only.
-    let note = log_signed_only(&block.checkpoint);
+    let mut old = store.latest(&witness).await?.map(|(s, _)| s).filter(|&s| s <= size).unwrap_or(0);
+    // A sealed checkpoint carries the log's signature only; cosignatures
+    // are kept apart and merged when served.
+    let note = &block.checkpoint;
     for _ in 0..=MAX_CONFLICTS {
         let proof = reader.consistency_proof(old, size).await?;
         let body = AddCheckpoint { old_size: old, proof, note: note.clone() }.encode();
@@ -73,7 +74,7 @@ pub async fn exchange(
             Err(e) => return Ok(Outcome::Refused { status: 0, why: e.to_string() }),
         };
         match answer.status {
-            200 => return accept(store, target, &witness, size, &note, &answer.body).await,
+            200 => return accept(store, target, &witness, size, note, &answer.body).await,
             409 => {
                 let reported = (answer.content_type.as_deref().is_some_and(|t| t.starts_with(SIZE_CONTENT_TYPE)))
                     .then(|| parse_size_body(&answer.body))
@@ -130,18 +131,4 @@ async fn accept(
     store.record(witness, size, line, now_ms()).await?;
     tracing::debug!(witness = target.name, size, "cosigned");
     Ok(Outcome::Cosigned)
-}
-
-/// The note with only its first signature line (the log's own; sealed
-/// checkpoints carry only that).
-fn log_signed_only(note: &str) -> String {
-    match parse_note(note) {
-        Ok(parts) => first_line_only(&parts),
-        Err(_) => note.to_string(),
-    }
-}
-
-fn first_line_only(parts: &NoteParts<'_>) -> String {
-    let first = parts.signatures().next().map_or("", |s| s.line);
-    format!("{}\n{first}", parts.text())
 }
