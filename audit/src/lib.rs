@@ -3,7 +3,9 @@
 //! The format code has no I/O and no database, so devices, hubs and
 //! auditors can link it alone (`default-features = false`):
 //!
-//! - [`Record`] ([`PublishRecord`], [`RegistryRecord`]): the log's leaves;
+//! - [`Record`] ([`PublishRecord`], [`RegistryRecord`], [`RuleRecord`]):
+//!   the log's leaves; a rule's action is a [`PublishRecord`] with a
+//!   [`RuleCause`];
 //! - [`mqs1`]: device signatures ([`SignatureBlock`], [`mqs1::sign`],
 //!   [`mqs1::verify`], [`mqs1::extract`] for both carriers);
 //! - [`tree`]: RFC 6962 hashing, [`Frontier`], inclusion and consistency
@@ -49,6 +51,6 @@ pub use hash::{Hash, Rfc6962, empty_root, leaf_hash, merkle_root, node_hash, sha
 pub use mqs1::SignatureBlock;
 pub use note::{Checkpoint, LogKey, NoteParts, SignatureLine, VerifierKey, parse_note};
 pub use policy::{Cosigner, Policy, PolicyError, Witnessed};
-pub use record::{PublishRecord, Record, RegistryEvent, RegistryRecord};
+pub use record::{PublishRecord, Record, RegistryEvent, RegistryRecord, RuleCause, RuleEvent, RuleRecord};
 pub use retained::{RetainedChange, RetainedMismatch, RetainedState};
 pub use tree::{Frontier, NodeId};

@@ -1,6 +1,8 @@
-//! Log records (`spec/log.md`): kind 1, an accepted publish; kind 2, a
-//! device-registry event. Records are the leaves of the log's Merkle tree,
-//! so their encoding is a contract: canonical, and decoded strictly.
+//! Log records (`spec/log.md`, `spec/rules.md`): kind 1, an accepted
+//! publish (a device's, or a rule's action); kind 2, a device-registry
+//! event; kind 3, a rule installed or removed. Records are the leaves of the
+//! log's Merkle tree, so their encoding is a contract: canonical, and
+//! decoded strictly.
 
 use crate::codec::{Reader, put_str16};
 use crate::mqs1::{SB_LEN, SignatureBlock};
@@ -9,6 +11,9 @@ use crate::{DecodeError, Hash};
 const VERSION: u8 = 1;
 const KIND_PUBLISH: u8 = 1;
 const KIND_REGISTRY: u8 = 2;
+const KIND_RULE: u8 = 3;
+/// The `auth` byte of a rule's action (`spec/rules.md`).
+const AUTH_RULE: u8 = 2;
 
 /// One log record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,6 +22,8 @@ pub enum Record {
     Publish(PublishRecord),
     /// Kind 2: a change to the device registry.
     Registry(RegistryRecord),
+    /// Kind 3: a rule installed or removed.
+    Rule(RuleRecord),
 }
 
 /// Kind 1: an accepted publish. Commits to the payload's hash, not the payload.
@@ -36,8 +43,61 @@ pub struct PublishRecord {
     pub payload_len: u32,
     /// SHA-256 of the application payload (envelope stripped).
     pub payload_sha256: Hash,
-    /// The MQS1 signature block, when the publish was signed.
+    /// The MQS1 signature block, when the publish was signed (auth 1).
     pub signature: Option<SignatureBlock>,
+    /// What caused a rule's action (auth 2); never together with `signature`.
+    pub cause: Option<RuleCause>,
+}
+
+/// Why a rule's action was logged: the trigger it answers and the rule
+/// (by the hash of its document) that produced it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuleCause {
+    /// The log index of the record that triggered the rule.
+    pub trigger_index: u64,
+    /// SHA-256 of the rule document, as installed.
+    pub rule_hash: Hash,
+}
+
+impl PublishRecord {
+    /// The `auth` byte: 0 unsigned, 1 MQS1-signed, 2 a rule's action.
+    pub fn auth(&self) -> u8 {
+        match (&self.signature, &self.cause) {
+            (Some(_), _) => 1,
+            (None, Some(_)) => AUTH_RULE,
+            (None, None) => 0,
+        }
+    }
+
+    /// True for a record that may trigger rules: a device's publish (auth 0
+    /// or 1), not a rule's action.
+    pub fn is_trigger(&self) -> bool {
+        self.cause.is_none()
+    }
+}
+
+/// Kind 3: a rule installed or removed (`spec/rules.md`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleRecord {
+    /// When the change was made, Unix ms.
+    pub at_ms: u64,
+    /// The rule's name.
+    pub rule_name: String,
+    /// What changed.
+    pub event: RuleEvent,
+}
+
+/// What a rule record says happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuleEvent {
+    /// Action 1: the rule document, byte for byte as installed; it replaces
+    /// any rule of the same name.
+    Installed {
+        /// The UTF-8 TOML rule document.
+        document: Vec<u8>,
+    },
+    /// Action 2: the rule was removed.
+    Removed,
 }
 
 /// Kind 2: a device-registry event.
@@ -77,6 +137,7 @@ impl Record {
         match self {
             Record::Publish(r) => r.encode(),
             Record::Registry(r) => r.encode(),
+            Record::Rule(r) => r.encode(),
         }
     }
 
@@ -91,33 +152,37 @@ impl Record {
         let record = match r.u8("kind")? {
             KIND_PUBLISH => Record::Publish(PublishRecord::decode_body(&mut r)?),
             KIND_REGISTRY => Record::Registry(RegistryRecord::decode_body(&mut r)?),
+            KIND_RULE => Record::Rule(RuleRecord::decode_body(&mut r)?),
             kind => return Err(DecodeError::Invalid { field: "kind", value: kind.into() }),
         };
         r.finish()?;
         Ok(record)
     }
 
-    /// The device the record is about.
+    /// The device the record is about; for a rule event, the rule's name.
     pub fn device_id(&self) -> &str {
         match self {
             Record::Publish(r) => &r.device_id,
             Record::Registry(r) => &r.device_id,
+            Record::Rule(r) => &r.rule_name,
         }
     }
 
-    /// The record's time: received_ms of a publish, at_ms of a registry event.
+    /// The record's time: received_ms of a publish, at_ms of an event.
     pub fn time_ms(&self) -> u64 {
         match self {
             Record::Publish(r) => r.received_ms,
             Record::Registry(r) => r.at_ms,
+            Record::Rule(r) => r.at_ms,
         }
     }
 
-    /// The record's kind number (1 or 2).
+    /// The record's kind number (1, 2 or 3).
     pub fn kind(&self) -> u8 {
         match self {
             Record::Publish(_) => KIND_PUBLISH,
             Record::Registry(_) => KIND_REGISTRY,
+            Record::Rule(_) => KIND_RULE,
         }
     }
 }
@@ -137,12 +202,18 @@ impl PublishRecord {
         out.push(u8::from(self.retain));
         out.extend_from_slice(&self.payload_len.to_be_bytes());
         out.extend_from_slice(&self.payload_sha256);
-        match &self.signature {
-            None => out.push(0),
-            Some(sb) => {
+        match (&self.signature, &self.cause) {
+            (None, None) => out.push(0),
+            (Some(sb), None) => {
                 out.push(1);
                 out.extend_from_slice(&sb.to_bytes());
             }
+            (None, Some(cause)) => {
+                out.push(AUTH_RULE);
+                out.extend_from_slice(&cause.trigger_index.to_be_bytes());
+                out.extend_from_slice(&cause.rule_hash);
+            }
+            (Some(_), Some(_)) => return Err(DecodeError::Invalid { field: "auth", value: 3 }),
         }
         Ok(out)
     }
@@ -158,18 +229,24 @@ impl PublishRecord {
         let retain = r.bool("retain")?;
         let payload_len = r.u32("payload_len")?;
         let payload_sha256 = r.array("payload_sha256")?;
-        let signature = match r.u8("auth")? {
-            0 => None,
+        let (signature, cause) = match r.u8("auth")? {
+            0 => (None, None),
             1 => {
                 let raw = r.array::<SB_LEN>("sb")?;
-                Some(SignatureBlock::from_bytes(&raw).map_err(|_| DecodeError::Invalid {
+                let sb = SignatureBlock::from_bytes(&raw).map_err(|_| DecodeError::Invalid {
                     field: "sb",
                     value: u64::from(raw[0]) << 8 | u64::from(raw[1]),
-                })?)
+                })?;
+                (Some(sb), None)
+            }
+            AUTH_RULE => {
+                let trigger_index = r.u64("trigger_index")?;
+                let rule_hash = r.array("rule_hash")?;
+                (None, Some(RuleCause { trigger_index, rule_hash }))
             }
             auth => return Err(DecodeError::Invalid { field: "auth", value: auth.into() }),
         };
-        Ok(Self { received_ms, device_id, topic, qos, retain, payload_len, payload_sha256, signature })
+        Ok(Self { received_ms, device_id, topic, qos, retain, payload_len, payload_sha256, signature, cause })
     }
 }
 
@@ -205,5 +282,44 @@ impl RegistryRecord {
             action => return Err(DecodeError::Invalid { field: "action", value: action.into() }),
         };
         Ok(Self { at_ms, device_id, event })
+    }
+}
+
+impl RuleRecord {
+    /// The canonical bytes of this record.
+    pub fn encode(&self) -> Result<Vec<u8>, DecodeError> {
+        let document = match &self.event {
+            RuleEvent::Installed { document } => Some(document),
+            RuleEvent::Removed => None,
+        };
+        let mut out = Vec::with_capacity(20 + self.rule_name.len() + document.map_or(0, Vec::len));
+        out.extend_from_slice(&[VERSION, KIND_RULE]);
+        out.extend_from_slice(&self.at_ms.to_be_bytes());
+        out.push(if document.is_some() { 1 } else { 2 });
+        put_str16(&mut out, &self.rule_name, "rule_name")?;
+        if let Some(document) = document {
+            let len = u32::try_from(document.len())
+                .map_err(|_| DecodeError::TooLong { field: "document", len: document.len() })?;
+            out.extend_from_slice(&len.to_be_bytes());
+            out.extend_from_slice(document);
+        }
+        Ok(out)
+    }
+
+    fn decode_body(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let at_ms = r.u64("at_ms")?;
+        let action = r.u8("action")?;
+        let rule_name = r.str16("rule_name")?;
+        let event = match action {
+            1 => {
+                let len = r.u32("document")?;
+                let len =
+                    usize::try_from(len).map_err(|_| DecodeError::Invalid { field: "document", value: len.into() })?;
+                RuleEvent::Installed { document: r.bytes(len, "document")?.to_vec() }
+            }
+            2 => RuleEvent::Removed,
+            action => return Err(DecodeError::Invalid { field: "action", value: action.into() }),
+        };
+        Ok(Self { at_ms, rule_name, event })
     }
 }

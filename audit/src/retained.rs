@@ -159,6 +159,7 @@ mod tests {
             payload_len,
             payload_sha256: [0; 32],
             signature: None,
+            cause: None,
         })
     }
 

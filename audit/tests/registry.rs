@@ -78,6 +78,7 @@ fn publish(topic: &str, retain: bool, payload: &[u8]) -> Entry {
         payload_len: payload.len() as u32,
         payload_sha256: sha256(payload),
         signature: None,
+        cause: None,
     });
     Entry::new(&record, Some(payload.to_vec())).unwrap()
 }

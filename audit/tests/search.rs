@@ -30,6 +30,7 @@ fn publish(device: &str, topic: &str, at_ms: u64) -> Entry {
         payload_len: payload.len() as u32,
         payload_sha256: sha256(&payload),
         signature: None,
+        cause: None,
     });
     Entry::new(&record, Some(payload)).unwrap()
 }

@@ -687,6 +687,7 @@ fn publish_records_reproduce_byte_for_byte() {
             payload_len: u32::try_from(payload.len()).unwrap(),
             payload_sha256: sha256(&payload),
             signature,
+            cause: None,
         };
         assert_eq!(hex::encode(built.encode().unwrap()), vector.record, "record {n}: built from its fields");
 

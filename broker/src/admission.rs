@@ -158,6 +158,7 @@ pub fn admit_checked(
         payload_len: u32::try_from(payload.len()).unwrap_or(u32::MAX),
         payload_sha256: digest,
         signature: sb,
+        cause: None,
     });
     let mut entry = match Entry::new(&record, Some(payload.to_vec())) {
         Ok(entry) => entry,

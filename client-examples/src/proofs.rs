@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Result, anyhow};
 use sealmq_audit::mqs1::{self, SignatureBlock};
-use sealmq_audit::{Cosigner, Policy, ProofBundle, Proven, PublishRecord, Record, RegistryEvent, sha256};
+use sealmq_audit::{Cosigner, Policy, ProofBundle, Proven, PublishRecord, Record, RegistryEvent, RuleEvent, sha256};
 
 use crate::*;
 /// Fetches the proof of record `index` (against checkpoint `size`, or the
@@ -125,10 +125,13 @@ pub fn check_delivered_in_log(
 /// One line about a proven record, for output.
 pub fn describe_record(record: &Record) -> String {
     match record {
-        Record::Publish(PublishRecord { device_id, topic, payload_len, signature, qos, .. }) => {
-            let auth = match signature {
-                Some(sb) => format!("MQS1 kid {} ctr {}", hex::encode(sb.kid), sb.ctr),
-                None => "unsigned".to_string(),
+        Record::Publish(PublishRecord { device_id, topic, payload_len, signature, cause, qos, .. }) => {
+            let auth = match (signature, cause) {
+                (Some(sb), _) => format!("MQS1 kid {} ctr {}", hex::encode(sb.kid), sb.ctr),
+                (None, Some(cause)) => {
+                    format!("a rule's action (trigger {}, rule {})", cause.trigger_index, hex::encode(cause.rule_hash))
+                }
+                (None, None) => "unsigned".to_string(),
             };
             format!("publish by {device_id:?} on {topic:?}, qos {qos}, {payload_len} bytes, {auth}")
         }
@@ -143,5 +146,16 @@ pub fn describe_record(record: &Record) -> String {
             };
             format!("registry: device {:?}: {what}", r.device_id)
         }
+        Record::Rule(r) => match &r.event {
+            RuleEvent::Installed { document } => {
+                format!(
+                    "rule {:?} installed ({} bytes, hash {})",
+                    r.rule_name,
+                    document.len(),
+                    hex::encode(sha256(document))
+                )
+            }
+            RuleEvent::Removed => format!("rule {:?} removed", r.rule_name),
+        },
     }
 }

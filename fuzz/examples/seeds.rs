@@ -190,6 +190,7 @@ fn records() -> Vec<Record> {
             payload_len: 4,
             payload_sha256: sealmq_audit::sha256(b"21.5"),
             signature,
+            cause: None,
         })
     };
     let registry =

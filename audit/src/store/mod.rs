@@ -16,6 +16,9 @@
 //!   (the latter only as checked against the log,
 //!   [`Log::reconcile_retained`]).
 //!
+//! - [`Follower`]: what sees each record as it is appended and may append
+//!   records right after it, in the same transaction ([`Derived`]: a
+//!   rule's actions).
 //! - [`Cosignatures`]: what the log's witnesses cosigned (`log.db`);
 //!   [`WitnessStore`]: this broker as a witness of other logs, its key and
 //!   state (`witness.db`, `witness.key`).
@@ -26,6 +29,7 @@
 
 mod checkpointer;
 pub mod cosignatures;
+mod follower;
 mod index;
 mod keyfile;
 mod pending;
@@ -41,6 +45,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use cosignatures::Cosignatures;
+pub use follower::{Derived, Follower};
 pub use index::{FILTER_TOPICS_MAX, FoundRecord, RecordQuery, SearchPage};
 pub use reader::{LogReader, SealedBlock, StoredRecord};
 pub use registry::{

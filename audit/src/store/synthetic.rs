@@ -69,6 +69,7 @@ impl SyntheticDevice {
             payload_len: u32::try_from(payload.len()).expect("synthetic payloads are small"),
             payload_sha256: sha256(&payload),
             signature,
+            cause: None,
         });
         Entry::new(&record, Some(payload)).expect("synthetic records encode")
     }

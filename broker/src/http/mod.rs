@@ -26,7 +26,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use futures_util::{Stream, StreamExt, stream};
 use sealmq_audit::store::registry::Registry;
 use sealmq_audit::store::{FoundRecord, LogReader, RecordQuery, SealedBlock, StoreError};
-use sealmq_audit::{Record, RegistryEvent, mqs1};
+use sealmq_audit::{Record, RegistryEvent, RuleEvent, mqs1, sha256};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
@@ -345,7 +345,15 @@ fn record_view(found: &FoundRecord) -> Result<Value, ApiError> {
             view["retain"] = json!(p.retain);
             view["payload_len"] = json!(p.payload_len);
             view["payload_sha256"] = json!(hex::encode(p.payload_sha256));
-            view["auth"] = json!(if p.signature.is_some() { "mqs1" } else { "unsigned" });
+            view["auth"] = json!(match p.auth() {
+                1 => "mqs1",
+                2 => "rule",
+                _ => "unsigned",
+            });
+            view["cause"] = p.cause.map_or(
+                Value::Null,
+                |cause| json!({ "trigger_index": cause.trigger_index, "rule_hash": hex::encode(cause.rule_hash) }),
+            );
             view["mqs1"] = p.signature.map_or(Value::Null, |sb| {
                 json!({
                     "kid": hex::encode(sb.kid),
@@ -375,6 +383,19 @@ fn record_view(found: &FoundRecord) -> Result<Value, ApiError> {
                     view["action"] = json!("policy_set");
                     view["policy"] = json!(if signed_required { "signed" } else { "legacy" });
                 }
+            }
+        }
+        Record::Rule(r) => {
+            view["kind"] = json!("rule");
+            view["at_ms"] = json!(r.at_ms);
+            view["rule_name"] = json!(r.rule_name);
+            match &r.event {
+                RuleEvent::Installed { document } => {
+                    view["action"] = json!("installed");
+                    view["rule_hash"] = json!(hex::encode(sha256(document)));
+                    view["document"] = json!(String::from_utf8_lossy(document));
+                }
+                RuleEvent::Removed => view["action"] = json!("removed"),
             }
         }
     }
