@@ -1,0 +1,286 @@
+//! Two replays of the same rules log must agree: `sealmq audit replay` (the
+//! Rust engine, CEL by the `cel` crate) and `tests/rules/cel_replay.py` (an
+//! implementation written from spec/rules.md alone, CEL by `cel-python`).
+//!
+//! A real broker runs rules installed with `sealmq rule add` (the two
+//! documents of client-examples/rules/ and two of the test's own) while
+//! signed and unsigned devices publish messages that fire rules and
+//! messages that do not; one rule is removed while it runs. After the
+//! broker stops, both replays must pass and count the same triggers and
+//! actions as the test does. Then copies of the log are tampered with as an
+//! attacker with the file would (append-only triggers dropped, leaves
+//! recomputed): both replays must fail, at the same index, the one the test
+//! changed.
+//!
+//! Needs python3 with cel-python (tests/rules/requirements.txt; `tests/run`
+//! installs it).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use common::broker::BrokerProcess;
+use common::mqtt::{Conn, QoS, connect5, kind, publish5_packet};
+use common::signed::{Dev, prop};
+use common::{Db, copy_log, leaf_of, payload_sha256_offset, sealmq};
+
+/// A QoS 1 MQTT 5 publish that must be accepted; its log index.
+#[track_caller]
+fn publish(conn: &mut Conn, pkid: u16, topic: &str, payload: &[u8], retain: bool, props: Vec<(String, String)>) -> u64 {
+    conn.send5(&publish5_packet(topic, QoS::AtLeastOnce, pkid, payload, retain, props)).unwrap();
+    let ack = conn.expect(kind::PUBACK);
+    assert_eq!((ack.pkid(), ack.ack_reason()), (pkid, 0), "publish on {topic} refused: {:?}", ack.reason_string());
+    ack.user_property("sealmq-index").expect("PUBACK carries sealmq-index").parse().unwrap()
+}
+
+/// A signed device publishing with MQS1 in the `mqs1` user property.
+struct Sensor {
+    dev: Dev,
+    conn: Conn,
+    ctr: u64,
+}
+
+impl Sensor {
+    #[track_caller]
+    fn publish(&mut self, topic: &str, payload: &str) -> u64 {
+        self.ctr += 1;
+        let sb = self.dev.sign(topic, payload.as_bytes(), false, self.ctr);
+        publish(&mut self.conn, self.ctr as u16, topic, payload.as_bytes(), false, prop(&sb))
+    }
+}
+
+/// Kind-3 records in the log (read-only, as an auditor reads a live log).
+fn rule_records(data: &Path) -> i64 {
+    Db::open_read_only(data).int("SELECT count(*) FROM records WHERE substr(body, 1, 2) = x'0103'")
+}
+
+/// Waits until the log holds `n` kind-3 records (an install or removal
+/// reaches a running broker within a second).
+#[track_caller]
+fn wait_for_rule_records(data: &Path, n: i64) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while rule_records(data) < n {
+        assert!(Instant::now() < deadline, "the rule change did not reach the log within 15 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// What one replay said: whether it holds, its counts, the failing index.
+#[derive(Debug, PartialEq, Eq)]
+struct Verdict {
+    holds: bool,
+    triggers: Option<u64>,
+    actions: Option<u64>,
+    failed_at: Option<u64>,
+}
+
+/// `sealmq audit replay` on `data`. Exit 0: an `ok:` line with "N triggers"
+/// and "M actions"; exit 1: a `FAILED:` line naming the record's index.
+fn rust_replay(data: &Path) -> (Verdict, String) {
+    let run = sealmq(data, &["audit", "replay"]);
+    let text = format!("{}{}", run.stdout, run.stderr);
+    assert!(run.code == 0 || run.code == 1, "audit replay could not run (exit {}): {text}", run.code);
+    let holds = run.code == 0;
+    let failed_at = if holds { None } else { Some(failed_index(&run.failed())) };
+    let verdict = Verdict {
+        holds,
+        triggers: holds.then(|| count_before(&run.stdout, "trigger")).flatten(),
+        actions: holds.then(|| count_before(&run.stdout, "action")).flatten(),
+        failed_at,
+    };
+    (verdict, text)
+}
+
+/// The number just before the first word starting with `word` ("12 triggers").
+fn count_before(text: &str, word: &str) -> Option<u64> {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    words.windows(2).find(|w| w[1].starts_with(word)).and_then(|w| w[0].trim_matches(|c: char| !c.is_ascii_digit()).parse().ok())
+}
+
+/// The index a `FAILED:` line names: the number after "record" or "index".
+#[track_caller]
+fn failed_index(line: &str) -> u64 {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    words
+        .windows(2)
+        .find(|w| matches!(w[0].trim_end_matches(':'), "record" | "index" | "at"))
+        .and_then(|w| w[1].trim_matches(|c: char| !c.is_ascii_digit()).parse().ok())
+        .unwrap_or_else(|| panic!("no record index in {line:?}"))
+}
+
+fn python_replayer() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/rules/cel_replay.py")
+}
+
+/// `python3 tests/rules/cel_replay.py DATA` (its JSON summary).
+fn python_replay(data: &Path) -> (Verdict, String) {
+    let out = Command::new("python3").arg(python_replayer()).arg(data).output().expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let text = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let code = out.status.code();
+    assert!(
+        matches!(code, Some(0 | 1)),
+        "cel_replay.py could not run ({code:?}); is cel-python installed (tests/rules/requirements.txt)? {text}"
+    );
+    let json: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("cel_replay.py: not JSON ({e}): {text}"));
+    let holds = code == Some(0);
+    assert_eq!(json["ok"], holds, "{text}");
+    let verdict = Verdict {
+        holds,
+        triggers: holds.then(|| json["triggers"].as_u64()).flatten(),
+        actions: holds.then(|| json["actions"].as_u64()).flatten(),
+        failed_at: json["failure"]["index"].as_u64(),
+    };
+    (verdict, text)
+}
+
+/// Both replays on `data`; they must say the same, which is returned.
+#[track_caller]
+fn both_replays(data: &Path) -> Verdict {
+    let (rust, rust_text) = rust_replay(data);
+    let (python, python_text) = python_replay(data);
+    assert_eq!(rust, python, "the replays disagree\nsealmq audit replay: {rust_text}\ncel_replay.py: {python_text}");
+    rust
+}
+
+/// The log's record `index`, from a copy whose append-only triggers are
+/// dropped, rewritten by `change` with its leaf recomputed.
+fn rewrite_record(data: &Path, index: u64, change: impl FnOnce(&mut Vec<u8>)) {
+    let mut db = Db::open(data);
+    db.drop_triggers();
+    let mut body = db.blob("SELECT body FROM records WHERE idx = ?1", index as i64);
+    change(&mut body);
+    db.exec_blob("UPDATE records SET body = ?1 WHERE idx = ?2", &body, index as i64).unwrap();
+    db.exec_blob("UPDATE records SET leaf = ?1 WHERE idx = ?2", &leaf_of(&body), index as i64).unwrap();
+}
+
+fn copy_of(data: &Path, name: &str) -> PathBuf {
+    let copy = data.with_file_name(name);
+    copy_log(data, &copy);
+    copy
+}
+
+const DRY_ALERT: &str = r#"name = "dry-alert"
+on = "farm/#"
+when = "signed && has(json.moisture) && json.moisture < 10.0"
+[publish]
+topic = "alerts/{device}"
+payload = "'bed ' + levels[1] + ' is dry (' + text + ') at ' + string(received_ms)"
+qos = 0
+retain = false
+"#;
+
+/// Fires on every alert: only the unsigned one a device publishes, since
+/// dry-alert's actions on alerts/… must not trigger it.
+const ECHO: &str = r#"name = "echo"
+on = "alerts/#"
+when = "true"
+[publish]
+topic = "echo/{1}"
+payload = "payload"
+qos = 1
+retain = false
+"#;
+
+#[test]
+fn sealmq_and_cel_python_replays_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("client-examples/rules");
+    let sensor = Dev::new("sensor-bed3");
+    sensor.register(&data, "signed", &[]);
+    for (name, text) in [("dry-alert.toml", DRY_ALERT), ("echo.toml", ECHO)] {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    for file in
+        [examples.join("irrigate.toml"), examples.join("motion-light.toml"), dir.path().join("dry-alert.toml"), dir.path().join("echo.toml")]
+    {
+        sealmq(&data, &["rule", "add", file.to_str().unwrap()]).ok();
+    }
+
+    let broker = BrokerProcess::start(&data, &[]);
+    wait_for_rule_records(&data, 4);
+    let mut s = Sensor { conn: connect5(broker.mqtt, &sensor.id), dev: sensor, ctr: 0 };
+    let mut legacy = connect5(broker.mqtt, "legacy-1");
+    let mut pkid = 0u16;
+    let mut unsigned = |topic: &str, payload: &str, retain: bool| {
+        pkid += 1;
+        publish(&mut legacy, pkid, topic, payload.as_bytes(), retain, vec![])
+    };
+
+    // Each line: what fires (the test's own count of actions due).
+    s.publish("farm/bed3/moisture", r#"{"moisture": 45.0}"#); // nothing: wet
+    s.publish("farm/bed3/moisture", r#"{"moisture": 21.5}"#); // irrigate-bed (valve retained 'open')
+    s.publish("farm/bed3/moisture", r#"{"moisture": 5}"#); // dry-alert only: the valve is open
+    unsigned("farm/bed3/valve", "closed", true); // nothing
+    s.publish("farm/bed3/moisture", r#"{"moisture": 25.0}"#); // irrigate-bed again
+    unsigned("farm/bed4/moisture", r#"{"moisture": 3}"#); // irrigate-bed (bed4); unsigned: no dry-alert
+    unsigned("home/light/state", "off", true); // nothing
+    unsigned("home/hall/motion", r#"{"motion": true}"#, false); // motion-light
+    unsigned("home/light/state", "on", true); // nothing
+    unsigned("home/hall/motion", r#"{"motion": true}"#, false); // nothing: the light is on
+    unsigned("alerts/manual", "check bed 2", false); // echo
+    unsigned("farm/bed5/moisture", "not json", false); // nothing: `when` errors are false
+    sealmq(&data, &["rule", "remove", "irrigate-bed"]).ok();
+    wait_for_rule_records(&data, 5);
+    let last = s.publish("farm/bed6/moisture", r#"{"moisture": 1.0}"#); // dry-alert only: irrigate-bed is gone
+    let (triggers, actions) = (13, 7);
+    drop(s);
+    assert!(broker.stop().success());
+
+    // Both replays hold and agree with each other and with the test.
+    let verdict = both_replays(&data);
+    let want = Verdict { holds: true, triggers: Some(triggers), actions: Some(actions), failed_at: None };
+    assert_eq!(verdict, want);
+    let bodies = Db::open_read_only(&data).blobs("SELECT body FROM records ORDER BY idx");
+    let action_at: Vec<u64> = (0..bodies.len() as u64).filter(|&i| is_action(&bodies[i as usize])).collect();
+    assert_eq!(action_at.len() as u64, actions);
+    assert_eq!(bodies.len() as u64, last + 2, "the last trigger's dry-alert action ends the log");
+    let first = action_at[0];
+
+    // An action's payload changed (its record's payload hash too, leaf recomputed).
+    let copy = copy_of(&data, "payload-changed");
+    rewrite_record(&copy, first, |body| {
+        let at = payload_sha256_offset(body);
+        body[at..at + 32].copy_from_slice(&sealmq_audit::sha256(b"shut"));
+    });
+    Db::open(&copy).exec_blob("UPDATE payloads SET data = ?1 WHERE idx = ?2", b"shut", first as i64).unwrap();
+    assert_eq!(both_replays(&copy).failed_at, Some(first));
+
+    // The installed irrigate-bed document changed after install.
+    let copy = copy_of(&data, "rule-changed");
+    let install = (0..bodies.len()).find(|&i| bodies[i].starts_with(&[1, 3]) && contains(&bodies[i], b"irrigate-bed")).unwrap();
+    rewrite_record(&copy, install as u64, |body| {
+        let at = body.windows(4).position(|w| w == b"30.0").expect("the threshold");
+        body[at..at + 4].copy_from_slice(b"35.0");
+    });
+    assert_eq!(both_replays(&copy).failed_at, Some(first));
+
+    // An action deleted.
+    let copy = copy_of(&data, "action-deleted");
+    let mut db = Db::open(&copy);
+    db.drop_triggers();
+    db.exec(&format!("DELETE FROM records WHERE idx = {}", action_at[1])).unwrap();
+    db.close();
+    assert_eq!(both_replays(&copy).failed_at, Some(action_at[1]));
+
+    // An action added without a cause: the first action again, at the end.
+    let copy = copy_of(&data, "action-added");
+    let end = bodies.len() as i64;
+    let (leaf, body) = (hex::encode(leaf_of(&bodies[first as usize])), hex::encode(&bodies[first as usize]));
+    Db::open(&copy).exec(&format!("INSERT INTO records (idx, leaf, body) VALUES ({end}, x'{leaf}', x'{body}')")).unwrap();
+    assert_eq!(both_replays(&copy).failed_at, Some(end as u64));
+}
+
+/// A kind-1 record with auth 2 (a rule's action): the auth byte follows the payload hash.
+fn is_action(body: &[u8]) -> bool {
+    body.starts_with(&[1, 1]) && body.get(payload_sha256_offset(body) + 32) == Some(&2)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
