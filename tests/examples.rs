@@ -11,6 +11,9 @@
 //! `cargo build -p client-examples --examples`.
 
 mod common;
+// The irrigation example (rules): its own file, with this one's harness.
+#[path = "examples/irrigation.rs"]
+mod irrigation;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -42,7 +45,7 @@ fn example(name: &str) -> PathBuf {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     let dir = Path::new(BIN).parent().expect("the sealmq binary is in a directory").join("examples");
     let path = dir.join(name);
-    let names = ["signed_sensor", "legacy_sensor", "hub", "auditor"];
+    let names = ["signed_sensor", "legacy_sensor", "hub", "auditor", "moisture_sensor", "valve"];
     let result = BUILT.get_or_init(|| {
         let newest_source = newest_mtime(&Path::new(env!("CARGO_MANIFEST_DIR")).join("client-examples"));
         let fresh = names.iter().all(|n| mtime(&dir.join(n)).is_some_and(|built| built >= newest_source));

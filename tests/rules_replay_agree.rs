@@ -85,12 +85,11 @@ fn rust_replay(data: &Path) -> (Verdict, String) {
     let text = format!("{}{}", run.stdout, run.stderr);
     assert!(run.code == 0 || run.code == 1, "audit replay could not run (exit {}): {text}", run.code);
     let holds = run.code == 0;
-    let failed_at = if holds { None } else { Some(failed_index(&run.failed())) };
     let verdict = Verdict {
         holds,
         triggers: holds.then(|| count_before(&run.stdout, "trigger")).flatten(),
         actions: holds.then(|| count_before(&run.stdout, "action")).flatten(),
-        failed_at,
+        failed_at: (!holds).then(|| failed_index(&run.failed())),
     };
     (verdict, text)
 }
@@ -98,7 +97,10 @@ fn rust_replay(data: &Path) -> (Verdict, String) {
 /// The number just before the first word starting with `word` ("12 triggers").
 fn count_before(text: &str, word: &str) -> Option<u64> {
     let words: Vec<&str> = text.split_whitespace().collect();
-    words.windows(2).find(|w| w[1].starts_with(word)).and_then(|w| w[0].trim_matches(|c: char| !c.is_ascii_digit()).parse().ok())
+    words
+        .windows(2)
+        .find(|w| w[1].starts_with(word))
+        .and_then(|w| w[0].trim_matches(|c: char| !c.is_ascii_digit()).parse().ok())
 }
 
 /// The index a `FAILED:` line names: the number after "record" or "index".
@@ -196,9 +198,12 @@ fn sealmq_and_cel_python_replays_agree() {
     for (name, text) in [("dry-alert.toml", DRY_ALERT), ("echo.toml", ECHO)] {
         std::fs::write(dir.path().join(name), text).unwrap();
     }
-    for file in
-        [examples.join("irrigate.toml"), examples.join("motion-light.toml"), dir.path().join("dry-alert.toml"), dir.path().join("echo.toml")]
-    {
+    for file in [
+        examples.join("irrigate.toml"),
+        examples.join("motion-light.toml"),
+        dir.path().join("dry-alert.toml"),
+        dir.path().join("echo.toml"),
+    ] {
         sealmq(&data, &["rule", "add", file.to_str().unwrap()]).ok();
     }
 
@@ -218,7 +223,7 @@ fn sealmq_and_cel_python_replays_agree() {
     s.publish("farm/bed3/moisture", r#"{"moisture": 5}"#); // dry-alert only: the valve is open
     unsigned("farm/bed3/valve", "closed", true); // nothing
     s.publish("farm/bed3/moisture", r#"{"moisture": 25.0}"#); // irrigate-bed again
-    unsigned("farm/bed4/moisture", r#"{"moisture": 3}"#); // irrigate-bed (bed4); unsigned: no dry-alert
+    unsigned("farm/bed4/moisture", r#"{"moisture": 3}"#, false); // irrigate-bed (bed4); unsigned: no dry-alert
     unsigned("home/light/state", "off", true); // nothing
     unsigned("home/hall/motion", r#"{"motion": true}"#, false); // motion-light
     unsigned("home/light/state", "on", true); // nothing
@@ -253,7 +258,8 @@ fn sealmq_and_cel_python_replays_agree() {
 
     // The installed irrigate-bed document changed after install.
     let copy = copy_of(&data, "rule-changed");
-    let install = (0..bodies.len()).find(|&i| bodies[i].starts_with(&[1, 3]) && contains(&bodies[i], b"irrigate-bed")).unwrap();
+    let install =
+        (0..bodies.len()).find(|&i| bodies[i].starts_with(&[1, 3]) && contains(&bodies[i], b"irrigate-bed")).unwrap();
     rewrite_record(&copy, install as u64, |body| {
         let at = body.windows(4).position(|w| w == b"30.0").expect("the threshold");
         body[at..at + 4].copy_from_slice(b"35.0");
@@ -272,7 +278,9 @@ fn sealmq_and_cel_python_replays_agree() {
     let copy = copy_of(&data, "action-added");
     let end = bodies.len() as i64;
     let (leaf, body) = (hex::encode(leaf_of(&bodies[first as usize])), hex::encode(&bodies[first as usize]));
-    Db::open(&copy).exec(&format!("INSERT INTO records (idx, leaf, body) VALUES ({end}, x'{leaf}', x'{body}')")).unwrap();
+    Db::open(&copy)
+        .exec(&format!("INSERT INTO records (idx, leaf, body) VALUES ({end}, x'{leaf}', x'{body}')"))
+        .unwrap();
     assert_eq!(both_replays(&copy).failed_at, Some(end as u64));
 }
 

@@ -14,6 +14,8 @@
 //! - [`DeviceKeys`]: the device keys a subscriber checks MQS1 signatures
 //!   with, fetched from `/v1/devices` and refreshed when an unknown key id
 //!   shows up.
+//! - [`SignedPublisher`]: an MQTT 5 device that signs each publish (MQS1 in
+//!   the `mqs1` user property) and learns its log index from the PUBACK.
 //! - [`CheckpointChain`]: follows the log's signed checkpoints and checks that
 //!   each new one extends the last one seen (a consistency proof).
 //! - [`load_policy`], [`check_witnessed`]: what the hub and auditor trust,
@@ -27,7 +29,7 @@
 //! [`ConsistencyBundle::check`], [`VerifierKey::open`].
 //!
 //! Files: `api.rs`, `proofs.rs`, `checkpoints.rs`, `signing.rs` (the device
-//! key), `state.rs` (atomic state files, [`CounterState`]), `delivery.rs`
+//! key), `state.rs` (atomic state files, [`CounterState`]), `publisher.rs`, `delivery.rs`
 //! ([`DeviceKeys`], [`check_delivery`]), `witnessed.rs` (policies);
 //! everything is re-exported here.
 //!
@@ -40,6 +42,7 @@ mod api;
 mod checkpoints;
 mod delivery;
 mod proofs;
+mod publisher;
 mod signing;
 mod state;
 mod witnessed;
@@ -48,6 +51,7 @@ pub use api::*;
 pub use checkpoints::*;
 pub use delivery::*;
 pub use proofs::*;
+pub use publisher::*;
 pub use signing::*;
 pub use state::*;
 pub use witnessed::*;
