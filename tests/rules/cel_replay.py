@@ -263,7 +263,7 @@ class Engine:
     def __init__(self, state: "RetainedState") -> None:
         self.env = celpy.Environment()
         self.state = state
-        self.functions = {"retained": self._retained}
+        self.functions: dict[str, Any] = {"retained": self._retained}
 
     def _retained(self, topic: Any) -> celtypes.StringType:
         if not isinstance(topic, str):
@@ -516,13 +516,15 @@ class Replay:
     def record(self, idx: int, body: bytes, rec: Record, data: Optional[bytes]) -> None:
         if self.due:
             d = self.due.pop(0)
-            if body != d.record:
-                why = difference(decode(d.record), rec) if isinstance(rec, Publish) and rec.auth == 2 \
+            want = decode(d.record)
+            assert isinstance(want, Publish)
+            if body != d.record or not isinstance(rec, Publish):
+                why = difference(want, rec) if isinstance(rec, Publish) and rec.auth == 2 \
                     else f"found {describe(rec)}"
                 raise Failed(idx, f"wrong or missing action of rule {d.rule.name!r} for trigger "
-                                  f"{decode(d.record).trigger_index}: {why}")
+                                  f"{want.trigger_index}: {why}")
             self.counts["actions"] += 1
-            self.state.apply(idx, rec, d.payload)  # type: ignore[arg-type]
+            self.state.apply(idx, rec, d.payload)
             return
         if self.unverified and isinstance(rec, Publish) and rec.auth == 2 \
                 and rec.trigger_index == self.unverified[0]:
@@ -563,7 +565,7 @@ class Replay:
             else:
                 act = activation(rec, payload)
                 self.state.erased_reads.clear()
-                due = []
+                due: list[Due] = []
                 for rule in rules:
                     try:
                         fired = fire(rule, rec, act)

@@ -15,7 +15,6 @@ import json
 import os
 import re
 import sqlite3
-import struct
 import subprocess
 import sys
 import tempfile
@@ -113,6 +112,9 @@ class Log:
 
 
 class ReplayTest(unittest.TestCase):
+    v: dict[str, Any]  # rules.json
+    doc: bytes  # its rule document
+
     @classmethod
     def setUpClass(cls) -> None:
         cls.v = json.loads(VECTORS.read_text())
@@ -314,7 +316,7 @@ class ReplayTest(unittest.TestCase):
                 rule_doc("nulljson", "q", "json == null && text == null", "o", "b'\\xff'")]
         log = Log()
         for d in docs:
-            log.add(install(T0, re.search(rb'name = "(.*?)"', d).group(1).decode(), d))
+            log.add(install(T0, d.split(b'"')[1].decode(), d))
         t = log.pub("q", b"\xff{}", device="a+b")
         log.act(t, "nulljson", docs[-1], "o", b"\xff")
         self.assert_holds(log)
