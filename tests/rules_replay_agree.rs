@@ -73,13 +73,14 @@ fn wait_for_rule_records(data: &Path, n: i64) {
 #[derive(Debug, PartialEq, Eq)]
 struct Verdict {
     holds: bool,
+    /// Triggers at which some active rule's filter matched (the rules were evaluated).
     triggers: Option<u64>,
     actions: Option<u64>,
     failed_at: Option<u64>,
 }
 
-/// `sealmq audit replay` on `data`. Exit 0: an `ok:` line with "N triggers"
-/// and "M actions"; exit 1: a `FAILED:` line naming the record's index.
+/// `sealmq audit replay` on `data`. Exit 0: an `ok:` line with "N triggers
+/// evaluated" and "M actions"; exit 1: a `FAILED:` line naming the record's index.
 fn rust_replay(data: &Path) -> (Verdict, String) {
     let run = sealmq(data, &["audit", "replay"]);
     let text = format!("{}{}", run.stdout, run.stderr);
@@ -118,7 +119,7 @@ fn python_replayer() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/rules/cel_replay.py")
 }
 
-/// `python3 tests/rules/cel_replay.py DATA` (its JSON summary).
+/// `python3 tests/rules/cel_replay.py DATA`: its verdict, and its JSON summary as text.
 fn python_replay(data: &Path) -> (Verdict, String) {
     let out = Command::new("python3").arg(python_replayer()).arg(data).output().expect("python3 runs");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -133,7 +134,7 @@ fn python_replay(data: &Path) -> (Verdict, String) {
     assert_eq!(json["ok"], holds, "{text}");
     let verdict = Verdict {
         holds,
-        triggers: holds.then(|| json["triggers"].as_u64()).flatten(),
+        triggers: holds.then(|| json["triggers_evaluated"].as_u64()).flatten(),
         actions: holds.then(|| json["actions"].as_u64()).flatten(),
         failed_at: json["failure"]["index"].as_u64(),
     };
@@ -233,14 +234,19 @@ fn sealmq_and_cel_python_replays_agree() {
     sealmq(&data, &["rule", "remove", "irrigate-bed"]).ok();
     wait_for_rule_records(&data, 5);
     let last = s.publish("farm/bed6/moisture", r#"{"moisture": 1.0}"#); // dry-alert only: irrigate-bed is gone
-    let (triggers, actions) = (13, 7);
+    // 13 triggers, 11 of them on a topic some rule's filter matches (not the
+    // light's two state reports); 7 actions.
+    let (triggers, evaluated, actions) = (13, 11, 7);
     drop(s);
     assert!(broker.stop().success());
 
     // Both replays hold and agree with each other and with the test.
     let verdict = both_replays(&data);
-    let want = Verdict { holds: true, triggers: Some(triggers), actions: Some(actions), failed_at: None };
+    let want = Verdict { holds: true, triggers: Some(evaluated), actions: Some(actions), failed_at: None };
     assert_eq!(verdict, want);
+    let (_, summary) = python_replay(&data);
+    let summary: Value = serde_json::from_str(summary.lines().next().unwrap()).unwrap();
+    assert_eq!(summary["triggers"], triggers, "{summary}");
     let bodies = Db::open_read_only(&data).blobs("SELECT body FROM records ORDER BY idx");
     let action_at: Vec<u64> = (0..bodies.len() as u64).filter(|&i| is_action(&bodies[i as usize])).collect();
     assert_eq!(action_at.len() as u64, actions);

@@ -17,8 +17,10 @@ rebuilt byte for byte and must follow the trigger, in rule order, and
 nothing else may claim to be an action.
 
 Prints one JSON object on stdout:
-  {"ok", "records", "triggers", "actions", "rules_installed", "rules_removed",
-   "failure": null | {"index", "why"}, "unverifiable": [{"index", "why"}], "cel"}
+  {"ok", "records", "triggers", "triggers_evaluated", "actions", "rules_installed",
+   "rules_removed", "failure": null | {"index", "why"}, "unverifiable": [{"index", "why"}], "cel"}
+where "triggers" counts every trigger (kind 1, auth 0 or 1) and
+"triggers_evaluated" those at which some active rule's filter matched.
 Exit 0: every action checked is due and every due action is there (indices
 whose needed payloads were erased are listed as unverifiable); 1: the first
 failure is named; 2: the database could not be read.
@@ -472,7 +474,8 @@ class Replay:
         self.by_topic: dict[str, list[Rule]] = {}
         self.due: list[Due] = []
         self.unverified: Optional[tuple[int, Publish, list[Rule]]] = None
-        self.counts = {"records": 0, "triggers": 0, "actions": 0, "rules_installed": 0, "rules_removed": 0}
+        self.counts = {"records": 0, "triggers": 0, "triggers_evaluated": 0, "actions": 0, "rules_installed": 0,
+                       "rules_removed": 0}
         self.unverifiable: list[dict[str, Any]] = []
 
     def matching(self, topic: str) -> list[Rule]:
@@ -559,6 +562,7 @@ class Replay:
         rules = self.matching(rec.topic)
         payload = self.payload_of(idx, rec, data) if rules or rec.retain else None
         if rules:
+            self.counts["triggers_evaluated"] += 1
             if payload is None:
                 self.unverifiable.append({"index": idx, "why": "the trigger's payload was erased"})
                 self.unverified = (idx, rec, list(rules))

@@ -171,7 +171,7 @@ class ReplayTest(unittest.TestCase):
         log.add(bytes.fromhex(self.v["remove_record"]))
         out = self.assert_holds(log)
         self.assertEqual((t, a), (41, 42))
-        self.assertEqual((out["records"], out["triggers"], out["actions"]), (44, 40, 1))
+        self.assertEqual((out["records"], out["triggers"], out["triggers_evaluated"], out["actions"]), (44, 40, 1, 1))
         self.assertEqual((out["rules_installed"], out["rules_removed"], out["unverifiable"]), (1, 1, []))
         self.assertTrue(out["cel"].startswith("cel-python "))
 
