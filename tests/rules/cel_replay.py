@@ -41,6 +41,17 @@ Choices where the texts leave room:
 - Removing a name that is not active changes nothing.
 - JSON: strict UTF-8, no NaN/Infinity, no lone surrogates, every number a
   finite double; anything else makes `json` null.
+- string() follows cel-spec (see cel_string) rather than cel-python's str().
+
+Where cel 0.15.0 (the broker's) and cel-python 0.5.0 still differ, so the
+two replays disagree on a rule that relies on it (probed with `sealmq rule
+test`; the spec does not settle them):
+- string(double): cel gives 5 / 1000000000000000000000 / 0.00000015,
+  cel-python 5.0 / 1e+21 / 1.5e-07 (cel-spec does not fix the format);
+- 5.0 == 5 (a JSON number against an int literal): true in cel, an error
+  (so a false `when`) in cel-python;
+- matches(), timestamp(), duration(): absent from the broker's cel build
+  (an error when evaluated, not refused at install), present in cel-python.
 """
 from __future__ import annotations
 
@@ -259,13 +270,28 @@ def parse_template(template: str) -> list[Union[str, int]]:
     return [p for p in parts if p != ""]
 
 
+def cel_string(value: Any) -> celtypes.StringType:
+    """CEL's string() (cel-spec langdef: from string, int, uint, double,
+    bytes, timestamp, duration; bool as in later cel-spec versions), where
+    cel-python 0.5.0 would give Python's str(): "True", "MapType({...})",
+    "None". Anything else has no overload: an error."""
+    if isinstance(value, celtypes.BoolType):
+        return celtypes.StringType("true" if value else "false")
+    if isinstance(value, bytes):
+        return celtypes.StringType(bytes(value).decode("utf-8"))  # invalid UTF-8: an error
+    if isinstance(value, (str, celtypes.IntType, celtypes.UintType, celtypes.DoubleType,
+                          celtypes.TimestampType, celtypes.DurationType)):
+        return celtypes.StringType(str(value))  # cel-python's own formatting
+    raise TypeError(f"no string() overload for {type(value).__name__}")
+
+
 class Engine:
     """The rules' CEL environment, with `retained(t)` bound to the state."""
 
     def __init__(self, state: "RetainedState") -> None:
         self.env = celpy.Environment()
         self.state = state
-        self.functions: dict[str, Any] = {"retained": self._retained}
+        self.functions: dict[str, Any] = {"retained": self._retained, "string": cel_string}
 
     def _retained(self, topic: Any) -> celtypes.StringType:
         if not isinstance(topic, str):

@@ -321,6 +321,21 @@ class ReplayTest(unittest.TestCase):
         log.act(t, "nulljson", docs[-1], "o", b"\xff")
         self.assert_holds(log)
 
+    def test_string_conversions_follow_cel(self) -> None:
+        # cel-spec's string(): bool as true/false, no overload for maps,
+        # lists or null (an error: no action), bytes as UTF-8.
+        docs = [rule_doc("bool", "q", "true", "o/1", "string(json.b) + string(1 < 2)"),
+                rule_doc("map", "q", "true", "o/2", "string(json)"),
+                rule_doc("null", "q", "true", "o/3", "string(json.n)"),
+                rule_doc("bytes", "q", "true", "o/4", "string(b'\\xc3\\xa9') + string(7)")]
+        log = Log()
+        for d in docs:
+            log.add(install(T0, d.split(b'"')[1].decode(), d))
+        t = log.pub("q", b'{"b": false, "n": null}')
+        log.act(t, "bool", docs[0], "o/1", b"falsetrue")
+        log.act(t, "bytes", docs[3], "o/4", "\u00e97".encode())
+        self.assert_holds(log)
+
     def test_unverifiable_when_payload_erased(self) -> None:
         log, t, a = self.vector_log()
         out = self.assert_holds(log, erase=(t,))
