@@ -75,12 +75,16 @@ struct Verdict {
     holds: bool,
     /// Triggers at which some active rule's filter matched (the rules were evaluated).
     triggers: Option<u64>,
+    /// Actions rebuilt and found byte for byte.
     actions: Option<u64>,
     failed_at: Option<u64>,
+    /// Triggers whose needed payloads were erased.
+    unverifiable: Vec<u64>,
 }
 
 /// `sealmq audit replay` on `data`. Exit 0: an `ok:` line with "N triggers
-/// evaluated" and "M actions"; exit 1: a `FAILED:` line naming the record's index.
+/// evaluated" and "M actions"; exit 1: a `FAILED:` line naming the record's
+/// index; an `unverifiable: record N: …` line for each unverifiable trigger.
 fn rust_replay(data: &Path) -> (Verdict, String) {
     let run = sealmq(data, &["audit", "replay"]);
     let text = format!("{}{}", run.stdout, run.stderr);
@@ -90,6 +94,7 @@ fn rust_replay(data: &Path) -> (Verdict, String) {
         holds,
         triggers: holds.then(|| count_before(&run.stdout, "trigger")).flatten(),
         actions: holds.then(|| count_before(&run.stdout, "action")).flatten(),
+        unverifiable: run.stdout.lines().filter_map(|l| l.strip_prefix("unverifiable: ")).map(failed_index).collect(),
         failed_at: (!holds).then(|| failed_index(&run.failed())),
     };
     (verdict, text)
@@ -137,6 +142,7 @@ fn python_replay(data: &Path) -> (Verdict, String) {
         triggers: holds.then(|| json["triggers_evaluated"].as_u64()).flatten(),
         actions: holds.then(|| json["actions"].as_u64()).flatten(),
         failed_at: json["failure"]["index"].as_u64(),
+        unverifiable: json["unverifiable"].as_array().unwrap().iter().map(|u| u["index"].as_u64().unwrap()).collect(),
     };
     (verdict, text)
 }
@@ -222,8 +228,8 @@ fn sealmq_and_cel_python_replays_agree() {
     s.publish("farm/bed3/moisture", r#"{"moisture": 45.0}"#); // nothing: wet
     s.publish("farm/bed3/moisture", r#"{"moisture": 21.5}"#); // irrigate-bed (valve retained 'open')
     s.publish("farm/bed3/moisture", r#"{"moisture": 5}"#); // dry-alert only: the valve is open
-    unsigned("farm/bed3/valve", "closed", true); // nothing
-    s.publish("farm/bed3/moisture", r#"{"moisture": 25.0}"#); // irrigate-bed again
+    let closed = unsigned("farm/bed3/valve", "closed", true); // nothing
+    let wet_again = s.publish("farm/bed3/moisture", r#"{"moisture": 25.0}"#); // irrigate-bed again
     unsigned("farm/bed4/moisture", r#"{"moisture": 3}"#, false); // irrigate-bed (bed4); unsigned: no dry-alert
     unsigned("home/light/state", "off", true); // nothing
     unsigned("home/hall/motion", r#"{"motion": true}"#, false); // motion-light
@@ -242,7 +248,13 @@ fn sealmq_and_cel_python_replays_agree() {
 
     // Both replays hold and agree with each other and with the test.
     let verdict = both_replays(&data);
-    let want = Verdict { holds: true, triggers: Some(evaluated), actions: Some(actions), failed_at: None };
+    let want = Verdict {
+        holds: true,
+        triggers: Some(evaluated),
+        actions: Some(actions),
+        failed_at: None,
+        unverifiable: vec![],
+    };
     assert_eq!(verdict, want);
     let (_, summary) = python_replay(&data);
     let summary: Value = serde_json::from_str(summary.lines().next().unwrap()).unwrap();
@@ -288,6 +300,21 @@ fn sealmq_and_cel_python_replays_agree() {
         .exec(&format!("INSERT INTO records (idx, leaf, body) VALUES ({end}, x'{leaf}', x'{body}')"))
         .unwrap();
     assert_eq!(both_replays(&copy).failed_at, Some(end as u64));
+
+    // Payloads erased, as retention or an erasure request would: the first
+    // irrigation's trigger, and the valve's `closed` that irrigate-bed reads
+    // at the 25.0 reading. Both triggers are unverifiable, not failures; the
+    // actions after them are not counted as checked.
+    let copy = copy_of(&data, "erased");
+    Db::open(&copy).exec(&format!("DELETE FROM payloads WHERE idx IN ({}, {closed})", first - 1)).unwrap();
+    let want = Verdict {
+        holds: true,
+        triggers: Some(evaluated),
+        actions: Some(actions - 2),
+        failed_at: None,
+        unverifiable: vec![first - 1, wet_again],
+    };
+    assert_eq!(both_replays(&copy), want);
 }
 
 /// A kind-1 record with auth 2 (a rule's action): the auth byte follows the payload hash.

@@ -17,10 +17,13 @@ rebuilt byte for byte and must follow the trigger, in rule order, and
 nothing else may claim to be an action.
 
 Prints one JSON object on stdout:
-  {"ok", "records", "triggers", "triggers_evaluated", "actions", "rules_installed",
-   "rules_removed", "failure": null | {"index", "why"}, "unverifiable": [{"index", "why"}], "cel"}
-where "triggers" counts every trigger (kind 1, auth 0 or 1) and
-"triggers_evaluated" those at which some active rule's filter matched.
+  {"ok", "records", "triggers", "triggers_evaluated", "actions", "actions_unverified",
+   "rules_installed", "rules_removed", "failure": null | {"index", "why"},
+   "unverifiable": [{"index", "why"}], "cel"}
+where "triggers" counts every trigger (kind 1, auth 0 or 1), "triggers_evaluated"
+those at which some active rule's filter matched, "actions" the actions
+rebuilt and found byte for byte, "actions_unverified" those that follow an
+unverifiable trigger (checked for their shape only).
 Exit 0: every action checked is due and every due action is there (indices
 whose needed payloads were erased are listed as unverifiable); 1: the first
 failure is named; 2: the database could not be read.
@@ -500,8 +503,8 @@ class Replay:
         self.by_topic: dict[str, list[Rule]] = {}
         self.due: list[Due] = []
         self.unverified: Optional[tuple[int, Publish, list[Rule]]] = None
-        self.counts = {"records": 0, "triggers": 0, "triggers_evaluated": 0, "actions": 0, "rules_installed": 0,
-                       "rules_removed": 0}
+        self.counts = {"records": 0, "triggers": 0, "triggers_evaluated": 0, "actions": 0,
+                       "actions_unverified": 0, "rules_installed": 0, "rules_removed": 0}
         self.unverifiable: list[dict[str, Any]] = []
 
     def matching(self, topic: str) -> list[Rule]:
@@ -624,7 +627,7 @@ class Replay:
             raise Failed(idx, f"action without cause: {describe(rec)} names trigger {t}, whose active "
                               "rules in order do not include its rule there")
         rules.pop(0)
-        self.counts["actions"] += 1
+        self.counts["actions_unverified"] += 1
         payload = None
         if data is not None and hashlib.sha256(data).digest() == rec.payload_sha256:
             payload = data

@@ -340,6 +340,7 @@ class ReplayTest(unittest.TestCase):
         log, t, a = self.vector_log()
         out = self.assert_holds(log, erase=(t,))
         self.assertEqual([u["index"] for u in out["unverifiable"]], [t])
+        self.assertEqual((out["actions"], out["actions_unverified"]), (0, 1))
         # Erasing the action's own payload loses nothing: replay rebuilds it.
         self.assertEqual(self.assert_holds(log, erase=(a,))["unverifiable"], [])
         # An action whose rule is not active is still caught after an erased trigger.
