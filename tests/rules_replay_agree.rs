@@ -302,9 +302,11 @@ fn sealmq_and_cel_python_replays_agree() {
     assert_eq!(both_replays(&copy).failed_at, Some(end as u64));
 
     // Payloads erased, as retention or an erasure request would: the first
-    // irrigation's trigger, and the valve's `closed` that irrigate-bed reads
-    // at the 25.0 reading. Both triggers are unverifiable, not failures; the
-    // actions after them are not counted as checked.
+    // irrigation's trigger, and the valve's `closed`, itself a trigger
+    // (dry-alert's filter farm/# matches it) and the retained state
+    // irrigate-bed reads at the 25.0 reading. Those three triggers are
+    // unverifiable, not failures; the actions after them are not counted as
+    // checked.
     let copy = copy_of(&data, "erased");
     Db::open(&copy).exec(&format!("DELETE FROM payloads WHERE idx IN ({}, {closed})", first - 1)).unwrap();
     let want = Verdict {
@@ -312,7 +314,7 @@ fn sealmq_and_cel_python_replays_agree() {
         triggers: Some(evaluated),
         actions: Some(actions - 2),
         failed_at: None,
-        unverifiable: vec![first - 1, wet_again],
+        unverifiable: vec![first - 1, closed, wet_again],
     };
     assert_eq!(both_replays(&copy), want);
 }
