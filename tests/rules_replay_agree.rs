@@ -327,3 +327,100 @@ fn is_action(body: &[u8]) -> bool {
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
+
+/// Rules at the edges of the spec's variables and templates: an empty first
+/// level, `#` matching its parent, non-UTF-8 payloads (`text` null, bytes
+/// actions), duplicate JSON keys, retained state set, cleared by an empty
+/// payload, and not UTF-8 (`retained()` gives ""), non-ASCII topics and a
+/// device id with a `/` in a template, JSON numbers past the double range.
+const EDGE_RULES: [&str; 6] = [
+    r##"name = "r1"
+on = "+/+"
+when = "levels[0] == ''"
+[publish]
+topic = "x/{0}empty/{1}"
+payload = "''"
+qos = 0
+retain = true
+"##,
+    r##"name = "r2"
+on = "a/#"
+when = "text == null"
+[publish]
+topic = "bin/{device}"
+payload = "payload"
+qos = 2
+retain = false
+"##,
+    r##"name = "r3"
+on = "#"
+when = "has(json.k) && json.k == 'dup'"
+[publish]
+topic = "dup/{0}"
+payload = "'seen ' + string(size(json))"
+qos = 1
+retain = false
+"##,
+    r##"name = "r4"
+on = "s/+"
+when = "retained('s/' + levels[1]) == ''"
+[publish]
+topic = "first/{1}"
+payload = "text"
+qos = 0
+retain = false
+"##,
+    r##"name = "r5"
+on = "u/#"
+when = "topic.startsWith('u/é')"
+[publish]
+topic = "ü/{1}/{device}"
+payload = "b'\\x00\\xff'"
+qos = 0
+retain = true
+"##,
+    r##"name = "r6"
+on = "n/+"
+when = "json.v > 1e300 || json.v < -1e300 || json.v == 0.0"
+[publish]
+topic = "big/{1}"
+payload = "'big'"
+qos = 0
+retain = false
+"##,
+];
+
+#[test]
+fn replays_agree_at_the_edges() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    for (i, rule) in EDGE_RULES.iter().enumerate() {
+        let file = dir.path().join(format!("r{i}.toml"));
+        std::fs::write(&file, rule).unwrap();
+        sealmq(&data, &["rule", "add", file.to_str().unwrap()]).ok();
+    }
+    let broker = BrokerProcess::start(&data, &[]);
+    wait_for_rule_records(&data, EDGE_RULES.len() as i64);
+    let send = |device: &str, topic: &str, payload: &[u8], retain: bool| {
+        let mut conn = connect5(broker.mqtt, device);
+        publish(&mut conn, 1, topic, payload, retain, vec![])
+    };
+    // Each line: the rules that fire.
+    send("dev/x", "/a", b"hi", false); // r1
+    send("dev1", "a", b"\xff\xfe", false); // r2
+    send("dev2", "a/b/c", br#"{"k":"no","k":"dup"}"#, false); // r3 (the last key wins)
+    send("dev3", "s/1", b"first", true); // r4
+    send("dev3", "s/1", b"second", true); // none: s/1 is retained
+    send("dev3", "s/1", b"", true); // none (and clears s/1)
+    send("dev3", "s/1", b"third", false); // r4
+    send("dev3", "s/2", b"\xc3", true); // none
+    send("dev3", "s/2", b"again", false); // r4: a retained payload that is not UTF-8 reads as ""
+    send("dé/v", "u/é/x", b"z", false); // r5
+    send("dev4", "n/1", br#"{"v": 1e301}"#, false); // r6
+    send("dev4", "n/2", br#"{"v": 1e400}"#, false); // none: not a double, so not JSON
+    send("dev4", "n/3", br#"{"v": -0}"#, false); // r6
+    send("dev4", "n/4", br#"{"v": 12345678901234567890123}"#, false); // none
+    assert!(broker.stop().success());
+    let want = Verdict { holds: true, triggers: Some(14), actions: Some(9), failed_at: None, unverifiable: vec![] };
+    assert_eq!(both_replays(&data), want);
+}
