@@ -20,13 +20,15 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Where and as whom a device connects.
 #[derive(Debug, Clone)]
 pub struct Connect<'a> {
-    /// The broker's host and MQTT port.
+    /// The broker's host.
     pub host: &'a str,
+    /// The broker's MQTT port.
     pub port: u16,
     /// The device id (MQTT client id).
     pub id: &'a str,
-    /// MQTT user name and password, for a device registered with a password.
+    /// MQTT user name, for a device registered with a password.
     pub username: Option<&'a str>,
+    /// Its password.
     pub password: Option<&'a str>,
 }
 
