@@ -509,6 +509,8 @@ class Replay:
 
     def matching(self, topic: str) -> list[Rule]:
         if topic not in self.by_topic:
+            if len(self.by_topic) >= 100_000:  # a log of many distinct topics: stay bounded
+                self.by_topic.clear()
             self.by_topic[topic] = [r for r in self.rules.values() if matches(r.on, topic)]
         return self.by_topic[topic]
 
