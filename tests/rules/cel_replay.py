@@ -278,12 +278,12 @@ def cel_string(value: Any) -> celtypes.StringType:
     bytes, timestamp, duration; bool as in later cel-spec versions), where
     cel-python 0.5.0 would give Python's str(): "True", "MapType({...})",
     "None". Anything else has no overload: an error."""
-    if isinstance(value, celtypes.BoolType):
+    # cel-python's operators may give plain bool, int, float and str.
+    if isinstance(value, (celtypes.BoolType, bool)):
         return celtypes.StringType("true" if value else "false")
     if isinstance(value, bytes):
         return celtypes.StringType(bytes(value).decode("utf-8"))  # invalid UTF-8: an error
-    if isinstance(value, (str, celtypes.IntType, celtypes.UintType, celtypes.DoubleType,
-                          celtypes.TimestampType, celtypes.DurationType)):
+    if isinstance(value, (str, int, float, celtypes.TimestampType, celtypes.DurationType)):
         return celtypes.StringType(str(value))  # cel-python's own formatting
     raise TypeError(f"no string() overload for {type(value).__name__}")
 

@@ -327,13 +327,16 @@ class ReplayTest(unittest.TestCase):
         docs = [rule_doc("bool", "q", "true", "o/1", "string(json.b) + string(1 < 2)"),
                 rule_doc("map", "q", "true", "o/2", "string(json)"),
                 rule_doc("null", "q", "true", "o/3", "string(json.n)"),
-                rule_doc("bytes", "q", "true", "o/4", "string(b'\\xc3\\xa9') + string(7)")]
+                rule_doc("bytes", "q", "true", "o/4", "string(b'\\xc3\\xa9') + string(7)"),
+                # Computed values too, not only literals and variables.
+                rule_doc("computed", "q", "true", "o/5", "string(1 + 2) + string(json.h + 0.25) + string(!json.b)")]
         log = Log()
         for d in docs:
             log.add(install(T0, d.split(b'"')[1].decode(), d))
-        t = log.pub("q", b'{"b": false, "n": null}')
+        t = log.pub("q", b'{"b": false, "n": null, "h": 0.5}')
         log.act(t, "bool", docs[0], "o/1", b"falsetrue")
         log.act(t, "bytes", docs[3], "o/4", "\u00e97".encode())
+        log.act(t, "computed", docs[4], "o/5", b"30.75true")
         self.assert_holds(log)
 
     def test_unverifiable_when_payload_erased(self) -> None:
