@@ -53,8 +53,8 @@ test`; the spec does not settle them):
   cel-python 5.0 / 1e+21 / 1.5e-07 (cel-spec does not fix the format);
 - 5.0 == 5 (a JSON number against an int literal): true in cel, an error
   (so a false `when`) in cel-python;
-- matches(), timestamp(), duration(): absent from the broker's cel build
-  (an error when evaluated, not refused at install), present in cel-python.
+- matches(), timestamp(), duration(): not in the broker's cel build (its
+  installer refuses rules that call them), present in cel-python.
 """
 from __future__ import annotations
 
