@@ -173,6 +173,13 @@ impl Rules {
         self.next_index
     }
 
+    /// Moves the next index to `index` without folding in the records
+    /// between (loading a state from the store; records that cannot matter).
+    pub fn seek(&mut self, index: u64) {
+        self.undo_next.get_or_insert(self.next_index);
+        self.next_index = index;
+    }
+
     /// The active rules, in rule order.
     pub fn active(&self) -> Vec<ActiveRule> {
         self.rules
@@ -211,6 +218,17 @@ impl Rules {
     /// the state at the log's head).
     pub fn set_retained(&mut self, topic: &str, value: Option<Retained>) {
         self.retained.put(topic, value);
+    }
+
+    /// Does some active rule's filter match `topic`?
+    pub fn any_rule_matches(&self, topic: &str) -> bool {
+        if self.rules.is_empty() {
+            return false;
+        }
+        let levels: Vec<&str> = topic.split('/').collect();
+        let mut found = Vec::new();
+        self.filters.collect(&levels, true, topic.starts_with('$'), &mut found);
+        !found.is_empty()
     }
 
     /// The actions due for the trigger `record` at `index` (its payload:

@@ -229,7 +229,11 @@ pub fn evaluate(rule: &RuleDocument, trigger: &Trigger<'_>, retained: &RetainedT
     Scope::new(*trigger, retained).evaluate(rule)
 }
 
-fn build_context(trigger: &Trigger<'_>, retained: &RetainedTexts, erased_read: &Arc<AtomicU64>) -> Context<'static, 'static> {
+fn build_context(
+    trigger: &Trigger<'_>,
+    retained: &RetainedTexts,
+    erased_read: &Arc<AtomicU64>,
+) -> Context<'static, 'static> {
     let mut context = Context::with_env(env());
     let levels: Vec<Value> = trigger.topic.split('/').map(|l| Value::String(Arc::new(l.to_string()))).collect();
     let text = std::str::from_utf8(trigger.payload).ok();

@@ -37,7 +37,8 @@ pub const MAX_COMPREHENSION_DEPTH: usize = 1;
 /// The variables a rule's expressions see (`spec/rules.md`).
 pub const VARIABLES: [&str; 8] = ["topic", "levels", "device", "signed", "received_ms", "payload", "text", "json"];
 /// CEL's type names, which expressions may use as values (`type(x) == int`).
-const TYPE_NAMES: [&str; 11] = ["bool", "bytes", "double", "int", "list", "map", "null_type", "string", "type", "uint", "dyn"];
+const TYPE_NAMES: [&str; 11] =
+    ["bool", "bytes", "double", "int", "list", "map", "null_type", "string", "type", "uint", "dyn"];
 
 /// Why an expression is refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
