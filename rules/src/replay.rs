@@ -96,13 +96,19 @@ pub struct Replayer {
     trigger: Option<(u64, String)>,
     /// A trigger whose logged actions are taken as they are (unverifiable).
     unknown_span: Option<u64>,
+    /// Does any rule of the log call `retained()`? If none does, retained
+    /// payloads need not be read.
+    reads_retained: bool,
     report: ReplayReport,
 }
 
 impl Replayer {
     /// Replays from record 0, checking the triggers at `from` and after.
-    pub fn new(from: u64) -> Self {
+    /// `reads_retained`: some rule document of the log may call
+    /// `retained()` (when none does, retained payloads are not needed).
+    pub fn new(from: u64, reads_retained: bool) -> Self {
         Self {
+            reads_retained,
             engine: Rules::new(0),
             from,
             expected: VecDeque::new(),
@@ -122,7 +128,7 @@ impl Replayer {
         match record {
             Record::Publish(p) => {
                 p.cause.is_some()
-                    || (p.retain && p.payload_len > 0)
+                    || (self.reads_retained && p.retain && p.payload_len > 0)
                     || (index >= self.from && self.engine.any_rule_matches(&p.topic))
             }
             _ => false,
@@ -374,7 +380,15 @@ pub async fn replay(
 ) -> Result<ReplayReport, RuleStoreError> {
     let total = reader.record_count().await?;
     let pool = reader.pool();
-    let mut replayer = Replayer::new(from);
+    // A document that does not even contain the word calls no `retained()`.
+    let reads_retained = {
+        let mut conn = pool.acquire().await?;
+        crate::store::rule_records(&mut conn).await?.iter().any(|e| {
+            matches!(&e.record.event, RuleEvent::Installed { document }
+                if document.windows(8).any(|w| w == b"retained"))
+        })
+    };
+    let mut replayer = Replayer::new(from, reads_retained);
     let mut start = 0;
     while start < total {
         let end = (start + BATCH).min(total);
