@@ -71,9 +71,10 @@ pub enum Unknown {
 /// The actions due for one trigger.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TriggerResult {
-    /// The actions, in rule order.
+    /// The actions, in rule order (with an erased retained payload read as
+    /// `""`; none when the trigger's own payload was needed and erased).
     pub actions: Vec<PlannedAction>,
-    /// Set when the actions cannot be known; `actions` is then empty.
+    /// Set when what is due cannot be known from the log.
     pub unknown: Option<Unknown>,
 }
 
@@ -270,10 +271,9 @@ impl Rules {
                 });
             }
         }
-        match scope.erased_read() {
-            Some(erased) => TriggerResult { actions: Vec::new(), unknown: Some(Unknown::RetainedErased(erased)) },
-            None => TriggerResult { actions, unknown: None },
-        }
+        // The broker still logs what the rules gave (an erased retained
+        // payload reads as ""); replay cannot check it.
+        TriggerResult { actions, unknown: scope.erased_read().map(Unknown::RetainedErased) }
     }
 
     /// Folds in the record at `index` (its payload: `None` when erased or
@@ -308,8 +308,14 @@ impl Rules {
             Record::Publish(publish) => self.evaluate_trigger(index, publish, payload),
             _ => TriggerResult::default(),
         };
-        if let Some(unknown) = result.unknown {
-            tracing::error!(index, ?unknown, "rules: the trigger's actions cannot be computed; none logged");
+        match result.unknown {
+            Some(Unknown::PayloadErased) => {
+                tracing::error!(index, "rules: the trigger has no payload to evaluate its rules on; no actions");
+            }
+            Some(Unknown::RetainedErased(at)) => {
+                tracing::warn!(index, retained = at, "rules: a rule read an erased retained payload as \"\"");
+            }
+            None => {}
         }
         self.apply(index, record, payload);
         for action in &result.actions {
@@ -391,6 +397,13 @@ impl Rules {
 }
 
 #[cfg(feature = "store")]
+impl From<PlannedAction> for sealmq_audit::store::Derived {
+    fn from(action: PlannedAction) -> Self {
+        Self { index: action.index, record: action.record, payload: action.payload }
+    }
+}
+
+#[cfg(feature = "store")]
 impl sealmq_audit::store::Follower for Rules {
     fn next_index(&self) -> u64 {
         self.next_index
@@ -406,10 +419,7 @@ impl sealmq_audit::store::Follower for Rules {
                 return Vec::new();
             }
         };
-        self.follow_record(index, &record, payload)
-            .into_iter()
-            .map(|a| sealmq_audit::store::Derived { index: a.index, record: a.record, payload: a.payload })
-            .collect()
+        self.follow_record(index, &record, payload).into_iter().map(Into::into).collect()
     }
 
     fn commit(&mut self) {

@@ -24,7 +24,7 @@ pub mod store;
 pub mod topic;
 
 pub use document::{RuleDocument, RuleError};
-pub use engine::{ActiveRule, Rules, TriggerResult};
+pub use engine::{ActiveRule, PlannedAction, Rules, TriggerResult, Unknown};
 pub use eval::{Action, MAX_ACTION_PAYLOAD, Outcome, Retained, RetainedTexts, Scope, Trigger, evaluate};
 pub use expr::{CEL_VERSION, CelError, Expression};
 pub use topic::{Filter, Template};

@@ -194,3 +194,30 @@ fn a_thousand_rules_cost_only_the_matching_ones() {
     // A debug build; the point is that it is not 1000 × 1000 evaluations.
     assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
 }
+
+/// The sequencer's view: record bytes in, `Derived` records out, groups
+/// committed or aborted.
+#[cfg(feature = "store")]
+#[test]
+fn the_follower_trait() {
+    use sealmq_audit::store::Follower;
+    let mut rules = Rules::new(10);
+    let follower: &mut dyn Follower = &mut rules;
+    assert_eq!(follower.next_index(), 10);
+    let installed = install(&doc("f", "a", "true", "b", "'x'", true)).encode().unwrap();
+    assert!(follower.follow(10, &installed, None).is_empty());
+    follower.commit();
+    let trigger = publish("a", b"p", false).encode().unwrap();
+    let derived = follower.follow(11, &trigger, Some(b"p"));
+    assert_eq!(derived.len(), 1);
+    assert_eq!((derived[0].index, derived[0].payload.as_slice()), (12, &b"x"[..]));
+    assert_eq!(derived[0].record.cause.unwrap().trigger_index, 11);
+    assert_eq!(follower.next_index(), 13, "the actions count as seen");
+    // A record that does not decode: no actions, but it is seen.
+    assert!(follower.follow(13, b"\x01\x09", None).is_empty());
+    assert_eq!(follower.next_index(), 14);
+    follower.abort();
+    assert_eq!(follower.next_index(), 11);
+    assert_eq!(rules.retained().get("b"), None, "the aborted action's retained state is undone");
+    assert_eq!(rules.len(), 1, "the committed install stays");
+}

@@ -152,6 +152,8 @@ pub async fn active_rules(reader: &LogReader) -> Result<Vec<ActiveRule>, RuleSto
     Ok(fold_rules(&rule_records(&mut conn).await?).active())
 }
 
+pub use history as rule_history;
+
 /// Every install and removal of rule `name`, in index order.
 pub async fn history(reader: &LogReader, name: &str) -> Result<Vec<RuleHistoryEntry>, RuleStoreError> {
     let mut conn = reader.pool().acquire().await?;
