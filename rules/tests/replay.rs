@@ -266,12 +266,12 @@ async fn replay_speed() {
     while rules.next_index() < RECORDS {
         n += 1;
         // 1 in 100 matches a rule's filter and fires; the rest match none.
-        let (topic, payload) = if n % 100 == 0 {
+        let (topic, payload) = if n.is_multiple_of(100) {
             (format!("site/{}/t", n % RULES), format!("{{\"v\": {n}}}"))
         } else {
             (format!("plant/{}/t", n % 5000), format!("{{\"v\": {n}}}"))
         };
-        let record = publish("dev", &topic, payload.as_bytes(), n % 7 == 0);
+        let record = publish("dev", &topic, payload.as_bytes(), n.is_multiple_of(7));
         let actions = rules.follow_record(rules.next_index(), &record, Some(payload.as_bytes()));
         batch.push(Entry::new(&record, Some(payload.into_bytes())).unwrap());
         for action in actions {
