@@ -13,6 +13,11 @@ use sealmq_audit::{PublishRecord, RuleCause, sha256};
 use crate::document::RuleDocument;
 use crate::expr::env;
 
+/// Below this much stack left, an evaluation moves to a stack of its own.
+const EVAL_RED_ZONE: usize = 1536 << 10;
+/// The stack an evaluation moves to (reserved, committed only as used).
+pub const EVAL_STACK: usize = 16 << 20;
+
 /// Largest action payload; a rule whose payload is longer does not fire.
 pub const MAX_ACTION_PAYLOAD: usize = 256 * 1024;
 
@@ -192,6 +197,10 @@ impl<'a> Scope<'a> {
 
     /// What `rule` does for this scope's trigger.
     pub fn evaluate(&mut self, rule: &RuleDocument) -> Outcome {
+        stacker::maybe_grow(EVAL_RED_ZONE, EVAL_STACK, || self.evaluate_here(rule))
+    }
+
+    fn evaluate_here(&mut self, rule: &RuleDocument) -> Outcome {
         if !rule.on().matches(self.trigger.topic) {
             return Outcome::NoMatch;
         }

@@ -7,6 +7,9 @@
 //!   nested at most [`MAX_COMPREHENSION_DEPTH`] deep: one may iterate over a
 //!   list, none inside another's body, so the work is linear in the
 //!   payload's size;
+//! - brackets nested at most [`MAX_DEPTH`] deep in the source (checked
+//!   before cel parses it), the AST at most as deep, and runs of unary
+//!   operators short: cel's parser and interpreter recurse;
 //! - only the variables of `spec/rules.md` (and CEL's type names, and the
 //!   variables a comprehension binds) may be referenced: a misspelt
 //!   variable is refused at install instead of making `when` false forever;
@@ -33,6 +36,16 @@ pub const MAX_SOURCE_BYTES: usize = 4 * 1024;
 pub const MAX_NODES: usize = 512;
 /// Deepest nesting of comprehension macros.
 pub const MAX_COMPREHENSION_DEPTH: usize = 1;
+/// Deepest nesting of brackets in the source, and of the AST: cel's parser
+/// and interpreter recurse (in a debug build, each bracket level of the
+/// parser takes over 100 KiB of stack), so depth is bounded before parsing,
+/// parsing runs on a stack of [`PARSE_STACK`] bytes, and evaluation on one
+/// of [`crate::eval::EVAL_STACK`] when the caller's runs low.
+pub const MAX_DEPTH: usize = 32;
+/// The stack a parse runs on (reserved, committed only as used).
+pub const PARSE_STACK: usize = 64 << 20;
+/// Longest run of unary operators (`!`, `-`), which nest as deeply.
+const MAX_UNARY_RUN: usize = 8;
 
 /// The variables a rule's expressions see (`spec/rules.md`).
 pub const VARIABLES: [&str; 8] = ["topic", "levels", "device", "signed", "received_ms", "payload", "text", "json"];
@@ -55,6 +68,9 @@ pub enum CelError {
     /// Comprehensions nested deeper than [`MAX_COMPREHENSION_DEPTH`].
     #[error("comprehension macros (all, exists, exists_one, map, filter) cannot be nested inside one another")]
     NestedComprehension,
+    /// Nested deeper than [`MAX_DEPTH`] (brackets, unary operators, or AST).
+    #[error("the expression nests more than 32 levels deep (brackets, unary operators or operator chains)")]
+    TooDeep,
     /// An identifier that is not one of the rule variables.
     #[error("unknown variable {0:?}; rules see topic, levels, device, signed, received_ms, payload, text, json")]
     UnknownVariable(String),
@@ -78,9 +94,14 @@ pub struct Expression {
 impl Expression {
     /// Compiles `source` and checks the limits.
     pub fn compile(source: &str) -> Result<Self, CelError> {
+        stacker::grow(PARSE_STACK, || Self::compile_here(source))
+    }
+
+    fn compile_here(source: &str) -> Result<Self, CelError> {
         if source.len() > MAX_SOURCE_BYTES {
             return Err(CelError::TooLong(source.len()));
         }
+        check_nesting(source)?;
         let program = env().compile(source).map_err(|e| CelError::Syntax(one_line(&e.to_string())))?;
         let mut walk = Walk::default();
         walk.visit(program.expression(), 0)?;
@@ -104,6 +125,37 @@ impl Expression {
     }
 }
 
+/// Refuses sources that would nest too deeply for cel's recursive parser,
+/// before it sees them. Counted on the raw text (brackets inside string
+/// literals count too): a conservative bound, never a missed one.
+fn check_nesting(source: &str) -> Result<(), CelError> {
+    let mut depth = 0usize;
+    let mut unary = 0usize;
+    for c in source.chars() {
+        match c {
+            '(' | '[' | '{' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(CelError::TooDeep);
+                }
+            }
+            ')' | ']' | '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        match c {
+            '!' | '-' => {
+                unary += 1;
+                if unary > MAX_UNARY_RUN {
+                    return Err(CelError::TooDeep);
+                }
+            }
+            c if c.is_whitespace() => {}
+            _ => unary = 0,
+        }
+    }
+    Ok(())
+}
+
 /// Parse errors span lines (a caret under the source); messages are one line.
 fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
@@ -113,6 +165,8 @@ fn one_line(text: &str) -> String {
 #[derive(Default)]
 struct Walk {
     nodes: usize,
+    /// The depth of the node being visited.
+    level: usize,
     /// Names bound by enclosing comprehensions, innermost last.
     bound: Vec<String>,
     variables: Vec<&'static str>,
@@ -126,6 +180,16 @@ impl Walk {
 
     fn visit(&mut self, node: &IdedExpr, depth: usize) -> Result<(), CelError> {
         self.count()?;
+        self.level += 1;
+        if self.level > MAX_DEPTH {
+            return Err(CelError::TooDeep);
+        }
+        let visited = self.visit_inner(node, depth);
+        self.level -= 1;
+        visited
+    }
+
+    fn visit_inner(&mut self, node: &IdedExpr, depth: usize) -> Result<(), CelError> {
         match &node.expr {
             Expr::Unspecified | Expr::Literal(_) => {}
             Expr::Ident(name) => self.ident(name)?,
@@ -211,12 +275,37 @@ mod tests {
             CelError::NestedComprehension
         );
         assert!(matches!(Expression::compile(&"1 + ".repeat(1100)), Err(CelError::TooLong(_))));
-        let many = vec!["1"; 300].join(" + ");
+        let many = format!("size([{}]) > 0", vec!["1"; 600].join(", "));
         assert_eq!(Expression::compile(&many).unwrap_err(), CelError::TooManyNodes);
         assert_eq!(Expression::compile("tpoic == 'a'").unwrap_err(), CelError::UnknownVariable("tpoic".into()));
         assert!(matches!(Expression::compile("json.moisture <"), Err(CelError::Syntax(_))));
         assert!(Expression::compile("type(json) == map").is_ok());
         assert!(!Expression::compile("topic == 'a'").unwrap().uses_payload());
         assert!(Expression::compile("text == 'a'").unwrap().uses_payload());
+    }
+}
+
+#[cfg(test)]
+mod deep {
+    use super::*;
+
+    /// Deep nesting within the source limit is refused, not a stack overflow.
+    #[test]
+    fn deep_nesting_is_refused() {
+        for source in [
+            format!("{}1{}", "(".repeat(2000), ")".repeat(2000)),
+            format!("{}true", "!".repeat(4000)),
+            format!("{}1", "-".repeat(4000)),
+            format!("{}1{}", "[".repeat(2000), "]".repeat(2000)),
+            vec!["x"; 200].join(" + ").replace('x', "1"),
+        ] {
+            assert_eq!(Expression::compile(&source).unwrap_err(), CelError::TooDeep, "{}", &source[..10]);
+        }
+        // Within the limits, parsing works on this 2 MiB test thread (it
+        // runs on a stack of its own).
+        let deep = format!("{}1{} == 1", "(".repeat(32), ")".repeat(32));
+        assert!(Expression::compile(&deep).is_ok());
+        assert!(Expression::compile(&vec!["1"; 30].join(" + ")).is_ok());
+        assert!(Expression::compile("text.contains('((((((((((((((((((((((((((((((((((')").is_err());
     }
 }

@@ -221,3 +221,25 @@ fn the_follower_trait() {
     assert_eq!(rules.retained().get("b"), None, "the aborted action's retained state is undone");
     assert_eq!(rules.len(), 1, "the committed install stays");
 }
+
+/// The deepest expressions the limits allow evaluate on a 2 MiB thread (a
+/// tokio worker's stack), in a debug build too.
+#[test]
+fn the_deepest_allowed_expressions_evaluate_on_a_small_stack() {
+    let chain = vec!["1.0"; 31].join(" + ") + " > 0.0";
+    let parens = format!("{}json.v{} > 0.0", "(".repeat(32), ")".repeat(32));
+    for when in [chain, parens] {
+        let document = doc("deep", "a", &when, "b", "'x'", false);
+        let fired = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || {
+                let mut rules = Rules::new(0);
+                feed(&mut rules, &install(&document), b"");
+                feed(&mut rules, &publish("a", b"{\"v\": 1}", false), b"{\"v\": 1}").len()
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(fired, 1);
+    }
+}
