@@ -248,16 +248,22 @@ impl Rules {
         candidates.sort_unstable();
         let rules: Vec<(u64, &Arc<RuleDocument>)> =
             candidates.iter().filter_map(|i| self.rules.get(i).map(|rule| (*i, rule))).collect();
+        let reads_payload = rules.iter().any(|(_, r)| r.when().uses_payload() || r.payload().uses_payload());
         let payload = match payload {
             Some(payload) => payload,
             None if record.payload_len == 0 => &[],
-            None if rules.iter().any(|(_, r)| r.when().uses_payload() || r.payload().uses_payload()) => {
+            None if reads_payload => {
                 return TriggerResult { actions: Vec::new(), unknown: Some(Unknown::PayloadErased) };
             }
             // No matching rule reads it: what it was does not matter.
             None => &[],
         };
-        let mut scope = Scope::new(Trigger::of(record, payload), &self.retained);
+        let trigger = Trigger::of(record, payload);
+        let mut scope = if reads_payload {
+            Scope::new(trigger, &self.retained)
+        } else {
+            Scope::without_payload(trigger, &self.retained)
+        };
         let mut actions = Vec::new();
         for (install_index, rule) in rules {
             if let Some(action) = scope.evaluate(rule).action() {

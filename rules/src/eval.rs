@@ -179,13 +179,28 @@ pub struct Scope<'a> {
     context: Option<Context<'static, 'static>>,
     retained: RetainedTexts,
     erased_read: Arc<AtomicU64>,
+    /// Bind `payload`, `text` and `json` (parsing the payload as JSON).
+    payload_variables: bool,
 }
 
 impl<'a> Scope<'a> {
     /// A scope for `trigger` against `retained` (the state just before it).
     /// The CEL context is built on the first evaluation.
     pub fn new(trigger: Trigger<'a>, retained: &RetainedTexts) -> Self {
-        Self { trigger, context: None, retained: retained.clone(), erased_read: Arc::new(AtomicU64::new(NONE_READ)) }
+        Self {
+            trigger,
+            context: None,
+            retained: retained.clone(),
+            erased_read: Arc::new(AtomicU64::new(NONE_READ)),
+            payload_variables: true,
+        }
+    }
+
+    /// As [`Scope::new`], for rules none of which reads `payload`, `text`
+    /// or `json` ([`crate::Expression::uses_payload`]): the payload is
+    /// neither copied nor parsed.
+    pub fn without_payload(trigger: Trigger<'a>, retained: &RetainedTexts) -> Self {
+        Self { payload_variables: false, ..Self::new(trigger, retained) }
     }
 
     /// When an expression read `retained(t)` of a topic whose retained
@@ -207,7 +222,9 @@ impl<'a> Scope<'a> {
         let trigger = self.trigger;
         let context = match &mut self.context {
             Some(context) => context,
-            None => self.context.insert(build_context(&trigger, &self.retained, &self.erased_read)),
+            None => {
+                self.context.insert(build_context(&trigger, self.payload_variables, &self.retained, &self.erased_read))
+            }
         };
         match rule.when().program().execute(context) {
             Ok(Value::Bool(true)) => {}
@@ -240,22 +257,25 @@ pub fn evaluate(rule: &RuleDocument, trigger: &Trigger<'_>, retained: &RetainedT
 
 fn build_context(
     trigger: &Trigger<'_>,
+    payload_variables: bool,
     retained: &RetainedTexts,
     erased_read: &Arc<AtomicU64>,
 ) -> Context<'static, 'static> {
     let mut context = Context::with_env(env());
     let levels: Vec<Value> = trigger.topic.split('/').map(|l| Value::String(Arc::new(l.to_string()))).collect();
-    let text = std::str::from_utf8(trigger.payload).ok();
-    let json = text.and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok()).map_or(Value::Null, from_json);
     context.add_variable_from_value("topic", Value::String(Arc::new(trigger.topic.to_string())));
     context.add_variable_from_value("levels", Value::List(Arc::new(levels)));
     context.add_variable_from_value("device", Value::String(Arc::new(trigger.device.to_string())));
     context.add_variable_from_value("signed", Value::Bool(trigger.signed));
     // received_ms is a Unix time in ms: far below 2^63.
     context.add_variable_from_value("received_ms", Value::Int(i64::try_from(trigger.received_ms).unwrap_or(i64::MAX)));
-    context.add_variable_from_value("payload", Value::Bytes(Arc::new(trigger.payload.to_vec())));
-    context.add_variable_from_value("text", text.map_or(Value::Null, |t| Value::String(Arc::new(t.to_string()))));
-    context.add_variable_from_value("json", json);
+    if payload_variables {
+        let text = std::str::from_utf8(trigger.payload).ok();
+        let json = text.and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok()).map_or(Value::Null, from_json);
+        context.add_variable_from_value("payload", Value::Bytes(Arc::new(trigger.payload.to_vec())));
+        context.add_variable_from_value("text", text.map_or(Value::Null, |t| Value::String(Arc::new(t.to_string()))));
+        context.add_variable_from_value("json", json);
+    }
     let retained = retained.clone();
     let erased_read = Arc::clone(erased_read);
     context
