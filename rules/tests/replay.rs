@@ -263,6 +263,7 @@ async fn replay_speed() {
     }
     flush(&mut batch).await;
     let mut n = 0u64;
+    let mut following = std::time::Duration::ZERO;
     while rules.next_index() < RECORDS {
         n += 1;
         // 1 in 100 matches a rule's filter and fires; the rest match none.
@@ -272,7 +273,9 @@ async fn replay_speed() {
             (format!("plant/{}/t", n % 5000), format!("{{\"v\": {n}}}"))
         };
         let record = publish("dev", &topic, payload.as_bytes(), n.is_multiple_of(7));
+        let started = std::time::Instant::now();
         let actions = rules.follow_record(rules.next_index(), &record, Some(payload.as_bytes()));
+        following += started.elapsed();
         batch.push(Entry::new(&record, Some(payload.into_bytes())).unwrap());
         for action in actions {
             batch.push(Entry::new(&Record::Publish(action.record), Some(action.payload)).unwrap());
@@ -284,6 +287,11 @@ async fn replay_speed() {
     }
     flush(&mut batch).await;
     log.close().await.unwrap();
+    println!(
+        "engine: {n} records followed with {RULES} rules in {:.3} s: {:.2} µs per record",
+        following.as_secs_f64(),
+        following.as_secs_f64() * 1e6 / n as f64
+    );
     let started = std::time::Instant::now();
     let report = replayed(tmp.path(), 0).await;
     let elapsed = started.elapsed().as_secs_f64();
@@ -295,4 +303,28 @@ async fn replay_speed() {
         report.actions,
         report.records as f64 / elapsed
     );
+}
+
+#[tokio::test]
+async fn a_logged_document_that_is_refused_or_misnamed_fails_at_its_install() {
+    let d = dirs().await;
+    let mut conn = tamperable(&d.log, &d.copy).await;
+    set_record(&mut conn, 1, &install(&ECHO.replace("echo/#", "$share/g/echo"), "echo")).await;
+    conn.close().await.unwrap();
+    assert_eq!(failed_at(&replayed(&d.copy, 0).await), (1, FailureKind::BadDocument));
+
+    let d = dirs().await;
+    let mut conn = tamperable(&d.log, &d.copy).await;
+    set_record(&mut conn, 1, &install(ECHO, "not-echo")).await;
+    conn.close().await.unwrap();
+    assert_eq!(failed_at(&replayed(&d.copy, 0).await), (1, FailureKind::BadDocument));
+}
+
+#[tokio::test]
+async fn a_trigger_payload_that_does_not_match_its_record_fails() {
+    let d = dirs().await;
+    let mut conn = tamperable(&d.log, &d.copy).await;
+    sqlx::query("UPDATE payloads SET data = ? WHERE idx = 5").bind(&b"ha"[..]).execute(&mut conn).await.unwrap();
+    conn.close().await.unwrap();
+    assert_eq!(failed_at(&replayed(&d.copy, 0).await), (5, FailureKind::PayloadMismatch));
 }
