@@ -160,6 +160,29 @@ pub enum Outcome {
     BadTopic(String),
 }
 
+impl std::fmt::Display for Outcome {
+    /// One line for people (`sealmq rule test`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Fired(a) => {
+                let payload = match std::str::from_utf8(&a.payload) {
+                    Ok(text) => format!("{text:?}"),
+                    Err(_) => format!("0x{}", hex::encode(&a.payload)),
+                };
+                write!(f, "fires: publishes {payload} to {:?} (qos {}, retain {})", a.topic, a.qos, a.retain)
+            }
+            Outcome::NoMatch => f.write_str("does not fire: its `on` filter does not match the topic"),
+            Outcome::WhenFalse => f.write_str("does not fire: `when` is false"),
+            Outcome::WhenError(e) => write!(f, "does not fire: `when` failed, which counts as false ({e})"),
+            Outcome::PayloadError(e) => write!(f, "does not fire: `publish.payload` failed ({e})"),
+            Outcome::PayloadTooLarge(n) => {
+                write!(f, "does not fire: the payload is {n} bytes, more than {MAX_ACTION_PAYLOAD}")
+            }
+            Outcome::BadTopic(e) => write!(f, "does not fire: `publish.topic` {e}"),
+        }
+    }
+}
+
 impl Outcome {
     /// The action, when the rule fired.
     pub fn action(self) -> Option<Action> {

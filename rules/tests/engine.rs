@@ -126,6 +126,10 @@ fn errors_mean_no_action() {
     assert!(matches!(evaluate(&rule("true", "o/{3}", "'x'"), &trigger, &none), Outcome::BadTopic(_)));
     assert!(matches!(evaluate(&rule("true", "o", "'x'.repeat(1)"), &trigger, &none), Outcome::PayloadError(_)));
     assert!(matches!(evaluate(&rule("true", "o", "b'\\x00\\x01'"), &trigger, &none), Outcome::Fired(_)));
+    let fired = evaluate(&rule("true", "o/{0}", "'x'"), &trigger, &none);
+    assert_eq!(fired.to_string(), "fires: publishes \"x\" to \"o/a\" (qos 0, retain false)");
+    let when = evaluate(&rule("json.missing > 1.0", "o", "'x'"), &trigger, &none).to_string();
+    assert!(when.starts_with("does not fire: `when` failed, which counts as false ("), "{when}");
     let other = publish("b", b"", false);
     let Record::Publish(o) = &other else { unreachable!() };
     assert_eq!(evaluate(&rule("true", "o", "'x'"), &Trigger::of(o, b""), &none), Outcome::NoMatch);
