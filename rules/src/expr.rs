@@ -53,6 +53,26 @@ pub const VARIABLES: [&str; 8] = ["topic", "levels", "device", "signed", "receiv
 const TYPE_NAMES: [&str; 11] =
     ["bool", "bytes", "double", "int", "list", "map", "null_type", "string", "type", "uint", "dyn"];
 
+/// Standard CEL functions this build of `cel` leaves out (its `regex` and
+/// `chrono` features are off): refused at install rather than failing at
+/// every evaluation.
+const UNSUPPORTED: [&str; 14] = [
+    "matches",
+    "timestamp",
+    "duration",
+    "getFullYear",
+    "getMonth",
+    "getDate",
+    "getDayOfMonth",
+    "getDayOfWeek",
+    "getDayOfYear",
+    "getHours",
+    "getMinutes",
+    "getSeconds",
+    "getMilliseconds",
+    "now",
+];
+
 /// Why an expression is refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum CelError {
@@ -71,6 +91,11 @@ pub enum CelError {
     /// Nested deeper than [`MAX_DEPTH`] (brackets, unary operators, or AST).
     #[error("the expression nests more than 32 levels deep (brackets, unary operators or operator chains)")]
     TooDeep,
+    /// A standard CEL function this implementation does not offer.
+    #[error(
+        "{0}() is not available to rules (no regular expressions, timestamps or durations; received_ms is the clock)"
+    )]
+    Unsupported(String),
     /// An identifier that is not one of the rule variables.
     #[error("unknown variable {0:?}; rules see topic, levels, device, signed, received_ms, payload, text, json")]
     UnknownVariable(String),
@@ -195,6 +220,9 @@ impl Walk {
             Expr::Ident(name) => self.ident(name)?,
             Expr::Select(select) => self.visit(&select.operand, depth)?,
             Expr::Call(call) => {
+                if UNSUPPORTED.contains(&call.func_name.as_str()) {
+                    return Err(CelError::Unsupported(call.func_name.clone()));
+                }
                 if let Some(target) = &call.target {
                     self.visit(target, depth)?;
                 }
@@ -280,6 +308,8 @@ mod tests {
         assert_eq!(Expression::compile("tpoic == 'a'").unwrap_err(), CelError::UnknownVariable("tpoic".into()));
         assert!(matches!(Expression::compile("json.moisture <"), Err(CelError::Syntax(_))));
         assert!(Expression::compile("type(json) == map").is_ok());
+        assert_eq!(Expression::compile("text.matches('a+')").unwrap_err(), CelError::Unsupported("matches".into()));
+        assert!(matches!(Expression::compile("timestamp(text) > 0"), Err(CelError::Unsupported(_))));
         assert!(!Expression::compile("topic == 'a'").unwrap().uses_payload());
         assert!(Expression::compile("text == 'a'").unwrap().uses_payload());
     }
