@@ -27,6 +27,16 @@ pub enum AuditCommand {
         #[arg(long)]
         vkey: Option<String>,
     },
+    /// Re-execute every rule over the log (spec/rules.md) and check every
+    /// action record and every due action. Exit 0 when all holds, 1 with the
+    /// first wrong or missing action named; triggers whose needed payload
+    /// was erased are listed as unverifiable.
+    Replay {
+        /// Check the triggers from this index on (the state before it is
+        /// still folded from record 0).
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+    },
     /// Print the sealmq-proof/v1 bundle of the record at INDEX (JSON).
     Prove {
         /// The record's log index.
@@ -147,6 +157,7 @@ fn cosigned(policy: &Policy, cosigners: &[Cosigner]) -> String {
 pub async fn run(data: &Path, command: AuditCommand) -> Result<ExitCode> {
     match command {
         AuditCommand::Verify { vkey } => verify_log(data, vkey.as_deref()).await,
+        AuditCommand::Replay { from } => replay_log(data, from).await,
         AuditCommand::Prove { index, size } => {
             let bundle = open_reader(data).await?.prove(index, size).await?;
             println!("{}", bundle.to_json());
@@ -242,6 +253,41 @@ async fn verify_log(data: &Path, vkey: Option<&str>) -> Result<ExitCode> {
         report.payloads,
         report.retained,
         report.records as f64 / elapsed.max(1e-9),
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn replay_log(data: &Path, from: u64) -> Result<ExitCode> {
+    let reader = open_reader(data).await?;
+    eprintln!("replaying the rules of {} with {}", data.display(), sealmq_rules::CEL_VERSION);
+    let started = Instant::now();
+    let mut last_report = Instant::now();
+    let report = sealmq_rules::replay::replay(&reader, from, |done, total| {
+        if last_report.elapsed() >= Duration::from_secs(1) {
+            last_report = Instant::now();
+            let rate = done as f64 / started.elapsed().as_secs_f64();
+            eprintln!("  {done} of {total} records ({rate:.0}/s)");
+        }
+    })
+    .await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let rate = report.records as f64 / elapsed.max(1e-9);
+    for unverifiable in &report.unverifiable {
+        println!("unverifiable: record {}: {}", unverifiable.index, unverifiable.reason);
+    }
+    if let Some(failure) = &report.failure {
+        println!("FAILED: {failure}");
+        println!("(replayed {} records and checked {} actions before it)", report.records, report.actions);
+        return Ok(ExitCode::from(EXIT_FAILED_CHECK));
+    }
+    let unverifiable = match report.unverifiable.len() {
+        0 => String::new(),
+        n => format!(", {n} triggers unverifiable (payload erased)"),
+    };
+    println!(
+        "ok: {} records replayed from index {from}, {} triggers evaluated, {} actions checked{unverifiable} \
+         ({elapsed:.2} s, {rate:.0} records/s)",
+        report.records, report.triggers, report.actions,
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -81,7 +81,9 @@ impl LogReader {
         Ok(Self { pool, vkey: VerifierKey::from_str(&vkey)? })
     }
 
-    pub(crate) fn pool(&self) -> &SqlitePool {
+    /// The read-only connection pool, for queries this type has no method for
+    /// (the rules crate reads kind-3 records and retained payloads with it).
+    pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
 
