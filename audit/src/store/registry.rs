@@ -534,7 +534,9 @@ async fn hash_password(password: String) -> Result<String, RegistryError> {
 }
 
 /// Checks that `id` can be an MQTT client id (and a log record's str16):
-/// non-empty UTF-8 of at most 65535 bytes without NUL.
+/// non-empty UTF-8 of at most 65535 bytes without NUL, and not starting
+/// with `$rule/`, which names rules' actions in the log (spec/rules.md;
+/// the broker refuses such client ids at CONNECT).
 pub fn validate_device_id(id: &str) -> Result<(), RegistryError> {
     let reason = if id.is_empty() {
         "it is empty"
@@ -542,6 +544,8 @@ pub fn validate_device_id(id: &str) -> Result<(), RegistryError> {
         "it is longer than 65535 bytes"
     } else if id.contains('\0') {
         "it contains a NUL character"
+    } else if id.starts_with(crate::RULE_DEVICE_PREFIX) {
+        "ids starting with $rule/ name rules' actions"
     } else {
         return Ok(());
     };
@@ -666,7 +670,8 @@ mod tests {
         assert!(validate_device_id("sensor-1").is_ok());
         assert!(validate_device_id("with/slash and ünïcode").is_ok());
         assert!(validate_device_id(&"x".repeat(65535)).is_ok());
-        for bad in [String::new(), "a\0b".into(), "x".repeat(65536)] {
+        assert!(validate_device_id("$rules").is_ok() && validate_device_id("x$rule/").is_ok());
+        for bad in [String::new(), "a\0b".into(), "x".repeat(65536), "$rule/x".into(), "$rule/".into()] {
             let err = validate_device_id(&bad).unwrap_err().to_string();
             assert!(err.starts_with("invalid device id"), "{err}");
             assert!(err.len() < 200, "long ids are shortened in messages: {err}");
