@@ -1,7 +1,8 @@
-//! Starting and stopping the whole broker: log, registry, router, system
-//! link, MQTT and HTTP listeners.
+//! Starting and stopping the whole broker: log, registry, rules, router,
+//! system link, MQTT and HTTP listeners.
 
 mod accept;
+mod rules;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -30,7 +31,8 @@ use crate::route::retained::RetainedStore;
 use crate::route::{RouteError, Router, TopicIndex};
 use crate::witness::{RollbackError, WitnessService, Witnessing};
 
-/// How often the registry is checked for changes made by `sealmq device`.
+/// How often the registry is checked for changes made by `sealmq device`
+/// and `sealmq rule`.
 const REGISTRY_POLL: Duration = Duration::from_millis(250);
 /// Connections past the connection limit answered with a refusal at
 /// once; beyond these they are closed unanswered.
@@ -99,6 +101,14 @@ impl Broker {
         let log = Arc::new(Log::open(log_config).await?);
         let registry = Registry::open(&config.data).await?;
         let snapshot = logged_snapshot(&log, &registry).await?;
+        // The rules run as the log's follower from its head: every record
+        // from here on is evaluated as it is logged, its actions logged
+        // right after it and routed once durable (`system::route_actions`).
+        // Nothing else appends until the listeners and the registry watch
+        // start, so the engine's state is the log's when it is set.
+        let actions = log.take_derived();
+        let rules = rules::load(log.reader()).await?;
+        log.set_follower(Box::new(rules)).await?;
         let identities = Identities::new(&snapshot, config.unknown_devices.clone());
         let registry_version = snapshot.version;
         let windows = registry.replay_windows().await?;
@@ -196,6 +206,9 @@ impl Broker {
         });
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(crate::system::run(Arc::clone(&shared), log.sealed_blocks(), witnessing.clone())));
+        if let Some(actions) = actions {
+            tasks.push(tokio::spawn(crate::system::route_actions(Arc::clone(&shared), actions)));
+        }
         let mut api = crate::http::ApiState::new(
             log.reader().clone(),
             registry.clone(),
@@ -299,6 +312,9 @@ async fn start_witnessing(config: &BrokerConfig, path: &std::path::Path, log: &L
 
 /// Polls the registry; on a change, logs the change records (through the
 /// sequencer), swaps in the new view and disconnects users of revoked keys.
+/// `sealmq rule` bumps the same version: its rule changes are logged by the
+/// same drain, and the rules (the log's follower) take them in as they are
+/// logged.
 async fn watch_registry(shared: Arc<Shared>, registry: Registry, mut seen: u64) {
     let mut tick = tokio::time::interval(REGISTRY_POLL);
     loop {
@@ -317,7 +333,10 @@ async fn watch_registry(shared: Arc<Shared>, registry: Registry, mut seen: u64) 
         // everything decided under the old registry is queued in the log
         // before the change records, everything after under the new one.
         let gate = shared.registry_gate.write().await;
-        let logged = logged_snapshot(&shared.log, &registry).await;
+        let logged = match shared.log.drain_registry_outbox().await {
+            Ok(_) => logged_snapshot(&shared.log, &registry).await,
+            Err(e) => Err(e.into()),
+        };
         match logged {
             Ok(snapshot) => {
                 let next = Identities::new(&snapshot, shared.config.unknown_devices.clone());
@@ -331,7 +350,10 @@ async fn watch_registry(shared: Arc<Shared>, registry: Registry, mut seen: u64) 
                 seen = snapshot.version;
                 tracing::info!(version = seen, "device registry reloaded");
             }
-            Err(e) => tracing::error!(error = %e, "cannot log or read registry changes; they take effect once logged"),
+            Err(e) => tracing::error!(
+                error = %e,
+                "cannot log or read registry or rule changes; they take effect once logged"
+            ),
         }
     }
 }
