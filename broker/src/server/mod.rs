@@ -101,14 +101,6 @@ impl Broker {
         let log = Arc::new(Log::open(log_config).await?);
         let registry = Registry::open(&config.data).await?;
         let snapshot = logged_snapshot(&log, &registry).await?;
-        // The rules run as the log's follower from its head: every record
-        // from here on is evaluated as it is logged, its actions logged
-        // right after it and routed once durable (`system::route_actions`).
-        // Nothing else appends until the listeners and the registry watch
-        // start, so the engine's state is the log's when it is set.
-        let actions = log.take_derived();
-        let rules = rules::load(log.reader()).await?;
-        log.set_follower(Box::new(rules)).await?;
         let identities = Identities::new(&snapshot, config.unknown_devices.clone());
         let registry_version = snapshot.version;
         let windows = registry.replay_windows().await?;
@@ -161,6 +153,15 @@ impl Broker {
         };
         // What the records imply, whatever the stored table says (it is repaired if wrong).
         let retained = RetainedStore::load(&log.reconcile_retained().await?, log.reader()).await?;
+        // The rules run as the log's follower from its head: every record
+        // from here on is evaluated as it is logged, its actions logged
+        // right after it and routed once durable (`system::route_actions`).
+        // Nothing else appends until the listeners and the registry watch
+        // start, so the engine's state is the log's when it is set. (After
+        // the retained table is reconciled: the engine reads it.)
+        let actions = log.take_derived();
+        let rules = rules::load(log.reader()).await?;
+        log.set_follower(Box::new(rules)).await?;
 
         let tls = config.tls.as_ref().map(TlsSetup::load).transpose()?;
         let mut client_listeners = Vec::new();
