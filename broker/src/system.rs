@@ -69,7 +69,11 @@ pub async fn publish_will(shared: &Shared, client_id: &str, publish: v5::Publish
 /// `$rule/<name>` (its record's device id). No device's publish ACL
 /// applies: the rule was installed through the registry and the action is
 /// in the log beside its cause. Subscribers' ACLs apply as to any message
-/// (they were checked when they subscribed). Ends when the log closes.
+/// (they were checked when they subscribed). An action may reach a
+/// subscriber before its trigger does (each is routed once durable, by a
+/// different task): they have different publishers, and MQTT orders
+/// messages per publisher only (MQTT 5 §4.6); the log has them in order.
+/// Ends when the log closes.
 pub async fn route_actions(shared: Arc<Shared>, mut actions: mpsc::UnboundedReceiver<Vec<Derived>>) {
     while let Some(committed) = actions.recv().await {
         for Derived { index, record, payload } in committed {
