@@ -374,3 +374,31 @@ async fn a_follower_is_taken_only_at_the_logs_next_index() {
     assert_eq!(log.append(vec![publish(TRIGGER, b"4")]).await.unwrap(), 4..6);
     log.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn each_trigger_of_one_append_has_its_action_right_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(config(dir.path())).await.unwrap();
+    log.set_follower(Box::new(TestFollower::new(0).0)).await.unwrap();
+    let entries = vec![publish(TRIGGER, b"a"), publish(TRIGGER, b"b"), publish("c/x", b"c"), publish(TRIGGER, b"d")];
+    assert_eq!(log.append(entries).await.unwrap(), 0..7);
+    let mut seen = Vec::new();
+    for index in 0..7 {
+        let (record, payload) = logged(log.reader(), index).await;
+        seen.push((record.topic, record.cause.map(|c| c.trigger_index), payload.unwrap()));
+    }
+    let expected: Vec<(String, Option<u64>, Vec<u8>)> = [
+        (TRIGGER, None, "a"),
+        (ACTION, Some(0), "seen a"),
+        (TRIGGER, None, "b"),
+        (ACTION, Some(2), "seen b"),
+        ("c/x", None, "c"),
+        (TRIGGER, None, "d"),
+        (ACTION, Some(5), "seen d"),
+    ]
+    .into_iter()
+    .map(|(topic, cause, payload)| (topic.to_string(), cause, payload.as_bytes().to_vec()))
+    .collect();
+    assert_eq!(seen, expected);
+    log.close().await.unwrap();
+}

@@ -33,11 +33,16 @@ pub(super) fn expand(
         return Err(wrong(format!("it is at index {}, the group starts at {start}", follower.next_index())));
     }
     let mut index = start;
-    let mut spliced = Vec::with_capacity(entries.len());
-    for entry in std::mem::take(entries) {
+    // Most records derive nothing: the entries are rebuilt (moved, with
+    // the derived ones in place) only when some did.
+    let mut inserts: Vec<(usize, Vec<Entry>)> = Vec::new();
+    for (position, entry) in entries.iter().enumerate() {
         let records = follower.follow(index, &entry.body, entry.payload.as_deref());
-        spliced.push(entry);
         index += 1;
+        if records.is_empty() {
+            continue;
+        }
+        let mut made = Vec::with_capacity(records.len());
         for record in records {
             if record.index != index {
                 return Err(wrong(format!("it derived a record for index {} at index {index}", record.index)));
@@ -47,12 +52,24 @@ pub(super) fn expand(
             }
             let entry = Entry::new(&Record::Publish(record.record.clone()), Some(record.payload.clone()))
                 .map_err(|e| wrong(format!("its record for index {index} does not encode: {e}")))?;
-            spliced.push(entry);
+            made.push(entry);
             derived.push(record);
             index += 1;
         }
+        inserts.push((position, made));
     }
-    *entries = spliced;
+    if !inserts.is_empty() {
+        let added: usize = inserts.iter().map(|(_, made)| made.len()).sum();
+        let mut spliced = Vec::with_capacity(entries.len() + added);
+        let mut inserts = inserts.into_iter().peekable();
+        for (position, entry) in std::mem::take(entries).into_iter().enumerate() {
+            spliced.push(entry);
+            if let Some((_, made)) = inserts.next_if(|(after, _)| *after == position) {
+                spliced.extend(made);
+            }
+        }
+        *entries = spliced;
+    }
     if follower.next_index() != index {
         return Err(wrong(format!("it counts {} records seen, the log {index}", follower.next_index())));
     }
