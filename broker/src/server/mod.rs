@@ -2,7 +2,6 @@
 //! system link, MQTT and HTTP listeners.
 
 mod accept;
-mod rules;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -51,6 +50,9 @@ pub enum StartError {
     /// The device registry could not be read.
     #[error("device registry: {0}")]
     Registry(#[from] RegistryError),
+    /// The rules could not be read from the log.
+    #[error("rules: {0}")]
+    Rules(#[from] sealmq_rules::store::RuleStoreError),
     /// The router could not be started or reached.
     #[error(transparent)]
     Route(#[from] RouteError),
@@ -160,7 +162,7 @@ impl Broker {
         // start, so the engine's state is the log's when it is set. (After
         // the retained table is reconciled: the engine reads it.)
         let actions = log.take_derived();
-        let rules = rules::load(log.reader()).await?;
+        let rules = sealmq_rules::store::load(log.reader()).await?;
         log.set_follower(Box::new(rules)).await?;
 
         let tls = config.tls.as_ref().map(TlsSetup::load).transpose()?;
