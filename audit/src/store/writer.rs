@@ -3,8 +3,6 @@
 
 use std::fs::File;
 use std::ops::Range;
-use std::path::Path;
-use std::str::FromStr;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -21,15 +19,20 @@ use super::pending::Pending;
 use super::reader::{LogReader, SealedBlock, connect_options};
 use super::retained;
 use super::{DB_FILE, KEY_FILE, LogConfig, StoreError, io_error, now_ms, to_i64, to_u64};
-use crate::mqs1::Kid;
-use crate::{BlockHeader, Checkpoint, DecodeError, Hash, LogKey, Record, RetainedChange, RetainedState, leaf_hash};
+use crate::{BlockHeader, Checkpoint, Hash, LogKey, RetainedState};
 
 #[path = "append.rs"]
 mod append;
+#[path = "entry.rs"]
+mod entry;
 #[path = "following.rs"]
 mod following;
+#[path = "opening.rs"]
+mod opening;
 #[path = "outbox.rs"]
 mod outbox;
+
+pub use entry::Entry;
 
 /// Rows per multi-row INSERT. Each row binds 3 values; this stays far below
 /// SQLite's variable limit and lets the statement cache reuse one plan.
@@ -40,86 +43,6 @@ const GROUP_MAX_RECORDS: usize = 16 * 1024;
 const SEAL_RETRY: Duration = Duration::from_secs(1);
 /// Name of the lock file that keeps a second writer out of the data directory.
 const LOCK_FILE: &str = "log.lock";
-
-/// A record ready to append: its canonical bytes, leaf hash and, optionally,
-/// the application payload to store beside it, plus the broker state that
-/// must change in the same transaction as the record (so that after a crash
-/// the state never disagrees with the log): the retained index and the
-/// publishing key's MQS1 replay window.
-///
-/// Built by the caller, so hashing happens on the callers' threads rather
-/// than in the sequencer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    body: Vec<u8>,
-    leaf: Hash,
-    payload: Option<Vec<u8>>,
-    retained: Option<RetainedUpdate>,
-    replay: Option<ReplayUpdate>,
-}
-
-/// What a retained publish does to the `retained` index.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct RetainedUpdate {
-    topic: String,
-    /// An empty retained payload is MQTT's "clear the retained message".
-    clear: bool,
-}
-
-/// A key's replay window as it stands once this record's counter is accepted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct ReplayUpdate {
-    kid: Kid,
-    highest: u64,
-    seen: u64,
-}
-
-impl Entry {
-    /// Encodes `record`; `payload` is stored (deletable later) when given.
-    ///
-    /// A kind-1 record with retain = 1 also updates the retained index when
-    /// it is committed, as [`RetainedChange::of`] says: a non-empty payload
-    /// makes this record the topic's retained message, an empty one
-    /// (`payload_len` 0) clears the topic.
-    /// Pass the payload of a retained publish, or there is nothing to
-    /// restore it from after a restart.
-    pub fn new(record: &Record, payload: Option<Vec<u8>>) -> Result<Self, DecodeError> {
-        let body = record.encode()?;
-        let retained = RetainedChange::of(record).map(|change| RetainedUpdate {
-            topic: change.topic().to_string(),
-            clear: matches!(change, RetainedChange::Clear(_)),
-        });
-        Ok(Self { leaf: leaf_hash(&body), body, payload, retained, replay: None })
-    }
-
-    /// Persists key `kid`'s MQS1 replay window — `highest` counter accepted
-    /// and the `seen` bitmap of the 64 counters below it, in whatever bit
-    /// order the caller uses — in the same transaction as this record, so a
-    /// restart reopens no window for a record that was logged.
-    ///
-    /// A window only moves forward (spec/mqs1.md: counters strictly
-    /// increase per key), and the store keeps it that way even when states
-    /// of one key reach it out of order (two connections of one device, or
-    /// appends that overtake each other): of two states, the one with the
-    /// higher `highest` wins; at equal `highest` their `seen` bitmaps are
-    /// OR-ed. Within one group commit that is the last state when states
-    /// arrive in order; across commits an older state never overwrites a
-    /// newer one.
-    pub fn with_replay(mut self, kid: Kid, highest: u64, seen: u64) -> Self {
-        self.replay = Some(ReplayUpdate { kid, highest, seen });
-        self
-    }
-
-    /// The record's canonical bytes.
-    pub fn body(&self) -> &[u8] {
-        &self.body
-    }
-
-    /// The record's leaf hash.
-    pub fn leaf(&self) -> &Hash {
-        &self.leaf
-    }
-}
 
 enum Command {
     Append { entries: Vec<Entry>, reply: Reply },
@@ -176,14 +99,14 @@ impl Log {
     pub async fn open(config: LogConfig) -> Result<Self, StoreError> {
         let dir = &config.data_dir;
         std::fs::create_dir_all(dir).map_err(io_error(dir))?;
-        let lock = lock_data_dir(dir)?;
+        let lock = opening::lock_data_dir(dir)?;
         let seed = keyfile::load_or_create(&dir.join(KEY_FILE))?;
 
         let base = connect_options(&dir.join(DB_FILE)).create_if_missing(true).synchronous(SqliteSynchronous::Full);
         let options = checkpointer::writer_options(base.clone());
         let mut conn = SqliteConnection::connect_with(&options).await?;
         super::migrate(&mut conn).await?;
-        let key = init_meta(&mut conn, &config, &seed).await?;
+        let key = opening::init_meta(&mut conn, &config, &seed).await?;
 
         let pool = sqlx::sqlite::SqlitePoolOptions::new()
             .max_connections(4)
@@ -345,61 +268,6 @@ impl Log {
         reader.pool().close().await;
         Ok(())
     }
-}
-
-fn lock_data_dir(dir: &Path) -> Result<File, StoreError> {
-    let path = dir.join(LOCK_FILE);
-    let file = File::options().create(true).truncate(false).write(true).open(&path).map_err(io_error(&path))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked(dir.to_path_buf())),
-        Err(std::fs::TryLockError::Error(e)) => Err(io_error(&path)(e)),
-    }
-}
-
-/// Records the origin and verifier key of a new log, or checks that the key
-/// file and configured origin match an existing one.
-async fn init_meta(conn: &mut SqliteConnection, config: &LogConfig, seed: &[u8; 32]) -> Result<LogKey, StoreError> {
-    let stored: Option<String> =
-        sqlx::query_scalar("SELECT value FROM log_meta WHERE name = 'origin'").fetch_optional(&mut *conn).await?;
-    if let Some(existing) = stored {
-        if let Some(configured) = &config.origin
-            && configured != &existing
-        {
-            return Err(StoreError::OriginChanged { existing, configured: configured.clone() });
-        }
-        let key = LogKey::from_seed(&existing, seed)?;
-        let vkey: String =
-            sqlx::query_scalar("SELECT value FROM log_meta WHERE name = 'vkey'").fetch_one(&mut *conn).await?;
-        if crate::VerifierKey::from_str(&vkey)? != key.verifier() {
-            return Err(StoreError::Key(format!(
-                "{KEY_FILE} is not the key this log was created with (the log's verifier key is {vkey})"
-            )));
-        }
-        return Ok(key);
-    }
-    let origin = match &config.origin {
-        Some(origin) => origin.clone(),
-        None => {
-            let mut id = [0u8; 8];
-            getrandom::fill(&mut id).map_err(|e| StoreError::Key(format!("no randomness: {e}")))?;
-            format!("sealmq.local/{}", hex::encode(id))
-        }
-    };
-    let key = LogKey::from_seed(&origin, seed)?;
-    let mut tx = conn.begin().await?;
-    for (name, value) in
-        [("origin", origin.clone()), ("vkey", key.verifier().to_string()), ("created_ms", now_ms().to_string())]
-    {
-        sqlx::query("INSERT INTO log_meta (name, value) VALUES (?, ?)")
-            .bind(name)
-            .bind(value)
-            .execute(&mut *tx)
-            .await?;
-    }
-    tx.commit().await?;
-    tracing::info!(origin, vkey = %key.verifier(), "created a new log");
-    Ok(key)
 }
 
 /// The state the sequencer task owns.
