@@ -3,7 +3,10 @@
 //! MQTT, and `tests/browser/explorer.mjs` (playwright-core) driving the page:
 //! checkpoint and key shown, blocks arriving live, search, a record's
 //! payload, and the in-browser proof check passing on genuine answers and
-//! failing, at the right step, on tampered ones. And witnesses: a broker
+//! failing, at the right step, on tampered ones; a rule (spec/rules.md) on
+//! the Rules panel, a trigger linking its action, the action linking its
+//! trigger and rule, and Verify on it checking the rule's install too. And
+//! witnesses: a broker
 //! whose policy names two real `sealmq witness serve` processes, a quorum of
 //! both, with `tests/browser/witnesses.mjs` checking the Witnesses panel and
 //! the in-browser check of their cosignatures; beside it, a broker without
@@ -28,6 +31,7 @@ use serde_json::json;
 
 use common::broker::BrokerProcess;
 use common::mqtt::{Conn, QoS, connect5, kind, publish5_packet};
+use common::rules::{IRRIGATE, T0, action, append_all, install, publish as rule_publish};
 use common::witness_process::WitnessProcess;
 use common::{Db, sealmq};
 
@@ -188,6 +192,19 @@ fn explorer_shows_the_log_live_and_verifies_proofs_in_the_browser() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
 
+    // A rule, a message that fired it and its action, as the spec shapes
+    // them (made here, not by the rule engine: what is checked is the page).
+    let moisture = br#"{"moisture": 21.5}"#.to_vec();
+    let rule_records = append_all(
+        &data,
+        &[
+            (install("irrigate-bed", IRRIGATE, T0), None),
+            (rule_publish("sensor-7", "farm/bed3/moisture", &moisture, 1, false, None), Some(moisture.clone())),
+            (action("irrigate-bed", IRRIGATE, 1, "farm/bed3/valve", b"open", 1, true), Some(b"open".to_vec())),
+        ],
+    );
+    assert_eq!(rule_records, [0, 1, 2], "a fresh log numbers from 0");
+
     let device = "sensor-1";
     let key = SigningKey::from_bytes(&rand::random());
     let public_hex = hex::encode(key.verifying_key().to_bytes());
@@ -234,6 +251,15 @@ fn explorer_shows_the_log_live_and_verifies_proofs_in_the_browser() {
         "registry_index": registry_index,
         "other_vkey": other_vkey,
         "other_public_key": other_public_key,
+        "rule": {
+            "name": "irrigate-bed",
+            "on": "farm/+/moisture",
+            "rule_hash": hex::encode(sealmq_audit::sha256(IRRIGATE.as_bytes())),
+            "document": IRRIGATE,
+            "install_index": 0,
+            "trigger_index": 1,
+            "action_index": 2,
+        },
     });
 
     let screenshot = tmp.path().join("explorer.png");
@@ -279,6 +305,11 @@ fn explorer_shows_the_log_live_and_verifies_proofs_in_the_browser() {
         &format!("ok Verify on signed record {text_index}"),
         &format!("ok Verify on unsigned record {unsigned_index}"),
         &format!("ok Verify on registry record {registry_index}"),
+        "ok the Rules panel shows irrigate-bed: filter, hash, install record #0 and its document",
+        "ok the install record #0 shows the rule document",
+        "ok trigger #1 links its action #2",
+        "ok action #2 links its trigger #1 and its rule, with the document installed at #0",
+        "ok Verify on action #2: inclusion, and the rule's install checked here",
         "ok Verify holds again once the answers are genuine",
         "ok no page errors, no console errors, nothing fetched from elsewhere",
     ] {
@@ -289,7 +320,18 @@ fn explorer_shows_the_log_live_and_verifies_proofs_in_the_browser() {
         lines.iter().filter_map(|l| l.split("→ failed at \"").nth(1)).filter_map(|r| r.split('"').next()).collect();
     assert_eq!(
         failed_at,
-        ["inclusion", "record", "checkpoint", "tree-size", "signature", "record", "payload", "checkpoint"],
+        [
+            "rule",
+            "rule",
+            "inclusion",
+            "record",
+            "checkpoint",
+            "tree-size",
+            "signature",
+            "record",
+            "payload",
+            "checkpoint"
+        ],
         "{output}"
     );
 
@@ -300,8 +342,17 @@ fn explorer_shows_the_log_live_and_verifies_proofs_in_the_browser() {
     assert!(width >= 1200 && height >= 900, "screenshot is {width}x{height}");
     assert!(png.len() > 40_000, "screenshot is only {} bytes", png.len());
     // To look at the page: SEALMQ_EXPLORER_SCREENSHOT=/tmp/explorer.png cargo test --test explorer
+    // The action's view too: kept beside it as NAME-rule.png.
+    let rule_png = std::fs::read(tmp.path().join("explorer-rule.png")).expect("the action's screenshot was saved");
+    assert!(rule_png.len() > 40_000, "the action's screenshot is only {} bytes", rule_png.len());
     if let Some(keep) = std::env::var_os("SEALMQ_EXPLORER_SCREENSHOT") {
         std::fs::write(&keep, &png).unwrap();
+        let keep = keep.to_string_lossy();
+        std::fs::write(
+            keep.strip_suffix(".png").map_or(format!("{keep}-rule"), |k| format!("{k}-rule.png")),
+            &rule_png,
+        )
+        .unwrap();
     }
 
     let stderr = broker.stderr.lock().unwrap().clone();

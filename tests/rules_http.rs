@@ -13,73 +13,21 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use sealmq_audit::store::{Entry, Log, LogConfig};
-use sealmq_audit::{PublishRecord, Record, RuleCause, RuleEvent, RuleRecord, sha256};
+use sealmq_audit::sha256;
 use serde_json::Value;
 
 use common::broker::BrokerProcess;
 use common::mqtt::{QoS, connect5, kind, publish5_packet};
+use common::rules::{IRRIGATE, T0, action, append_all, install, publish, remove};
 use common::sealmq;
 
-/// The spec vector's rule (shared/spec/vectors/rules.json).
-const IRRIGATE: &str = "name = \"irrigate-bed\"\non = \"farm/+/moisture\"\nwhen = \"json.moisture < 30.0 && retained('farm/' + levels[1] + '/valve') != 'open'\"\n[publish]\ntopic = \"farm/{1}/valve\"\npayload = \"'open'\"\nqos = 1\nretain = true\n";
 /// A second rule on the same filter, and the first one's replacement.
 const NOTIFY: &str = "name = \"notify\"\non = \"farm/#\"\nwhen = \"true\"\n[publish]\ntopic = \"alerts/{device}\"\npayload = \"text\"\nqos = 0\nretain = false\n";
 const IRRIGATE_V2: &str = "name = \"irrigate-bed\"\non = \"farm/+/moisture\"\nwhen = \"json.moisture < 25.0\"\n[publish]\ntopic = \"farm/{1}/valve\"\npayload = \"'open'\"\nqos = 1\nretain = true\n";
-
-const T0: u64 = 1_764_000_000_000;
-
-fn install(name: &str, document: &str, at_ms: u64) -> Record {
-    Record::Rule(RuleRecord {
-        at_ms,
-        rule_name: name.to_string(),
-        event: RuleEvent::Installed { document: document.as_bytes().to_vec() },
-    })
-}
-
-fn remove(name: &str, at_ms: u64) -> Record {
-    Record::Rule(RuleRecord { at_ms, rule_name: name.to_string(), event: RuleEvent::Removed })
-}
-
-fn publish(device: &str, topic: &str, payload: &[u8], qos: u8, retain: bool, cause: Option<RuleCause>) -> Record {
-    Record::Publish(PublishRecord {
-        received_ms: T0 + 5_000,
-        device_id: device.to_string(),
-        topic: topic.to_string(),
-        qos,
-        retain,
-        payload_len: payload.len() as u32,
-        payload_sha256: sha256(payload),
-        signature: None,
-        cause,
-    })
-}
-
-fn action(rule: &str, document: &str, trigger: u64, topic: &str, payload: &[u8], qos: u8, retain: bool) -> Record {
-    let cause = RuleCause { trigger_index: trigger, rule_hash: sha256(document.as_bytes()) };
-    publish(&format!("$rule/{rule}"), topic, payload, qos, retain, Some(cause))
-}
-
-/// Appends `records` (with payloads for publishes) one append each, seals;
-/// their indices.
-fn append_all(data: &Path, records: &[(Record, Option<Vec<u8>>)]) -> Vec<u64> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    runtime.block_on(async {
-        let log = Log::open(LogConfig::new(data)).await.unwrap();
-        let mut indices = Vec::new();
-        for (record, payload) in records {
-            indices.push(log.append_one(Entry::new(record, payload.clone()).unwrap()).await.unwrap());
-        }
-        log.seal_now().await.unwrap();
-        log.close().await.unwrap();
-        indices
-    })
-}
 
 #[track_caller]
 fn get_json(broker: &BrokerProcess, path: &str) -> (u16, Value) {
