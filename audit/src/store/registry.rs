@@ -32,7 +32,7 @@ use crate::acl::{self, AclError};
 /// for users of the registry.
 pub use crate::acl::{Acl, acl_allows_publish, acl_allows_subscribe};
 use crate::mqs1::{self, Kid};
-use crate::{Mqs1Error, Record, RegistryEvent, RegistryRecord};
+use crate::{Mqs1Error, Record, RegistryEvent, RegistryRecord, RuleRecord};
 
 /// Whether a device must sign (spec/log.md action 3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -286,6 +286,22 @@ impl Registry {
     /// Closes the handle's connections.
     pub async fn close(self) {
         self.pool.close().await;
+    }
+
+    /// The kind-3 records `sealmq rule add/remove` queued in the rule
+    /// outbox and the sequencer has not logged yet, in the order it will
+    /// (written by `sealmq_rules::store::RuleOutbox`; read here because the
+    /// registry's database is where `sealmq rule list` finds them whether
+    /// or not a log exists yet).
+    pub async fn queued_rule_records(&self) -> Result<Vec<RuleRecord>, RegistryError> {
+        let rows: Vec<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT seq, record FROM rule_outbox ORDER BY seq").fetch_all(&self.pool).await?;
+        rows.into_iter()
+            .map(|(seq, bytes)| match Record::decode(&bytes) {
+                Ok(Record::Rule(record)) => Ok(record),
+                _ => Err(StoreError::Corrupt(format!("rule_outbox row {seq} is not a rule record")).into()),
+            })
+            .collect()
     }
 
     /// Registers device `id`, or changes it (an upsert): see

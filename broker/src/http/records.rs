@@ -22,7 +22,7 @@ const RECORDS_PAGE_MAX: u32 = 500;
 const ACTIONS_BATCH_FIRST: u64 = 1;
 const ACTIONS_BATCH_MAX: u64 = 256;
 /// The device id prefix of a rule's actions (spec/rules.md).
-pub(super) const RULE_DEVICE_PREFIX: &str = "$rule/";
+const RULE_DEVICE_PREFIX: &str = "$rule/";
 
 /// One record, decoded, with its payload if stored; a trigger (a publish
 /// that is not itself an action) with the indices of the actions it caused.
