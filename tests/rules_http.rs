@@ -83,6 +83,9 @@ fn views_of_a_log_with_rules() {
         (remove("notify", T0 + 2), None),              // 8
         (install("irrigate-bed", IRRIGATE_V2, T0 + 3), None), // 9: replaces 0
         (publish("sensor-9", "farm/bed5/moisture", &wet, 1, false, None), Some(wet.clone())), // 10: fires nothing
+        // 11: a document no install would accept (only a tampered outbox or
+        // log holds one): logged, but no rule is active under its name.
+        (install("broken", &NOTIFY.replace("notify", "broken").replace("qos = 0", "qos = 9"), T0 + 4), None),
     ];
     let indices = append_all(&data, &records);
     assert_eq!(indices, (0..records.len() as u64).collect::<Vec<_>>(), "a fresh log numbers from 0");
@@ -119,6 +122,12 @@ fn views_of_a_log_with_rules() {
     assert!(notify["history"][1].get("document").is_none_or(Value::is_null), "a removal has no document");
 
     // Rule names that were never installed, and ones that cannot be names.
+    let broken = ok_json(&broker, "/v1/rules/broken");
+    assert_eq!(
+        (broken["active"].as_bool(), broken["history"][0]["index"].as_u64()),
+        (Some(false), Some(11)),
+        "{broken}"
+    );
     assert_eq!(get_json(&broker, "/v1/rules/never-installed").0, 404);
     assert_eq!(get_json(&broker, &format!("/v1/rules/{}", "a".repeat(65))).0, 400);
 
@@ -153,7 +162,7 @@ fn views_of_a_log_with_rules() {
     // by its device id.
     let found = ok_json(&broker, "/v1/records?kind=rule&order=asc");
     let found: Vec<u64> = found["records"].as_array().unwrap().iter().map(|r| r["index"].as_u64().unwrap()).collect();
-    assert_eq!(found, [0, 1, 8, 9]);
+    assert_eq!(found, [0, 1, 8, 9, 11]);
     let notify_all = ok_json(&broker, "/v1/records?device=%24rule%2Fnotify&order=asc");
     let notify_all: Vec<u64> =
         notify_all["records"].as_array().unwrap().iter().map(|r| r["index"].as_u64().unwrap()).collect();

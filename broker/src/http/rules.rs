@@ -11,7 +11,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use sealmq_audit::{RuleEvent, sha256};
 use sealmq_rules::store::{RuleHistoryEntry, RuleStoreError, active_rules, history};
-use sealmq_rules::{ActiveRule, CEL_VERSION};
+use sealmq_rules::{ActiveRule, CEL_VERSION, RuleDocument};
 use serde_json::{Value, json};
 
 use super::{ApiError, ApiResult, ApiState, Segment, ok_json, segment};
@@ -46,7 +46,13 @@ pub(super) async fn rule(State(api): State<Arc<ApiState>>, name: Segment) -> Api
     if events.is_empty() {
         return Err(ApiError::not_found(format!("no rule {name:?} was ever installed")));
     }
-    let active = active_rules(&api.reader).await?.iter().any(|rule| rule.name == name);
+    // Active when its last event installed a document that parses (an
+    // install that does not parse, which only a tampered log can hold,
+    // replaces the rule and installs nothing: the engine's fold).
+    let active = events.last().is_some_and(|last| match &last.record.event {
+        RuleEvent::Installed { document } => RuleDocument::parse(document).is_ok(),
+        RuleEvent::Removed => false,
+    });
     ok_json(json!({
         "name": name,
         "active": active,
