@@ -221,7 +221,7 @@ const Records = (() => {
           el('button', { type: 'button', id: 'verify-button', class: 'button primary', onclick: () => verifyShown() }, 'Verify'),
           el('button', { type: 'button', class: 'button secondary', 'aria-label': 'Close', onclick: closeRecord }, 'Close'))),
       el('div', { id: 'verify-result', class: 'verify', dataset: { status: 'idle' }, 'aria-live': 'polite' },
-        el('p', { class: 'muted' }, 'Verify checks this record against the log\'s signed checkpoint in your browser: the signature on the checkpoint, the Merkle inclusion proof, and the device\'s signature.')),
+        el('p', { class: 'muted' }, 'Verify checks this record against the log\'s signed checkpoint in your browser: the signature on the checkpoint, the Merkle inclusion proof, and the device\'s signature (for a rule\'s action, the install of the rule that produced it).')),
       dl(rows),
       RulesPanel.causeSection(view),
       documentSection,
