@@ -223,13 +223,19 @@ async fn show(data: &Path, name: &str) -> Result<ExitCode> {
     if !pending.is_empty() {
         println!("pending changes are logged {LOGGED_WHEN}");
     }
-    // The document that is, or was last, installed.
-    let last_document = history.iter().rev().find_map(|entry| match &entry.record.event {
-        RuleEvent::Installed { document } => Some((entry.index, document)),
+    // The document last queued, else the one that is, or was last, installed.
+    let queued_document = pending.iter().rev().find_map(|record| match &record.event {
+        RuleEvent::Installed { document } => Some(("queued to be installed".to_string(), document)),
         RuleEvent::Removed => None,
     });
-    if let Some((index, document)) = last_document {
-        println!("document (installed at #{index}):");
+    let logged_document = || {
+        history.iter().rev().find_map(|entry| match &entry.record.event {
+            RuleEvent::Installed { document } => Some((format!("installed at #{}", entry.index), document)),
+            RuleEvent::Removed => None,
+        })
+    };
+    if let Some((which, document)) = queued_document.or_else(logged_document) {
+        println!("document ({which}):");
         print!("{}", String::from_utf8_lossy(document));
         if !document.ends_with(b"\n") {
             println!();

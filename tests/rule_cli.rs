@@ -75,6 +75,7 @@ fn add_refuses_documents_that_do_not_check_and_queues_the_rest() {
     assert!(listed.contains("cel 0.15.0"), "the CEL version replay runs against: {listed}");
     let shown = sealmq(&data, &["rule", "show", "irrigate-bed"]).ok();
     assert!(shown.contains("not in the log yet") && shown.contains("pending"), "{shown}");
+    assert!(shown.contains("queued to be installed") && shown.ends_with(IRRIGATE), "the queued document: {shown}");
 
     // Names never installed are refused.
     let stderr = sealmq(&data, &["rule", "remove", "never-installed"]).error();
