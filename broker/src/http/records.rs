@@ -7,7 +7,7 @@ use axum::extract::State;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use sealmq_audit::store::{FoundRecord, LogReader, RecordQuery};
-use sealmq_audit::{Record, RegistryEvent, RuleEvent, mqs1, sha256};
+use sealmq_audit::{RULE_DEVICE_PREFIX, Record, RegistryEvent, RuleEvent, mqs1, sha256};
 use serde_json::{Value, json};
 
 use super::{
@@ -21,8 +21,6 @@ const RECORDS_PAGE_MAX: u32 = 500;
 /// triggers cause none, so the first read is one record.
 const ACTIONS_BATCH_FIRST: u64 = 1;
 const ACTIONS_BATCH_MAX: u64 = 256;
-/// The device id prefix of a rule's actions (spec/rules.md).
-const RULE_DEVICE_PREFIX: &str = "$rule/";
 
 /// One record, decoded, with its payload if stored; a trigger (a publish
 /// that is not itself an action) with the indices of the actions it caused.
