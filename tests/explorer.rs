@@ -3,9 +3,10 @@
 //! MQTT, and `tests/browser/explorer.mjs` (playwright-core) driving the page:
 //! checkpoint and key shown, blocks arriving live, search, a record's
 //! payload, and the in-browser proof check passing on genuine answers and
-//! failing, at the right step, on tampered ones; a rule (spec/rules.md) on
-//! the Rules panel, a trigger linking its action, the action linking its
-//! trigger and rule, and Verify on it checking the rule's install too. And
+//! failing, at the right step, on tampered ones; a rule (spec/rules.md)
+//! added with `sealmq rule add` and fired by a publish: on the Rules panel,
+//! the trigger linking its action, the action linking its trigger and rule,
+//! and Verify on it checking the rule's install too. And
 //! witnesses: a broker
 //! whose policy names two real `sealmq witness serve` processes, a quorum of
 //! both, with `tests/browser/witnesses.mjs` checking the Witnesses panel and
@@ -31,7 +32,7 @@ use serde_json::json;
 
 use common::broker::BrokerProcess;
 use common::mqtt::{Conn, QoS, connect5, kind, publish5_packet};
-use common::rules::{IRRIGATE, T0, action, append_all, install, publish as rule_publish};
+use common::rules::IRRIGATE;
 use common::witness_process::WitnessProcess;
 use common::{Db, sealmq};
 
@@ -122,6 +123,13 @@ fn first_registry_index(data: &Path) -> u64 {
     position.expect("registering the device logged a registry record") as u64
 }
 
+/// The index of the first rule (kind 3) record, read from the database.
+fn first_rule_index(data: &Path) -> u64 {
+    let bodies = Db::open_read_only(data).blobs("SELECT body FROM records ORDER BY idx");
+    let position = bodies.iter().position(|b| matches!(Record::decode(b).unwrap(), Record::Rule(_)));
+    position.expect("the queued rule was logged when the broker started") as u64
+}
+
 /// Width and height from a PNG's IHDR, after checking the signature.
 fn png_size(png: &[u8]) -> (u32, u32) {
     assert!(png.len() > 24 && png.starts_with(b"\x89PNG\r\n\x1a\n") && &png[12..16] == b"IHDR", "not a PNG");
@@ -192,18 +200,10 @@ fn explorer_shows_the_log_live_and_verifies_proofs_in_the_browser() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
 
-    // A rule, a message that fired it and its action, as the spec shapes
-    // them (made here, not by the rule engine: what is checked is the page).
-    let moisture = br#"{"moisture": 21.5}"#.to_vec();
-    let rule_records = append_all(
-        &data,
-        &[
-            (install("irrigate-bed", IRRIGATE, T0), None),
-            (rule_publish("sensor-7", "farm/bed3/moisture", &moisture, 1, false, None), Some(moisture.clone())),
-            (action("irrigate-bed", IRRIGATE, 1, "farm/bed3/valve", b"open", 1, true), Some(b"open".to_vec())),
-        ],
-    );
-    assert_eq!(rule_records, [0, 1, 2], "a fresh log numbers from 0");
+    // A rule, queued before the broker starts (which logs it).
+    let rule_file = tmp.path().join("irrigate.toml");
+    std::fs::write(&rule_file, IRRIGATE).unwrap();
+    sealmq(&data, &["rule", "add", rule_file.to_str().unwrap()]).ok();
 
     let device = "sensor-1";
     let key = SigningKey::from_bytes(&rand::random());
@@ -228,9 +228,16 @@ fn explorer_shows_the_log_live_and_verifies_proofs_in_the_browser() {
     let unsigned_index = publish(&mut legacy, 1, "plant/9/temp", b"19.0", vec![]);
     legacy_indices.push(unsigned_index);
 
-    let last = *legacy_indices.iter().max().unwrap();
+    // A dry bed: the rule fires, its action logged right after the trigger.
+    let mut sensor = connect5(broker.mqtt, "sensor-7");
+    let trigger_index = publish(&mut sensor, 1, "farm/bed3/moisture", br#"{"moisture": 21.5}"#, vec![]);
+    let action_index = trigger_index + 1;
+
+    let last = (*legacy_indices.iter().max().unwrap()).max(action_index);
     let sealed_size = wait_sealed(&broker, last);
     let registry_index = first_registry_index(&data);
+    let install_index = first_rule_index(&data);
+    assert!(install_index < trigger_index, "the rule was logged at start, before the message");
 
     let origin = broker.vkey.split('+').next().unwrap();
     let other_vkey = LogKey::from_seed(origin, &rand::random()).unwrap().verifier().to_string();
@@ -256,9 +263,9 @@ fn explorer_shows_the_log_live_and_verifies_proofs_in_the_browser() {
             "on": "farm/+/moisture",
             "rule_hash": hex::encode(sealmq_audit::sha256(IRRIGATE.as_bytes())),
             "document": IRRIGATE,
-            "install_index": 0,
-            "trigger_index": 1,
-            "action_index": 2,
+            "install_index": install_index,
+            "trigger_index": trigger_index,
+            "action_index": action_index,
         },
     });
 
@@ -305,11 +312,16 @@ fn explorer_shows_the_log_live_and_verifies_proofs_in_the_browser() {
         &format!("ok Verify on signed record {text_index}"),
         &format!("ok Verify on unsigned record {unsigned_index}"),
         &format!("ok Verify on registry record {registry_index}"),
-        "ok the Rules panel shows irrigate-bed: filter, hash, install record #0 and its document",
-        "ok the install record #0 shows the rule document",
-        "ok trigger #1 links its action #2",
-        "ok action #2 links its trigger #1 and its rule, with the document installed at #0",
-        "ok Verify on action #2: inclusion, and the rule's install checked here",
+        &format!(
+            "ok the Rules panel shows irrigate-bed: filter, hash, install record #{install_index} and its document"
+        ),
+        &format!("ok the install record #{install_index} shows the rule document"),
+        &format!("ok trigger #{trigger_index} links its action #{action_index}"),
+        &format!(
+            "ok action #{action_index} links its trigger #{trigger_index} and its rule, with the document installed at \
+             #{install_index}"
+        ),
+        &format!("ok Verify on action #{action_index}: inclusion, and the rule's install checked here"),
         "ok Verify holds again once the answers are genuine",
         "ok no page errors, no console errors, nothing fetched from elsewhere",
     ] {
