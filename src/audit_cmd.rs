@@ -10,8 +10,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use sealmq_audit::store::synthetic::SyntheticDevice;
-use sealmq_audit::store::{Log, LogConfig, LogReader, Progress, now_ms, verify};
-use sealmq_audit::{ConsistencyBundle, Cosigner, Policy, ProofBundle, VerifierKey, check_device_signature, mqs1};
+use sealmq_audit::store::{Entry, Log, LogConfig, LogReader, Progress, now_ms, verify};
+use sealmq_audit::{
+    ConsistencyBundle, Cosigner, Policy, ProofBundle, Record, RuleEvent, RuleRecord, VerifierKey,
+    check_device_signature, mqs1,
+};
 
 use crate::EXIT_FAILED_CHECK;
 
@@ -111,6 +114,12 @@ pub enum AuditCommand {
         /// Seal a block this long after the first pending record.
         #[arg(long, default_value_t = 250)]
         block_ms: u64,
+        /// Install this many synthetic rules first (`sealmq_rules::synthetic`:
+        /// each record matches one in eight of them, about 1 % of records
+        /// fire one action). The rule engine follows the log whatever this
+        /// is, as in the broker.
+        #[arg(long, default_value_t = 0)]
+        rules: usize,
         /// Print `ack START END` on stdout for every durable append.
         #[arg(long)]
         print_acks: bool,
@@ -193,13 +202,15 @@ pub async fn run(data: &Path, command: AuditCommand) -> Result<ExitCode> {
             origin,
             block_records,
             block_ms,
+            rules,
             print_acks,
         } => {
             let mut config = LogConfig::new(data);
             config.origin = origin;
             config.block_max_records = block_records;
             config.block_interval = Duration::from_millis(block_ms);
-            let load = Load { records, concurrency, batch, payload_size, signed: !unsigned, retained, print_acks };
+            let load =
+                Load { records, concurrency, batch, payload_size, signed: !unsigned, retained, rules, print_acks };
             load.run(config).await
         }
     }
@@ -372,12 +383,15 @@ struct Load {
     payload_size: usize,
     signed: bool,
     retained: bool,
+    rules: usize,
     print_acks: bool,
 }
 
 impl Load {
     async fn run(self, config: LogConfig) -> Result<ExitCode> {
         let log = Arc::new(Log::open(config).await.context("opening the log")?);
+        let start = log.reader().record_count().await?;
+        let actions_before = follow_with_rules(&log, self.rules).await?;
         let remaining = Arc::new(AtomicU64::new(self.records));
         let started = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
@@ -411,11 +425,46 @@ impl Load {
         let log = Arc::into_inner(log).context("appenders still hold the log")?;
         let head = log.reader().record_count().await?;
         log.close().await?;
+        let actions = head - start - self.records - actions_before;
         eprintln!(
             "appended {} records in {elapsed:.2} s ({:.0} records/s); the log now holds {head}",
             self.records,
             self.records as f64 / elapsed.max(1e-9)
         );
+        if self.rules > 0 {
+            eprintln!(
+                "{} rules fired {actions} actions ({:.2} % of the records appended)",
+                self.rules,
+                100.0 * actions as f64 / self.records.max(1) as f64
+            );
+        }
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// Installs `count` synthetic rules (logged like `sealmq rule add` would
+/// have them) and makes the rule engine the log's follower, as the broker
+/// does. Returns how many records the installs took.
+async fn follow_with_rules(log: &Log, count: usize) -> Result<u64> {
+    let installs = sealmq_rules::synthetic::rule_documents(count)
+        .into_iter()
+        .enumerate()
+        .map(|(i, document)| {
+            let record = Record::Rule(RuleRecord {
+                at_ms: now_ms(),
+                rule_name: format!("load-{i}"),
+                event: RuleEvent::Installed { document: document.into_bytes() },
+            });
+            Entry::new(&record, None).context("encoding a synthetic rule")
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let logged = installs.len() as u64;
+    if !installs.is_empty() {
+        log.append(installs).await.context("installing the synthetic rules")?;
+    }
+    let rules = sealmq_rules::store::load(log.reader()).await.context("loading the rules")?;
+    // Nobody routes actions here: the receiver is dropped, so they are only logged.
+    drop(log.take_derived());
+    log.set_follower(Box::new(rules)).await.context("following the log with the rules")?;
+    Ok(logged)
 }

@@ -2,6 +2,7 @@
 
 mod audit_cmd;
 mod device_cmd;
+mod rule_cmd;
 mod serve_cmd;
 mod witness_cmd;
 
@@ -33,6 +34,9 @@ enum Command {
     /// Register devices and their keys, policy, password and ACL.
     #[command(subcommand)]
     Device(device_cmd::DeviceCommand),
+    /// Rules: install, list, show, remove, and test one without installing.
+    #[command(subcommand)]
+    Rule(rule_cmd::RuleCommand),
     /// Create the data directory's log and witness keys when missing and
     /// print their verifier keys (for peers' policies and witness lists).
     Init(witness_cmd::InitArgs),
@@ -77,6 +81,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve_cmd::run(cli.data, args).await,
             Command::Audit(command) => audit_cmd::run(&data, command).await,
             Command::Device(command) => device_cmd::run(&data, command).await,
+            Command::Rule(command) => rule_cmd::run(&data, command).await,
             Command::Init(args) => witness_cmd::init(&data, args).await,
             Command::Witness(command) => witness_cmd::run(&data, command).await,
         }

@@ -3,7 +3,11 @@
 //! MQTT, and `tests/browser/explorer.mjs` (playwright-core) driving the page:
 //! checkpoint and key shown, blocks arriving live, search, a record's
 //! payload, and the in-browser proof check passing on genuine answers and
-//! failing, at the right step, on tampered ones. And witnesses: a broker
+//! failing, at the right step, on tampered ones; a rule (spec/rules.md)
+//! added with `sealmq rule add` and fired by a publish: on the Rules panel,
+//! the trigger linking its action, the action linking its trigger and rule,
+//! and Verify on it checking the rule's install too. And
+//! witnesses: a broker
 //! whose policy names two real `sealmq witness serve` processes, a quorum of
 //! both, with `tests/browser/witnesses.mjs` checking the Witnesses panel and
 //! the in-browser check of their cosignatures; beside it, a broker without
@@ -28,6 +32,7 @@ use serde_json::json;
 
 use common::broker::BrokerProcess;
 use common::mqtt::{Conn, QoS, connect5, kind, publish5_packet};
+use common::rules::IRRIGATE;
 use common::witness_process::WitnessProcess;
 use common::{Db, sealmq};
 
@@ -118,6 +123,13 @@ fn first_registry_index(data: &Path) -> u64 {
     position.expect("registering the device logged a registry record") as u64
 }
 
+/// The index of the first rule (kind 3) record, read from the database.
+fn first_rule_index(data: &Path) -> u64 {
+    let bodies = Db::open_read_only(data).blobs("SELECT body FROM records ORDER BY idx");
+    let position = bodies.iter().position(|b| matches!(Record::decode(b).unwrap(), Record::Rule(_)));
+    position.expect("the queued rule was logged when the broker started") as u64
+}
+
 /// Width and height from a PNG's IHDR, after checking the signature.
 fn png_size(png: &[u8]) -> (u32, u32) {
     assert!(png.len() > 24 && png.starts_with(b"\x89PNG\r\n\x1a\n") && &png[12..16] == b"IHDR", "not a PNG");
@@ -188,6 +200,11 @@ fn explorer_shows_the_log_live_and_verifies_proofs_in_the_browser() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
 
+    // A rule, queued before the broker starts (which logs it).
+    let rule_file = tmp.path().join("irrigate.toml");
+    std::fs::write(&rule_file, IRRIGATE).unwrap();
+    sealmq(&data, &["rule", "add", rule_file.to_str().unwrap()]).ok();
+
     let device = "sensor-1";
     let key = SigningKey::from_bytes(&rand::random());
     let public_hex = hex::encode(key.verifying_key().to_bytes());
@@ -211,9 +228,16 @@ fn explorer_shows_the_log_live_and_verifies_proofs_in_the_browser() {
     let unsigned_index = publish(&mut legacy, 1, "plant/9/temp", b"19.0", vec![]);
     legacy_indices.push(unsigned_index);
 
-    let last = *legacy_indices.iter().max().unwrap();
+    // A dry bed: the rule fires, its action logged right after the trigger.
+    let mut sensor = connect5(broker.mqtt, "sensor-7");
+    let trigger_index = publish(&mut sensor, 1, "farm/bed3/moisture", br#"{"moisture": 21.5}"#, vec![]);
+    let action_index = trigger_index + 1;
+
+    let last = (*legacy_indices.iter().max().unwrap()).max(action_index);
     let sealed_size = wait_sealed(&broker, last);
     let registry_index = first_registry_index(&data);
+    let install_index = first_rule_index(&data);
+    assert!(install_index < trigger_index, "the rule was logged at start, before the message");
 
     let origin = broker.vkey.split('+').next().unwrap();
     let other_vkey = LogKey::from_seed(origin, &rand::random()).unwrap().verifier().to_string();
@@ -234,6 +258,15 @@ fn explorer_shows_the_log_live_and_verifies_proofs_in_the_browser() {
         "registry_index": registry_index,
         "other_vkey": other_vkey,
         "other_public_key": other_public_key,
+        "rule": {
+            "name": "irrigate-bed",
+            "on": "farm/+/moisture",
+            "rule_hash": hex::encode(sealmq_audit::sha256(IRRIGATE.as_bytes())),
+            "document": IRRIGATE,
+            "install_index": install_index,
+            "trigger_index": trigger_index,
+            "action_index": action_index,
+        },
     });
 
     let screenshot = tmp.path().join("explorer.png");
@@ -279,6 +312,16 @@ fn explorer_shows_the_log_live_and_verifies_proofs_in_the_browser() {
         &format!("ok Verify on signed record {text_index}"),
         &format!("ok Verify on unsigned record {unsigned_index}"),
         &format!("ok Verify on registry record {registry_index}"),
+        &format!(
+            "ok the Rules panel shows irrigate-bed: filter, hash, install record #{install_index} and its document"
+        ),
+        &format!("ok the install record #{install_index} shows the rule document"),
+        &format!("ok trigger #{trigger_index} links its action #{action_index}"),
+        &format!(
+            "ok action #{action_index} links its trigger #{trigger_index} and its rule, with the document installed at \
+             #{install_index}"
+        ),
+        &format!("ok Verify on action #{action_index}: inclusion, and the rule's install checked here"),
         "ok Verify holds again once the answers are genuine",
         "ok no page errors, no console errors, nothing fetched from elsewhere",
     ] {
@@ -289,7 +332,18 @@ fn explorer_shows_the_log_live_and_verifies_proofs_in_the_browser() {
         lines.iter().filter_map(|l| l.split("→ failed at \"").nth(1)).filter_map(|r| r.split('"').next()).collect();
     assert_eq!(
         failed_at,
-        ["inclusion", "record", "checkpoint", "tree-size", "signature", "record", "payload", "checkpoint"],
+        [
+            "rule",
+            "rule",
+            "inclusion",
+            "record",
+            "checkpoint",
+            "tree-size",
+            "signature",
+            "record",
+            "payload",
+            "checkpoint"
+        ],
         "{output}"
     );
 
@@ -300,8 +354,17 @@ fn explorer_shows_the_log_live_and_verifies_proofs_in_the_browser() {
     assert!(width >= 1200 && height >= 900, "screenshot is {width}x{height}");
     assert!(png.len() > 40_000, "screenshot is only {} bytes", png.len());
     // To look at the page: SEALMQ_EXPLORER_SCREENSHOT=/tmp/explorer.png cargo test --test explorer
+    // The action's view too: kept beside it as NAME-rule.png.
+    let rule_png = std::fs::read(tmp.path().join("explorer-rule.png")).expect("the action's screenshot was saved");
+    assert!(rule_png.len() > 40_000, "the action's screenshot is only {} bytes", rule_png.len());
     if let Some(keep) = std::env::var_os("SEALMQ_EXPLORER_SCREENSHOT") {
         std::fs::write(&keep, &png).unwrap();
+        let keep = keep.to_string_lossy();
+        std::fs::write(
+            keep.strip_suffix(".png").map_or(format!("{keep}-rule"), |k| format!("{k}-rule.png")),
+            &rule_png,
+        )
+        .unwrap();
     }
 
     let stderr = broker.stderr.lock().unwrap().clone();

@@ -51,6 +51,8 @@ pub use hash::{Hash, Rfc6962, empty_root, leaf_hash, merkle_root, node_hash, sha
 pub use mqs1::SignatureBlock;
 pub use note::{Checkpoint, LogKey, NoteParts, SignatureLine, VerifierKey, parse_note};
 pub use policy::{Cosigner, Policy, PolicyError, Witnessed};
-pub use record::{PublishRecord, Record, RegistryEvent, RegistryRecord, RuleCause, RuleEvent, RuleRecord};
+pub use record::{
+    PublishRecord, RULE_DEVICE_PREFIX, Record, RegistryEvent, RegistryRecord, RuleCause, RuleEvent, RuleRecord,
+};
 pub use retained::{RetainedChange, RetainedMismatch, RetainedState};
 pub use tree::{Frontier, NodeId};

@@ -14,6 +14,9 @@ const KIND_REGISTRY: u8 = 2;
 const KIND_RULE: u8 = 3;
 /// The `auth` byte of a rule's action (`spec/rules.md`).
 const AUTH_RULE: u8 = 2;
+/// How a rule's action names its publisher: `$rule/<rule name>`
+/// (`spec/rules.md`). No client and no registered device has such an id.
+pub const RULE_DEVICE_PREFIX: &str = "$rule/";
 
 /// One log record.
 #[derive(Debug, Clone, PartialEq, Eq)]

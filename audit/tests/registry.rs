@@ -420,8 +420,9 @@ async fn bad_keys_devices_and_patterns_are_refused_with_nothing_written() {
     let err = registry.add_key("d", public_key(5)).await.unwrap_err();
     assert!(matches!(err, RegistryError::DuplicateKey { revoked: true, .. }), "a revoked key stays revoked: {err}");
 
-    // Device ids and ACL patterns.
-    for id in ["", "a\0b"] {
+    // Device ids and ACL patterns. `$rule/…` is how rules' actions name
+    // their publisher (spec/rules.md): no device may have such an id.
+    for id in ["", "a\0b", "$rule/irrigate"] {
         let err = registry.add_device(id, &settings()).await.unwrap_err();
         assert!(matches!(err, RegistryError::InvalidDeviceId { .. }), "{err}");
     }

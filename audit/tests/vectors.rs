@@ -720,7 +720,7 @@ fn publish_records_refuse_bad_fields() {
     b[0] = 2;
     assert_eq!(invalid(&b), "version");
     b = signed.clone();
-    b[1] = 3;
+    b[1] = 4;
     assert_eq!(invalid(&b), "kind");
     // Offsets in record 0: 2 + 8 + (2 + 8) + (2 + 12) = 34 is qos, 35 retain, 40 + 32 = 72 auth, 73 the SB.
     b = signed.clone();
@@ -730,7 +730,7 @@ fn publish_records_refuse_bad_fields() {
     b[35] = 2;
     assert_eq!(invalid(&b), "retain");
     b = signed.clone();
-    b[72] = 2;
+    b[72] = 3;
     assert_eq!(invalid(&b), "auth");
     b = signed.clone();
     b[73] = 2;

@@ -1,12 +1,13 @@
 //! What the gateway publishes itself: each sealed block's signed
-//! checkpoint, retained, on `$SYS/sealmq/checkpoint`, and wills.
+//! checkpoint, retained, on `$SYS/sealmq/checkpoint`, wills, and rules'
+//! actions.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use sealmq_audit::store::SealedBlock;
-use tokio::sync::watch;
+use sealmq_audit::store::{Derived, SealedBlock};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::admission::{Admission, admit, route_logged};
@@ -58,6 +59,36 @@ pub async fn publish_will(shared: &Shared, client_id: &str, publish: v5::Publish
     match appending.await {
         Ok(indices) => route_logged(shared, message, indices.start),
         Err(e) => tracing::error!(client_id, error = %e, "will dropped: could not log it"),
+    }
+}
+
+/// Routes rules' actions (spec/rules.md) as the log makes them durable
+/// ([`sealmq_audit::store::Log::take_derived`]), each exactly like any
+/// logged publish ([`route_logged`]): retained if it says so, delivered to
+/// the matching subscriptions with their granted QoS, published by
+/// `$rule/<name>` (its record's device id). No device's publish ACL
+/// applies: the rule was installed through the registry and the action is
+/// in the log beside its cause. Subscribers' ACLs apply as to any message
+/// (they were checked when they subscribed). An action may reach a
+/// subscriber before its trigger does (each is routed once durable, by a
+/// different task): they have different publishers, and MQTT orders
+/// messages per publisher only (MQTT 5 §4.6); the log has them in order.
+/// Ends when the log closes.
+pub async fn route_actions(shared: Arc<Shared>, mut actions: mpsc::UnboundedReceiver<Vec<Derived>>) {
+    while let Some(committed) = actions.recv().await {
+        for Derived { index, record, payload } in committed {
+            let message = Message {
+                topic: Bytes::from(record.topic.into_bytes()),
+                payload: Bytes::from(payload),
+                properties: None,
+                qos: record.qos,
+                retain: record.retain,
+                index: None,
+                from: Arc::from(record.device_id),
+                at: Instant::now(),
+            };
+            route_logged(&shared, message, index);
+        }
     }
 }
 

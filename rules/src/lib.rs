@@ -21,6 +21,7 @@ pub mod expr;
 pub mod replay;
 #[cfg(feature = "store")]
 pub mod store;
+pub mod synthetic;
 pub mod topic;
 
 pub use document::{RuleDocument, RuleError};

@@ -75,7 +75,7 @@ try {
   // ---- The verification functions against the spec's vectors ---------------
   if (vectorsDir) {
     const vectors = {};
-    for (const name of ['rfc6962', 'records', 'checkpoint', 'mqs1']) {
+    for (const name of ['rfc6962', 'records', 'checkpoint', 'mqs1', 'rules']) {
       vectors[name] = JSON.parse(readFileSync(`${vectorsDir}/${name}.json`, 'utf8'));
     }
     const failures = await page.evaluate(runVectors, vectors);
@@ -264,6 +264,62 @@ try {
   result = await expectOk('registry record');
   ok(`Verify on registry record ${expected.registry_index}: ok`);
 
+  // ---- Rules -----------------------------------------------------------------
+  const rule = expected.rule;
+  const ruleRow = page.locator(`#rules tr[data-rule="${rule.name}"]`);
+  await ruleRow.waitFor();
+  const field = (name) => ruleRow.locator(`[data-field="${name}"]`);
+  check((await field('name').textContent()) === rule.name, 'the rule\'s name');
+  check((await field('on').textContent()) === rule.on, `the rule's filter: ${await field('on').textContent()}`);
+  check((await field('hash').locator('.hash').getAttribute('title')) === rule.rule_hash, 'the rule\'s hash, whole in its title');
+  check((await field('install').textContent()) === `#${rule.install_index}`, 'the install record\'s index');
+  const panelDocument = page.locator(`#rules tr[data-rule-document="${rule.name}"] pre`);
+  await page.click(`#rules tr[data-rule-document="${rule.name}"] summary`);
+  check((await panelDocument.textContent()) === rule.document, 'the rule document, byte for byte');
+  check((await page.textContent('#rules-cel')).includes('cel '), 'the CEL version rules run with');
+  ok(`the Rules panel shows ${rule.name}: filter, hash, install record #${rule.install_index} and its document`);
+
+  // Its install link opens the kind-3 record.
+  await field('install').locator('a').click();
+  await page.waitForFunction((t) => document.getElementById('record-title')?.textContent === t, title(rule.install_index));
+  check((await page.textContent('#record-document')) === rule.document, 'the install record shows the document');
+  check((await page.textContent('#record-rule-hash')) === rule.rule_hash, 'the install record shows the rule hash');
+  ok(`the install record #${rule.install_index} shows the rule document`);
+  result = await expectOk('rule install record');
+
+  // The trigger links its action; the action its trigger and its rule.
+  await openRecord(rule.trigger_index);
+  const actionLinks = await page.locator('#record-actions a[data-action]').evaluateAll((links) => links.map((a) => Number(a.dataset.action)));
+  check(same(actionLinks, [rule.action_index]), `the trigger's actions: ${actionLinks}`);
+  ok(`trigger #${rule.trigger_index} links its action #${rule.action_index}`);
+  await page.click(`#record-actions a[data-action="${rule.action_index}"]`);
+  await page.waitForFunction((t) => document.getElementById('record-title')?.textContent === t, title(rule.action_index));
+  check((await page.getAttribute('#record-trigger', 'href')) === `#/records/${rule.trigger_index}`, 'the action links its trigger');
+  check((await page.textContent('#record-rule-name')) === rule.name, 'the action names its rule');
+  await page.waitForSelector('#record-rule-document');
+  check((await page.textContent('#record-rule-document')) === rule.document, 'the action shows the document of the rule that ran');
+  check((await page.getAttribute('#record-rule-install', 'href')) === `#/records/${rule.install_index}`, 'the action links the rule\'s install');
+  ok(`action #${rule.action_index} links its trigger #${rule.trigger_index} and its rule, with the document installed at #${rule.install_index}`);
+
+  result = await expectOk('rule action');
+  check(result.steps.rule === 'ok', `rule action: the rule step is ${result.steps.rule}`);
+  check(result.steps.signature === 'skipped', `rule action: the signature step is ${result.steps.signature}`);
+  check((await page.textContent('#verify-rule-document')) === rule.document, 'Verify shows the rule document it checked');
+  ok(`Verify on action #${rule.action_index}: inclusion, and the rule's install checked here`);
+  await page.screenshot({ path: screenshotPath.replace(/\.png$/, '-rule.png'), fullPage: true });
+
+  // The install record another document, or its proof broken: the rule step says so.
+  const installProof = (url) => new URL(url).pathname === `/v1/proof/${rule.install_index}`;
+  await tampered(installProof, (b) => {
+    const bytes = Buffer.from(b.record, 'base64');
+    bytes[bytes.length - 2] ^= 0x01; // inside the document
+    b.record = bytes.toString('base64');
+  }, 'rule', 'one byte of the rule document the action names flipped');
+  await tampered(installProof, (b) => {
+    b.inclusion[0] = flipByteBase64(b.inclusion[0], 3);
+  }, 'rule', 'the rule install\'s inclusion proof broken');
+  await openRecord(textRecord.index);
+
   // ---- Verify must fail on tampered answers ----------------------------------
   // Each case rewrites one thing the broker sends; the page must name the step.
   async function tampered(pattern, rewrite, step, what) {
@@ -425,6 +481,27 @@ async function runVectors(vectors) {
   }
   const actions = vectors.records.registry_records.map((r) => V.decodeRecord(hex(r.record)).action);
   expectEq('registry actions', actions.join(','), 'key_added,key_revoked,policy_set');
+
+  // Rules (spec/rules.md): kind 3 and a rule's action (auth 2).
+  const rv = vectors.rules;
+  const installed = V.decodeRecord(hex(rv.install_record));
+  expectEq('rule install kind', `${installed.kind} ${installed.action} ${installed.ruleName}`, 'rule installed irrigate-bed');
+  expectEq('rule document', new TextDecoder().decode(installed.document), rv.document);
+  expectEq('rule_hash', V.hexEncode(await V.sha256(installed.document)), rv.rule_hash);
+  const removed = V.decodeRecord(hex(rv.remove_record));
+  expectEq('rule removal', `${removed.kind} ${removed.action} ${removed.ruleName} ${removed.document}`, 'rule removed irrigate-bed null');
+  const trigger = V.decodeRecord(hex(rv.trigger_record));
+  expectEq('trigger cause', String(trigger.cause), 'null');
+  const act = V.decodeRecord(hex(rv.action_record));
+  expectEq('action device', act.deviceId, '$rule/irrigate-bed');
+  expectEq('action cause', `${act.cause.triggerIndex} ${V.hexEncode(act.cause.ruleHash)} ${act.cause.ruleName}`, `${rv.trigger_index} ${rv.rule_hash} irrigate-bed`);
+  expectEq('action payload hash', V.hexEncode(act.payloadSha256), V.hexEncode(await V.sha256(V.utf8.encode(rv.action_payload))));
+  expectEq('action leaf', V.hexEncode(await V.leafHash(hex(rv.action_record))), rv.action_leaf_hash);
+  await expectThrow('action truncated', () => V.decodeRecord(hex(rv.action_record).slice(0, -1)));
+  await expectThrow('install with a trailing byte', () => V.decodeRecord(new Uint8Array([...hex(rv.install_record), 0])));
+  const renamed = hex(rv.action_record);
+  renamed[renamed.indexOf(0x24)] = 0x25; // '$rule/…' → '%rule/…'
+  await expectThrow('an action whose device id is not $rule/<name>', () => V.decodeRecord(renamed));
 
   // The checkpoint and its proof bundle (a record signed by the MQS1
   // vectors' device), then one corruption per field.

@@ -8,6 +8,7 @@ pub mod http;
 pub mod logged;
 pub mod mosquitto;
 pub mod mqtt;
+pub mod rules;
 pub mod signed;
 pub mod witness;
 pub mod witness_process;

@@ -1,4 +1,6 @@
-//! A group commit in one round trip to SQLite's thread.
+//! A group commit's SQL: the records, their payloads, index rows and side
+//! effects ([`write_entries`]), and the common group in one round trip to
+//! SQLite's thread ([`commit_in_one_trip`]).
 //!
 //! The write connection runs on a thread of its own (sqlx), and each
 //! statement is a message to that thread and an answer back: BEGIN, the
@@ -8,11 +10,16 @@
 //! common group (no retained topic, no replay window, every name already
 //! in the search index) goes as one multi-statement query instead.
 
+use std::collections::HashMap;
+
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
 use super::super::StoreError;
 use super::super::index::{self, NameCache};
+use super::super::registry::{window_highest_to_sql, window_seen_to_sql};
+use super::super::retained;
 use super::{Entry, INSERT_CHUNK};
+use crate::mqs1::Kid;
 
 /// Takes the payloads out of the entries, to be moved into the query: sqlx
 /// copies a borrowed blob into a buffer of its own before SQLite copies it
@@ -74,4 +81,76 @@ pub(super) async fn commit_in_one_trip(
         return Err(e.into());
     }
     Ok(true)
+}
+
+/// Inserts records (with their payloads and search index rows) at the
+/// given indices (`payloads`: theirs, moved into the query), and applies their side effects: the retained index and
+/// replay windows, each as one multi-row statement per chunk of the group
+/// rather than one per record, so that the group commit's cost stays per
+/// group. Returns the index names created, for [`NameCache::learn`] once
+/// the transaction committed.
+pub(super) async fn write_entries(
+    conn: &mut SqliteConnection,
+    rows: &[(i64, &Entry)],
+    payloads: Vec<(i64, Vec<u8>)>,
+    names: &NameCache,
+) -> Result<Vec<(String, i64)>, StoreError> {
+    let mut records = QueryBuilder::<Sqlite>::new("");
+    push_records(&mut records, rows);
+    records.build().execute(&mut *conn).await?;
+    let bodies: Vec<(i64, &[u8])> = rows.iter().map(|(idx, entry)| (*idx, entry.body.as_slice())).collect();
+    let created = index::index_records(conn, &bodies, names).await?;
+    if !payloads.is_empty() {
+        let mut insert = QueryBuilder::<Sqlite>::new("");
+        push_payloads(&mut insert, payloads);
+        insert.build().execute(&mut *conn).await?;
+    }
+
+    // The group's net effect: per topic the last retained publish (log
+    // order), per key the furthest window. Nothing is allocated when no
+    // entry has side effects.
+    let mut net_retained: HashMap<&str, Option<i64>> = HashMap::new();
+    let mut windows: HashMap<Kid, (u64, u64)> = HashMap::new();
+    for (idx, entry) in rows {
+        if let Some(update) = &entry.retained {
+            net_retained.insert(&update.topic, (!update.clear).then_some(*idx));
+        }
+        if let Some(r) = entry.replay {
+            windows
+                .entry(r.kid)
+                .and_modify(|window| *window = furthest_window(*window, (r.highest, r.seen)))
+                .or_insert((r.highest, r.seen));
+        }
+    }
+    if !net_retained.is_empty() {
+        let changes: Vec<(&str, Option<i64>)> = net_retained.into_iter().collect();
+        retained::write(conn, &changes).await?;
+    }
+    let windows: Vec<(Kid, (u64, u64))> = windows.into_iter().collect();
+    for chunk in windows.chunks(INSERT_CHUNK) {
+        let mut upsert = QueryBuilder::<Sqlite>::new("INSERT INTO replay_windows (kid, highest, seen) ");
+        upsert.push_values(chunk, |mut row, (kid, (highest, seen))| {
+            row.push_bind(&kid[..]).push_bind(window_highest_to_sql(*highest)).push_bind(window_seen_to_sql(*seen));
+        });
+        // Only forward (see `Entry::with_replay`). `highest` is stored
+        // order-preserving, so SQL compares it as the u64 it is; in DO
+        // UPDATE, bare column names are the stored row's.
+        upsert.push(
+            " ON CONFLICT (kid) DO UPDATE SET \
+             seen = CASE WHEN excluded.highest = highest THEN seen | excluded.seen ELSE excluded.seen END, \
+             highest = excluded.highest \
+             WHERE excluded.highest >= highest",
+        );
+        upsert.build().execute(&mut *conn).await?;
+    }
+    Ok(created)
+}
+
+/// The further of two states of one key's replay window.
+fn furthest_window(a: (u64, u64), b: (u64, u64)) -> (u64, u64) {
+    match a.0.cmp(&b.0) {
+        std::cmp::Ordering::Less => b,
+        std::cmp::Ordering::Greater => a,
+        std::cmp::Ordering::Equal => (a.0, a.1 | b.1),
+    }
 }

@@ -75,7 +75,7 @@ fn index_fields(idx: i64, body: &[u8]) -> Result<(i64, i64, String, Option<Strin
         Record::Registry(r) => (2, r.at_ms, r.device_id, None),
         // Indexed under the device id its actions carry, so one search
         // finds a rule's installs, removals and actions together.
-        Record::Rule(r) => (3, r.at_ms, format!("$rule/{}", r.rule_name), None),
+        Record::Rule(r) => (3, r.at_ms, format!("{}{}", crate::RULE_DEVICE_PREFIX, r.rule_name), None),
     };
     // Times past i64::MAX (a broken clock) clamp rather than fail an append.
     Ok((kind, i64::try_from(at_ms).unwrap_or(i64::MAX), device, topic))

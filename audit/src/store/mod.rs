@@ -141,6 +141,18 @@ pub enum StoreError {
     /// The sequencer has stopped.
     #[error("the log is closed")]
     Closed,
+    /// A follower was offered that has not seen exactly the log's records.
+    #[error("the follower is at index {follower}, the log's next index is {log}")]
+    FollowerOutOfStep {
+        /// [`Follower::next_index`].
+        follower: u64,
+        /// The index the log's next record gets.
+        log: u64,
+    },
+    /// The follower derived a record the log cannot take (a bug of the
+    /// follower); the group it came with was not logged.
+    #[error("the follower's records are wrong: {0}")]
+    Follower(String),
     /// A stored record or header does not decode.
     #[error(transparent)]
     Decode(#[from] DecodeError),

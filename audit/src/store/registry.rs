@@ -32,7 +32,7 @@ use crate::acl::{self, AclError};
 /// for users of the registry.
 pub use crate::acl::{Acl, acl_allows_publish, acl_allows_subscribe};
 use crate::mqs1::{self, Kid};
-use crate::{Mqs1Error, Record, RegistryEvent, RegistryRecord};
+use crate::{Mqs1Error, Record, RegistryEvent, RegistryRecord, RuleRecord};
 
 /// Whether a device must sign (spec/log.md action 3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -288,6 +288,22 @@ impl Registry {
         self.pool.close().await;
     }
 
+    /// The kind-3 records `sealmq rule add/remove` queued in the rule
+    /// outbox and the sequencer has not logged yet, in the order it will
+    /// (written by `sealmq_rules::store::RuleOutbox`; read here because the
+    /// registry's database is where `sealmq rule list` finds them whether
+    /// or not a log exists yet).
+    pub async fn queued_rule_records(&self) -> Result<Vec<RuleRecord>, RegistryError> {
+        let rows: Vec<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT seq, record FROM rule_outbox ORDER BY seq").fetch_all(&self.pool).await?;
+        rows.into_iter()
+            .map(|(seq, bytes)| match Record::decode(&bytes) {
+                Ok(Record::Rule(record)) => Ok(record),
+                _ => Err(StoreError::Corrupt(format!("rule_outbox row {seq} is not a rule record")).into()),
+            })
+            .collect()
+    }
+
     /// Registers device `id`, or changes it (an upsert): see
     /// [`DeviceSettings`]. Queues a PolicySet record when the device is new
     /// or its policy changes, and a KeyAdded record for `settings.key`; all
@@ -534,7 +550,9 @@ async fn hash_password(password: String) -> Result<String, RegistryError> {
 }
 
 /// Checks that `id` can be an MQTT client id (and a log record's str16):
-/// non-empty UTF-8 of at most 65535 bytes without NUL.
+/// non-empty UTF-8 of at most 65535 bytes without NUL, and not starting
+/// with `$rule/`, which names rules' actions in the log (spec/rules.md;
+/// the broker refuses such client ids at CONNECT).
 pub fn validate_device_id(id: &str) -> Result<(), RegistryError> {
     let reason = if id.is_empty() {
         "it is empty"
@@ -542,6 +560,8 @@ pub fn validate_device_id(id: &str) -> Result<(), RegistryError> {
         "it is longer than 65535 bytes"
     } else if id.contains('\0') {
         "it contains a NUL character"
+    } else if id.starts_with(crate::RULE_DEVICE_PREFIX) {
+        "ids starting with $rule/ name rules' actions"
     } else {
         return Ok(());
     };
@@ -666,7 +686,8 @@ mod tests {
         assert!(validate_device_id("sensor-1").is_ok());
         assert!(validate_device_id("with/slash and ünïcode").is_ok());
         assert!(validate_device_id(&"x".repeat(65535)).is_ok());
-        for bad in [String::new(), "a\0b".into(), "x".repeat(65536)] {
+        assert!(validate_device_id("$rules").is_ok() && validate_device_id("x$rule/").is_ok());
+        for bad in [String::new(), "a\0b".into(), "x".repeat(65536), "$rule/x".into(), "$rule/".into()] {
             let err = validate_device_id(&bad).unwrap_err().to_string();
             assert!(err.starts_with("invalid device id"), "{err}");
             assert!(err.len() < 200, "long ids are shortened in messages: {err}");

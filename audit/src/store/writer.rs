@@ -1,11 +1,9 @@
 //! The writable log: one sequencer task owns the write connection, appends
 //! records in group commits and seals blocks.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::ops::Range;
-use std::path::Path;
-use std::str::FromStr;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteSynchronous};
@@ -14,18 +12,27 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::checkpointer::{self, Checkpointer};
+use super::follower::{Derived, Follower};
 use super::index::{self, NameCache};
 use super::keyfile;
 use super::pending::Pending;
 use super::reader::{LogReader, SealedBlock, connect_options};
-use super::registry::{window_highest_to_sql, window_seen_to_sql};
 use super::retained;
 use super::{DB_FILE, KEY_FILE, LogConfig, StoreError, io_error, now_ms, to_i64, to_u64};
-use crate::mqs1::Kid;
-use crate::{BlockHeader, Checkpoint, DecodeError, Hash, LogKey, Record, RetainedChange, RetainedState, leaf_hash};
+use crate::{BlockHeader, Checkpoint, Hash, LogKey, RetainedState};
 
 #[path = "append.rs"]
 mod append;
+#[path = "entry.rs"]
+mod entry;
+#[path = "following.rs"]
+mod following;
+#[path = "opening.rs"]
+mod opening;
+#[path = "outbox.rs"]
+mod outbox;
+
+pub use entry::Entry;
 
 /// Rows per multi-row INSERT. Each row binds 3 values; this stays far below
 /// SQLite's variable limit and lets the statement cache reuse one plan.
@@ -37,92 +44,16 @@ const SEAL_RETRY: Duration = Duration::from_secs(1);
 /// Name of the lock file that keeps a second writer out of the data directory.
 const LOCK_FILE: &str = "log.lock";
 
-/// A record ready to append: its canonical bytes, leaf hash and, optionally,
-/// the application payload to store beside it, plus the broker state that
-/// must change in the same transaction as the record (so that after a crash
-/// the state never disagrees with the log): the retained index and the
-/// publishing key's MQS1 replay window.
-///
-/// Built by the caller, so hashing happens on the callers' threads rather
-/// than in the sequencer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    body: Vec<u8>,
-    leaf: Hash,
-    payload: Option<Vec<u8>>,
-    retained: Option<RetainedUpdate>,
-    replay: Option<ReplayUpdate>,
-}
-
-/// What a retained publish does to the `retained` index.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct RetainedUpdate {
-    topic: String,
-    /// An empty retained payload is MQTT's "clear the retained message".
-    clear: bool,
-}
-
-/// A key's replay window as it stands once this record's counter is accepted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct ReplayUpdate {
-    kid: Kid,
-    highest: u64,
-    seen: u64,
-}
-
-impl Entry {
-    /// Encodes `record`; `payload` is stored (deletable later) when given.
-    ///
-    /// A kind-1 record with retain = 1 also updates the retained index when
-    /// it is committed, as [`RetainedChange::of`] says: a non-empty payload
-    /// makes this record the topic's retained message, an empty one
-    /// (`payload_len` 0) clears the topic.
-    /// Pass the payload of a retained publish, or there is nothing to
-    /// restore it from after a restart.
-    pub fn new(record: &Record, payload: Option<Vec<u8>>) -> Result<Self, DecodeError> {
-        let body = record.encode()?;
-        let retained = RetainedChange::of(record).map(|change| RetainedUpdate {
-            topic: change.topic().to_string(),
-            clear: matches!(change, RetainedChange::Clear(_)),
-        });
-        Ok(Self { leaf: leaf_hash(&body), body, payload, retained, replay: None })
-    }
-
-    /// Persists key `kid`'s MQS1 replay window — `highest` counter accepted
-    /// and the `seen` bitmap of the 64 counters below it, in whatever bit
-    /// order the caller uses — in the same transaction as this record, so a
-    /// restart reopens no window for a record that was logged.
-    ///
-    /// A window only moves forward (spec/mqs1.md: counters strictly
-    /// increase per key), and the store keeps it that way even when states
-    /// of one key reach it out of order (two connections of one device, or
-    /// appends that overtake each other): of two states, the one with the
-    /// higher `highest` wins; at equal `highest` their `seen` bitmaps are
-    /// OR-ed. Within one group commit that is the last state when states
-    /// arrive in order; across commits an older state never overwrites a
-    /// newer one.
-    pub fn with_replay(mut self, kid: Kid, highest: u64, seen: u64) -> Self {
-        self.replay = Some(ReplayUpdate { kid, highest, seen });
-        self
-    }
-
-    /// The record's canonical bytes.
-    pub fn body(&self) -> &[u8] {
-        &self.body
-    }
-
-    /// The record's leaf hash.
-    pub fn leaf(&self) -> &Hash {
-        &self.leaf
-    }
-}
-
 enum Command {
     Append { entries: Vec<Entry>, reply: Reply },
     Seal { reply: oneshot::Sender<Result<Option<SealedBlock>, StoreError>> },
     DrainOutbox { reply: oneshot::Sender<Result<Vec<u64>, StoreError>> },
     ReconcileRetained { reply: oneshot::Sender<Result<RetainedState, StoreError>> },
+    SetFollower { follower: Box<dyn Follower>, reply: oneshot::Sender<Result<(), StoreError>> },
 }
+
+/// What [`Log::take_derived`] hands out: each commit's derived records.
+type DerivedReceiver = mpsc::UnboundedReceiver<Vec<Derived>>;
 
 /// The writable audit log.
 ///
@@ -143,6 +74,8 @@ pub struct Log {
     task: tokio::task::JoinHandle<()>,
     /// The WAL checkpointer; it ends when the sequencer does.
     checkpointing: tokio::task::JoinHandle<()>,
+    /// Until [`Log::take_derived`] takes it.
+    derived: Mutex<Option<DerivedReceiver>>,
     _lock: File,
 }
 
@@ -166,14 +99,14 @@ impl Log {
     pub async fn open(config: LogConfig) -> Result<Self, StoreError> {
         let dir = &config.data_dir;
         std::fs::create_dir_all(dir).map_err(io_error(dir))?;
-        let lock = lock_data_dir(dir)?;
+        let lock = opening::lock_data_dir(dir)?;
         let seed = keyfile::load_or_create(&dir.join(KEY_FILE))?;
 
         let base = connect_options(&dir.join(DB_FILE)).create_if_missing(true).synchronous(SqliteSynchronous::Full);
         let options = checkpointer::writer_options(base.clone());
         let mut conn = SqliteConnection::connect_with(&options).await?;
         super::migrate(&mut conn).await?;
-        let key = init_meta(&mut conn, &config, &seed).await?;
+        let key = opening::init_meta(&mut conn, &config, &seed).await?;
 
         let pool = sqlx::sqlite::SqlitePoolOptions::new()
             .max_connections(4)
@@ -181,15 +114,17 @@ impl Log {
             .await?;
         let reader = LogReader::from_pool(pool).await?;
 
-        let mut sequencer = Sequencer::resume(conn, options, key, &reader, &config).await?;
+        let (derived_tx, derived) = mpsc::unbounded_channel();
+        let mut sequencer = Sequencer::resume(conn, options, key, &reader, &config, derived_tx).await?;
         // Before anything is appended: the catch-up starts after the
         // highest indexed record, and each append indexes its own records.
         index::catch_up(&mut sequencer.conn, sequencer.next_index, &mut sequencer.names).await?;
-        // Registry changes made while no broker ran are logged before the
-        // broker serves anyone with them.
+        // Registry and rule changes made while no broker ran are logged
+        // before the broker serves anyone with them (and before any
+        // follower is set: one starts from the log as it is then).
         let drained = sequencer.drain_outbox().await?;
         if !drained.is_empty() {
-            tracing::info!(records = drained.len(), "logged registry changes made while the log was closed");
+            tracing::info!(records = drained.len(), "logged registry and rule changes made while the log was closed");
         }
         // A crash may have left committed records unsealed: seal them now
         // (with the registry records just logged), so every acknowledged
@@ -203,13 +138,20 @@ impl Log {
         sequencer.checkpoints = Some(checkpoints);
         let (commands, rx) = mpsc::channel(config.queue_depth.max(1));
         let task = tokio::spawn(sequencer.run(rx));
-        Ok(Self { commands, reader, sealed, task, checkpointing, _lock: lock })
+        Ok(Self { commands, reader, sealed, task, checkpointing, derived: Mutex::new(Some(derived)), _lock: lock })
     }
 
     /// Appends records and returns their log indices once they are durable.
     ///
     /// Waits while the sequencer's queue is full (back-pressure); never
     /// drops. On error nothing of this call was logged.
+    ///
+    /// The range is the span the call's records occupy: from its first
+    /// record's index to one past the last record the [`Follower`] derived
+    /// from its last record (see [`Log::set_follower`]); derived records
+    /// sit right after their cause, so `range.start` is always the first
+    /// record's index, and without a follower (or when it derives nothing)
+    /// the range holds exactly the call's records.
     pub async fn append(&self, entries: Vec<Entry>) -> Result<Range<u64>, StoreError> {
         self.submit(entries).await?.await
     }
@@ -227,7 +169,8 @@ impl Log {
         Ok(Appending(answer))
     }
 
-    /// Appends one record; returns its log index once it is durable.
+    /// Appends one record; returns its log index once it is durable (the
+    /// records a follower derives from it come right after).
     pub async fn append_one(&self, entry: Entry) -> Result<u64, StoreError> {
         Ok(self.append(vec![entry]).await?.start)
     }
@@ -242,16 +185,20 @@ impl Log {
 
     /// Appends the registry changes waiting in the outbox (written by
     /// [`Registry`](super::Registry), e.g. `sealmq device …`) as kind-2
-    /// records, in the order they were made, and deletes those outbox rows
-    /// in the same transaction: each change is logged exactly once, even
-    /// across a crash. Returns the new records' indices (empty when nothing
-    /// was waiting; that check is one cheap read).
+    /// records, in the order they were made, then the rule changes waiting
+    /// in `rule_outbox` (`sealmq rule …`) as kind-3 records, and deletes
+    /// those outbox rows in the same transaction: each change is logged
+    /// exactly once, even across a crash. The records are shown to the
+    /// [`Follower`] like any others. Returns the new records' indices
+    /// (derived ones included; empty when nothing was waiting; that check
+    /// is one cheap read per outbox).
     ///
     /// [`Log::open`] does this too. A running broker calls it when
     /// [`Registry::version`](super::Registry::version) changes, before it
     /// uses what changed (see [`Registry::snapshot`](super::Registry::snapshot)).
     ///
-    /// An outbox row that is not a canonical kind-2 record is an error
+    /// An outbox row that is not a canonical record of its outbox's kind
+    /// (2 in `registry_outbox`, 3 in `rule_outbox`) is an error
     /// ([`StoreError::Corrupt`], naming the row's seq) and neither it nor
     /// any row after it is drained: logging it would put a forged record in
     /// the log, skipping it would hide a change. (Rows are drained in
@@ -274,6 +221,29 @@ impl Log {
         let (reply, answer) = oneshot::channel();
         self.commands.send(Command::ReconcileRetained { reply }).await.map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Has the sequencer show every record it appends from now on to
+    /// `follower`, in index order, and append what it derives right after
+    /// each, in the same transaction (see [`Follower`]). Replaces any
+    /// follower set before.
+    ///
+    /// Refused ([`StoreError::FollowerOutOfStep`]) unless
+    /// `follower.next_index()` is the log's next index: a follower built
+    /// from the log must not miss a record logged meanwhile. Take
+    /// [`Log::take_derived`] first if the derived records are to be acted on.
+    pub async fn set_follower(&self, follower: Box<dyn Follower>) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command::SetFollower { follower, reply }).await.map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// The records the follower derives, sent once they are durable: one
+    /// message per commit, in index order (each with its index). `None`
+    /// after the first call. Unbounded: the sequencer never waits for the
+    /// receiver, so whoever takes it must keep up (or drop it).
+    pub fn take_derived(&self) -> Option<mpsc::UnboundedReceiver<Vec<Derived>>> {
+        self.derived.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
     }
 
     /// Read access to the same log.
@@ -300,61 +270,6 @@ impl Log {
     }
 }
 
-fn lock_data_dir(dir: &Path) -> Result<File, StoreError> {
-    let path = dir.join(LOCK_FILE);
-    let file = File::options().create(true).truncate(false).write(true).open(&path).map_err(io_error(&path))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked(dir.to_path_buf())),
-        Err(std::fs::TryLockError::Error(e)) => Err(io_error(&path)(e)),
-    }
-}
-
-/// Records the origin and verifier key of a new log, or checks that the key
-/// file and configured origin match an existing one.
-async fn init_meta(conn: &mut SqliteConnection, config: &LogConfig, seed: &[u8; 32]) -> Result<LogKey, StoreError> {
-    let stored: Option<String> =
-        sqlx::query_scalar("SELECT value FROM log_meta WHERE name = 'origin'").fetch_optional(&mut *conn).await?;
-    if let Some(existing) = stored {
-        if let Some(configured) = &config.origin
-            && configured != &existing
-        {
-            return Err(StoreError::OriginChanged { existing, configured: configured.clone() });
-        }
-        let key = LogKey::from_seed(&existing, seed)?;
-        let vkey: String =
-            sqlx::query_scalar("SELECT value FROM log_meta WHERE name = 'vkey'").fetch_one(&mut *conn).await?;
-        if crate::VerifierKey::from_str(&vkey)? != key.verifier() {
-            return Err(StoreError::Key(format!(
-                "{KEY_FILE} is not the key this log was created with (the log's verifier key is {vkey})"
-            )));
-        }
-        return Ok(key);
-    }
-    let origin = match &config.origin {
-        Some(origin) => origin.clone(),
-        None => {
-            let mut id = [0u8; 8];
-            getrandom::fill(&mut id).map_err(|e| StoreError::Key(format!("no randomness: {e}")))?;
-            format!("sealmq.local/{}", hex::encode(id))
-        }
-    };
-    let key = LogKey::from_seed(&origin, seed)?;
-    let mut tx = conn.begin().await?;
-    for (name, value) in
-        [("origin", origin.clone()), ("vkey", key.verifier().to_string()), ("created_ms", now_ms().to_string())]
-    {
-        sqlx::query("INSERT INTO log_meta (name, value) VALUES (?, ?)")
-            .bind(name)
-            .bind(value)
-            .execute(&mut *tx)
-            .await?;
-    }
-    tx.commit().await?;
-    tracing::info!(origin, vkey = %key.verifier(), "created a new log");
-    Ok(key)
-}
-
 /// The state the sequencer task owns.
 struct Sequencer {
     conn: SqliteConnection,
@@ -376,6 +291,10 @@ struct Sequencer {
     names: NameCache,
     /// Told after each commit; `None` until the log serves appends.
     checkpoints: Option<Checkpointer>,
+    /// Sees each record as it is appended (see `following.rs`).
+    follower: Option<Box<dyn Follower>>,
+    /// Where the follower's records go once durable ([`Log::take_derived`]).
+    derived: mpsc::UnboundedSender<Vec<Derived>>,
 }
 
 impl Sequencer {
@@ -385,6 +304,7 @@ impl Sequencer {
         key: LogKey,
         reader: &LogReader,
         config: &LogConfig,
+        derived: mpsc::UnboundedSender<Vec<Derived>>,
     ) -> Result<Self, StoreError> {
         let last = reader.latest_block().await?;
         let sealed_size = last.as_ref().map_or(0, |b| b.header.tree_size);
@@ -425,6 +345,8 @@ impl Sequencer {
             sealed: None,
             names: NameCache::default(),
             checkpoints: None,
+            follower: None,
+            derived,
         })
     }
 
@@ -460,10 +382,13 @@ impl Sequencer {
                     }
                     let _ = reply.send(result);
                 }
+                Some(Command::SetFollower { follower, reply }) => {
+                    let _ = reply.send(self.set_follower(follower));
+                }
                 Some(Command::DrainOutbox { reply }) => {
                     let result = self.drain_outbox().await;
                     if let Err(e) = &result {
-                        tracing::error!(error = %e, "logging registry changes failed");
+                        tracing::error!(error = %e, "logging registry or rule changes failed");
                     }
                     let _ = reply.send(result);
                     self.seal_full_blocks().await;
@@ -544,14 +469,21 @@ impl Sequencer {
         start..self.next_index
     }
 
+    /// Commits one group: each caller's entries, with what the follower
+    /// derives spliced in after each (their indices are final only here).
     async fn commit_group(&mut self, mut group: Vec<(Vec<Entry>, Reply)>) {
-        match self.insert(&mut group).await {
-            Ok(()) => {
+        let written = match self.follow_group(&mut group) {
+            Ok(derived) => self.insert(&mut group).await.map(|()| derived),
+            Err(e) => Err(e),
+        };
+        match written {
+            Ok(derived) => {
                 for (entries, reply) in group {
                     let range = self.committed(&entries);
                     // A caller that went away still had its records logged.
                     let _ = reply.send(Ok(range));
                 }
+                self.followed(derived);
             }
             Err(e) => {
                 tracing::error!(error = %e, "append failed; its callers are told nothing was logged");
@@ -559,10 +491,12 @@ impl Sequencer {
                 for (_, reply) in group {
                     let _ = reply.send(Err(StoreError::AppendFailed(why.clone())));
                 }
+                self.follow_failed();
                 self.recover_connection().await;
                 if let Err(e) = self.resync().await {
                     tracing::error!(error = %e, "cannot re-read the log's head after a failed append");
                 }
+                self.refollow().await;
             }
         }
     }
@@ -577,60 +511,12 @@ impl Sequencer {
         let rows: Vec<(i64, &Entry)> = rows.into_iter().map(|(idx, entry)| (idx, &*entry)).collect();
         if !append::commit_in_one_trip(&mut self.conn, &rows, &mut payloads, &self.names).await? {
             let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
-            let names = write_entries(&mut tx, &rows, payloads, &self.names).await?;
+            let names = append::write_entries(&mut tx, &rows, payloads, &self.names).await?;
             tx.commit().await?;
             self.names.learn(names);
         }
         self.checkpoint_soon();
         Ok(())
-    }
-
-    /// Logs the registry outbox (see [`Log::drain_registry_outbox`]), at
-    /// most [`GROUP_MAX_RECORDS`] rows per transaction. On failure the
-    /// head is re-read, as after a failed append.
-    async fn drain_outbox(&mut self) -> Result<Vec<u64>, StoreError> {
-        let mut indices = Vec::new();
-        loop {
-            let waiting: bool =
-                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM registry_outbox)").fetch_one(&mut self.conn).await?;
-            if !waiting {
-                return Ok(indices);
-            }
-            match self.drain_outbox_batch().await {
-                Ok(entries) => indices.extend(self.committed(&entries)),
-                Err(e) => {
-                    self.recover_connection().await;
-                    if let Err(resync) = self.resync().await {
-                        tracing::error!(error = %resync, "cannot re-read the log's head after a failed drain");
-                    }
-                    return Err(e);
-                }
-            }
-        }
-    }
-
-    /// One transaction: reads the oldest outbox rows, appends them as
-    /// records from `next_index`, deletes them.
-    async fn drain_outbox_batch(&mut self) -> Result<Vec<Entry>, StoreError> {
-        let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
-        // Read inside the write transaction: rows another process adds
-        // meanwhile wait for the next drain, and the DELETE below removes
-        // exactly the rows logged here.
-        let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as("SELECT seq, record FROM registry_outbox ORDER BY seq LIMIT ?")
-            .bind(i64::try_from(GROUP_MAX_RECORDS).unwrap_or(i64::MAX))
-            .fetch_all(&mut *tx)
-            .await?;
-        let entries = rows.iter().map(|(seq, bytes)| outbox_entry(*seq, bytes)).collect::<Result<Vec<_>, _>>()?;
-        let indexed: Vec<(i64, &Entry)> = (self.next_index..).map(to_i64).zip(&entries).collect();
-        // Registry records carry no payload.
-        let names = write_entries(&mut tx, &indexed, Vec::new(), &self.names).await?;
-        if let Some((last, _)) = rows.last() {
-            sqlx::query("DELETE FROM registry_outbox WHERE seq <= ?").bind(last).execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        self.names.learn(names);
-        self.checkpoint_soon();
-        Ok(entries)
     }
 
     /// After a failed transaction, takes the log's head from the database:
@@ -748,94 +634,3 @@ impl Sequencer {
 }
 
 type Reply = oneshot::Sender<Result<Range<u64>, StoreError>>;
-
-/// An outbox row as an entry, if it is a canonical kind-2 record.
-fn outbox_entry(seq: i64, bytes: &[u8]) -> Result<Entry, StoreError> {
-    let bad = |why: String| {
-        StoreError::Corrupt(format!(
-            "registry_outbox row {seq} is not a registry record ({why}); it was not logged, and the registry \
-             change it stands for may be in the device tables unlogged"
-        ))
-    };
-    let record = Record::decode(bytes).map_err(|e| bad(e.to_string()))?;
-    if !matches!(record, Record::Registry(_)) {
-        return Err(bad(format!("kind {}", record.kind())));
-    }
-    let entry = Entry::new(&record, None).map_err(|e| bad(e.to_string()))?;
-    if entry.body != bytes {
-        return Err(bad("not canonically encoded".into()));
-    }
-    Ok(entry)
-}
-
-/// Inserts records (with their payloads and search index rows) at the
-/// given indices (`payloads`: theirs, moved into the query), and applies their side effects: the retained index and
-/// replay windows, each as one multi-row statement per chunk of the group
-/// rather than one per record, so that the group commit's cost stays per
-/// group. Returns the index names created, for [`NameCache::learn`] once
-/// the transaction committed.
-async fn write_entries(
-    conn: &mut SqliteConnection,
-    rows: &[(i64, &Entry)],
-    payloads: Vec<(i64, Vec<u8>)>,
-    names: &NameCache,
-) -> Result<Vec<(String, i64)>, StoreError> {
-    let mut records = QueryBuilder::<Sqlite>::new("");
-    append::push_records(&mut records, rows);
-    records.build().execute(&mut *conn).await?;
-    let bodies: Vec<(i64, &[u8])> = rows.iter().map(|(idx, entry)| (*idx, entry.body.as_slice())).collect();
-    let created = index::index_records(conn, &bodies, names).await?;
-    if !payloads.is_empty() {
-        let mut insert = QueryBuilder::<Sqlite>::new("");
-        append::push_payloads(&mut insert, payloads);
-        insert.build().execute(&mut *conn).await?;
-    }
-
-    // The group's net effect: per topic the last retained publish (log
-    // order), per key the furthest window. Nothing is allocated when no
-    // entry has side effects.
-    let mut net_retained: HashMap<&str, Option<i64>> = HashMap::new();
-    let mut windows: HashMap<Kid, (u64, u64)> = HashMap::new();
-    for (idx, entry) in rows {
-        if let Some(update) = &entry.retained {
-            net_retained.insert(&update.topic, (!update.clear).then_some(*idx));
-        }
-        if let Some(r) = entry.replay {
-            windows
-                .entry(r.kid)
-                .and_modify(|window| *window = furthest_window(*window, (r.highest, r.seen)))
-                .or_insert((r.highest, r.seen));
-        }
-    }
-    if !net_retained.is_empty() {
-        let changes: Vec<(&str, Option<i64>)> = net_retained.into_iter().collect();
-        retained::write(conn, &changes).await?;
-    }
-    let windows: Vec<(Kid, (u64, u64))> = windows.into_iter().collect();
-    for chunk in windows.chunks(INSERT_CHUNK) {
-        let mut upsert = QueryBuilder::<Sqlite>::new("INSERT INTO replay_windows (kid, highest, seen) ");
-        upsert.push_values(chunk, |mut row, (kid, (highest, seen))| {
-            row.push_bind(&kid[..]).push_bind(window_highest_to_sql(*highest)).push_bind(window_seen_to_sql(*seen));
-        });
-        // Only forward (see `Entry::with_replay`). `highest` is stored
-        // order-preserving, so SQL compares it as the u64 it is; in DO
-        // UPDATE, bare column names are the stored row's.
-        upsert.push(
-            " ON CONFLICT (kid) DO UPDATE SET \
-             seen = CASE WHEN excluded.highest = highest THEN seen | excluded.seen ELSE excluded.seen END, \
-             highest = excluded.highest \
-             WHERE excluded.highest >= highest",
-        );
-        upsert.build().execute(&mut *conn).await?;
-    }
-    Ok(created)
-}
-
-/// The further of two states of one key's replay window.
-fn furthest_window(a: (u64, u64), b: (u64, u64)) -> (u64, u64) {
-    match a.0.cmp(&b.0) {
-        std::cmp::Ordering::Less => b,
-        std::cmp::Ordering::Greater => a,
-        std::cmp::Ordering::Equal => (a.0, a.1 | b.1),
-    }
-}

@@ -12,12 +12,13 @@ const STYLE: &str = include_str!("explorer/style.css");
 
 /// The page's scripts, by name under `/explorer/`: plain scripts of one
 /// concept each, which index.html loads in dependency order.
-const SCRIPTS: [(&str, &str); 8] = [
+const SCRIPTS: [(&str, &str); 9] = [
     ("proofs.js", include_str!("explorer/proofs.js")),
     ("verify.js", include_str!("explorer/verify.js")),
     ("page.js", include_str!("explorer/page.js")),
     ("key.js", include_str!("explorer/key.js")),
     ("witnesses.js", include_str!("explorer/witnesses.js")),
+    ("rules.js", include_str!("explorer/rules.js")),
     ("records.js", include_str!("explorer/records.js")),
     ("log.js", include_str!("explorer/log.js")),
     ("explorer.js", include_str!("explorer/explorer.js")),

@@ -8,6 +8,8 @@
 //! have fixed maxima.
 
 pub mod explorer;
+mod records;
+mod rules;
 pub mod serve;
 
 use std::collections::HashMap;
@@ -25,16 +27,12 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use futures_util::{Stream, StreamExt, stream};
 use sealmq_audit::store::registry::Registry;
-use sealmq_audit::store::{FoundRecord, LogReader, RecordQuery, SealedBlock, StoreError};
-use sealmq_audit::{Record, RegistryEvent, RuleEvent, mqs1, sha256};
+use sealmq_audit::store::{LogReader, SealedBlock, StoreError};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::witness::Witnessing;
 
-/// Records per search page: the default and the most a client may ask for.
-const RECORDS_PAGE: u32 = 50;
-const RECORDS_PAGE_MAX: u32 = 500;
 /// Blocks per page: the default and the maximum.
 const BLOCKS_PAGE: u32 = 20;
 const BLOCKS_PAGE_MAX: u32 = 200;
@@ -102,8 +100,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/vkey", get(vkey))
         .route("/v1/proof/{index}", get(proof))
         .route("/v1/consistency", get(consistency))
-        .route("/v1/records", get(records))
-        .route("/v1/records/{index}", get(record))
+        .route("/v1/records", get(records::records))
+        .route("/v1/records/{index}", get(records::record))
+        .route("/v1/rules", get(rules::rules))
+        .route("/v1/rules/{name}", get(rules::rule))
         .route("/v1/blocks", get(blocks))
         .route("/v1/blocks/live", get(live_blocks))
         .route("/v1/blocks/{height}", get(block))
@@ -277,129 +277,6 @@ async fn consistency(State(api): Shared, query: Params) -> ApiResult {
     }
     Ok(([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-cache")], bundle.to_json())
         .into_response())
-}
-
-/// One record, decoded, with its payload if stored.
-async fn record(State(api): Shared, index: Segment) -> ApiResult {
-    let index = position("index", &segment(index)?)?;
-    let (found, payload) =
-        api.reader.found_record(index).await?.ok_or_else(|| ApiError::not_found(format!("no record {index}")))?;
-    let mut view = record_view(&found)?;
-    view["record"] = json!(B64.encode(&found.body));
-    view["payload"] = payload.map_or(Value::Null, |p| json!(B64.encode(p)));
-    ok_json(view)
-}
-
-/// A search over the sealed records, paged.
-async fn records(State(api): Shared, query: Params) -> ApiResult {
-    let params = params(query)?;
-    let kind = match params.get("kind").map(String::as_str) {
-        None => None,
-        Some("publish") => Some(1),
-        Some("registry") => Some(2),
-        Some(other) => return Err(ApiError::bad_request(format!("kind must be publish or registry, not {other:?}"))),
-    };
-    let descending = match params.get("order").map(String::as_str) {
-        None | Some("desc") => true,
-        Some("asc") => false,
-        Some(other) => return Err(ApiError::bad_request(format!("order must be asc or desc, not {other:?}"))),
-    };
-    let non_empty = |name: &str| -> Result<Option<String>, ApiError> {
-        match params.get(name) {
-            Some(value) if value.is_empty() => Err(ApiError::bad_request(format!("{name} must not be empty"))),
-            value => Ok(value.cloned()),
-        }
-    };
-    let query = RecordQuery {
-        device: non_empty("device")?,
-        topic: non_empty("topic")?,
-        from_ms: optional_position(&params, "from_ms")?,
-        to_ms: optional_position(&params, "to_ms")?,
-        kind,
-        descending,
-        cursor: optional_position(&params, "cursor")?,
-        limit: page_limit(&params, RECORDS_PAGE, RECORDS_PAGE_MAX)?,
-    };
-    let page = api.reader.search(&query).await?;
-    let records = page.records.iter().map(record_view).collect::<Result<Vec<_>, _>>()?;
-    ok_json(json!({ "records": records, "next": page.next }))
-}
-
-/// The JSON view of a record (without its bytes and payload).
-fn record_view(found: &FoundRecord) -> Result<Value, ApiError> {
-    let record = Record::decode(&found.body).map_err(|e| {
-        ApiError::unavailable(&format!("record {} does not decode ({e}); run `sealmq audit verify`", found.index))
-    })?;
-    let mut view = json!({
-        "index": found.index,
-        "leaf_hash": hex::encode(found.leaf),
-        "block": found.block,
-    });
-    match record {
-        Record::Publish(p) => {
-            view["kind"] = json!("publish");
-            view["received_ms"] = json!(p.received_ms);
-            view["device_id"] = json!(p.device_id);
-            view["topic"] = json!(p.topic);
-            view["qos"] = json!(p.qos);
-            view["retain"] = json!(p.retain);
-            view["payload_len"] = json!(p.payload_len);
-            view["payload_sha256"] = json!(hex::encode(p.payload_sha256));
-            view["auth"] = json!(match p.auth() {
-                1 => "mqs1",
-                2 => "rule",
-                _ => "unsigned",
-            });
-            view["cause"] = p.cause.map_or(
-                Value::Null,
-                |cause| json!({ "trigger_index": cause.trigger_index, "rule_hash": hex::encode(cause.rule_hash) }),
-            );
-            view["mqs1"] = p.signature.map_or(Value::Null, |sb| {
-                json!({
-                    "kid": hex::encode(sb.kid),
-                    "ctr": sb.ctr,
-                    "ts_ms": sb.ts_ms,
-                    "retain": sb.retain,
-                    "sig": hex::encode(sb.sig),
-                    "sb": B64.encode(sb.to_bytes()),
-                })
-            });
-        }
-        Record::Registry(r) => {
-            view["kind"] = json!("registry");
-            view["at_ms"] = json!(r.at_ms);
-            view["device_id"] = json!(r.device_id);
-            match r.event {
-                RegistryEvent::KeyAdded { public_key } => {
-                    view["action"] = json!("key_added");
-                    view["public_key"] = json!(hex::encode(public_key));
-                    view["kid"] = json!(hex::encode(mqs1::kid(&public_key)));
-                }
-                RegistryEvent::KeyRevoked { kid } => {
-                    view["action"] = json!("key_revoked");
-                    view["kid"] = json!(hex::encode(kid));
-                }
-                RegistryEvent::PolicySet { signed_required } => {
-                    view["action"] = json!("policy_set");
-                    view["policy"] = json!(if signed_required { "signed" } else { "legacy" });
-                }
-            }
-        }
-        Record::Rule(r) => {
-            view["kind"] = json!("rule");
-            view["at_ms"] = json!(r.at_ms);
-            view["rule_name"] = json!(r.rule_name);
-            match &r.event {
-                RuleEvent::Installed { document } => {
-                    view["action"] = json!("installed");
-                    view["rule_hash"] = json!(hex::encode(sha256(document)));
-                    view["document"] = json!(String::from_utf8_lossy(document));
-                }
-                RuleEvent::Removed => view["action"] = json!("removed"),
-            }
-        }
-    }
-    Ok(view)
 }
 
 fn block_view(block: &SealedBlock) -> Value {

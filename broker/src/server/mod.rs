@@ -1,5 +1,5 @@
-//! Starting and stopping the whole broker: log, registry, router, system
-//! link, MQTT and HTTP listeners.
+//! Starting and stopping the whole broker: log, registry, rules, router,
+//! system link, MQTT and HTTP listeners.
 
 mod accept;
 
@@ -30,7 +30,8 @@ use crate::route::retained::RetainedStore;
 use crate::route::{RouteError, Router, TopicIndex};
 use crate::witness::{RollbackError, WitnessService, Witnessing};
 
-/// How often the registry is checked for changes made by `sealmq device`.
+/// How often the registry is checked for changes made by `sealmq device`
+/// and `sealmq rule`.
 const REGISTRY_POLL: Duration = Duration::from_millis(250);
 /// Connections past the connection limit answered with a refusal at
 /// once; beyond these they are closed unanswered.
@@ -49,6 +50,9 @@ pub enum StartError {
     /// The device registry could not be read.
     #[error("device registry: {0}")]
     Registry(#[from] RegistryError),
+    /// The rules could not be read from the log.
+    #[error("rules: {0}")]
+    Rules(#[from] sealmq_rules::store::RuleStoreError),
     /// The router could not be started or reached.
     #[error(transparent)]
     Route(#[from] RouteError),
@@ -151,6 +155,15 @@ impl Broker {
         };
         // What the records imply, whatever the stored table says (it is repaired if wrong).
         let retained = RetainedStore::load(&log.reconcile_retained().await?, log.reader()).await?;
+        // The rules run as the log's follower from its head: every record
+        // from here on is evaluated as it is logged, its actions logged
+        // right after it and routed once durable (`system::route_actions`).
+        // Nothing else appends until the listeners and the registry watch
+        // start, so the engine's state is the log's when it is set. (After
+        // the retained table is reconciled: the engine reads it.)
+        let actions = log.take_derived();
+        let rules = sealmq_rules::store::load(log.reader()).await?;
+        log.set_follower(Box::new(rules)).await?;
 
         let tls = config.tls.as_ref().map(TlsSetup::load).transpose()?;
         let mut client_listeners = Vec::new();
@@ -196,6 +209,9 @@ impl Broker {
         });
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(crate::system::run(Arc::clone(&shared), log.sealed_blocks(), witnessing.clone())));
+        if let Some(actions) = actions {
+            tasks.push(tokio::spawn(crate::system::route_actions(Arc::clone(&shared), actions)));
+        }
         let mut api = crate::http::ApiState::new(
             log.reader().clone(),
             registry.clone(),
@@ -299,6 +315,9 @@ async fn start_witnessing(config: &BrokerConfig, path: &std::path::Path, log: &L
 
 /// Polls the registry; on a change, logs the change records (through the
 /// sequencer), swaps in the new view and disconnects users of revoked keys.
+/// `sealmq rule` bumps the same version: its rule changes are logged by the
+/// same drain, and the rules (the log's follower) take them in as they are
+/// logged.
 async fn watch_registry(shared: Arc<Shared>, registry: Registry, mut seen: u64) {
     let mut tick = tokio::time::interval(REGISTRY_POLL);
     loop {
@@ -317,7 +336,10 @@ async fn watch_registry(shared: Arc<Shared>, registry: Registry, mut seen: u64) 
         // everything decided under the old registry is queued in the log
         // before the change records, everything after under the new one.
         let gate = shared.registry_gate.write().await;
-        let logged = logged_snapshot(&shared.log, &registry).await;
+        let logged = match shared.log.drain_registry_outbox().await {
+            Ok(_) => logged_snapshot(&shared.log, &registry).await,
+            Err(e) => Err(e.into()),
+        };
         match logged {
             Ok(snapshot) => {
                 let next = Identities::new(&snapshot, shared.config.unknown_devices.clone());
@@ -331,7 +353,10 @@ async fn watch_registry(shared: Arc<Shared>, registry: Registry, mut seen: u64) 
                 seen = snapshot.version;
                 tracing::info!(version = seen, "device registry reloaded");
             }
-            Err(e) => tracing::error!(error = %e, "cannot log or read registry changes; they take effect once logged"),
+            Err(e) => tracing::error!(
+                error = %e,
+                "cannot log or read registry or rule changes; they take effect once logged"
+            ),
         }
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
+use sealmq_audit::RULE_DEVICE_PREFIX;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::End;
@@ -185,7 +186,13 @@ pub(super) async fn read_connect(
     } else {
         (connect.client_id.clone(), false)
     };
-    if client_id.contains('\0') {
+    // `$rule/…` is how rules' actions name their publisher in the log
+    // (spec/rules.md): no client may pose as a rule. A rejected ClientID is
+    // answered 0x85 Client Identifier not valid in MQTT 5 (§3.1.3.1,
+    // [MQTT-3.1.3-8]) and 0x02 Identifier rejected in 3.1.1 ([MQTT-3.1.3-9]);
+    // such ids are outside what 3.1.1 requires servers to take (1–23 of
+    // [0-9a-zA-Z], [MQTT-3.1.3-5]).
+    if client_id.contains('\0') || client_id.starts_with(RULE_DEVICE_PREFIX) {
         refuse(client, &codec, v5::ConnectReturnCode::ClientIdentifierNotValid).await;
         return Ok(None);
     }

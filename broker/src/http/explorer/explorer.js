@@ -6,6 +6,7 @@
 //   page.js       DOM building, formatting, the API client
 //   key.js        the verifier key panel and the key Verify trusts
 //   witnesses.js  the Witnesses panel and what Verify needs of it
+//   rules.js      the Rules panel; triggers, actions and their rule
 //   records.js    search, one record, Verify
 //   log.js        the latest checkpoint and blocks, live
 //
@@ -34,7 +35,14 @@ const Explorer = (() => {
     window.addEventListener('hashchange', route);
     LogView.startClock();
     WitnessPanel.startPolling();
-    Promise.all([KeyPanel.loadVkey(), LogView.loadCheckpoint(), LogView.loadBlocks(), WitnessPanel.loadWitnesses()]).then(() => {
+    RulesPanel.startPolling();
+    Promise.all([
+      KeyPanel.loadVkey(),
+      LogView.loadCheckpoint(),
+      LogView.loadBlocks(),
+      WitnessPanel.loadWitnesses(),
+      RulesPanel.loadRules(),
+    ]).then(() => {
       document.body.dataset.ready = 'true';
     });
     LogView.startLive();
@@ -42,7 +50,13 @@ const Explorer = (() => {
     route();
   }
 
-  const state = { key: KeyPanel.state, log: LogView.state, witnesses: WitnessPanel.state, records: Records.state };
+  const state = {
+    key: KeyPanel.state,
+    log: LogView.state,
+    witnesses: WitnessPanel.state,
+    rules: RulesPanel.state,
+    records: Records.state,
+  };
   return { init, state, openRecord: Records.openRecord, loadWitnesses: WitnessPanel.loadWitnesses };
 })();
 

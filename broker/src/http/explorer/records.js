@@ -2,7 +2,8 @@
 // kind, paged; one record with its payload and MQS1 fields; and Verify,
 // which fetches the record's proof and checks it in this browser
 // (verify.js) against the trusted key (key.js) and, with witnesses, their
-// cosignatures and quorum (witnesses.js).
+// cosignatures and quorum (witnesses.js), and for a rule's action the
+// install of the rule that ran (rules.js).
 
 'use strict';
 
@@ -84,16 +85,21 @@ const Records = (() => {
           },
           el('td', { class: 'num' }, `#${number(r.index)}`),
           el('td', {}, formatTime(r.kind === 'publish' ? r.received_ms : r.at_ms)),
-          el('td', {}, el('span', { class: 'mono' }, r.device_id)),
-          el('td', {}, r.kind === 'publish' ? el('span', { class: 'mono topic' }, r.topic) : el('span', { class: 'muted' }, `registry: ${r.action.replace('_', ' ')}`)),
-          el('td', {}, r.kind === 'publish'
-            ? el('span', { class: `tag ${r.auth === 'mqs1' ? 'signed' : 'unsigned'}` }, r.auth === 'mqs1' ? 'signed' : 'unsigned')
-            : el('span', { class: 'tag registry' }, 'registry')),
+          el('td', {}, el('span', { class: 'mono' }, r.kind === 'rule' ? `$rule/${r.rule_name}` : r.device_id)),
+          el('td', {}, r.kind === 'publish' ? el('span', { class: 'mono topic' }, r.topic) : el('span', { class: 'muted' }, `${r.kind}: ${r.action.replace('_', ' ')}`)),
+          el('td', {}, authTag(r)),
           el('td', { class: 'num' }, r.kind === 'publish' ? `${number(r.payload_len)} B` : ''),
           el('td', { class: 'num' }, r.block === null ? el('span', { class: 'muted' }, 'pending') : number(r.block)),
         ),
       ),
     );
+  }
+
+  function authTag(r) {
+    if (r.kind === 'registry') return el('span', { class: 'tag registry' }, 'registry');
+    if (r.kind === 'rule') return el('span', { class: 'tag rule' }, 'rule');
+    const [cls, text] = { mqs1: ['signed', 'signed'], rule: ['rule', 'rule action'] }[r.auth] || ['unsigned', 'unsigned'];
+    return el('span', { class: `tag ${cls}` }, text);
   }
 
   function startSearch(event) {
@@ -137,7 +143,7 @@ const Records = (() => {
     const box = $('record-detail');
     const rows = [
       ['Index', `#${number(view.index)}`],
-      ['Kind', view.kind === 'publish' ? 'Publish' : 'Registry event'],
+      ['Kind', { publish: 'Publish', registry: 'Registry event', rule: 'Rule event' }[view.kind] || view.kind],
       ['Block', view.block === null ? el('span', { class: 'muted' }, 'not sealed yet') : number(view.block)],
     ];
     if (view.kind === 'publish') {
@@ -149,7 +155,17 @@ const Records = (() => {
         ['Retain', view.retain ? 'yes' : 'no'],
         ['Payload length', `${number(view.payload_len)} bytes`],
         ['Payload SHA-256', el('span', { class: 'mono wrap' }, view.payload_sha256)],
-        ['Authentication', view.auth === 'mqs1' ? el('span', { class: 'tag signed' }, 'MQS1 signed') : el('span', { class: 'tag unsigned' }, 'unsigned (legacy)')],
+        ['Authentication', {
+          mqs1: () => el('span', { class: 'tag signed' }, 'MQS1 signed'),
+          rule: () => el('span', { class: 'tag rule' }, 'a rule\'s action (logged by the broker)'),
+        }[view.auth]?.() || el('span', { class: 'tag unsigned' }, 'unsigned (legacy)')],
+      );
+    } else if (view.kind === 'rule') {
+      rows.push(
+        ['At', formatTime(view.at_ms)],
+        ['Rule', el('span', { class: 'mono', id: 'record-rule-name' }, view.rule_name)],
+        ['Action', view.action],
+        view.rule_hash ? ['Rule hash', el('span', { class: 'mono wrap', id: 'record-rule-hash' }, view.rule_hash)] : null,
       );
     } else {
       rows.push(
@@ -193,6 +209,10 @@ const Records = (() => {
         ]));
     }
 
+    const documentSection = view.kind === 'rule' && view.document !== undefined
+      ? el('section', {}, el('h3', {}, 'Rule document'), el('pre', { class: 'note rule-document', id: 'record-document' }, view.document))
+      : null;
+
     fill(
       box,
       el('div', { class: 'card-head' },
@@ -201,8 +221,10 @@ const Records = (() => {
           el('button', { type: 'button', id: 'verify-button', class: 'button primary', onclick: () => verifyShown() }, 'Verify'),
           el('button', { type: 'button', class: 'button secondary', 'aria-label': 'Close', onclick: closeRecord }, 'Close'))),
       el('div', { id: 'verify-result', class: 'verify', dataset: { status: 'idle' }, 'aria-live': 'polite' },
-        el('p', { class: 'muted' }, 'Verify checks this record against the log\'s signed checkpoint in your browser: the signature on the checkpoint, the Merkle inclusion proof, and the device\'s signature.')),
+        el('p', { class: 'muted' }, 'Verify checks this record against the log\'s signed checkpoint in your browser: the signature on the checkpoint, the Merkle inclusion proof, and the device\'s signature (for a rule\'s action, the install of the rule that produced it).')),
       dl(rows),
+      RulesPanel.causeSection(view),
+      documentSection,
       payloadSection,
       signatureSection,
     );
@@ -251,7 +273,8 @@ const Records = (() => {
       true: ' and cosigned by a quorum of its witnesses',
       false: ', but that checkpoint is not witnessed: the witnesses\' quorum did not cosign it',
     }[result.witnessed] || '';
-    box.replaceChildren(
+    fill(
+      box,
       el('div', { class: 'verdict', id: 'verify-verdict' },
         result.ok
           ? `Verified: this record is in the log, under a checkpoint signed by the trusted key${witnessed}.`
@@ -262,6 +285,10 @@ const Records = (() => {
             el('span', { class: 'icon', 'aria-hidden': 'true' }, icon[s.status]),
             el('span', { class: 'label' }, s.label),
             el('span', { class: 'detail' }, s.status === 'not-run' ? 'not run' : s.detail)))),
+      result.ruleDocument
+        ? el('div', {}, el('p', { class: 'small' }, 'The rule document that produced this action, as checked:'),
+          el('pre', { class: 'note rule-document', id: 'verify-rule-document' }, new TextDecoder().decode(result.ruleDocument)))
+        : null,
     );
   }
 
@@ -287,7 +314,8 @@ const Records = (() => {
       const signed = view.kind === 'publish' && view.auth === 'mqs1';
       const devices = signed ? (await api('/v1/devices')).devices : [];
       const witnesses = WitnessPanel.verifyInput(w, bundle);
-      result = await V.verifyRecord({ bundle, vkey: KeyPanel.trustedVkey(), index: view.index, view, payload, devices, witnesses });
+      const rule = await RulesPanel.verifyInput(view, bundle);
+      result = await V.verifyRecord({ bundle, vkey: KeyPanel.trustedVkey(), index: view.index, view, payload, devices, witnesses, rule });
     } catch (e) {
       const detail = e.status === 404 ? 'the record is not sealed yet; try again after the next block' : e.message;
       result = failEarly('fetch', detail);

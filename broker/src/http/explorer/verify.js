@@ -85,8 +85,14 @@ const SealmqVerify = (() => {
   }
 
   const REGISTRY_ACTIONS = { 1: 'key_added', 2: 'key_revoked', 3: 'policy_set' };
+  const RULE_ACTIONS = { 1: 'installed', 2: 'removed' };
+  /** The device id prefix of a rule's actions (spec/rules.md). */
+  const RULE_DEVICE_PREFIX = '$rule/';
 
-  /** Decodes a kind 1 (publish) or kind 2 (registry) record. */
+  /**
+   * Decodes a kind 1 (publish; auth 2 is a rule's action, with its cause),
+   * kind 2 (registry) or kind 3 (rule installed or removed) record.
+   */
   function decodeRecord(bytes) {
     const r = new Reader(bytes);
     const version = r.u8();
@@ -104,12 +110,16 @@ const SealmqVerify = (() => {
         payloadSha256: r.take(32),
         auth: r.u8(),
         sb: null,
+        cause: null,
       };
       if (rec.qos > 2) throw new Error(`QoS ${rec.qos} is not 0, 1 or 2`);
       if (rec.retain > 1) throw new Error('retain is not 0 or 1');
       rec.retain = rec.retain === 1;
       if (rec.auth === 1) rec.sb = decodeSignatureBlock(r.take(90));
-      else if (rec.auth !== 0) throw new Error(`unknown auth ${rec.auth}`);
+      else if (rec.auth === 2) {
+        if (!rec.deviceId.startsWith(RULE_DEVICE_PREFIX)) throw new Error('a rule\'s action whose device id is not $rule/<name>');
+        rec.cause = { triggerIndex: r.u64(), ruleHash: r.take(32), ruleName: rec.deviceId.slice(RULE_DEVICE_PREFIX.length) };
+      } else if (rec.auth !== 0) throw new Error(`unknown auth ${rec.auth}`);
       r.end();
       return rec;
     }
@@ -122,6 +132,13 @@ const SealmqVerify = (() => {
         if (p > 1) throw new Error(`unknown policy ${p}`);
         rec.policy = p === 1 ? 'signed' : 'legacy';
       } else throw new Error('unknown registry action');
+      r.end();
+      return rec;
+    }
+    if (kind === 3) {
+      const rec = { kind: 'rule', atMs: r.u64(), action: RULE_ACTIONS[r.u8()], ruleName: r.str16(), document: null };
+      if (rec.action === 'installed') rec.document = r.take(r.u32());
+      else if (rec.action !== 'removed') throw new Error('unknown rule action');
       r.end();
       return rec;
     }
@@ -164,13 +181,24 @@ const SealmqVerify = (() => {
     ['inclusion', 'Inclusion proof'],
     ['witnesses', 'Witness cosignatures'],
     ['signature', 'Device signature (MQS1)'],
+    ['rule', 'Rule that produced it'],
   ];
 
-  function compareView(view, rec) {
+  async function compareView(view, rec) {
     const differs = (field, shown, proven) => {
       if (shown !== proven) throw new Error(`${field}: the page shows ${JSON.stringify(shown)}, the record has ${JSON.stringify(proven)}`);
     };
     differs('kind', view.kind, rec.kind);
+    if (rec.kind === 'rule') {
+      differs('at_ms', String(view.at_ms), String(rec.atMs));
+      differs('action', view.action, rec.action);
+      differs('rule_name', view.rule_name, rec.ruleName);
+      if (rec.document) {
+        differs('rule_hash', view.rule_hash, hexEncode(await sha256(rec.document)));
+        differs('document', view.document, new TextDecoder().decode(rec.document));
+      }
+      return;
+    }
     differs('device_id', view.device_id, rec.deviceId);
     if (rec.kind === 'publish') {
       differs('received_ms', String(view.received_ms), String(rec.receivedMs));
@@ -179,13 +207,21 @@ const SealmqVerify = (() => {
       differs('retain', view.retain, rec.retain);
       differs('payload_len', view.payload_len, rec.payloadLen);
       differs('payload_sha256', view.payload_sha256, hexEncode(rec.payloadSha256));
-      differs('auth', view.auth, rec.sb ? 'mqs1' : 'unsigned');
+      differs('auth', view.auth, rec.sb ? 'mqs1' : rec.cause ? 'rule' : 'unsigned');
       if (rec.sb) {
         const m = view.mqs1 || {};
         differs('mqs1.kid', m.kid, hexEncode(rec.sb.kid));
         differs('mqs1.ctr', String(m.ctr), String(rec.sb.ctr));
         differs('mqs1.ts_ms', String(m.ts_ms), String(rec.sb.tsMs));
         differs('mqs1.sig', m.sig, hexEncode(rec.sb.sig));
+      }
+      if (rec.cause) {
+        const c = view.cause || {};
+        differs('cause.trigger_index', String(c.trigger_index), String(rec.cause.triggerIndex));
+        differs('cause.rule_hash', c.rule_hash, hexEncode(rec.cause.ruleHash));
+        differs('cause.rule_name', c.rule_name, rec.cause.ruleName);
+      } else if (view.cause !== null && view.cause !== undefined) {
+        throw new Error('cause: the page shows a cause the record does not have');
       }
     } else {
       differs('at_ms', String(view.at_ms), String(rec.atMs));
@@ -194,6 +230,37 @@ const SealmqVerify = (() => {
       if (rec.kid) differs('kid', view.kid, hexEncode(rec.kid));
       if (rec.policy) differs('policy', view.policy, rec.policy);
     }
+  }
+
+  /**
+   * A rule's action (`action`, decoded) against the install record of the
+   * rule that ran (`install`: its sealmq-proof/v1 bundle, against the same
+   * checkpoint as the action's): installed before the action, under the
+   * action's rule name, and its document hashes to the action's rule_hash
+   * (spec/rules.md: rule_hash = SHA-256(document bytes)); its inclusion is
+   * checked against `checkpoint`, already opened with the trusted key.
+   * Returns {index, document (Uint8Array)}.
+   */
+  async function checkRuleInstall(action, actionIndex, install, checkpoint) {
+    if (!install || install.format !== 'sealmq-proof/v1') throw new Error('no proof of the rule\'s install record');
+    if (!Number.isSafeInteger(install.index) || install.index >= actionIndex) {
+      throw new Error(`the install record #${install.index} does not come before the action #${actionIndex}`);
+    }
+    if (BigInt(install.tree_size) !== checkpoint.size) {
+      throw new Error(`the install's proof is for tree size ${install.tree_size}, the action's for ${checkpoint.size}`);
+    }
+    const bytes = base64Decode(install.record);
+    const rec = decodeRecord(bytes);
+    if (rec.kind !== 'rule' || rec.action !== 'installed') throw new Error(`record #${install.index} is not a rule install`);
+    if (rec.ruleName !== action.cause.ruleName) {
+      throw new Error(`record #${install.index} installs rule ${rec.ruleName}, the action names ${action.cause.ruleName}`);
+    }
+    if (!equalBytes(await sha256(rec.document), action.cause.ruleHash)) {
+      throw new Error(`the document installed at #${install.index} does not hash to the action's rule_hash`);
+    }
+    const proof = install.inclusion.map(base64Decode);
+    await verifyInclusion(install.index, checkpoint.size, await leafHash(bytes), proof, checkpoint.root);
+    return { index: install.index, document: rec.document };
   }
 
   /**
@@ -208,13 +275,17 @@ const SealmqVerify = (() => {
    *  - `witnesses` (optional): {quorum, list: [{name, vkey}], claimed} from
    *    /v1/witnesses, to check the checkpoint's cosignatures; `claimed` is
    *    the broker's word on whether this checkpoint meets its quorum, used
-   *    only when the quorum rule is not known here.
-   * Returns {ok, failedStep, witnessed: true|false|null, steps: [{id, label,
+   *    only when the quorum rule is not known here;
+   *  - `rule` (optional): for a rule's action, {install}: the proof bundle
+   *    of the install record of the rule that ran, against the action's
+   *    tree size (checkRuleInstall).
+   * Returns {ok, failedStep, witnessed: true|false|null, ruleDocument (an
+   * action's rule document, Uint8Array, once checked), steps: [{id, label,
    * status: ok|failed|skipped|unwitnessed|not-run, detail}]}; the first
    * failure stops the run. A checkpoint without the witnesses' quorum is not
    * a failure (the record is in the log the key signed) but says so.
    */
-  async function verifyRecord({ bundle, vkey, index, view, payload, devices, witnesses }) {
+  async function verifyRecord({ bundle, vkey, index, view, payload, devices, witnesses, rule }) {
     const steps = STEPS.map(([id, label]) => ({ id, label, status: 'not-run', detail: '' }));
     const byId = Object.fromEntries(steps.map((s) => [s.id, s]));
     const done = (id, status, detail) => Object.assign(byId[id], { status, detail });
@@ -238,14 +309,14 @@ const SealmqVerify = (() => {
       record: async () => {
         if (!view) return ['skipped', 'no record view to compare'];
         if (!equalBytes(base64Decode(view.record), ctx.recordBytes)) throw new Error('the record bytes differ from the proof\'s');
-        compareView(view, ctx.record);
+        await compareView(view, ctx.record);
         if (ctx.record.publicKey && view.kid !== undefined && view.kid !== hexEncode(await mqs1Kid(ctx.record.publicKey))) {
           throw new Error('kid: the page shows a key id that is not the added key\'s');
         }
         return 'every field shown is in the proven record';
       },
       payload: async () => {
-        if (ctx.record.kind !== 'publish') return ['skipped', 'registry record: no payload'];
+        if (ctx.record.kind !== 'publish') return ['skipped', `${ctx.record.kind} record: no payload`];
         if (!payload) return ['skipped', 'the stored payload was deleted; the record keeps its hash'];
         if (payload.length !== ctx.record.payloadLen) throw new Error(`${payload.length} bytes, the record says ${ctx.record.payloadLen}`);
         if (!equalBytes(await sha256(payload), ctx.record.payloadSha256)) throw new Error('SHA-256 of the payload differs from the record\'s');
@@ -292,7 +363,8 @@ const SealmqVerify = (() => {
       },
       signature: async () => {
         const rec = ctx.record;
-        if (rec.kind !== 'publish') return ['skipped', 'registry record: logged by the broker, not signed by a device'];
+        if (rec.kind !== 'publish') return ['skipped', `${rec.kind} record: logged by the broker, not signed by a device`];
+        if (rec.cause) return ['skipped', 'a rule\'s action: logged by the broker, not signed by a device'];
         if (!rec.sb) return ['skipped', 'unsigned (legacy) publish: nothing to check'];
         const device = (devices || []).find((d) => d.id === rec.deviceId);
         if (!device) throw new Error(`device ${rec.deviceId} is not in the registry`);
@@ -305,6 +377,18 @@ const SealmqVerify = (() => {
         const revoked = key.revoked_ms ? ` (key revoked since ${new Date(key.revoked_ms).toISOString()})` : '';
         return `signed by ${rec.deviceId} with key ${kidHex}, counter ${rec.sb.ctr}${revoked}`;
       },
+      rule: async () => {
+        const rec = ctx.record;
+        if (!rec.cause) return ['skipped', 'not a rule\'s action'];
+        if (rec.cause.triggerIndex >= BigInt(bundle.index)) {
+          throw new Error(`the action #${bundle.index} names a trigger after it, #${rec.cause.triggerIndex}`);
+        }
+        const found = await checkRuleInstall(rec, bundle.index, rule && rule.install, ctx.checkpoint);
+        ctx.ruleDocument = found.document;
+        return `rule ${rec.cause.ruleName} as installed at #${found.index} (in the log under the same checkpoint): `
+          + `its document hashes to the action's rule_hash ${hexEncode(rec.cause.ruleHash).slice(0, 16)}…; `
+          + `triggered by #${rec.cause.triggerIndex}`;
+      },
     };
     for (const step of steps) {
       try {
@@ -316,7 +400,7 @@ const SealmqVerify = (() => {
         return { ok: false, failedStep: step.id, witnessed: ctx.witnessed ?? null, steps };
       }
     }
-    return { ok: true, failedStep: null, witnessed: ctx.witnessed ?? null, steps };
+    return { ok: true, failedStep: null, witnessed: ctx.witnessed ?? null, ruleDocument: ctx.ruleDocument ?? null, steps };
   }
 
   // The page and the browser tests reach the proof code through this
@@ -326,6 +410,7 @@ const SealmqVerify = (() => {
     STEPS,
     decodeRecord,
     decodeSignatureBlock,
+    checkRuleInstall,
     mqs1Tbs,
     mqs1Kid,
     verifyMqs1,
