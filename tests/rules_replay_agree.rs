@@ -332,8 +332,11 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 /// level, `#` matching its parent, non-UTF-8 payloads (`text` null, bytes
 /// actions), duplicate JSON keys, retained state set, cleared by an empty
 /// payload, and not UTF-8 (`retained()` gives ""), non-ASCII topics and a
-/// device id with a `/` in a template, JSON numbers past the double range.
-const EDGE_RULES: [&str; 6] = [
+/// device id with a `/` in a template, JSON numbers past the double range,
+/// CEL's heterogeneous equality (a JSON number, always a double, against an
+/// int literal) and `string()` of doubles (README: the shortest decimal
+/// that reads back, never in exponent form).
+const EDGE_RULES: [&str; 7] = [
     r##"name = "r1"
 on = "+/+"
 when = "levels[0] == ''"
@@ -388,6 +391,15 @@ payload = "'big'"
 qos = 0
 retain = false
 "##,
+    r##"name = "r7"
+on = "m/+"
+when = "json.level == 3 && [1, 2.0] == [1.0, 2] && 3 in [json.level] && !('a' == 1)"
+[publish]
+topic = "level/{1}"
+payload = "string(json.level) + ' ' + string(json.max) + ' ' + string(json.min) + ' ' + string(json.sum)"
+qos = 0
+retain = false
+"##,
 ];
 
 #[test]
@@ -420,7 +432,9 @@ fn replays_agree_at_the_edges() {
     send("dev4", "n/2", br#"{"v": 1e400}"#, false); // none: not a double, so not JSON
     send("dev4", "n/3", br#"{"v": -0}"#, false); // r6
     send("dev4", "n/4", br#"{"v": 12345678901234567890123}"#, false); // none
+    send("dev5", "m/1", br#"{"level": 3, "max": 1e21, "min": 1.5e-7, "sum": 0.30000000000000004}"#, false); // r7
+    send("dev5", "m/2", br#"{"level": 3.5, "max": 1, "min": 1, "sum": 1}"#, false); // none
     assert!(broker.stop().success());
-    let want = Verdict { holds: true, triggers: Some(14), actions: Some(9), failed_at: None, unverifiable: vec![] };
+    let want = Verdict { holds: true, triggers: Some(16), actions: Some(10), failed_at: None, unverifiable: vec![] };
     assert_eq!(both_replays(&data), want);
 }

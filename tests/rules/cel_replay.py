@@ -44,21 +44,23 @@ Choices where the texts leave room:
 - Removing a name that is not active changes nothing.
 - JSON: strict UTF-8, no NaN/Infinity, no lone surrogates, every number a
   finite double; anything else makes `json` null.
-- string() follows cel-spec (see cel_string) rather than cel-python's str().
+- string() follows cel-spec (see cel_string) rather than cel-python's str();
+  string(double) is the shortest decimal that reads back as the same double,
+  never in exponent form, with no trailing ".0" (5, 1000000000000000000000,
+  0.00000015, -0, NaN, inf), as sealmq's README fixes it.
+- ==, != and `in` are cel-spec's heterogeneous equality (see cel_equal):
+  numbers compare by value whatever their type (5.0 == 5), values of other
+  different types are unequal (not an error), lists and maps element by
+  element. cel-python 0.5.0 raises "no such overload" instead.
 
-Where cel 0.15.0 (the broker's) and cel-python 0.5.0 still differ, so the
-two replays disagree on a rule that relies on it (probed with `sealmq rule
-test`; the spec does not settle them):
-- string(double): cel gives 5 / 1000000000000000000000 / 0.00000015,
-  cel-python 5.0 / 1e+21 / 1.5e-07 (cel-spec does not fix the format);
-- 5.0 == 5 (a JSON number against an int literal): true in cel, an error
-  (so a false `when`) in cel-python;
-- matches(), timestamp(), duration(): not in the broker's cel build (its
-  installer refuses rules that call them), present in cel-python.
+Where cel 0.15.0 (the broker's) and cel-python 0.5.0 still differ: matches(),
+timestamp(), duration() are not in the broker's cel build (its installer
+refuses rules that call them), present in cel-python.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import hashlib
 import json
 import re
@@ -67,6 +69,7 @@ import struct
 import sys
 import tomllib
 from dataclasses import dataclass
+from decimal import Decimal
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Iterator, Optional, Union
@@ -283,9 +286,73 @@ def cel_string(value: Any) -> celtypes.StringType:
         return celtypes.StringType("true" if value else "false")
     if isinstance(value, bytes):
         return celtypes.StringType(bytes(value).decode("utf-8"))  # invalid UTF-8: an error
-    if isinstance(value, (str, int, float, celtypes.TimestampType, celtypes.DurationType)):
+    if isinstance(value, float):
+        return celtypes.StringType(double_text(value))
+    if isinstance(value, (str, int, celtypes.TimestampType, celtypes.DurationType)):
         return celtypes.StringType(str(value))  # cel-python's own formatting
     raise TypeError(f"no string() overload for {type(value).__name__}")
+
+
+def double_text(value: float) -> str:
+    """string(double): the shortest decimal that reads back as `value`, in
+    positional notation, without a trailing ".0"."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    text = format(Decimal(repr(float(value))), "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def plain_number(value: Any) -> Union[int, float]:
+    return float(value) if isinstance(value, float) else int(value)
+
+
+def cel_equal(a: Any, b: Any) -> bool:
+    """cel-spec's heterogeneous equality: numbers by value across int, uint
+    and double (NaN equals nothing), lists and maps element by element,
+    values of different kinds unequal."""
+    if is_number(a) and is_number(b):
+        # As plain Python numbers (celtypes refuse mixed comparisons), which
+        # compare int and float exactly.
+        return plain_number(a) == plain_number(b)
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and bool(a) == bool(b)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(cel_equal(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        if len(a) != len(b):
+            return False
+        for key, value in a.items():
+            match = [k for k in b if cel_equal(k, key)]
+            if len(match) != 1 or not cel_equal(value, b[match[0]]):
+                return False
+        return True
+    if isinstance(a, str) and isinstance(b, str):
+        return str(a) == str(b)
+    if isinstance(a, bytes) and isinstance(b, bytes):
+        return bytes(a) == bytes(b)
+    if a is None or b is None:
+        return a is None and b is None
+    return type(a) is type(b) and bool(a == b)
+
+
+def cel_eq(a: Any, b: Any) -> celtypes.BoolType:
+    return celtypes.BoolType(cel_equal(a, b))
+
+
+def cel_ne(a: Any, b: Any) -> celtypes.BoolType:
+    return celtypes.BoolType(not cel_equal(a, b))
+
+
+def cel_in(item: Any, container: Any) -> celtypes.BoolType:
+    if isinstance(container, (list, dict)):
+        return celtypes.BoolType(any(cel_equal(item, element) for element in container))
+    raise TypeError(f"no 'in' overload for {type(container).__name__}")
 
 
 class Engine:
@@ -294,7 +361,13 @@ class Engine:
     def __init__(self, state: "RetainedState") -> None:
         self.env = celpy.Environment()
         self.state = state
-        self.functions: dict[str, Any] = {"retained": self._retained, "string": cel_string}
+        self.functions: dict[str, Any] = {
+            "retained": self._retained,
+            "string": cel_string,
+            "_==_": cel_eq,
+            "_!=_": cel_ne,
+            "_in_": cel_in,
+        }
 
     def _retained(self, topic: Any) -> celtypes.StringType:
         if not isinstance(topic, str):

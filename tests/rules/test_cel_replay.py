@@ -339,6 +339,34 @@ class ReplayTest(unittest.TestCase):
         log.act(t, "computed", docs[4], "o/5", b"30.75true")
         self.assert_holds(log)
 
+    def test_string_of_a_double_is_positional_and_shortest(self) -> None:
+        # README: string(double) is the shortest decimal that reads back as
+        # the same double, never in exponent form, no trailing ".0".
+        doc = rule_doc("num", "q", "true", "o",
+                       "string(json.a) + ' ' + string(json.b) + ' ' + string(json.c) + ' ' + string(json.d)"
+                       " + ' ' + string(-0.0) + ' ' + string(1.0 / 0.0)")
+        log = Log()
+        log.add(install(T0, "num", doc))
+        t = log.pub("q", b'{"a": 5, "b": 1e21, "c": 1.5e-7, "d": 0.30000000000000004}')
+        log.act(t, "num", doc, "o", b"5 1000000000000000000000 0.00000015 0.30000000000000004 -0 inf")
+        self.assert_holds(log)
+
+    def test_equality_is_heterogeneous(self) -> None:
+        # cel-spec: numbers equal by value across int, uint and double;
+        # values of other different types are unequal, not an error.
+        docs = [rule_doc("num", "q", "json.n == 3 && 3u == json.n && [1, 2.0] == [1.0, 2] && 3 in [json.n]",
+                         "o/1", "'a'"),
+                rule_doc("mixed", "q", "!('a' == 1) && json.s != 1 && null != 0 && {'k': 1.0} == {'k': 1}",
+                         "o/2", "'b'"),
+                rule_doc("unequal", "q", "json.n == 3.5 || json.s == 's '", "o/3", "'c'")]
+        log = Log()
+        for d in docs:
+            log.add(install(T0, d.split(b'"')[1].decode(), d))
+        t = log.pub("q", b'{"n": 3, "s": "s"}')
+        log.act(t, "num", docs[0], "o/1", b"a")
+        log.act(t, "mixed", docs[1], "o/2", b"b")
+        self.assert_holds(log)
+
     def test_unverifiable_when_payload_erased(self) -> None:
         log, t, a = self.vector_log()
         out = self.assert_holds(log, erase=(t,))
