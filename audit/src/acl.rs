@@ -21,33 +21,20 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
+use crate::topic::{self, FilterError, check_filter};
+
 /// The placeholder a pattern may contain for the device's own id.
 pub const DEVICE_PLACEHOLDER: &str = "{device}";
 
 /// The prefix of an MQTT 5 shared subscription, `$share/<group>/<filter>`.
 const SHARE_PREFIX: &str = "$share/";
 
-/// Longest MQTT string: a u16 length prefix.
-const MAX_LEN: usize = u16::MAX as usize;
-
-/// Why a pattern or filter is not a valid MQTT topic filter.
+/// Why a pattern or filter is not a valid ACL pattern.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum AclError {
-    /// Zero bytes long.
-    #[error("it is empty")]
-    Empty,
-    /// More than an MQTT string holds.
-    #[error("it is {0} bytes long, more than 65535")]
-    TooLong(usize),
-    /// MQTT strings may not contain U+0000.
-    #[error("it contains a NUL character")]
-    Nul,
-    /// `#` anywhere but alone in the last level.
-    #[error("'#' must be alone in the last level")]
-    MultiLevelWildcard,
-    /// `+` not alone in its level.
-    #[error("'+' must be alone in its level")]
-    SingleLevelWildcard,
+    /// Not an MQTT topic filter at all.
+    #[error(transparent)]
+    Filter(#[from] FilterError),
     /// ACL patterns name topics; a shared subscription's group is not one.
     #[error("a shared subscription ($share/…) is not an ACL pattern; allow its filter instead")]
     Shared,
@@ -67,27 +54,14 @@ enum Level<'a> {
     Rest,
 }
 
-/// Checks the MQTT rules every topic filter obeys.
-fn check_filter(filter: &str) -> Result<(), AclError> {
-    if filter.is_empty() {
-        return Err(AclError::Empty);
-    }
-    if filter.len() > MAX_LEN {
-        return Err(AclError::TooLong(filter.len()));
-    }
-    if filter.contains('\0') {
-        return Err(AclError::Nul);
-    }
-    let mut levels = filter.split('/').peekable();
-    while let Some(level) = levels.next() {
-        if level.contains('#') && (level != "#" || levels.peek().is_some()) {
-            return Err(AclError::MultiLevelWildcard);
-        }
-        if level.contains('+') && level != "+" {
-            return Err(AclError::SingleLevelWildcard);
+impl Level<'_> {
+    fn as_topic_level(&self) -> topic::Level<'_> {
+        match self {
+            Level::Literal(text) => topic::Level::Literal(text),
+            Level::One => topic::Level::One,
+            Level::Rest => topic::Level::Rest,
         }
     }
-    Ok(())
 }
 
 /// Parses a filter already checked by [`check_filter`] into levels.
@@ -160,7 +134,7 @@ impl Acl {
     /// May the device publish to `topic`? False for a topic name that is
     /// not valid (empty, too long, NUL, or containing a wildcard).
     pub fn allows_publish(&self, topic: &str) -> bool {
-        if topic.is_empty() || topic.len() > MAX_LEN || topic.contains(['\0', '+', '#']) {
+        if topic.is_empty() || topic.len() > topic::MAX_TOPIC_LEN || topic.contains(['\0', '+', '#']) {
             return false;
         }
         let Some(patterns) = &self.patterns else { return true };
@@ -233,26 +207,7 @@ fn excludes_dollar(pattern: &[Level<'_>]) -> bool {
 
 /// Does `pattern` match the topic name `topic`?
 fn matches_topic(pattern: &[Level<'_>], topic: &str) -> bool {
-    if topic.starts_with('$') && excludes_dollar(pattern) {
-        return false;
-    }
-    let mut levels = topic.split('/');
-    for level in pattern {
-        match level {
-            Level::Rest => return true,
-            Level::One => {
-                if levels.next().is_none() {
-                    return false;
-                }
-            }
-            Level::Literal(text) => {
-                if levels.next() != Some(text.as_ref()) {
-                    return false;
-                }
-            }
-        }
-    }
-    levels.next().is_none()
+    topic::matches(pattern.iter().map(Level::as_topic_level), topic)
 }
 
 /// Does `pattern` match every topic the filter `filter` matches?
@@ -405,12 +360,12 @@ mod tests {
         assert_eq!(validate_pattern("+/{device}/#", "d"), Ok(()));
         assert_eq!(validate_pattern("#", "d"), Ok(()));
         assert_eq!(validate_pattern("$SYS/#", "d"), Ok(()));
-        assert_eq!(validate_pattern("", "d"), Err(AclError::Empty));
-        assert_eq!(validate_pattern("a/#/b", "d"), Err(AclError::MultiLevelWildcard));
-        assert_eq!(validate_pattern("a#", "d"), Err(AclError::MultiLevelWildcard));
-        assert_eq!(validate_pattern("a/b+", "d"), Err(AclError::SingleLevelWildcard));
-        assert_eq!(validate_pattern("a\0", "d"), Err(AclError::Nul));
-        assert_eq!(validate_pattern(&"a".repeat(65536), "d"), Err(AclError::TooLong(65536)));
+        assert_eq!(validate_pattern("", "d"), Err(AclError::Filter(FilterError::Empty)));
+        assert_eq!(validate_pattern("a/#/b", "d"), Err(AclError::Filter(FilterError::MultiLevelWildcard)));
+        assert_eq!(validate_pattern("a#", "d"), Err(AclError::Filter(FilterError::MultiLevelWildcard)));
+        assert_eq!(validate_pattern("a/b+", "d"), Err(AclError::Filter(FilterError::SingleLevelWildcard)));
+        assert_eq!(validate_pattern("a\0", "d"), Err(AclError::Filter(FilterError::Nul)));
+        assert_eq!(validate_pattern(&"a".repeat(65536), "d"), Err(AclError::Filter(FilterError::TooLong(65536))));
         assert_eq!(validate_pattern("$share/g/a", "d"), Err(AclError::Shared));
         for id in ["a/b", "+", "x#"] {
             assert_eq!(validate_pattern("t/{device}", id), Err(AclError::DeviceIdNotLiteral(id.into())));
@@ -419,7 +374,7 @@ mod tests {
         }
         // Fits alone, too long once the id is substituted.
         let long = "a".repeat(65534);
-        assert_eq!(validate_pattern("{device}/x", &long), Err(AclError::TooLong(65536)));
+        assert_eq!(validate_pattern("{device}/x", &long), Err(AclError::Filter(FilterError::TooLong(65536))));
     }
 
     #[test]

@@ -17,7 +17,8 @@
 //!   [`Policy`] ([`policy`]): C2SP tlog-policy, the quorum a verifier
 //!   requires; [`witness`]: C2SP tlog-witness requests and the rules a
 //!   witness applies ([`witness::judge`]);
-//! - [`acl`]: device ACL patterns and MQTT topic-filter coverage;
+//! - [`topic`]: MQTT topic filters, their syntax and matching; [`acl`]:
+//!   device ACL patterns and MQTT topic-filter coverage;
 //! - [`RetainedState`]: the retained messages the log implies (MQTT 5
 //!   §3.3.1.3), as a fold over records.
 //!
@@ -37,6 +38,7 @@ mod note;
 pub mod policy;
 mod record;
 mod retained;
+pub mod topic;
 pub mod tree;
 pub mod witness;
 

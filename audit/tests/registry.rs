@@ -14,6 +14,7 @@ use sealmq_audit::store::{
     DeviceSettings, Entry, Log, LogConfig, LogReader, Policy, Registry, RegistryError, StoreError, now_ms, verify,
     verify_password,
 };
+use sealmq_audit::topic::FilterError;
 use sealmq_audit::{PublishRecord, Record, RegistryEvent, RegistryRecord, sha256};
 use sqlx::Connection;
 use sqlx::sqlite::SqliteConnection;
@@ -429,8 +430,8 @@ async fn bad_keys_devices_and_patterns_are_refused_with_nothing_written() {
     let long = "x".repeat(65536);
     assert!(matches!(registry.add_device(&long, &settings()).await, Err(RegistryError::InvalidDeviceId { .. })));
     let bad_patterns: [(&str, &str, AclError); 4] = [
-        ("d", "a/#/b", AclError::MultiLevelWildcard),
-        ("d", "a+", AclError::SingleLevelWildcard),
+        ("d", "a/#/b", AclError::Filter(FilterError::MultiLevelWildcard)),
+        ("d", "a+", AclError::Filter(FilterError::SingleLevelWildcard)),
         ("d", "$share/g/x", AclError::Shared),
         ("dev/+", "t/{device}", AclError::DeviceIdNotLiteral("dev/+".into())),
     ];

@@ -3,27 +3,15 @@
 
 use thiserror::Error;
 
-/// Longest MQTT string: a u16 length prefix.
-pub const MAX_TOPIC_LEN: usize = u16::MAX as usize;
+use sealmq_audit::topic::{self, FilterError};
+pub use sealmq_audit::topic::{Level, MAX_TOPIC_LEN};
 
 /// Why `on` is not a filter a rule may use.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum TopicError {
-    /// Zero bytes long.
-    #[error("it is empty")]
-    Empty,
-    /// Longer than an MQTT string.
-    #[error("it is {0} bytes long, more than 65535")]
-    TooLong(usize),
-    /// Contains U+0000.
-    #[error("it contains a NUL character")]
-    Nul,
-    /// `#` anywhere but alone in the last level.
-    #[error("'#' must be alone in the last level")]
-    MultiLevelWildcard,
-    /// `+` not alone in its level.
-    #[error("'+' must be alone in its level")]
-    SingleLevelWildcard,
+    /// Not an MQTT topic filter at all.
+    #[error(transparent)]
+    Filter(#[from] FilterError),
     /// `$share/…`.
     #[error("a shared subscription ($share/…) cannot trigger rules")]
     Shared,
@@ -58,38 +46,10 @@ pub struct Filter {
     text: String,
 }
 
-/// One level of a filter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Level<'a> {
-    /// Exact text.
-    Literal(&'a str),
-    /// `+`.
-    One,
-    /// `#`.
-    Rest,
-}
-
 impl Filter {
     /// Checks `filter` against MQTT's rules and the rules' own.
     pub fn parse(filter: &str) -> Result<Self, TopicError> {
-        if filter.is_empty() {
-            return Err(TopicError::Empty);
-        }
-        if filter.len() > MAX_TOPIC_LEN {
-            return Err(TopicError::TooLong(filter.len()));
-        }
-        if filter.contains('\0') {
-            return Err(TopicError::Nul);
-        }
-        let mut levels = filter.split('/').peekable();
-        while let Some(level) = levels.next() {
-            if level.contains('#') && (level != "#" || levels.peek().is_some()) {
-                return Err(TopicError::MultiLevelWildcard);
-            }
-            if level.contains('+') && level != "+" {
-                return Err(TopicError::SingleLevelWildcard);
-            }
-        }
+        topic::check_filter(filter)?;
         if filter.starts_with("$share/") {
             return Err(TopicError::Shared);
         }
@@ -106,37 +66,13 @@ impl Filter {
 
     /// Its levels.
     pub fn levels(&self) -> impl Iterator<Item = Level<'_>> {
-        self.text.split('/').map(|level| match level {
-            "+" => Level::One,
-            "#" => Level::Rest,
-            literal => Level::Literal(literal),
-        })
+        topic::levels(&self.text)
     }
 
     /// Does the filter match the topic name `topic`? (`+` one level, `#` the
     /// rest including none; wildcards never match a `$` topic's first level.)
     pub fn matches(&self, topic: &str) -> bool {
-        let mut filter = self.levels().peekable();
-        if topic.starts_with('$') && matches!(filter.peek(), Some(Level::One | Level::Rest)) {
-            return false;
-        }
-        let mut levels = topic.split('/');
-        for level in filter {
-            match level {
-                Level::Rest => return true,
-                Level::One => {
-                    if levels.next().is_none() {
-                        return false;
-                    }
-                }
-                Level::Literal(text) => {
-                    if levels.next() != Some(text) {
-                        return false;
-                    }
-                }
-            }
-        }
-        levels.next().is_none()
+        topic::matches(self.levels(), topic)
     }
 }
 
@@ -263,9 +199,9 @@ mod tests {
         assert!(Filter::parse("a/#").unwrap().matches("a"));
         assert_eq!(Filter::parse("$share/g/a"), Err(TopicError::Shared));
         assert_eq!(Filter::parse("$SYS/#"), Err(TopicError::Dollar));
-        assert_eq!(Filter::parse("a/#/b"), Err(TopicError::MultiLevelWildcard));
-        assert_eq!(Filter::parse("a+"), Err(TopicError::SingleLevelWildcard));
-        assert_eq!(Filter::parse(""), Err(TopicError::Empty));
+        assert_eq!(Filter::parse("a/#/b"), Err(TopicError::Filter(FilterError::MultiLevelWildcard)));
+        assert_eq!(Filter::parse("a+"), Err(TopicError::Filter(FilterError::SingleLevelWildcard)));
+        assert_eq!(Filter::parse(""), Err(TopicError::Filter(FilterError::Empty)));
     }
 
     #[test]
