@@ -266,7 +266,7 @@ impl Rules {
         };
         let mut actions = Vec::new();
         for (install_index, rule) in rules {
-            if let Some(action) = scope.evaluate(rule).action() {
+            if let Some(action) = scope.evaluate_matching(rule).action() {
                 let at = index + 1 + actions.len() as u64;
                 actions.push(PlannedAction {
                     index: at,

@@ -235,13 +235,19 @@ impl<'a> Scope<'a> {
 
     /// What `rule` does for this scope's trigger.
     pub fn evaluate(&mut self, rule: &RuleDocument) -> Outcome {
+        if !rule.on().matches(self.trigger.topic) {
+            return Outcome::NoMatch;
+        }
+        self.evaluate_matching(rule)
+    }
+
+    /// What `rule`, whose filter is known to match the trigger's topic (the
+    /// engine's filter index found it), does for this scope's trigger.
+    pub fn evaluate_matching(&mut self, rule: &RuleDocument) -> Outcome {
         stacker::maybe_grow(EVAL_RED_ZONE, EVAL_STACK, || self.evaluate_here(rule))
     }
 
     fn evaluate_here(&mut self, rule: &RuleDocument) -> Outcome {
-        if !rule.on().matches(self.trigger.topic) {
-            return Outcome::NoMatch;
-        }
         let trigger = self.trigger;
         let context = match &mut self.context {
             Some(context) => context,
