@@ -9,6 +9,7 @@ use std::fmt;
 use sqlx::SqlitePool;
 use tokio::sync::mpsc;
 
+use super::erasure::{ERASURE_DEVICE, ErasureRecord};
 use super::reader::LogReader;
 use super::{StoreError, retained, to_i64, to_u64};
 use crate::tree::is_stored_level;
@@ -98,6 +99,11 @@ pub struct VerifyReport {
     pub unsealed: u64,
     /// Stored payloads checked against their records' hashes.
     pub payloads: u64,
+    /// Publish records whose (non-empty) payload is no longer stored:
+    /// erased by retention or on request (see the erasure records).
+    pub erased: u64,
+    /// Erasure records (`$sealmq/erasure`) in the log.
+    pub erasures: u64,
     /// Topics with a retained message, as the records imply; the
     /// `retained` table was checked against them.
     pub retained: u64,
@@ -353,6 +359,8 @@ impl Run {
             self.retained.apply(index, retained);
         }
         report.payloads += u64::from(record.has_payload);
+        report.erased += u64::from(record.erased);
+        report.erasures += u64::from(record.erasure);
         report.records += 1;
         Ok(leaf)
     }
@@ -407,6 +415,10 @@ async fn check_tree_nodes(pool: &SqlitePool, nodes: &[(NodeId, Hash)]) -> Result
 struct RawRecord {
     index: u64,
     has_payload: bool,
+    /// A publish with a non-empty payload that is not stored.
+    erased: bool,
+    /// An erasure record.
+    erasure: bool,
     /// The leaf hash, or what is wrong with the record.
     verdict: Result<Hash, String>,
     /// The decoded record, kept only when it changes retained state.
@@ -419,6 +431,7 @@ impl RawRecord {
     /// the record's payload hash and length.
     fn check(index: u64, stored_leaf: &[u8], body: &[u8], payload: Option<&[u8]>) -> Self {
         let mut retained = None;
+        let (mut erased, mut erasure) = (false, false);
         let verdict = (|| {
             let leaf = leaf_hash(body);
             if stored_leaf != leaf {
@@ -433,10 +446,20 @@ impl RawRecord {
                     return Err("stored payload does not match the record's payload_len and payload_sha256".into());
                 }
             }
+            if let Record::Publish(publish) = &decoded {
+                erased = payload.is_none() && publish.payload_len > 0;
+                erasure = publish.device_id == ERASURE_DEVICE;
+                if erasure {
+                    // What was erased is only on record while this stays.
+                    let json = payload.ok_or("an erasure record's payload is missing")?;
+                    ErasureRecord::from_json(json)
+                        .map_err(|e| format!("an erasure record's payload does not parse: {e}"))?;
+                }
+            }
             retained = RetainedChange::of(&decoded).is_some().then_some(decoded);
             Ok(leaf)
         })();
-        Self { index, has_payload: payload.is_some(), verdict, retained }
+        Self { index, has_payload: payload.is_some(), erased, erasure, verdict, retained }
     }
 }
 
