@@ -95,6 +95,16 @@ fn proof_checks(broker: &BrokerProcess, dir: &Path, index: u64) {
 fn payloads_past_a_rule_are_erased_records_and_proofs_stay() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
+    // A rule that reads the lamps' payloads: once they are erased, replay
+    // cannot re-evaluate it and must say so.
+    let rule = tmp.path().join("echo.toml");
+    std::fs::write(
+        &rule,
+        "name = \"lamp-echo\"\non = \"zigbee2mqtt/lamp\"\nwhen = \"true\"\n\
+         [publish]\ntopic = \"house/lamp-echo\"\npayload = \"'echo ' + text\"\nqos = 0\nretain = false\n",
+    )
+    .unwrap();
+    sealmq(&data, &["rule", "add", rule.to_str().unwrap()]).ok();
     let broker = BrokerProcess::start_with_config(
         &data,
         "block_interval_ms = 50\n[retention]\ninterval = \"1s\"\n\
@@ -188,7 +198,13 @@ fn payloads_past_a_rule_are_erased_records_and_proofs_stay() {
     assert_eq!(verified.erasures, found.len() as u64);
     assert_eq!(verified.retained, 1);
     let replay = sealmq(&data, &["audit", "replay"]).ok();
-    assert!(replay.contains("ok:"), "{replay}");
+    assert!(replay.contains("ok:") && replay.contains("5 triggers unverifiable (payload erased)"), "{replay}");
+    for index in &lamps {
+        assert!(replay.contains(&format!("unverifiable: record {index}: its payload was erased")), "{replay}");
+    }
+    // The actions (not covered by the rule's filter) keep theirs.
+    let echoes = publishes(&data).into_iter().filter(|(_, p)| p.topic == "house/lamp-echo").count();
+    assert_eq!(echoes, 5);
 }
 
 #[test]

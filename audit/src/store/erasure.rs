@@ -33,7 +33,7 @@ pub const ERASURE_DEVICE: &str = "$sealmq/erasure";
 /// The topic of erasure records.
 pub const ERASURE_TOPIC: &str = "$SYS/sealmq/erasure";
 /// Payload rows one erasure batch (one sequencer transaction) looks at.
-pub const SCAN_ROWS: usize = 4096;
+pub const SCAN_ROWS: usize = 1024;
 
 /// Why payloads were erased.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
