@@ -26,7 +26,7 @@ use sqlx::sqlite::SqlitePoolOptions;
 use super::reader::connect_options;
 use super::{DB_FILE, StoreError, now_ms, to_i64, to_u64};
 use crate::topic::{self, check_filter};
-use crate::{PublishRecord, SYSTEM_DEVICE_PREFIX};
+use crate::{PublishRecord, SYSTEM_DEVICE_PREFIX, sha256};
 
 /// The publisher of erasure records.
 pub const ERASURE_DEVICE: &str = "$sealmq/erasure";
@@ -191,6 +191,56 @@ impl super::LogReader {
                 .fetch_one(self.pool())
                 .await?;
         Ok((to_u64(bytes)?, last.map(to_u64).transpose()?))
+    }
+}
+
+/// The log's erasure records, to tell which missing payloads they account
+/// for ([`Erasures::covers`]).
+#[derive(Debug, Clone, Default)]
+pub struct Erasures {
+    /// (its index, the record), by `below_index`.
+    records: Vec<(u64, ErasureRecord)>,
+}
+
+impl Erasures {
+    /// The erasure records below `end`, found through the search index.
+    /// The index is derived data, so each is taken only if its record
+    /// (which `verify` checks against its leaf hash) is from
+    /// [`ERASURE_DEVICE`] and commits to the stored JSON: a doctored index
+    /// cannot make a deleted payload look accounted for.
+    pub(crate) async fn load(reader: &super::LogReader, end: u64) -> Result<Self, StoreError> {
+        let rows: Vec<(i64, Vec<u8>, Option<Vec<u8>>)> = sqlx::query_as(
+            "SELECT ri.idx, r.body, p.data FROM record_index ri JOIN index_names n ON n.id = ri.device \
+             JOIN records r ON r.idx = ri.idx LEFT JOIN payloads p ON p.idx = ri.idx \
+             WHERE n.name = ? AND ri.idx < ? ORDER BY ri.idx",
+        )
+        .bind(ERASURE_DEVICE)
+        .bind(to_i64(end))
+        .fetch_all(reader.pool())
+        .await?;
+        let mut records: Vec<(u64, ErasureRecord)> = rows
+            .into_iter()
+            .filter_map(|(idx, body, data)| {
+                let data = data?;
+                match crate::Record::decode(&body).ok()? {
+                    crate::Record::Publish(p) if p.device_id == ERASURE_DEVICE && p.payload_sha256 == sha256(&data) => {
+                        Some((to_u64(idx).ok()?, ErasureRecord::from_json(&data).ok()?))
+                    }
+                    _ => None,
+                }
+            })
+            .collect();
+        records.sort_by_key(|(_, record)| record.below_index);
+        Ok(Self { records })
+    }
+
+    /// Is the missing payload of `record` at `index` accounted for by an
+    /// erasure record after it?
+    pub fn covers(&self, index: u64, record: &PublishRecord) -> bool {
+        // Only records with below_index > index can; the first of them
+        // (the oldest pass that reached past it) nearly always does.
+        let from = self.records.partition_point(|(_, e)| e.below_index <= index);
+        self.records[from..].iter().any(|(at, e)| *at > index && e.covers(index, record))
     }
 }
 
