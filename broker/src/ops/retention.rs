@@ -212,22 +212,22 @@ impl Retention {
             if *stop.borrow() {
                 return;
             }
-            if let Err(e) = self.requests().await {
-                tracing::error!(error = %e, "carrying out erase requests failed; retrying");
+            // What this round erased, requests and rules alike (the one
+            // place a payload-erased counter would add it up).
+            let mut erased = Outcome::default();
+            match self.requests().await {
+                Ok(outcome) => erased += outcome,
+                Err(e) => tracing::error!(error = %e, "carrying out erase requests failed; retrying"),
             }
             if self.config.is_active() && tokio::time::Instant::now() >= due {
                 due = tokio::time::Instant::now() + self.config.interval.0;
                 match self.pass().await {
-                    Ok(outcome) if outcome.records > 0 => {
-                        tracing::info!(
-                            records = outcome.records,
-                            bytes = outcome.bytes,
-                            "retention pass erased payloads"
-                        );
-                    }
-                    Ok(_) => {}
+                    Ok(outcome) => erased += outcome,
                     Err(e) => tracing::error!(error = %e, "a retention pass failed; it runs again next interval"),
                 }
+            }
+            if erased.records > 0 {
+                tracing::info!(records = erased.records, bytes = erased.bytes, "payloads erased");
             }
         }
     }
