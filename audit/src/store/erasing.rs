@@ -155,8 +155,10 @@ impl Sequencer {
             select.push(")");
             again.extend(select.build_query_as::<Row>().fetch_all(&mut *tx).await?);
         }
-        // The retained table is small (one row per retained topic) and is
-        // changed only by this task, so it holds still for the batch.
+        // The retained table is small (one row per retained topic), and
+        // only the sequencer (running this) changes it: read in the
+        // batch's transaction, it is exactly what is current at the
+        // erasure record's place in the log.
         let retained: HashSet<i64> =
             sqlx::query_scalar::<_, i64>("SELECT idx FROM retained").fetch_all(&mut *tx).await?.into_iter().collect();
 
