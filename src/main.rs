@@ -2,6 +2,7 @@
 
 mod audit_cmd;
 mod device_cmd;
+mod erase_cmd;
 mod rule_cmd;
 mod serve_cmd;
 mod witness_cmd;
@@ -37,6 +38,9 @@ enum Command {
     /// Rules: install, list, show, remove, and test one without installing.
     #[command(subcommand)]
     Rule(rule_cmd::RuleCommand),
+    /// Erase the stored payloads of a device's or a topic's publishes
+    /// (records and proofs stay; the erasure is logged).
+    Erase(erase_cmd::EraseArgs),
     /// Create the data directory's log and witness keys when missing and
     /// print their verifier keys (for peers' policies and witness lists).
     Init(witness_cmd::InitArgs),
@@ -82,6 +86,7 @@ fn main() -> ExitCode {
             Command::Audit(command) => audit_cmd::run(&data, command).await,
             Command::Device(command) => device_cmd::run(&data, command).await,
             Command::Rule(command) => rule_cmd::run(&data, command).await,
+            Command::Erase(args) => erase_cmd::run(&data, args).await,
             Command::Init(args) => witness_cmd::init(&data, args).await,
             Command::Witness(command) => witness_cmd::run(&data, command).await,
         }

@@ -9,6 +9,8 @@
 //!
 //! - [`codec`]: MQTT 3.1.1 and 5 framing, translation to one v5 model, and
 //!   the validation the decoders leave out;
+//! - [`ops`]: running for years: payload retention rules and erasure
+//!   requests (`[retention]`, `sealmq erase`), carried out by the sequencer;
 //! - [`config`] ([`BrokerConfig`]): embedded defaults, TOML, flags;
 //! - [`net`]: TCP, TLS and WebSocket listeners, the descriptor budget,
 //!   rate limits;
@@ -38,6 +40,7 @@ pub mod devices;
 pub mod gateway;
 pub mod http;
 pub mod net;
+pub mod ops;
 pub mod route;
 pub mod server;
 pub mod session;

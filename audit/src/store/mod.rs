@@ -19,6 +19,9 @@
 //! - [`Follower`]: what sees each record as it is appended and may append
 //!   records right after it, in the same transaction ([`Derived`]: a
 //!   rule's actions).
+//! - [`Log::erase`], [`ErasureSpec`], [`ErasureOutbox`]: stored payloads
+//!   erased (retention, `sealmq erase`), each erasure logged
+//!   ([`ErasureRecord`]).
 //! - [`Cosignatures`]: what the log's witnesses cosigned (`log.db`);
 //!   [`WitnessStore`]: this broker as a witness of other logs, its key and
 //!   state (`witness.db`, `witness.key`).
@@ -29,6 +32,7 @@
 
 mod checkpointer;
 pub mod cosignatures;
+pub mod erasure;
 mod follower;
 mod index;
 mod keyfile;
@@ -45,6 +49,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use cosignatures::Cosignatures;
+pub use erasure::{ERASURE_DEVICE, ERASURE_TOPIC, Erased, ErasureOutbox, ErasureRecord, ErasureSpec, Reason};
 pub use follower::{Derived, Follower};
 pub use index::{FILTER_TOPICS_MAX, FoundRecord, RecordQuery, SearchPage};
 pub use reader::{LogReader, SealedBlock, StoredRecord};
@@ -54,7 +59,7 @@ pub use registry::{
 };
 pub use verify::{Failure, Place, Progress, VerifyReport, verify};
 pub use witness::{WitnessStore, WitnessedLog};
-pub use writer::{Appending, Entry, Log};
+pub use writer::{Appending, Entry, Log, Resume};
 
 use crate::{DecodeError, NoteError, ProofError};
 

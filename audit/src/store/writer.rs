@@ -25,6 +25,8 @@ use crate::{BlockHeader, Checkpoint, Hash, LogKey, RetainedState};
 mod append;
 #[path = "entry.rs"]
 mod entry;
+#[path = "erasing.rs"]
+mod erasing;
 #[path = "following.rs"]
 mod following;
 #[path = "opening.rs"]
@@ -33,6 +35,7 @@ mod opening;
 mod outbox;
 
 pub use entry::Entry;
+pub use erasing::Resume;
 
 /// Rows per multi-row INSERT. Each row binds 3 values; this stays far below
 /// SQLite's variable limit and lets the statement cache reuse one plan.
@@ -50,6 +53,7 @@ enum Command {
     DrainOutbox { reply: oneshot::Sender<Result<Vec<u64>, StoreError>> },
     ReconcileRetained { reply: oneshot::Sender<Result<RetainedState, StoreError>> },
     SetFollower { follower: Box<dyn Follower>, reply: oneshot::Sender<Result<(), StoreError>> },
+    Erase { batch: erasing::Batch, reply: oneshot::Sender<Result<erasing::BatchDone, StoreError>> },
 }
 
 /// What [`Log::take_derived`] hands out: each commit's derived records.
@@ -384,6 +388,10 @@ impl Sequencer {
                 }
                 Some(Command::SetFollower { follower, reply }) => {
                     let _ = reply.send(self.set_follower(follower));
+                }
+                Some(Command::Erase { batch, reply }) => {
+                    let _ = reply.send(self.erase_batch(batch).await);
+                    self.seal_full_blocks().await;
                 }
                 Some(Command::DrainOutbox { reply }) => {
                     let result = self.drain_outbox().await;

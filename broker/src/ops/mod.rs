@@ -1,0 +1,4 @@
+//! Running the broker for years: payload retention and erasure
+//! (`retention.rs`).
+
+pub mod retention;
