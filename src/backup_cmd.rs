@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use sealmq_audit::store::{BackupError, Progress, backup, restore};
+use sealmq_audit::store::{BackupError, Progress, Replace, backup, restore};
 
 use crate::EXIT_FAILED_CHECK;
 
@@ -29,6 +29,12 @@ pub struct RestoreArgs {
     /// moved to DATA_DIR/replaced-<unix ms>/, not deleted.
     #[arg(long)]
     force: bool,
+    /// With --force, replace the log even when it is this same log with
+    /// more records than the backup: a rollback (README, "Backup and
+    /// restore"). Witnesses that cosigned more will still make the broker
+    /// refuse to serve it.
+    #[arg(long, requires = "force")]
+    accept_rollback: bool,
 }
 
 /// `sealmq backup DIR`: copies the log in `data` while a broker may serve it.
@@ -60,13 +66,14 @@ pub async fn run_restore(data: Option<&Path>, args: RestoreArgs) -> Result<ExitC
         && data != args.data_dir
     {
         bail!(
-            "restore names its target data directory ({}); --data names another ({})",
+            "restore names its target data directory ({}); --data (or SEALMQ_DATA) names another ({})",
             args.data_dir.display(),
             data.display()
         );
     }
     eprintln!("restoring {} into {}", args.backup.display(), args.data_dir.display());
-    let restored = match restore(&args.backup, &args.data_dir, args.force, progress_printer()).await {
+    let replace = Replace { force: args.force, accept_rollback: args.accept_rollback };
+    let restored = match restore(&args.backup, &args.data_dir, replace, progress_printer()).await {
         Ok(restored) => restored,
         Err(BackupError::Verify(failure)) => {
             println!("FAILED: the backup does not verify: {failure}");
@@ -93,8 +100,8 @@ pub async fn run_restore(data: Option<&Path>, args: RestoreArgs) -> Result<ExitC
             && let Some(lost) = replaced.records.and_then(|r| r.checked_sub(manifest.records)).filter(|&n| n > 0)
         {
             println!(
-                "  warning: this rolls the log back by {lost} records; witnesses that cosigned past tree size {} \
-                 will make the broker refuse to serve it",
+                "  warning: this rolls the log back by {lost} records (--accept-rollback); witnesses that cosigned \
+                 past tree size {} will make the broker refuse to serve it",
                 manifest.tree_size
             );
         }

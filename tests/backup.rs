@@ -2,9 +2,11 @@
 //! a backup taken while a QoS 1 publisher keeps the broker busy restores to
 //! a log that verifies, holds every record acknowledged before the backup
 //! began and nothing the original does not hold, and serves again; restore
-//! refuses an occupied target without `--force`, a backup whose bytes are
-//! not its manifest's, and one that does not verify; and with witnesses, a
-//! restored older backup is a rollback the broker refuses to serve.
+//! refuses an occupied target without `--force` (which moves the old log
+//! aside), a longer copy of the same log without `--accept-rollback`, a
+//! backup whose bytes are not its manifest's, and one that does not
+//! verify; and with witnesses, a restored older backup is a rollback the
+//! broker refuses to serve.
 
 mod common;
 
@@ -235,7 +237,7 @@ fn restore(backup: &Path, target: &Path, extra: &[&str]) -> common::Run {
 }
 
 #[test]
-fn restore_refuses_an_occupied_target_without_force_and_moves_the_old_log_aside_with_it() {
+fn restore_refuses_an_occupied_target_without_force_and_a_rollback_without_accept_rollback() {
     let dir = tempfile::tempdir().unwrap();
     let (data, backup, target) = (dir.path().join("data"), dir.path().join("backup"), dir.path().join("target"));
     log_and_backup(&data, &backup, 300);
@@ -272,6 +274,16 @@ fn restore_refuses_an_occupied_target_without_force_and_moves_the_old_log_aside_
     assert_eq!(aside.len(), 1, "{aside:?}");
     assert_eq!(common::vkey(&aside[0]), other_vkey);
     assert_eq!(verify_ok(&aside[0]).records, 50);
+
+    // The same log, grown since the backup: restoring the backup over it
+    // would lose records, and needs saying so.
+    common::load(&target, 100, 64, 2);
+    let err = restore(&backup, &target, &["--force"]).error();
+    assert!(err.contains("400 records") && err.contains("rollback"), "{err}");
+    assert_eq!(verify_ok(&target).records, 400, "a refused rollback changed the target");
+    let out = restore(&backup, &target, &["--force", "--accept-rollback"]).ok();
+    assert!(out.contains("rolls the log back by 100 records"), "{out}");
+    assert_eq!(verify_ok(&target).records, 300);
 }
 
 #[test]
@@ -349,7 +361,11 @@ fn with_witnesses_a_restored_older_backup_is_a_rollback_the_broker_refuses_to_se
 
     let data = mesh.a().data.clone();
     let witness_key = std::fs::read(data.join("witness.key")).unwrap();
-    let out = restore(&backup, &data, &["--force"]).ok();
+    // The data directory holds this log with more records: a rollback,
+    // which --force alone does not do.
+    let err = restore(&backup, &data, &["--force"]).error();
+    assert!(err.contains("rollback") && err.contains("--accept-rollback"), "{err}");
+    let out = restore(&backup, &data, &["--force", "--accept-rollback"]).ok();
     assert!(out.contains("rolls the log back"), "restore does not warn of the rollback:\n{out}");
     // A's own state as a witness of B and C is not rolled back with its log.
     assert_eq!(std::fs::read(data.join("witness.key")).unwrap(), witness_key);

@@ -87,6 +87,20 @@ pub enum BackupError {
     /// The target already holds a log (restore without `force`).
     #[error("{0} already holds a log; pass --force to replace it (it is moved aside, not deleted)")]
     Exists(PathBuf),
+    /// The target holds this same log with more records than the backup:
+    /// restoring it would be a rollback (restore without `accept_rollback`).
+    #[error(
+        "{dir} holds this log with {have} records, the backup only {backup}: restoring it is a rollback \
+         (see README, \"Backup and restore\"); pass --accept-rollback as well to do it anyway"
+    )]
+    Rollback {
+        /// The data directory.
+        dir: PathBuf,
+        /// Records of the log there.
+        have: u64,
+        /// Records in the backup.
+        backup: u64,
+    },
     /// The manifest is missing, does not parse, or does not describe the copy.
     #[error("manifest: {0}")]
     Manifest(String),

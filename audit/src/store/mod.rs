@@ -59,7 +59,7 @@ pub use registry::{
     Change, Device, DeviceKey, DeviceSettings, Policy, Registry, RegistryError, RegistrySnapshot, validate_device_id,
     verify_password,
 };
-pub use restore::{Restored, restore};
+pub use restore::{Replace, Restored, restore};
 pub use verify::{Failure, Place, Progress, VerifyReport, verify};
 pub use witness::{WitnessStore, WitnessedLog};
 pub use writer::{Appending, Entry, Log};

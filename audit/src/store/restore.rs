@@ -33,6 +33,16 @@ pub struct Restored {
     pub replaced: Option<Replaced>,
 }
 
+/// What a restore may replace.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Replace {
+    /// Replace a log the data directory already holds (moved aside).
+    pub force: bool,
+    /// Even when it is the same log with more records than the backup:
+    /// a rollback, which only the operator can decide to accept.
+    pub accept_rollback: bool,
+}
+
 /// A log that a restore moved aside.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Replaced {
@@ -74,8 +84,10 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, BackupError> {
 /// Restores the backup in `backup_dir` as the log of `data_dir`.
 ///
 /// Refuses while a broker (or anything holding `log.lock`) has the data
-/// directory open, and when it already holds a log unless `force`; a
-/// replaced log's files are moved to `data_dir/replaced-<unix ms>/`. Each
+/// directory open, and when it already holds a log unless `replace.force`
+/// (and, if that is the same log with more records than the backup, unless
+/// `replace.accept_rollback`); a replaced log's files are moved to
+/// `data_dir/replaced-<unix ms>/`. Each
 /// file is checked against the manifest's SHA-256 as it is copied, and the
 /// copy is verified as `sealmq audit verify` would, against the manifest's
 /// verifier key, before anything in `data_dir` changes. `witness.db` and
@@ -83,7 +95,7 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, BackupError> {
 pub async fn restore(
     backup_dir: &Path,
     data_dir: &Path,
-    force: bool,
+    replace: Replace,
     progress: impl FnMut(Progress),
 ) -> Result<Restored, BackupError> {
     let manifest = read_manifest(backup_dir)?;
@@ -98,10 +110,21 @@ pub async fn restore(
     // Held until the new files are in place: no broker may open the log
     // half restored, and none may be serving the log being replaced.
     let _lock = lock_data_dir(data_dir)?;
-    let existing = [DB_FILE, KEY_FILE].iter().any(|name| data_dir.join(name).exists());
-    if existing && !force {
-        return Err(BackupError::Exists(data_dir.to_path_buf()));
-    }
+    let existing = if [DB_FILE, KEY_FILE].iter().any(|name| data_dir.join(name).exists()) {
+        if !replace.force {
+            return Err(BackupError::Exists(data_dir.to_path_buf()));
+        }
+        let (vkey, records) = describe(data_dir).await;
+        if let Some(have) = records.filter(|&have| have > manifest.records)
+            && vkey.as_deref() == Some(manifest.vkey.as_str())
+            && !replace.accept_rollback
+        {
+            return Err(BackupError::Rollback { dir: data_dir.to_path_buf(), have, backup: manifest.records });
+        }
+        Some((vkey, records))
+    } else {
+        None
+    };
 
     let staging = data_dir.join(STAGING_DIR);
     if staging.exists() {
@@ -116,7 +139,10 @@ pub async fn restore(
         return Err(e);
     }
 
-    let replaced = if existing { Some(move_aside(data_dir).await?) } else { None };
+    let replaced = match existing {
+        Some((vkey, records)) => Some(move_aside(data_dir, vkey, records)?),
+        None => None,
+    };
     // The database first: a log.key without its log.db is no log at all,
     // and the broker would make a new one under it.
     for name in [DB_FILE, KEY_FILE] {
@@ -173,11 +199,10 @@ async fn stage(
     Ok(())
 }
 
-/// Moves the data directory's log files (the database with its WAL and
-/// shared memory, and the key) to `replaced-<unix ms>/`, after reading
-/// what it can about them.
-async fn move_aside(data_dir: &Path) -> Result<Replaced, BackupError> {
-    let (vkey, records) = match LogReader::open(data_dir).await {
+/// The verifier key and record count of the log in `data_dir`, as far as
+/// it can still be read (it may be the damaged log a restore replaces).
+async fn describe(data_dir: &Path) -> (Option<String>, Option<u64>) {
+    match LogReader::open(data_dir).await {
         Ok(reader) => {
             let records = reader.record_count().await.ok();
             let vkey = reader.verifier_key().to_string();
@@ -185,7 +210,12 @@ async fn move_aside(data_dir: &Path) -> Result<Replaced, BackupError> {
             (Some(vkey), records)
         }
         Err(_) => (None, None),
-    };
+    }
+}
+
+/// Moves the data directory's log files (the database with its WAL and
+/// shared memory, and the key) to `replaced-<unix ms>/`.
+fn move_aside(data_dir: &Path, vkey: Option<String>, records: Option<u64>) -> Result<Replaced, BackupError> {
     let moved_to = data_dir.join(format!("replaced-{}", now_ms()));
     std::fs::create_dir(&moved_to).map_err(io_error(&moved_to))?;
     set_dir_private(&moved_to)?;
