@@ -41,7 +41,8 @@ pub const BACKUP_FILES: [&str; 2] = [DB_FILE, KEY_FILE];
 pub struct Manifest {
     /// [`BACKUP_FORMAT`].
     pub format: String,
-    /// When the backup was taken (Unix ms).
+    /// When the backup was finished, verified (Unix ms); the copy is the
+    /// log as committed when it started.
     pub created_ms: u64,
     /// The log's origin.
     pub origin: String,
