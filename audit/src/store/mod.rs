@@ -29,7 +29,12 @@
 //! Files in the data directory: `log.db` (with its WAL) and `log.key`, the
 //! log's Ed25519 seed (mode 0600, created on first use, never logged); a
 //! witness adds `witness.db` and `witness.key`.
+//!
+//! - [`backup()`] / [`restore()`]: an online copy of `log.db` and its key,
+//!   verified, with a manifest; and putting one back (never the witness's
+//!   files: see [`backup`]).
 
+pub mod backup;
 mod checkpointer;
 pub mod cosignatures;
 pub mod erasure;
@@ -39,6 +44,7 @@ mod keyfile;
 mod pending;
 mod reader;
 pub mod registry;
+pub mod restore;
 mod retained;
 pub mod synthetic;
 mod verify;
@@ -48,6 +54,7 @@ mod writer;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use backup::{BackupError, Manifest, backup};
 pub use cosignatures::Cosignatures;
 pub use erasure::{ERASURE_DEVICE, ERASURE_TOPIC, Erased, ErasureOutbox, ErasureRecord, ErasureSpec, Reason};
 pub use follower::{Derived, Follower};
@@ -57,6 +64,7 @@ pub use registry::{
     Change, Device, DeviceKey, DeviceSettings, Policy, Registry, RegistryError, RegistrySnapshot, validate_device_id,
     verify_password,
 };
+pub use restore::{Replace, Restored, restore};
 pub use verify::{Failure, Place, Progress, VerifyReport, verify};
 pub use witness::{WitnessStore, WitnessedLog};
 pub use writer::{Appending, Entry, Log, Resume};

@@ -36,6 +36,8 @@ mod outbox;
 
 pub use entry::Entry;
 pub use erasing::Resume;
+// Restoring a backup takes the same lock as the writer.
+pub(super) use opening::lock_data_dir;
 
 /// Rows per multi-row INSERT. Each row binds 3 values; this stays far below
 /// SQLite's variable limit and lets the statement cache reuse one plan.

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use sealmq_audit::store::{ErasureOutbox, ErasureSpec, Log, Reason, Resume, StoreError, now_ms};
 use sealmq_audit::topic::check_filter;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 /// How often the erase-request outbox is looked at.
@@ -82,6 +82,13 @@ impl fmt::Display for Span {
     }
 }
 
+/// Written as it is read back: `"<n>ms"` (for `sealmq check-config`).
+impl Serialize for Span {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 impl<'de> Deserialize<'de> for Span {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
@@ -90,7 +97,7 @@ impl<'de> Deserialize<'de> for Span {
 }
 
 /// The `[retention]` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetentionConfig {
     /// How often the rules and the size cap run.
@@ -110,7 +117,7 @@ impl Default for RetentionConfig {
 }
 
 /// One `[[retention.rules]]` entry.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetentionRule {
     /// Named in each erasure record it causes.
