@@ -1,5 +1,6 @@
 //! `sealmq`: the broker and its auditor tools.
 
+mod archive_cmd;
 mod audit_cmd;
 mod device_cmd;
 mod rule_cmd;
@@ -43,6 +44,9 @@ enum Command {
     /// Witness other logs (C2SP tlog-witness) without a broker.
     #[command(subcommand)]
     Witness(witness_cmd::WitnessCommand),
+    /// Write sealed history to a C2SP tlog-tiles directory, check it, and
+    /// remove it from the log (see the README's "Archives").
+    Archive(archive_cmd::ArchiveArgs),
 }
 
 /// Where the data lives unless `--data` or the configuration says otherwise.
@@ -84,6 +88,7 @@ fn main() -> ExitCode {
             Command::Rule(command) => rule_cmd::run(&data, command).await,
             Command::Init(args) => witness_cmd::init(&data, args).await,
             Command::Witness(command) => witness_cmd::run(&data, command).await,
+            Command::Archive(args) => archive_cmd::run(&data, args).await,
         }
     });
     match outcome {

@@ -48,6 +48,8 @@ pub struct BrokerConfig {
     pub witnessing: WitnessingConfig,
     /// The logs this broker witnesses.
     pub witness: WitnessConfig,
+    /// The mounted archive and the automatic archive policy.
+    pub archive: crate::ops::archive::ArchiveConfig,
     /// Serve even when the witnesses show the database is an older or
     /// diverging copy of the log. A command-line flag only
     /// (`--accept-rollback`), never a file setting: overriding the check
@@ -74,6 +76,7 @@ impl Default for BrokerConfig {
             upstream: Upstream::default(),
             witnessing: WitnessingConfig::default(),
             witness: WitnessConfig::default(),
+            archive: crate::ops::archive::ArchiveConfig::default(),
             accept_rollback: false,
         }
     }
@@ -351,6 +354,7 @@ impl BrokerConfig {
                 return Err(ConfigError::Invalid(format!("witness.logs: {key:?}: {e}")));
             }
         }
+        self.archive.validate().map_err(ConfigError::Invalid)?;
         if self.upstream.address.is_none() && (self.upstream.username.is_some() || self.upstream.password.is_some()) {
             return invalid("upstream.username and upstream.password need upstream.address");
         }

@@ -38,6 +38,7 @@ pub mod devices;
 pub mod gateway;
 pub mod http;
 pub mod net;
+pub mod ops;
 pub mod route;
 pub mod server;
 pub mod session;

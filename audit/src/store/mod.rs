@@ -27,6 +27,7 @@
 //! log's Ed25519 seed (mode 0600, created on first use, never logged); a
 //! witness adds `witness.db` and `witness.key`.
 
+pub mod archive;
 mod checkpointer;
 pub mod cosignatures;
 mod follower;
@@ -52,7 +53,7 @@ pub use registry::{
     Change, Device, DeviceKey, DeviceSettings, Policy, Registry, RegistryError, RegistrySnapshot, validate_device_id,
     verify_password,
 };
-pub use verify::{Failure, Place, Progress, VerifyReport, verify};
+pub use verify::{Failure, Place, Progress, VerifyReport, verify, verify_with_archive};
 pub use witness::{WitnessStore, WitnessedLog};
 pub use writer::{Appending, Entry, Log};
 
@@ -132,6 +133,17 @@ pub enum StoreError {
     /// A request names something the log does not have.
     #[error("{0}")]
     NotFound(String),
+    /// The record was archived: the database keeps records from
+    /// `archived` on (and a few below it); the archive has the rest.
+    #[error(
+        "record {index} is archived (the log keeps records from {archived} on; see the archive written by `sealmq archive`)"
+    )]
+    Archived {
+        /// The record asked for.
+        index: u64,
+        /// The archived size.
+        archived: u64,
+    },
     /// A search cannot be answered as asked (a bad or too broad filter).
     #[error("{0}")]
     Query(String),
