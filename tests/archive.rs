@@ -311,3 +311,34 @@ fn archived_history_stays_provable_verifiable_and_readable() {
     assert!(status.success());
     sealmq(&data, &["audit", "replay"]).ok();
 }
+
+#[test]
+fn the_automatic_policy_keeps_the_newest_records_and_archives_the_rest() {
+    let temp = tempfile::tempdir().unwrap();
+    let data = temp.path().join("data");
+    let archive = temp.path().join("archive");
+    let config = format!(
+        "block_max_records = 64\nblock_interval_ms = 20\n[archive]\ndir = \"{}\"\nkeep_records = 300\n\
+         check_interval_s = 1\n",
+        archive.to_str().unwrap()
+    );
+    let broker = BrokerProcess::start_with_config(&data, &config);
+    let mut conn = connect5(broker.mqtt, "policy-test");
+    let last = publish_many(&mut conn, "bulk/p", 0, 1200, false);
+    let head = sealed(broker.http, last + 1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let archived = loop {
+        let archived = Db::open_read_only(&data).int("SELECT coalesce(max(tree_size), 0) FROM archives") as u64;
+        if archived > 0 {
+            break archived;
+        }
+        assert!(Instant::now() < deadline, "the policy archived nothing within 20 s");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(archived >= 256 && archived + 300 <= head, "archived {archived} of {head}, keeping 300");
+    let left = Db::open_read_only(&data).int("SELECT count(*) FROM records") as u64;
+    assert!(left < head, "records were removed: {left} of {head} left");
+    sealmq(&data, &["audit", "verify", "--archive", archive.to_str().unwrap()]).ok();
+    proof_checks(&data, broker.http, &broker.vkey, 10, temp.path());
+    assert!(broker.stop().success());
+}

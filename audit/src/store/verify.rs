@@ -9,7 +9,7 @@ use std::fmt;
 use sqlx::SqlitePool;
 use tokio::sync::mpsc;
 
-use super::archive::{ArchiveCheck, ArchiveDir, ArchiveError, archived_size, check_archive};
+use super::archive::{ArchiveCheck, ArchiveDir, archived_size, verdict};
 use super::reader::LogReader;
 use super::{StoreError, retained, to_i64, to_u64};
 use crate::tree::is_stored_level;
@@ -147,24 +147,10 @@ pub async fn verify_with_archive(
 ) -> Result<VerifyReport, StoreError> {
     let mut report = VerifyReport { archived: archived_size(reader.pool()).await?, ..VerifyReport::default() };
     if let Some(dir) = archive {
-        let check = match check_archive(reader, dir, vkey, |_| {}).await {
-            Ok(check) => check,
-            Err(ArchiveError::Store(e)) => return Err(e),
-            Err(e) => {
-                report.failure = Some(failure(Place::Archive, e.to_string()));
-                return Ok(report);
-            }
-        };
-        if let Some(f) = &check.failure {
-            report.failure = Some(failure(Place::Archive, f.to_string()));
-        } else if check.tree_size < report.archived {
-            report.failure = Some(failure(
-                Place::Archive,
-                format!("it ends at {}, the log archived up to {}", check.tree_size, report.archived),
-            ));
-        }
-        report.archive = Some(check);
-        if report.failure.is_some() {
+        let (check, wrong) = verdict(reader, dir, vkey, report.archived).await?;
+        report.archive = check;
+        if let Some(what) = wrong {
+            report.failure = Some(failure(Place::Archive, what));
             return Ok(report);
         }
     }
@@ -239,6 +225,9 @@ impl<E: Into<StoreError>> From<E> for Step {
     }
 }
 
+/// A record kept below the archived size: index, leaf, bytes, payload.
+type KeptRow = (i64, Vec<u8>, Vec<u8>, Option<Vec<u8>>);
+
 /// One row of `blocks`, as stored.
 #[derive(sqlx::FromRow)]
 struct BlockRow {
@@ -274,7 +263,7 @@ impl Run {
         if self.archived == 0 {
             return Ok(());
         }
-        let rows: Vec<(i64, Vec<u8>, Vec<u8>, Option<Vec<u8>>)> = sqlx::query_as(
+        let rows: Vec<KeptRow> = sqlx::query_as(
             "SELECT r.idx, r.leaf, r.body, p.data FROM records r LEFT JOIN payloads p ON p.idx = r.idx \
              WHERE r.idx < ? ORDER BY r.idx",
         )

@@ -34,7 +34,10 @@ pub(super) async fn record(State(api): State<Arc<ApiState>>, index: Segment) -> 
         }
     };
     let mut view = record_view(&found)?;
-    view["archived"] = json!(archived);
+    if archived {
+        // Only here: a record the search still finds is not archived.
+        view["archived"] = json!(true);
+    }
     // An archived trigger's actions are archived too (they follow it).
     if view["kind"] == "publish" && view["cause"].is_null() && !archived {
         view["actions"] = json!(actions_of(&api.reader, index).await?);

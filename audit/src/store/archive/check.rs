@@ -84,6 +84,30 @@ pub async fn check_archive(
     }
 }
 
+/// For `audit verify`: the archive's check, and what is wrong with it
+/// (an archive file that cannot be read at all is wrong too; only the
+/// database failing is an error).
+pub(crate) async fn verdict(
+    reader: &LogReader,
+    dir: &ArchiveDir,
+    vkey: &VerifierKey,
+    archived: u64,
+) -> Result<(Option<ArchiveCheck>, Option<String>), StoreError> {
+    let check = match check_archive(reader, dir, vkey, |_| {}).await {
+        Ok(check) => check,
+        Err(ArchiveError::Store(e)) => return Err(e),
+        Err(e) => return Ok((None, Some(e.to_string()))),
+    };
+    let wrong = match &check.failure {
+        Some(failure) => Some(failure.to_string()),
+        None if check.tree_size < archived => {
+            Some(format!("it ends at {}, the log archived up to {archived}", check.tree_size))
+        }
+        None => None,
+    };
+    Ok((Some(check), wrong))
+}
+
 async fn run(
     reader: &LogReader,
     dir: &ArchiveDir,

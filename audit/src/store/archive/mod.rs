@@ -19,6 +19,7 @@ mod write;
 
 use std::path::PathBuf;
 
+pub(crate) use check::verdict;
 pub use check::{ArchiveCheck, ArchiveFailure, check_archive};
 pub use gap::archived_size;
 pub use layout::ArchiveDir;

@@ -13,7 +13,12 @@ use crate::store::reader::connect_options;
 use crate::store::{DB_FILE, LogReader, StoreError, to_i64, to_u64};
 use crate::tiles::{TILE_HEIGHT, TILE_WIDTH, push_entry, split_bundle, split_hashes, tile_levels, tile_path};
 
-/// Records read from the database per query while writing.
+/// A record as read for the archive: index, bytes, leaf hash, payload.
+type StoredRow = (i64, Vec<u8>, Vec<u8>, Option<Vec<u8>>);
+/// The same without its index (the rows are checked contiguous).
+type Row = (Vec<u8>, Vec<u8>, Option<Vec<u8>>);
+
+/// Tiles read from the database per query while writing.
 const READ_TILES: u64 = 16;
 
 /// What one archive run did (the counts are what a metrics counter wants).
@@ -183,8 +188,8 @@ impl Writer<'_> {
     }
 
     /// Records `[from, to)` with leaf and payload; all must be there.
-    async fn rows(&self, from: u64, to: u64) -> Result<Vec<(Vec<u8>, Vec<u8>, Option<Vec<u8>>)>, ArchiveError> {
-        let rows: Vec<(i64, Vec<u8>, Vec<u8>, Option<Vec<u8>>)> = sqlx::query_as(
+    async fn rows(&self, from: u64, to: u64) -> Result<Vec<Row>, ArchiveError> {
+        let rows: Vec<StoredRow> = sqlx::query_as(
             "SELECT r.idx, r.body, r.leaf, p.data FROM records r LEFT JOIN payloads p ON p.idx = r.idx \
              WHERE r.idx >= ? AND r.idx < ? ORDER BY r.idx",
         )
