@@ -20,6 +20,7 @@ use serde_json::Value;
 use common::broker::BrokerProcess;
 use common::http::get;
 use common::mqtt::{Conn, QoS, connect5, connect5_receipts, kind, publish5_packet, subscribe5};
+use common::rules::IRRIGATE;
 use common::{Db, sealmq};
 
 /// Messages published in bulk.
@@ -161,6 +162,10 @@ fn archived_history_stays_provable_verifiable_and_readable() {
     let archive: PathBuf = temp.path().join("archive");
     let scratch = temp.path();
 
+    // A rule, logged when the broker starts: a kind-3 record that stays.
+    let rule_file = scratch.join("irrigate.toml");
+    std::fs::write(&rule_file, IRRIGATE).unwrap();
+    sealmq(&data, &["rule", "add", rule_file.to_str().unwrap()]).ok();
     // Small blocks: many checkpoints, most of them inside the archived range.
     let broker = BrokerProcess::start_with_config(&data, "block_max_records = 64\nblock_interval_ms = 20\n");
     let vkey = broker.vkey.clone();
@@ -170,7 +175,11 @@ fn archived_history_stays_provable_verifiable_and_readable() {
     let y_first = publish_one(&mut conn, "state/y", b"y-first", true);
     publish_one(&mut conn, "state/z", b"z", true);
     publish_one(&mut conn, "state/z", b"", true); // clears state/z
-    publish_many(&mut conn, "bulk/a", 0, BULK / 2, false);
+    // The rule fires: its action sets the retained farm/bed1/valve to 'open'.
+    let trigger = publish_one(&mut conn, "farm/bed1/moisture", br#"{"moisture": 20}"#, false);
+    let first_bulk = publish_many(&mut conn, "bulk/a", 0, 1, false);
+    assert_eq!(first_bulk, trigger + 2, "the action was logged right after its trigger");
+    publish_many(&mut conn, "bulk/a", 1, BULK / 2 - 1, false);
     // A registry change while serving: a kind-2 record in the archived range.
     sealmq(&data, &["device", "add", "sensor-9", "--policy", "legacy"]).ok();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -198,14 +207,17 @@ fn archived_history_stays_provable_verifiable_and_readable() {
     let mut db = Db::open_read_only(&data);
     let archived = db.int("SELECT max(tree_size) FROM archives") as u64;
     assert!(archived <= 2000 && archived > 1800, "archived below the largest checkpoint <= 2000: {archived}");
+    let action = trigger + 1;
     assert_eq!(
-        db.int(&format!("SELECT count(*) FROM records WHERE idx < {archived}")),
-        2,
-        "below the archived size only the registry record and state/x's current retained message stay"
+        db.ints(&format!("SELECT idx FROM records WHERE idx < {archived} ORDER BY idx")),
+        [0, current_x as i64, action as i64, registry_index as i64],
+        "below the archived size only the rule's record, the current retained messages (state/x, the valve) \
+         and the registry record stay"
     );
-    assert_eq!(db.int(&format!("SELECT count(*) FROM records WHERE idx = {current_x} OR idx = {registry_index}")), 2);
-    assert_eq!(db.int(&format!("SELECT count(*) FROM payloads WHERE idx = {current_x}")), 1);
-    assert_eq!(db.int(&format!("SELECT count(*) FROM payloads WHERE idx < {archived}")), 1);
+    assert_eq!(
+        db.ints(&format!("SELECT idx FROM payloads WHERE idx < {archived} ORDER BY idx")),
+        [current_x as i64, action as i64]
+    );
     // Deleting above the archived size is refused by the schema.
     let mut rw = Db::open(&data);
     let refused = rw.exec(&format!("DELETE FROM records WHERE idx = {archived}")).unwrap_err();
@@ -280,17 +292,25 @@ fn archived_history_stays_provable_verifiable_and_readable() {
     let bundle = proof_checks(&data, broker.http, &vkey, old_retained, scratch);
     assert_eq!(bundle["index"], old_retained);
     proof_checks(&data, broker.http, &vkey, y_first, scratch);
-    let (status, body) = get(broker.http, "/v1/records/100");
+    let (status, body) = get(broker.http, &format!("/v1/records/{}", first_bulk + 95));
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     let view: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(view["archived"], true);
     assert_eq!(STANDARD.decode(view["payload"].as_str().unwrap()).unwrap(), b"message 95");
+
+    // The rule is active across the gap, and reads the retained valve its
+    // archived action set: bed1's valve is open already, bed2's is not.
+    let mut conn = connect5(broker.mqtt, "moisture-sensor");
+    let bed1 = publish_one(&mut conn, "farm/bed1/moisture", br#"{"moisture": 10}"#, false);
+    let bed2 = publish_one(&mut conn, "farm/bed2/moisture", br#"{"moisture": 10}"#, false);
+    assert_eq!(bed2, bed1 + 1, "bed1's dry reading fired nothing: its valve's retained 'open' was derived");
+    let next = publish_one(&mut conn, "bulk/after", b"after", false);
+    assert_eq!(next, bed2 + 2, "bed2's dry reading fired the rule's action");
     // The broker's own tiles still rebuild the root (archived part from the archive).
     let (status, _) = get(broker.http, "/tile/entries/000");
     assert_eq!(status, 200);
 
     // More traffic, then a second run extends the archive.
-    let mut conn = connect5(broker.mqtt, "archiver-test-2");
     let last = publish_many(&mut conn, "bulk/c", BULK, 500, false);
     sealed(broker.http, last + 1);
     let out = sealmq(&data, &["archive", "--below", &(size + 300).to_string(), archive.to_str().unwrap()]).ok();
