@@ -9,6 +9,7 @@ use std::fmt;
 use sqlx::SqlitePool;
 use tokio::sync::mpsc;
 
+use super::archive::gap::check_kept_leaves;
 use super::archive::{ArchiveCheck, ArchiveDir, archived_size, verdict};
 use super::reader::LogReader;
 use super::{StoreError, retained, to_i64, to_u64};
@@ -262,6 +263,9 @@ impl Run {
     async fn kept(&mut self, pool: &SqlitePool, report: &mut VerifyReport) -> Result<(), Step> {
         if self.archived == 0 {
             return Ok(());
+        }
+        if let Some((index, what)) = check_kept_leaves(pool, self.archived).await? {
+            fail(Place::Record(index), what)?;
         }
         let rows: Vec<KeptRow> = sqlx::query_as(
             "SELECT r.idx, r.leaf, r.body, p.data FROM records r LEFT JOIN payloads p ON p.idx = r.idx \

@@ -34,3 +34,52 @@ mod tests {
         assert!(!skips_archived(4, 4, 10));
     }
 }
+
+/// Checks the leaf hashes kept below the archived size without the
+/// archive: each whole 16-leaf group of them must hash to the stored
+/// level-4 tree hash above it (which the tree root at the archived size
+/// covers), and a kept record's leaf must be the hash of its bytes (checked
+/// with the records). Returns the first group that does not, and why.
+pub(crate) async fn check_kept_leaves(
+    pool: &sqlx::SqlitePool,
+    archived: u64,
+) -> Result<Option<(u64, String)>, StoreError> {
+    use std::collections::BTreeMap;
+
+    let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+        "SELECT idx, leaf FROM kept_leaves WHERE idx < ?1 UNION ALL SELECT idx, leaf FROM records WHERE idx < ?1",
+    )
+    .bind(crate::store::to_i64(archived))
+    .fetch_all(pool)
+    .await?;
+    let mut groups: BTreeMap<u64, BTreeMap<u64, Vec<u8>>> = BTreeMap::new();
+    for (idx, leaf) in rows {
+        let idx = to_u64(idx)?;
+        let group = groups.entry(idx >> crate::tree::STORED_LEVEL_STEP).or_default();
+        if let Some(other) = group.insert(idx, leaf.clone())
+            && other != leaf
+        {
+            return Ok(Some((idx, "the kept leaf hash differs from the record's".into())));
+        }
+    }
+    let width = 1u64 << crate::tree::STORED_LEVEL_STEP;
+    for (group, leaves) in groups {
+        if leaves.len() as u64 != width || (group + 1) * width > archived {
+            continue;
+        }
+        let hashes =
+            leaves.values().map(|l| crate::store::to_hash(l, "kept leaf")).collect::<Result<Vec<crate::Hash>, _>>()?;
+        let stored: Option<Vec<u8>> = sqlx::query_scalar("SELECT hash FROM tree_nodes WHERE level = ? AND idx = ?")
+            .bind(i64::from(crate::tree::STORED_LEVEL_STEP))
+            .bind(crate::store::to_i64(group))
+            .fetch_optional(pool)
+            .await?;
+        if stored.as_deref() != Some(&crate::tree::subtree_root(&hashes)[..]) {
+            return Ok(Some((
+                group * width,
+                "the kept leaf hashes of its group do not hash to the stored tree hash".into(),
+            )));
+        }
+    }
+    Ok(None)
+}
