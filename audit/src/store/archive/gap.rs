@@ -21,20 +21,6 @@ pub fn skips_archived(expected: u64, found: u64, archived: u64) -> bool {
     found > expected && found <= archived
 }
 
-#[cfg(test)]
-mod tests {
-    use super::skips_archived;
-
-    #[test]
-    fn only_records_below_the_archived_size_may_be_skipped() {
-        assert!(skips_archived(0, 5, 10));
-        assert!(skips_archived(3, 10, 10));
-        assert!(!skips_archived(10, 11, 10), "a record at or past the archived size must be there");
-        assert!(!skips_archived(4, 12, 10), "the records from the archived size on must all be there");
-        assert!(!skips_archived(4, 4, 10));
-    }
-}
-
 /// Checks the leaf hashes kept below the archived size without the
 /// archive: each whole 16-leaf group of them must hash to the stored
 /// level-4 tree hash above it (which the tree root at the archived size
@@ -82,4 +68,18 @@ pub(crate) async fn check_kept_leaves(
         }
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::skips_archived;
+
+    #[test]
+    fn only_records_below_the_archived_size_may_be_skipped() {
+        assert!(skips_archived(0, 5, 10));
+        assert!(skips_archived(3, 10, 10));
+        assert!(!skips_archived(10, 11, 10), "a record at or past the archived size must be there");
+        assert!(!skips_archived(4, 12, 10), "the records from the archived size on must all be there");
+        assert!(!skips_archived(4, 4, 10));
+    }
 }
