@@ -18,6 +18,9 @@ type StoredRow = (i64, Vec<u8>, Vec<u8>, Option<Vec<u8>>);
 /// The same without its index (the rows are checked contiguous).
 type Row = (Vec<u8>, Vec<u8>, Option<Vec<u8>>);
 
+/// Files written (each fsynced, on several threads) at a time.
+const WRITE_BATCH: usize = 96;
+
 /// Tiles read from the database per query while writing.
 const READ_TILES: u64 = 16;
 
@@ -74,7 +77,7 @@ pub async fn archive(data_dir: &Path, below: u64, dir: &ArchiveDir) -> Result<Ar
     existing_archive(&reader, dir, previous)?;
 
     let started = Instant::now();
-    let mut writer = Writer { reader: &reader, dir, dirs: BTreeSet::new(), files: 0, bytes: 0 };
+    let mut writer = Writer { reader: &reader, dir, dirs: BTreeSet::new(), files: 0, bytes: 0, pending: Vec::new() };
     writer.entries(previous, size).await?;
     writer.hash_tiles(previous, size).await?;
     let previous_height = match previous {
@@ -82,8 +85,10 @@ pub async fn archive(data_dir: &Path, below: u64, dir: &ArchiveDir) -> Result<Ar
         _ => reader.block_with_size(previous).await?.map(|b| b.header.height),
     };
     writer.blocks(previous_height.map_or(0, |h| h + 1), height).await?;
+    writer.flush()?;
     // Last: a reader who finds this checkpoint finds every tile it names.
-    writer.put("checkpoint", note.as_bytes())?;
+    writer.dir.write("checkpoint", note.as_bytes(), &mut writer.dirs)?;
+    writer.files += 1;
     dir.sync_dirs(&writer.dirs)?;
     outcome.files = writer.files;
     outcome.bytes_written = writer.bytes;
@@ -140,14 +145,24 @@ struct Writer<'a> {
     dirs: BTreeSet<PathBuf>,
     files: u64,
     bytes: u64,
+    /// Files not written yet: written (and fsynced) a batch at a time.
+    pending: Vec<(String, Vec<u8>)>,
 }
 
 impl Writer<'_> {
     fn put(&mut self, rel: &str, bytes: &[u8]) -> Result<(), ArchiveError> {
-        self.dir.write(rel, bytes, &mut self.dirs)?;
+        self.pending.push((rel.to_string(), bytes.to_vec()));
         self.files += 1;
         self.bytes += bytes.len() as u64;
+        if self.pending.len() >= WRITE_BATCH {
+            self.flush()?;
+        }
         Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), ArchiveError> {
+        let files = std::mem::take(&mut self.pending);
+        self.dir.write_many(&files, &mut self.dirs)
     }
 
     /// Entry bundles, level-0 tiles and payload files for `[previous, size)`.
