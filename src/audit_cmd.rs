@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
+use sealmq_audit::store::archive::ArchiveDir;
 use sealmq_audit::store::synthetic::SyntheticDevice;
-use sealmq_audit::store::{Entry, Log, LogConfig, LogReader, Progress, now_ms, verify};
+use sealmq_audit::store::{Entry, Log, LogConfig, LogReader, Progress, now_ms, verify_with_archive};
 use sealmq_audit::{
     ConsistencyBundle, Cosigner, Policy, ProofBundle, Record, RuleEvent, RuleRecord, VerifierKey,
     check_device_signature, mqs1,
@@ -29,6 +30,10 @@ pub enum AuditCommand {
         /// stored in the log; pin it to catch a replaced key).
         #[arg(long)]
         vkey: Option<String>,
+        /// Also check this archive (`sealmq archive`) of the records the
+        /// log no longer holds; without it they are named as unchecked.
+        #[arg(long)]
+        archive: Option<PathBuf>,
     },
     /// Re-execute every rule over the log (spec/rules.md) and check every
     /// action record and every due action. Exit 0 when all holds, 1 with the
@@ -170,7 +175,7 @@ fn cosigned(policy: &Policy, cosigners: &[Cosigner]) -> String {
 
 pub async fn run(data: &Path, command: AuditCommand) -> Result<ExitCode> {
     match command {
-        AuditCommand::Verify { vkey } => verify_log(data, vkey.as_deref()).await,
+        AuditCommand::Verify { vkey, archive } => verify_log(data, vkey.as_deref(), archive.as_deref()).await,
         AuditCommand::Replay { from } => replay_log(data, from).await,
         AuditCommand::Prove { index, size } => {
             let bundle = open_reader(data).await?.prove(index, size).await?;
@@ -247,7 +252,7 @@ fn read_input(file: &Path) -> Result<String> {
     std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))
 }
 
-async fn verify_log(data: &Path, vkey: Option<&str>) -> Result<ExitCode> {
+async fn verify_log(data: &Path, vkey: Option<&str>, archive: Option<&Path>) -> Result<ExitCode> {
     let reader = open_reader(data).await?;
     let vkey = match vkey {
         Some(vkey) => parse_vkey(vkey)?,
@@ -256,7 +261,8 @@ async fn verify_log(data: &Path, vkey: Option<&str>) -> Result<ExitCode> {
     eprintln!("verifying {} against {vkey}", data.display());
     let started = Instant::now();
     let mut last_report = Instant::now();
-    let report = verify(&reader, &vkey, |p: Progress| {
+    let archive = archive.map(ArchiveDir::new);
+    let report = verify_with_archive(&reader, &vkey, archive.as_ref(), |p: Progress| {
         if last_report.elapsed() >= Duration::from_secs(1) {
             last_report = Instant::now();
             let rate = p.records as f64 / started.elapsed().as_secs_f64();
@@ -290,6 +296,17 @@ async fn verify_log(data: &Path, vkey: Option<&str>) -> Result<ExitCode> {
             "warning: {} erased payloads are covered by no erasure record (the first: record {first})",
             report.unaccounted
         );
+    }
+    match (&report.archive, report.archived) {
+        (Some(check), _) => println!(
+            "ok: archive {}: {} records, {} payloads, {} block headers checked against its checkpoint and the log",
+            check.tree_size, check.records, check.payloads, check.blocks
+        ),
+        (None, 0) => {}
+        (None, archived) => println!(
+            "not checked: records [0, {archived}) are archived (only their blocks, the tree hashes at {archived} \
+             and the records kept below it were); pass --archive DIR to check them"
+        ),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,5 +1,6 @@
 //! `sealmq`: the broker and its auditor tools.
 
+mod archive_cmd;
 mod audit_cmd;
 mod backup_cmd;
 mod check_config_cmd;
@@ -62,6 +63,9 @@ enum Command {
     /// Validate a configuration file and print the effective configuration
     /// (defaults filled in) as TOML; exit 2 naming the offending key.
     CheckConfig(check_config_cmd::CheckConfigArgs),
+    /// Write sealed history to a C2SP tlog-tiles directory, check it, and
+    /// remove it from the log (see the README's "Archives").
+    Archive(archive_cmd::ArchiveArgs),
 }
 
 /// See [`Cli::log_format`].
@@ -128,6 +132,7 @@ fn main() -> ExitCode {
             Command::Backup(args) => backup_cmd::run_backup(&data, args).await,
             Command::Restore(args) => backup_cmd::run_restore(cli.data.as_deref(), args).await,
             Command::CheckConfig(args) => check_config_cmd::run(cli.data.as_deref(), args),
+            Command::Archive(args) => archive_cmd::run(&data, args).await,
         }
     });
     match outcome {

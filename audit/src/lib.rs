@@ -38,6 +38,7 @@ mod note;
 pub mod policy;
 mod record;
 mod retained;
+pub mod tiles;
 pub mod topic;
 pub mod tree;
 pub mod witness;

@@ -50,6 +50,8 @@ pub struct BrokerConfig {
     pub witness: WitnessConfig,
     /// Payload retention rules and size cap (`crate::ops::retention`).
     pub retention: crate::ops::retention::RetentionConfig,
+    /// The mounted archive and the automatic archive policy.
+    pub archive: crate::ops::archive::ArchiveConfig,
     /// Serve even when the witnesses show the database is an older or
     /// diverging copy of the log. A command-line flag only
     /// (`--accept-rollback`), never a file setting: overriding the check
@@ -77,6 +79,7 @@ impl Default for BrokerConfig {
             witnessing: WitnessingConfig::default(),
             witness: WitnessConfig::default(),
             retention: Default::default(),
+            archive: crate::ops::archive::ArchiveConfig::default(),
             accept_rollback: false,
         }
     }
@@ -355,6 +358,7 @@ impl BrokerConfig {
             }
         }
         self.retention.check().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        self.archive.validate().map_err(ConfigError::Invalid)?;
         if self.upstream.address.is_none() && (self.upstream.username.is_some() || self.upstream.password.is_some()) {
             return invalid("upstream.username and upstream.password need upstream.address");
         }

@@ -118,6 +118,14 @@ impl Replayer {
         }
     }
 
+    /// Steps over archived records to `index` (below the archived size,
+    /// where no trigger is checked).
+    pub fn skip_to(&mut self, index: u64) {
+        self.engine.seek(index);
+        self.expected.clear();
+        self.trigger = None;
+    }
+
     /// The index of the next record.
     pub fn next_index(&self) -> u64 {
         self.engine.next_index()
@@ -388,7 +396,11 @@ pub async fn replay(
                 if document.windows(8).any(|w| w == b"retained"))
         })
     };
-    let mut replayer = Replayer::new(from, reads_retained);
+    // Records below the archived size are in the archive, not the log:
+    // only the kept ones (registry, rules, current retained) are folded,
+    // and triggers are checked from the archived size on.
+    let archived = sealmq_audit::store::archive::archived_size(pool).await?;
+    let mut replayer = Replayer::new(from.max(archived), reads_retained);
     let mut start = 0;
     while start < total {
         let end = (start + BATCH).min(total);
@@ -400,7 +412,12 @@ pub async fn replay(
                 .await?;
         let mut batch = Vec::with_capacity(rows.len());
         let mut wanted = Vec::new();
-        for (expected, (idx, body)) in (start..).zip(rows) {
+        let mut expected = start;
+        for (idx, body) in rows {
+            let found = u64::try_from(idx).unwrap_or(u64::MAX);
+            if sealmq_audit::store::archive::gap::skips_archived(expected, found, archived) {
+                expected = found;
+            }
             if idx != to_i64(expected) {
                 replayer.report.failure =
                     Some(failure(expected, FailureKind::BadRecord, "the record is missing".into()));
@@ -420,9 +437,13 @@ pub async fn replay(
                 wanted.push(expected);
             }
             batch.push((expected, body, record));
+            expected += 1;
         }
         let mut payloads = fetch_payloads(pool, &wanted).await?;
         for (index, body, record) in batch {
+            if index != replayer.next_index() {
+                replayer.skip_to(index);
+            }
             let payload = if replayer.wants_payload(index, &record) {
                 match payloads.remove(&index) {
                     Some(payload) => payload,

@@ -144,7 +144,8 @@ class Fetcher:
     """GETs over one keep-alive HTTP/1.1 connection (reopened if the server
     closes it), with gzip decoded as tlog-tiles allows without negotiation."""
 
-    def __init__(self, base_url, timeout):
+    def __init__(self, base_url, timeout, check_types=True):
+        self.check_types = check_types
         url = urllib.parse.urlsplit(base_url)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise CannotRun(f"not an http(s) URL: {base_url!r}")
@@ -190,7 +191,7 @@ class Fetcher:
         if status != 200:
             raise CheckFailed(f"GET /{path}: HTTP {status} (the checkpoint's size requires it): {body[:200]!r}")
         got = (response.getheader("Content-Type") or "").split(";")[0].strip().lower()
-        if got != content_type:
+        if self.check_types and got != content_type:
             raise CheckFailed(f"GET /{path}: Content-Type {got!r}, expected {content_type!r}")
         return body
 
@@ -241,8 +242,8 @@ def root_from_levels(size, levels):
     return mth(0, size)
 
 
-def check_log(base_url, timeout=30.0, fetch_entries=True):
-    fetcher = Fetcher(base_url, timeout)
+def check_log(base_url, timeout=30.0, fetch_entries=True, check_types=True):
+    fetcher = Fetcher(base_url, timeout, check_types)
     note = fetcher.get_ok("checkpoint", "text/plain").decode("utf-8")
     origin, size, root = parse_checkpoint(note)
 
@@ -364,6 +365,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("base_url", nargs="?", help="the log's URL prefix, e.g. http://127.0.0.1:8080")
     parser.add_argument("--no-entries", action="store_true", help="check the tiles only, not the entry bundles")
+    parser.add_argument(
+        "--static",
+        action="store_true",
+        help="a plain static file server (an archive directory): its Content-Types are its own guesses, not checked",
+    )
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per HTTP request")
     parser.add_argument("--self-test", action="store_true", help="check the client against known answers and exit")
     args = parser.parse_args()
@@ -374,7 +380,7 @@ def main():
     if not args.base_url:
         parser.error("base_url is required")
     try:
-        result = check_log(args.base_url, args.timeout, not args.no_entries)
+        result = check_log(args.base_url, args.timeout, not args.no_entries, not args.static)
     except CheckFailed as e:
         print(f"FAILED: {e}", file=sys.stderr)
         return 1

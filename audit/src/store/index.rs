@@ -172,6 +172,9 @@ pub(crate) async fn catch_up(conn: &mut SqliteConnection, size: u64, cache: &mut
     use sqlx::Connection;
     let indexed: Option<i64> = sqlx::query_scalar("SELECT max(idx) FROM record_index").fetch_one(&mut *conn).await?;
     let mut next = indexed.map_or(Ok(0), |i| to_u64(i).map(|i| i + 1))?;
+    // Archived records are not indexed again (the few kept below the
+    // archived size keep their rows).
+    next = next.max(super::archive::archived_size(&mut *conn).await?);
     if next >= size {
         return Ok(());
     }
@@ -416,6 +419,10 @@ impl LogReader {
                 .fetch_all(self.pool())
                 .await?;
         if rows.len() as u64 != end - start {
+            let archived = super::archive::archived_size(self.pool()).await?;
+            if start < archived {
+                return Err(StoreError::Archived { index: start, archived });
+            }
             return Err(StoreError::Corrupt(format!("records {start}..{end} are not all stored")));
         }
         Ok(rows.into_iter().map(|(_, body)| body).collect())

@@ -34,6 +34,7 @@
 //!   verified, with a manifest; and putting one back (never the witness's
 //!   files: see [`backup`]).
 
+pub mod archive;
 pub mod backup;
 mod checkpointer;
 pub mod cosignatures;
@@ -65,7 +66,7 @@ pub use registry::{
     verify_password,
 };
 pub use restore::{Replace, Restored, restore};
-pub use verify::{Failure, Place, Progress, VerifyReport, verify};
+pub use verify::{Failure, Place, Progress, VerifyReport, verify, verify_with_archive};
 pub use witness::{WitnessStore, WitnessedLog};
 pub use writer::{Appending, Entry, Log, Resume};
 
@@ -145,6 +146,17 @@ pub enum StoreError {
     /// A request names something the log does not have.
     #[error("{0}")]
     NotFound(String),
+    /// The record was archived: the database keeps records from
+    /// `archived` on (and a few below it); the archive has the rest.
+    #[error(
+        "record {index} is archived (the log keeps records from {archived} on; see the archive written by `sealmq archive`)"
+    )]
+    Archived {
+        /// The record asked for.
+        index: u64,
+        /// The archived size.
+        archived: u64,
+    },
     /// A search cannot be answered as asked (a bad or too broad filter).
     #[error("{0}")]
     Query(String),

@@ -124,6 +124,16 @@ impl LogReader {
         row.map(|r| sealed_block(&r)).transpose()
     }
 
+    /// The height of the block that sealed record `index`, if one has.
+    pub async fn block_of(&self, index: u64) -> Result<Option<u64>, StoreError> {
+        let height: Option<i64> =
+            sqlx::query_scalar("SELECT height FROM blocks WHERE tree_size > ? ORDER BY tree_size LIMIT 1")
+                .bind(to_i64(index))
+                .fetch_optional(&self.pool)
+                .await?;
+        height.map(to_u64).transpose()
+    }
+
     /// The record at `index`, with its payload if stored.
     pub async fn record(&self, index: u64) -> Result<Option<StoredRecord>, StoreError> {
         let row = sqlx::query(
@@ -163,10 +173,49 @@ impl LogReader {
         let block = self.checkpoint_block(size).await?;
         let tree_size = block.header.tree_size;
         let plan = inclusion_plan(index, tree_size)?;
-        let record =
-            self.record(index).await?.ok_or_else(|| StoreError::Corrupt(format!("record {index} is missing")))?;
+        let Some(record) = self.record(index).await? else {
+            let archived = super::archive::archived_size(&self.pool).await?;
+            if index < archived {
+                return Err(StoreError::Archived { index, archived });
+            }
+            return Err(StoreError::Corrupt(format!("record {index} is missing")));
+        };
         let path = self.resolve(&plan).await?;
         Ok(ProofBundle::new(index, &record.body, tree_size, &path, &block.checkpoint))
+    }
+
+    /// [`LogReader::prove`] for a record the log may have archived: its
+    /// bytes, and the leaf hashes the log no longer keeps, are read from
+    /// `archive` (checked against the log when it was written).
+    pub async fn prove_archived(
+        &self,
+        index: u64,
+        size: Option<u64>,
+        archive: &super::archive::ArchiveDir,
+    ) -> Result<ProofBundle, super::archive::ArchiveError> {
+        let block = self.checkpoint_block(size).await?;
+        let tree_size = block.header.tree_size;
+        let plan = inclusion_plan(index, tree_size).map_err(StoreError::from)?;
+        let archived = super::archive::archived_size(&self.pool).await?;
+        let body = match self.record(index).await? {
+            Some(record) => record.body,
+            None if index < archived => archive.entry(index, archived)?,
+            None => return Err(StoreError::Corrupt(format!("record {index} is missing")).into()),
+        };
+        let ids: Vec<NodeId> = plan.iter().flat_map(Range::parts).collect();
+        let mut found = self.nodes_or_missing(&ids).await?;
+        for id in &ids {
+            if found.contains_key(id) {
+                continue;
+            }
+            let (level, start, end) = stored_base(*id);
+            if level != 0 || end > archived {
+                return Err(StoreError::from(ProofError::MissingNode { level: id.level, index: id.index }).into());
+            }
+            found.insert(*id, subtree_root(&archive.leaf_hashes(start, end, archived)?));
+        }
+        let path = resolve(&plan, |id| lookup(&found, id)).map_err(StoreError::from)?;
+        Ok(ProofBundle::new(index, &body, tree_size, &path, &block.checkpoint))
     }
 
     /// The consistency proof between two checkpoints: `old_size` and
@@ -211,6 +260,16 @@ impl LogReader {
     /// stored hashes under it ([`stored_base`]). All the ranges one proof
     /// needs are read with at most two statements.
     pub(crate) async fn nodes(&self, ids: &[NodeId]) -> Result<HashMap<NodeId, Hash>, StoreError> {
+        let found = self.nodes_or_missing(ids).await?;
+        if let Some(id) = ids.iter().find(|id| !found.contains_key(id)) {
+            return Err(ProofError::MissingNode { level: id.level, index: id.index }.into());
+        }
+        Ok(found)
+    }
+
+    /// [`LogReader::nodes`], leaving out the nodes whose stored hashes are
+    /// not all there (archived leaves).
+    async fn nodes_or_missing(&self, ids: &[NodeId]) -> Result<HashMap<NodeId, Hash>, StoreError> {
         let mut spans: Vec<(u8, u64, u64)> = ids.iter().map(|id| stored_base(*id)).collect();
         spans.sort_unstable();
         spans.dedup_by(|next, merged| {
@@ -223,6 +282,7 @@ impl LogReader {
         let (leaves, inner): (Vec<_>, Vec<_>) = spans.into_iter().partition(|(level, ..)| *level == 0);
         let mut stored = HashMap::new();
         self.fetch_ranges("SELECT 0, idx, leaf FROM records WHERE idx >= ? AND idx < ?", &leaves, &mut stored).await?;
+        self.fetch_kept_leaves(&leaves, &mut stored).await?;
         self.fetch_ranges(
             "SELECT level, idx, hash FROM tree_nodes WHERE level = ? AND idx >= ? AND idx < ?",
             &inner,
@@ -232,11 +292,10 @@ impl LogReader {
         let mut found = HashMap::with_capacity(ids.len());
         for id in ids {
             let (level, start, end) = stored_base(*id);
-            let base = (start..end)
-                .map(|index| stored.get(&(level, index)).copied())
-                .collect::<Option<Vec<Hash>>>()
-                .ok_or(ProofError::MissingNode { level: id.level, index: id.index })?;
-            found.insert(*id, subtree_root(&base));
+            let base = (start..end).map(|index| stored.get(&(level, index)).copied()).collect::<Option<Vec<Hash>>>();
+            if let Some(base) = base {
+                found.insert(*id, subtree_root(&base));
+            }
         }
         Ok(found)
     }
@@ -281,9 +340,29 @@ impl LogReader {
             "SELECT level, idx, hash FROM tree_nodes WHERE level = ? AND idx >= ? AND idx < ?"
         };
         self.fetch_ranges(select, &[(level, start, end)], &mut stored).await?;
+        if level == 0 {
+            self.fetch_kept_leaves(&[(0, start, end)], &mut stored).await?;
+        }
         (start..end)
             .map(|index| stored.get(&(level, index)).copied().ok_or(ProofError::MissingNode { level, index }.into()))
             .collect()
+    }
+}
+
+impl LogReader {
+    /// Leaf hashes of archived records kept for proofs, for the leaf
+    /// ranges whose records rows are not all there (only those ask).
+    async fn fetch_kept_leaves(
+        &self,
+        ranges: &[(u8, u64, u64)],
+        into: &mut HashMap<(u8, u64), Hash>,
+    ) -> Result<(), StoreError> {
+        let short: Vec<_> = ranges
+            .iter()
+            .copied()
+            .filter(|(_, start, end)| (*start..*end).any(|i| !into.contains_key(&(0, i))))
+            .collect();
+        self.fetch_ranges("SELECT 0, idx, leaf FROM kept_leaves WHERE idx >= ? AND idx < ?", &short, into).await
     }
 }
 

@@ -61,6 +61,9 @@ pub(crate) async fn write(conn: &mut SqliteConnection, changes: &[(&str, Option<
 async fn derive(conn: &mut SqliteConnection) -> Result<RetainedState, StoreError> {
     let mut state = RetainedState::default();
     let mut next = 0u64;
+    // Below the archived size only current retained messages (and kind-2,
+    // kind-3 records) are left: the fold steps over the gap.
+    let archived = super::archive::archived_size(&mut *conn).await?;
     loop {
         let rows: Vec<(i64, Vec<u8>)> =
             sqlx::query_as("SELECT idx, body FROM records WHERE idx >= ? ORDER BY idx LIMIT ?")
@@ -74,7 +77,11 @@ async fn derive(conn: &mut SqliteConnection) -> Result<RetainedState, StoreError
         for (idx, body) in rows {
             // A gap or an undecodable record leaves the state unknowable;
             // guessing could bring back a message the log removed.
-            if to_u64(idx)? != next {
+            let found = to_u64(idx)?;
+            if super::archive::gap::skips_archived(next, found, archived) {
+                next = found;
+            }
+            if found != next {
                 return Err(StoreError::Corrupt(format!("record {next} is missing; run `sealmq audit verify`")));
             }
             let record = Record::decode(&body).map_err(|e| {

@@ -9,6 +9,8 @@ use std::fmt;
 use sqlx::SqlitePool;
 use tokio::sync::mpsc;
 
+use super::archive::gap::check_kept_leaves;
+use super::archive::{ArchiveCheck, ArchiveDir, archived_size, verdict};
 use super::erasure::{ERASURE_DEVICE, ErasureRecord, Erasures};
 use super::reader::LogReader;
 use super::{StoreError, retained, to_i64, to_u64};
@@ -41,6 +43,8 @@ pub enum Place {
     },
     /// The `retained` table (the failure names the topic).
     Retained,
+    /// The archive given to check (the failure names the file).
+    Archive,
 }
 
 impl fmt::Display for Place {
@@ -50,6 +54,7 @@ impl fmt::Display for Place {
             Place::Block(height) => write!(f, "block {height}"),
             Place::TreeNode { level, index } => write!(f, "tree hash (level {level}, index {index})"),
             Place::Retained => f.write_str("retained state"),
+            Place::Archive => f.write_str("archive"),
         }
     }
 }
@@ -113,6 +118,12 @@ pub struct VerifyReport {
     /// Topics with a retained message, as the records imply; the
     /// `retained` table was checked against them.
     pub retained: u64,
+    /// The archived size: records below it were removed from the log
+    /// (all but kind-2 and kind-3 records and current retained messages),
+    /// and are checked only when their archive is given.
+    pub archived: u64,
+    /// The archive's check, when one was given.
+    pub archive: Option<ArchiveCheck>,
     /// The first thing wrong, if anything is.
     pub failure: Option<Failure>,
 }
@@ -131,23 +142,64 @@ impl VerifyReport {
 pub async fn verify(
     reader: &LogReader,
     vkey: &VerifierKey,
+    progress: impl FnMut(Progress),
+) -> Result<VerifyReport, StoreError> {
+    verify_with_archive(reader, vkey, None, progress).await
+}
+
+/// [`verify`], and first the archive of the records the log no longer
+/// holds ([`check_archive`]), when given. Without it, the archived prefix
+/// is checked only as far as the log still can: block headers, their chain
+/// and signatures, the stored tree hashes at the archived size against its
+/// block's root, and the records kept below it.
+pub async fn verify_with_archive(
+    reader: &LogReader,
+    vkey: &VerifierKey,
+    archive: Option<&ArchiveDir>,
     mut progress: impl FnMut(Progress),
 ) -> Result<VerifyReport, StoreError> {
-    let mut report = VerifyReport::default();
+    let mut report = VerifyReport { archived: archived_size(reader.pool()).await?, ..VerifyReport::default() };
+    if let Some(dir) = archive {
+        let (check, wrong) = verdict(reader, dir, vkey, report.archived).await?;
+        report.archive = check;
+        if let Some(what) = wrong {
+            report.failure = Some(failure(Place::Archive, what));
+            return Ok(report);
+        }
+    }
     // A broker may be appending and sealing meanwhile: check the blocks
     // sealed now and the records committed now, nothing later.
     let sealed = reader.latest_block().await?.map_or(0, |b| b.header.tree_size);
     let (total, retained_table) = snapshot(reader.pool()).await?;
+    let archived = report.archived;
+    let frontier = match reader.frontier(archived).await {
+        Ok(frontier) => frontier,
+        Err(StoreError::Proof(e)) => {
+            report.failure = Some(failure(Place::Block(0), format!("the tree at the archived size {archived}: {e}")));
+            return Ok(report);
+        }
+        Err(e) => return Err(e),
+    };
+    let erasures = Erasures::load(reader, total).await?;
     let mut run = Run {
-        records: RecordStream::spawn(reader.pool().clone(), total, Erasures::load(reader, total).await?),
-        frontier: Frontier::new(),
+        records: RecordStream::spawn(reader.pool().clone(), archived, total, erasures.clone()),
+        erasures,
+        frontier,
+        archived,
+        covered: 0,
         last: None,
         sealed,
         retained: RetainedState::default(),
         retained_table,
     };
-    let outcome =
-        run.blocks(reader.pool(), vkey, &mut report, &mut |records| progress(Progress { records, total })).await;
+    let kept = run.kept(reader.pool(), &mut report).await;
+    let outcome = match kept {
+        Ok(()) => {
+            run.blocks(reader.pool(), vkey, &mut report, &mut |records| progress(Progress { records, total })).await
+        }
+        Err(e) => Err(e),
+    };
+
     report.failure = match outcome {
         Ok(()) => run.rest(reader.pool(), &mut report).await?.err(),
         Err(Step::Failed(failure)) => Some(failure),
@@ -188,6 +240,9 @@ impl<E: Into<StoreError>> From<E> for Step {
     }
 }
 
+/// A record kept below the archived size: index, leaf, bytes, payload.
+type KeptRow = (i64, Vec<u8>, Vec<u8>, Option<Vec<u8>>);
+
 /// One row of `blocks`, as stored.
 #[derive(sqlx::FromRow)]
 struct BlockRow {
@@ -200,7 +255,13 @@ struct BlockRow {
 
 struct Run {
     records: RecordStream,
+    /// The erasure records, for the records kept below the archived size.
+    erasures: Erasures,
     frontier: Frontier,
+    /// The archived size: records below it are not streamed.
+    archived: u64,
+    /// The tree size of the blocks checked so far.
+    covered: u64,
     /// Height and hash of the last block checked.
     last: Option<(u64, Hash)>,
     /// Blocks up to this tree size are checked.
@@ -213,6 +274,30 @@ struct Run {
 }
 
 impl Run {
+    /// The records kept below the archived size, each on its own, in order
+    /// (they carry the retained state across the archived gap).
+    async fn kept(&mut self, pool: &SqlitePool, report: &mut VerifyReport) -> Result<(), Step> {
+        if self.archived == 0 {
+            return Ok(());
+        }
+        if let Some((index, what)) = check_kept_leaves(pool, self.archived).await? {
+            fail(Place::Record(index), what)?;
+        }
+        let rows: Vec<KeptRow> = sqlx::query_as(
+            "SELECT r.idx, r.leaf, r.body, p.data FROM records r LEFT JOIN payloads p ON p.idx = r.idx \
+             WHERE r.idx < ? ORDER BY r.idx",
+        )
+        .bind(to_i64(self.archived))
+        .fetch_all(pool)
+        .await?;
+        for (idx, leaf, body, payload) in rows {
+            let index = to_u64(idx)?;
+            let record = RawRecord::check(index, &leaf, &body, payload.as_deref(), &self.erasures);
+            self.check_record(index, &record, report)?;
+        }
+        Ok(())
+    }
+
     async fn blocks(
         &mut self,
         pool: &SqlitePool,
@@ -275,14 +360,20 @@ impl Run {
             };
             fail(at, what)?;
         }
-        if header.first_index != self.frontier.size() {
-            fail(
-                at,
-                format!("first_index is {}, but the blocks before end at {}", header.first_index, self.frontier.size()),
-            )?;
+        if header.first_index != self.covered {
+            fail(at, format!("first_index is {}, but the blocks before end at {}", header.first_index, self.covered))?;
         }
         if stored_size != header.tree_size {
             fail(at, format!("stored tree_size {stored_size} differs from the header's {}", header.tree_size))?;
+        }
+        self.covered = header.tree_size;
+        if header.tree_size <= self.archived {
+            // Archived records: what the log still has of them is checked
+            // here, the records themselves with their archive.
+            if header.tree_size == self.archived && self.frontier.root() != header.tree_root {
+                fail(at, "the stored tree hashes at the archived size do not match this block's tree root")?;
+            }
+            return self.signed(at, vkey, checkpoint, &header, height, report);
         }
 
         let mut leaves = Vec::with_capacity(header.leaf_count as usize);
@@ -312,6 +403,19 @@ impl Run {
             fail(at, format!("tree root does not match records [0, {})", header.tree_size))?;
         }
 
+        self.signed(at, vkey, checkpoint, &header, height, report)
+    }
+
+    /// The block's checkpoint is signed and says what its header says.
+    fn signed(
+        &mut self,
+        at: Place,
+        vkey: &VerifierKey,
+        checkpoint: &str,
+        header: &BlockHeader,
+        height: u64,
+        report: &mut VerifyReport,
+    ) -> Result<(), Step> {
         let signed = vkey.open(checkpoint).or_else(|e| fail(at, format!("checkpoint: {e}")))?;
         if signed.size != header.tree_size || signed.root != header.tree_root {
             fail(at, format!("checkpoint is for size {} with another root than the header's", signed.size))?;
@@ -357,7 +461,7 @@ impl Run {
     /// Checks one record (see [`RawRecord::check`]) and that it is the next
     /// one, and folds it into the retained state.
     fn check_record(&mut self, index: u64, record: &RawRecord, report: &mut VerifyReport) -> Result<Hash, Failure> {
-        if record.index != index {
+        if record.index != index && index >= self.archived {
             fail(Place::Record(index), "missing")?;
         }
         let leaf = record.verdict.clone().or_else(|what| fail(Place::Record(index), what))?;
@@ -484,14 +588,14 @@ struct RecordStream {
 }
 
 impl RecordStream {
-    /// Streams records `[0, end)`. Three stages overlap: SQLite reads
+    /// Streams records `[start, end)`. Three stages overlap: SQLite reads
     /// (records and payloads as two sequential scans, merged here), record
     /// checks (hashing, decoding) on this task, tree work on the caller's.
-    fn spawn(pool: SqlitePool, end: u64, erasures: Erasures) -> Self {
+    fn spawn(pool: SqlitePool, start: u64, end: u64, erasures: Erasures) -> Self {
         let (tx, chunks) = mpsc::channel(2);
         let (raw_tx, mut raw_rx) = mpsc::channel(2);
         tokio::spawn(async move {
-            for from in (0..end).step_by(RECORD_CHUNK) {
+            for from in (start..end).step_by(RECORD_CHUNK) {
                 let to = (from + RECORD_CHUNK as u64).min(end);
                 let records = sqlx::query_as::<_, (i64, Vec<u8>, Vec<u8>)>(
                     "SELECT idx, leaf, body FROM records WHERE idx >= ? AND idx < ? ORDER BY idx",

@@ -26,6 +26,7 @@ use axum::routing::get;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use futures_util::{Stream, StreamExt, stream};
+use sealmq_audit::store::archive::{ArchiveDir, ArchiveError, archived_size};
 use sealmq_audit::store::registry::Registry;
 use sealmq_audit::store::{LogReader, SealedBlock, StoreError};
 use serde_json::{Value, json};
@@ -55,6 +56,8 @@ pub struct ApiState {
     sealed: watch::Receiver<Option<SealedBlock>>,
     shutdown: watch::Receiver<bool>,
     witnessing: Option<Arc<Witnessing>>,
+    /// The mounted archive: archived records are answered from it.
+    archive: Option<ArchiveDir>,
 }
 
 impl ApiState {
@@ -67,7 +70,19 @@ impl ApiState {
         sealed: watch::Receiver<Option<SealedBlock>>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
-        Self { reader, registry, sealed, shutdown, witnessing: None }
+        Self { reader, registry, sealed, shutdown, witnessing: None, archive: None }
+    }
+
+    /// Answers archived records (`/tile/…`, `/v1/proof/N`, `/v1/records/N`)
+    /// from the archive in `dir` (`[archive] dir`).
+    pub fn with_archive(mut self, dir: ArchiveDir) -> Self {
+        self.archive = Some(dir);
+        self
+    }
+
+    /// The mounted archive, or 410 Gone naming where the record went.
+    fn archive_or_gone(&self, index: u64, archived: u64) -> Result<&ArchiveDir, ApiError> {
+        self.archive.as_ref().ok_or_else(|| gone(index, archived))
     }
 
     /// Serves checkpoints with their witnesses' cosignatures, and the
@@ -142,11 +157,32 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound(message) => Self::not_found(message),
+            StoreError::Archived { index, archived } => gone(index, archived),
             StoreError::Query(message) => Self::bad_request(message),
             StoreError::Proof(sealmq_audit::ProofError::IndexOutOfRange { index, size }) => Self::not_found(format!(
                 "record {index} is not in the tree of size {size} (records are provable once a block seals them)"
             )),
             StoreError::Proof(e @ sealmq_audit::ProofError::SizesOutOfOrder { .. }) => Self::not_found(e.to_string()),
+            other => Self::unavailable(&other),
+        }
+    }
+}
+
+/// 410 Gone: the record was archived and no archive is mounted here.
+fn gone(index: u64, archived: u64) -> ApiError {
+    ApiError {
+        status: StatusCode::GONE,
+        message: format!(
+            "record {index} is archived: this log keeps records from {archived} on; the archive written by \
+             `sealmq archive` (a C2SP tlog-tiles directory) holds it, and is served here when [archive] dir is set"
+        ),
+    }
+}
+
+impl From<ArchiveError> for ApiError {
+    fn from(e: ArchiveError) -> Self {
+        match e {
+            ArchiveError::Store(e) => e.into(),
             other => Self::unavailable(&other),
         }
     }
@@ -252,7 +288,12 @@ async fn proof(State(api): Shared, index: Segment, query: Params) -> ApiResult {
         }
         Some(other) => return Err(ApiError::bad_request(format!("witnessed must be true or false, not {other:?}"))),
     }
-    let mut bundle = api.reader.prove(index, size).await?;
+    let mut bundle = match api.reader.prove(index, size).await {
+        Err(StoreError::Archived { index, archived }) => {
+            api.reader.prove_archived(index, size, api.archive_or_gone(index, archived)?).await?
+        }
+        other => other?,
+    };
     bundle.checkpoint = api.cosigned(bundle.checkpoint, bundle.tree_size).await?;
     Ok(([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-cache")], bundle.to_json())
         .into_response())
@@ -442,14 +483,31 @@ async fn tile(State(api): Shared, path: Segment) -> ApiResult {
     };
     let start = tile.index.checked_mul(TILE_WIDTH).ok_or_else(beyond)?;
     let end = start.checked_add(tile.width).filter(|end| *end <= available).ok_or_else(beyond)?;
+    let archived = archived_size(api.reader.pool()).await?;
     let body = match tile.level {
+        Some(0) if start < archived => {
+            let dir = api.archive_or_gone(start, archived)?;
+            let mut hashes = dir.leaf_hashes(start, end.min(archived), archived)?;
+            if end > archived {
+                hashes.extend(api.reader.hashes_at(0, archived, end).await?);
+            }
+            hashes.concat()
+        }
         Some(level) => {
             let level = u8::try_from(level * TILE_HEIGHT).map_err(|_| beyond())?;
             api.reader.hashes_at(level, start, end).await?.concat()
         }
         None => {
+            let mut bodies = Vec::new();
+            if start < archived {
+                let dir = api.archive_or_gone(start, archived)?;
+                bodies = dir.entries(start, end.min(archived), archived)?;
+            }
+            if end > archived {
+                bodies.extend(api.reader.record_bodies(start.max(archived), end).await?);
+            }
             let mut bundle = Vec::new();
-            for (index, record) in (start..).zip(api.reader.record_bodies(start, end).await?) {
+            for (index, record) in (start..).zip(bodies) {
                 let len = u16::try_from(record.len()).map_err(|_| {
                     ApiError::unavailable(&format!("record {index} is too long for a tlog-tiles entry bundle"))
                 })?;

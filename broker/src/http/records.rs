@@ -26,10 +26,20 @@ const ACTIONS_BATCH_MAX: u64 = 256;
 /// that is not itself an action) with the indices of the actions it caused.
 pub(super) async fn record(State(api): State<Arc<ApiState>>, index: Segment) -> ApiResult {
     let index = position("index", &segment(index)?)?;
-    let (found, payload) =
-        api.reader.found_record(index).await?.ok_or_else(|| ApiError::not_found(format!("no record {index}")))?;
+    let (found, payload, archived) = match api.reader.found_record(index).await? {
+        Some((found, payload)) => (found, payload, false),
+        None => {
+            let (found, payload) = archived_record(&api, index).await?;
+            (found, payload, true)
+        }
+    };
     let mut view = record_view(&found)?;
-    if view["kind"] == "publish" && view["cause"].is_null() {
+    if archived {
+        // Only here: a record the search still finds is not archived.
+        view["archived"] = json!(true);
+    }
+    // An archived trigger's actions are archived too (they follow it).
+    if view["kind"] == "publish" && view["cause"].is_null() && !archived {
         view["actions"] = json!(actions_of(&api.reader, index).await?);
     }
     view["record"] = json!(B64.encode(&found.body));
@@ -41,6 +51,19 @@ pub(super) async fn record(State(api): State<Arc<ApiState>>, index: Segment) -> 
     }
     view["payload"] = payload.map_or(Value::Null, |p| json!(B64.encode(p)));
     ok_json(view)
+}
+
+/// A record the log archived, from the mounted archive (410 without one).
+async fn archived_record(api: &ApiState, index: u64) -> Result<(FoundRecord, Option<Vec<u8>>), ApiError> {
+    let archived = sealmq_audit::store::archive::archived_size(api.reader.pool()).await?;
+    if index >= archived {
+        return Err(ApiError::not_found(format!("no record {index}")));
+    }
+    let dir = api.archive_or_gone(index, archived)?;
+    let body = dir.entry(index, archived)?;
+    let payload = dir.payload(index, archived)?;
+    let block = api.reader.block_of(index).await?;
+    Ok((FoundRecord { index, leaf: sealmq_audit::leaf_hash(&body), body, block }, payload))
 }
 
 /// The indices of the actions trigger `trigger` caused: the records right

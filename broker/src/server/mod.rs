@@ -96,6 +96,7 @@ pub struct Broker {
 impl Broker {
     /// Opens the log, starts the router and listens. Returns once clients can connect.
     pub async fn start(config: BrokerConfig) -> Result<Self, StartError> {
+        let (archive_config, data_dir) = (config.archive.clone(), config.data.clone());
         let mut log_config = LogConfig::new(&config.data);
         log_config.origin = config.origin.clone();
         log_config.block_max_records = config.block_max_records;
@@ -228,6 +229,15 @@ impl Broker {
         let erasures = ErasureOutbox::open(&shared.config.data).await?;
         let retention = Retention::new(Arc::clone(&log), erasures, shared.config.retention.clone());
         tasks.push(tokio::spawn(retention.run(shared.shutdown.clone())));
+        if let Some(dir) = archive_config.mounted() {
+            api = api.with_archive(dir);
+        }
+        tasks.push(tokio::spawn(crate::ops::archive::run_policy(
+            data_dir,
+            log.reader().clone(),
+            archive_config,
+            shared.shutdown.clone(),
+        )));
         let mut app = crate::http::router(api);
         if let Some(service) = witness_service {
             app = app.merge(crate::witness::serve::routes(service));
