@@ -10,6 +10,8 @@
 //! - [`codec`]: MQTT 3.1.1 and 5 framing, translation to one v5 model, and
 //!   the validation the decoders leave out;
 //! - [`config`] ([`BrokerConfig`]): embedded defaults, TOML, flags;
+//! - [`ops`]: running it for years: the broker's counters and `/metrics`
+//!   (it imports nothing of the crate: everything may count);
 //! - [`net`]: TCP, TLS and WebSocket listeners, the descriptor budget,
 //!   rate limits;
 //! - [`devices`]: the device registry view (identity, ACLs, keys) and MQS1
@@ -38,6 +40,7 @@ pub mod devices;
 pub mod gateway;
 pub mod http;
 pub mod net;
+pub mod ops;
 pub mod route;
 pub mod server;
 pub mod session;

@@ -36,6 +36,7 @@ mod pending;
 mod reader;
 pub mod registry;
 mod retained;
+mod stats;
 pub mod synthetic;
 mod verify;
 pub mod witness;
@@ -52,6 +53,7 @@ pub use registry::{
     Change, Device, DeviceKey, DeviceSettings, Policy, Registry, RegistryError, RegistrySnapshot, validate_device_id,
     verify_password,
 };
+pub use stats::{DatabaseSize, HistogramSnapshot, LogStats};
 pub use verify::{Failure, Place, Progress, VerifyReport, verify};
 pub use witness::{WitnessStore, WitnessedLog};
 pub use writer::{Appending, Entry, Log};

@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::ops::Range;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteSynchronous};
@@ -18,6 +18,7 @@ use super::keyfile;
 use super::pending::Pending;
 use super::reader::{LogReader, SealedBlock, connect_options};
 use super::retained;
+use super::stats::{LogStats, Unsealed};
 use super::{DB_FILE, KEY_FILE, LogConfig, StoreError, io_error, now_ms, to_i64, to_u64};
 use crate::{BlockHeader, Checkpoint, Hash, LogKey, RetainedState};
 
@@ -45,7 +46,7 @@ const SEAL_RETRY: Duration = Duration::from_secs(1);
 const LOCK_FILE: &str = "log.lock";
 
 enum Command {
-    Append { entries: Vec<Entry>, reply: Reply },
+    Append { entries: Vec<Entry>, reply: Reply, submitted: Instant },
     Seal { reply: oneshot::Sender<Result<Option<SealedBlock>, StoreError>> },
     DrainOutbox { reply: oneshot::Sender<Result<Vec<u64>, StoreError>> },
     ReconcileRetained { reply: oneshot::Sender<Result<RetainedState, StoreError>> },
@@ -76,6 +77,7 @@ pub struct Log {
     checkpointing: tokio::task::JoinHandle<()>,
     /// Until [`Log::take_derived`] takes it.
     derived: Mutex<Option<DerivedReceiver>>,
+    stats: Arc<LogStats>,
     _lock: File,
 }
 
@@ -137,8 +139,10 @@ impl Log {
         let (checkpoints, checkpointing) = Checkpointer::start(&base).await?;
         sequencer.checkpoints = Some(checkpoints);
         let (commands, rx) = mpsc::channel(config.queue_depth.max(1));
+        let stats = Arc::clone(&sequencer.stats);
         let task = tokio::spawn(sequencer.run(rx));
-        Ok(Self { commands, reader, sealed, task, checkpointing, derived: Mutex::new(Some(derived)), _lock: lock })
+        let derived = Mutex::new(Some(derived));
+        Ok(Self { commands, reader, sealed, task, checkpointing, derived, stats, _lock: lock })
     }
 
     /// Appends records and returns their log indices once they are durable.
@@ -165,7 +169,10 @@ impl Log {
     /// for durability afterwards.
     pub async fn submit(&self, entries: Vec<Entry>) -> Result<Appending, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.commands.send(Command::Append { entries, reply }).await.map_err(|_| StoreError::Closed)?;
+        // From here: a wait for room in the queue is part of the latency.
+        let submitted = Instant::now();
+        let command = Command::Append { entries, reply, submitted };
+        self.commands.send(command).await.map_err(|_| StoreError::Closed)?;
         Ok(Appending(answer))
     }
 
@@ -246,6 +253,11 @@ impl Log {
         self.derived.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
     }
 
+    /// The sequencer's numbers (appends, latencies, the head), for metrics.
+    pub fn stats(&self) -> &Arc<LogStats> {
+        &self.stats
+    }
+
     /// Read access to the same log.
     pub fn reader(&self) -> &LogReader {
         &self.reader
@@ -295,6 +307,9 @@ struct Sequencer {
     follower: Option<Box<dyn Follower>>,
     /// Where the follower's records go once durable ([`Log::take_derived`]).
     derived: mpsc::UnboundedSender<Vec<Derived>>,
+    /// What it counts ([`Log::stats`]), and when unsealed records became durable.
+    stats: Arc<LogStats>,
+    unsealed: Unsealed,
 }
 
 impl Sequencer {
@@ -332,11 +347,12 @@ impl Sequencer {
         if !pending.is_empty() {
             tracing::warn!(records = pending.len(), "found unsealed records from an earlier run; sealing them");
         }
+        let next_index = sealed_size + pending.len() as u64;
         Ok(Self {
             conn,
             options,
             key,
-            next_index: sealed_size + pending.len() as u64,
+            next_index,
             last_block: last.map(|b| (b.header.height, b.hash)),
             pending,
             seal_due: None,
@@ -347,6 +363,8 @@ impl Sequencer {
             checkpoints: None,
             follower: None,
             derived,
+            stats: Arc::new(LogStats::new(next_index, sealed_size)),
+            unsealed: Unsealed::new(next_index),
         })
     }
 
@@ -393,15 +411,17 @@ impl Sequencer {
                     let _ = reply.send(result);
                     self.seal_full_blocks().await;
                 }
-                Some(Command::Append { entries, reply }) => {
+                Some(Command::Append { entries, reply, submitted }) => {
                     let mut group = vec![(entries, reply)];
+                    let mut times = vec![submitted];
                     let mut count = group[0].0.len();
                     // Group commit: take every append already queued.
                     while count < GROUP_MAX_RECORDS {
                         match commands.try_recv() {
-                            Ok(Command::Append { entries, reply }) => {
+                            Ok(Command::Append { entries, reply, submitted }) => {
                                 count += entries.len();
                                 group.push((entries, reply));
+                                times.push(submitted);
                             }
                             Ok(other) => {
                                 stash = Some(other);
@@ -410,7 +430,7 @@ impl Sequencer {
                             Err(_) => break,
                         }
                     }
-                    self.commit_group(group).await;
+                    self.commit_group(group, &times).await;
                     self.seal_full_blocks().await;
                     self.restart_wal_if_due().await;
                 }
@@ -456,36 +476,43 @@ impl Sequencer {
         }
     }
 
-    /// Takes committed entries into the head: their indices, from `next_index`.
-    fn committed<'a>(&mut self, entries: impl IntoIterator<Item = &'a Entry>) -> Range<u64> {
+    /// Takes entries committed `at` into the head: their indices, from `next_index`.
+    fn committed<'a>(&mut self, entries: impl IntoIterator<Item = &'a Entry>, at: Instant) -> Range<u64> {
         let start = self.next_index;
         for entry in entries {
             self.pending.push(entry.leaf);
             self.next_index += 1;
         }
         if self.seal_due.is_none() && !self.pending.is_empty() {
-            self.seal_due = Some(Instant::now() + self.block_interval);
+            self.seal_due = Some(at + self.block_interval);
         }
-        start..self.next_index
+        let range = start..self.next_index;
+        self.stats.committed(&range);
+        self.unsealed.committed(range.end, at);
+        range
     }
 
     /// Commits one group: each caller's entries, with what the follower
     /// derives spliced in after each (their indices are final only here).
-    async fn commit_group(&mut self, mut group: Vec<(Vec<Entry>, Reply)>) {
+    /// `submitted`: when each caller submitted (for the latency figures).
+    async fn commit_group(&mut self, mut group: Vec<(Vec<Entry>, Reply)>, submitted: &[Instant]) {
         let written = match self.follow_group(&mut group) {
             Ok(derived) => self.insert(&mut group).await.map(|()| derived),
             Err(e) => Err(e),
         };
         match written {
             Ok(derived) => {
+                let (now, start) = (Instant::now(), self.next_index);
                 for (entries, reply) in group {
-                    let range = self.committed(&entries);
+                    let range = self.committed(&entries, now);
                     // A caller that went away still had its records logged.
                     let _ = reply.send(Ok(range));
                 }
                 self.followed(derived);
+                self.stats.group_committed(self.next_index - start, submitted, now);
             }
             Err(e) => {
+                self.stats.group_failed();
                 tracing::error!(error = %e, "append failed; its callers are told nothing was logged");
                 let why = e.to_string();
                 for (_, reply) in group {
@@ -527,6 +554,7 @@ impl Sequencer {
             .bind(to_i64(self.next_index))
             .fetch_all(&mut self.conn)
             .await?;
+        let start = self.next_index;
         for (idx, leaf) in rows {
             if to_u64(idx)? != self.next_index {
                 return Err(StoreError::Corrupt(format!("record {} is missing", self.next_index)));
@@ -534,6 +562,10 @@ impl Sequencer {
             self.pending.push(super::to_hash(&leaf, "leaf hash")?);
             self.next_index += 1;
             self.seal_due.get_or_insert_with(Instant::now);
+        }
+        if self.next_index > start {
+            self.stats.committed(&(start..self.next_index));
+            self.unsealed.committed(self.next_index, Instant::now());
         }
         Ok(())
     }
@@ -623,6 +655,8 @@ impl Sequencer {
         self.checkpoint_soon();
 
         self.pending.sealed_next();
+        self.unsealed.sealed(header.tree_size, Instant::now(), &self.stats);
+        self.stats.sealed(header.tree_size);
         self.last_block = Some((height, block.hash));
         self.seal_due = (!self.pending.is_empty()).then(|| Instant::now() + self.block_interval);
         tracing::debug!(height, records = count, tree_size = header.tree_size, "sealed a block");

@@ -8,6 +8,7 @@
 //! have fixed maxima.
 
 pub mod explorer;
+mod metrics;
 mod records;
 mod rules;
 pub mod serve;
@@ -31,6 +32,7 @@ use sealmq_audit::store::{LogReader, SealedBlock, StoreError};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
+use crate::ops::metrics::Metrics;
 use crate::witness::Witnessing;
 
 /// Blocks per page: the default and the maximum.
@@ -55,6 +57,7 @@ pub struct ApiState {
     sealed: watch::Receiver<Option<SealedBlock>>,
     shutdown: watch::Receiver<bool>,
     witnessing: Option<Arc<Witnessing>>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl ApiState {
@@ -67,13 +70,19 @@ impl ApiState {
         sealed: watch::Receiver<Option<SealedBlock>>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
-        Self { reader, registry, sealed, shutdown, witnessing: None }
+        Self { reader, registry, sealed, shutdown, witnessing: None, metrics: None }
     }
 
     /// Serves checkpoints with their witnesses' cosignatures, and the
     /// witnessed checkpoint and witnesses' state.
     pub fn with_witnessing(mut self, witnessing: Arc<Witnessing>) -> Self {
         self.witnessing = Some(witnessing);
+        self
+    }
+
+    /// Serves the broker's counters on `/metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
         self
     }
 
@@ -110,6 +119,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/devices", get(devices))
         .route("/v1/devices/{id}", get(device))
         .route("/tile/{*path}", get(tile))
+        .route("/metrics", get(metrics::metrics))
         .merge(crate::http::explorer::routes())
         .fallback(|| async { ApiError::not_found("no such endpoint; see the README's HTTP API section") })
         .with_state(Arc::new(state))

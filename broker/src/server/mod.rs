@@ -21,10 +21,11 @@ use crate::checks::CheckPool;
 use crate::config::BrokerConfig;
 use crate::devices::identity::Identities;
 use crate::devices::replay::{ReplayWindows, Window};
-use crate::gateway::{Shared, Stats};
+use crate::gateway::Shared;
 use crate::net::descriptors::{Budget, TooFewDescriptors, raise_limit};
 use crate::net::limits::LoginLimiter;
 use crate::net::transport::{Listener, TlsSetup, TransportError};
+use crate::ops::metrics::Metrics;
 use crate::route::external::External;
 use crate::route::retained::RetainedStore;
 use crate::route::{RouteError, Router, TopicIndex};
@@ -187,6 +188,7 @@ impl Broker {
         let (revoked, _) = broadcast::channel(16);
         let limits = config.limits.clone();
         let sessions = Arc::new(crate::session::Sessions::default());
+        let stats = Arc::new(Metrics::new(Arc::clone(log.stats())));
         let shared = Arc::new(Shared {
             config,
             log: Arc::clone(&log),
@@ -197,7 +199,7 @@ impl Broker {
             checks: CheckPool::per_core().map_err(StartError::Checks)?,
             retained,
             router,
-            stats: Stats::default(),
+            stats: Arc::clone(&stats),
             revoked,
             shutdown,
             tls,
@@ -217,7 +219,8 @@ impl Broker {
             registry.clone(),
             log.sealed_blocks(),
             shared.shutdown.clone(),
-        );
+        )
+        .with_metrics(stats);
         if let Some(witnessing) = witnessing {
             tasks.push(tokio::spawn(crate::witness::cosigning::run(Arc::clone(&witnessing), log.sealed_blocks())));
             api = api.with_witnessing(witnessing);
@@ -264,8 +267,8 @@ impl Broker {
         self.witness_key.as_ref()
     }
 
-    /// Counters.
-    pub fn stats(&self) -> &Stats {
+    /// Counters (what `/metrics` serves).
+    pub fn stats(&self) -> &Metrics {
         &self.shared.stats
     }
 
