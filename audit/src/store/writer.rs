@@ -6,8 +6,8 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use sqlx::Connection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteSynchronous};
-use sqlx::{Connection, QueryBuilder, Sqlite};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
@@ -19,8 +19,8 @@ use super::pending::Pending;
 use super::reader::{LogReader, SealedBlock, connect_options};
 use super::retained;
 use super::stats::{LogStats, Unsealed};
-use super::{DB_FILE, KEY_FILE, LogConfig, StoreError, io_error, now_ms, to_i64, to_u64};
-use crate::{BlockHeader, Checkpoint, Hash, LogKey, RetainedState};
+use super::{DB_FILE, KEY_FILE, LogConfig, StoreError, io_error, to_i64, to_u64};
+use crate::{Hash, LogKey, RetainedState};
 
 #[path = "append.rs"]
 mod append;
@@ -32,6 +32,8 @@ mod following;
 mod opening;
 #[path = "outbox.rs"]
 mod outbox;
+#[path = "sealing.rs"]
+mod sealing;
 
 pub use entry::Entry;
 
@@ -448,15 +450,6 @@ impl Sequencer {
         }
     }
 
-    /// Seals blocks while a full block's worth of records is pending.
-    async fn seal_full_blocks(&mut self) {
-        while self.pending.len() >= self.block_max_records {
-            if !self.seal_or_retry().await {
-                break;
-            }
-        }
-    }
-
     /// Lets the checkpointer copy what was just committed into the database.
     fn checkpoint_soon(&self) {
         if let Some(checkpoints) = &self.checkpoints {
@@ -570,19 +563,6 @@ impl Sequencer {
         Ok(())
     }
 
-    /// Seals a block; on failure keeps the records pending and retries later.
-    async fn seal_or_retry(&mut self) -> bool {
-        match self.seal_block().await {
-            Ok(_) => true,
-            Err(e) => {
-                tracing::error!(error = %e, pending = self.pending.len(), "sealing a block failed; retrying");
-                self.recover_connection().await;
-                self.seal_due = Some(Instant::now() + SEAL_RETRY);
-                false
-            }
-        }
-    }
-
     /// Makes the write connection usable after a failed transaction.
     ///
     /// When a COMMIT fails for lack of space (SQLITE_FULL, or EFBIG under a
@@ -606,64 +586,6 @@ impl Sequencer {
             }
             Err(e) => tracing::error!(error = %e, "cannot reopen the log's write connection; retrying later"),
         }
-    }
-
-    /// Seals up to one block's worth of pending records: block root, chain
-    /// link, tree hashes, tree root and signed checkpoint, in one
-    /// transaction. (The records' search index rows were written with them.)
-    async fn seal_block(&mut self) -> Result<SealedBlock, StoreError> {
-        let open = self.pending.next_block().expect("no empty blocks");
-        let (height, prev_block_hash) = match self.last_block {
-            Some((height, hash)) => (height + 1, hash),
-            None => (0, [0; 32]),
-        };
-        let header = BlockHeader {
-            height,
-            prev_block_hash,
-            first_index: self.pending.sealed().size(),
-            leaf_count: u32::try_from(open.count).expect("blocks hold at most u32::MAX records"),
-            block_root: open.block.root(),
-            tree_size: open.tree.size(),
-            tree_root: open.tree.root(),
-            sealed_ms: now_ms(),
-        };
-        let checkpoint = self.key.sign(&Checkpoint {
-            origin: self.key.origin().to_string(),
-            size: header.tree_size,
-            root: header.tree_root,
-        });
-        let block = SealedBlock { header, hash: header.hash(), checkpoint };
-        let count = open.count;
-
-        let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
-        for chunk in open.nodes.chunks(INSERT_CHUNK) {
-            let mut insert = QueryBuilder::<Sqlite>::new("INSERT INTO tree_nodes (level, idx, hash) ");
-            insert.push_values(chunk, |mut row, (id, hash)| {
-                row.push_bind(i64::from(id.level)).push_bind(to_i64(id.index)).push_bind(&hash[..]);
-            });
-            insert.build().execute(&mut *tx).await?;
-        }
-        sqlx::query("INSERT INTO blocks (height, header, hash, tree_size, checkpoint) VALUES (?, ?, ?, ?, ?)")
-            .bind(to_i64(height))
-            .bind(&header.encode()[..])
-            .bind(&block.hash[..])
-            .bind(to_i64(header.tree_size))
-            .bind(&block.checkpoint)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        self.checkpoint_soon();
-
-        self.pending.sealed_next();
-        self.unsealed.sealed(header.tree_size, Instant::now(), &self.stats);
-        self.stats.sealed(header.tree_size);
-        self.last_block = Some((height, block.hash));
-        self.seal_due = (!self.pending.is_empty()).then(|| Instant::now() + self.block_interval);
-        tracing::debug!(height, records = count, tree_size = header.tree_size, "sealed a block");
-        if let Some(sealed) = &self.sealed {
-            sealed.send_replace(Some(block.clone()));
-        }
-        Ok(block)
     }
 }
 
