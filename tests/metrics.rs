@@ -20,8 +20,10 @@ use std::time::{Duration, Instant};
 use common::broker::BrokerProcess;
 use common::mqtt::{
     QoS, QoS4, connect4, connect5, kind, publish4_packet, publish5_acked, publish5_packet, subscribe5, try_connect5,
+    try_connect5_with,
 };
 use common::{Db, sealmq};
+use rumqttc::v5::mqttbytes::v5;
 
 /// QoS 0 and QoS 1 publishes the 3.1.1 client sends.
 const QOS0: u64 = 7;
@@ -224,6 +226,7 @@ fn counters_match_what_the_clients_did() {
     assert_eq!(m.value("sealmq_messages_duplicate_total", &[]), 0.0);
     assert_eq!(m.value("sealmq_messages_routed_total", &[]), (QOS0 + QOS1) as f64);
     assert_eq!(m.value("sealmq_payload_erased_bytes_total", &[]), 0.0);
+    assert_eq!(m.value("sealmq_log_archived_records_total", &[]), 0.0);
 
     // Connections: the watcher, fenced and signer speak 5, the publisher 3.1.1.
     assert_eq!(m.kind("sealmq_connections_open"), "gauge");
@@ -302,11 +305,86 @@ fn dashboard_names_are_served(m: &Exposition) {
 }
 
 /// An MQTT 5 QoS 1 PUBLISH with packet id `pkid`.
-fn publish_packet(topic: &str, pkid: u16) -> rumqttc::v5::mqttbytes::v5::Publish {
-    match publish5_packet(topic, QoS::AtLeastOnce, pkid, b"payload", false, vec![]) {
-        rumqttc::v5::mqttbytes::v5::Packet::Publish(publish) => publish,
+fn publish_packet(topic: &str, pkid: u16) -> v5::Publish {
+    sized_publish(topic, pkid, b"payload")
+}
+
+/// An MQTT 5 QoS 1 PUBLISH of `payload`.
+fn sized_publish(topic: &str, pkid: u16, payload: &[u8]) -> v5::Publish {
+    match publish5_packet(topic, QoS::AtLeastOnce, pkid, payload, false, vec![]) {
+        v5::Packet::Publish(publish) => publish,
         _ => unreachable!(),
     }
+}
+
+/// A subscriber to `filter` at QoS 1 that takes one unacknowledged
+/// delivery at a time (Receive Maximum 1) and packets of at most `max_packet` bytes.
+fn narrow_subscriber(addr: SocketAddr, client_id: &str, filter: &str, max_packet: u32) -> common::mqtt::Conn {
+    let properties = v5::ConnectProperties {
+        receive_maximum: Some(1),
+        max_packet_size: Some(max_packet),
+        ..v5::ConnectProperties::new()
+    };
+    let connect = v5::Connect {
+        keep_alive: 30,
+        client_id: client_id.to_string(),
+        clean_start: true,
+        properties: Some(properties),
+    };
+    let (mut conn, connack) = try_connect5_with(addr, connect, None);
+    assert_eq!(connack.connack_code(), 0);
+    subscribe5(&mut conn, 1, filter, QoS::AtLeastOnce);
+    conn
+}
+
+/// The payload of the PUBLISH `frame`, which it must be.
+#[track_caller]
+fn delivered(frame: &common::mqtt::Frame) -> (u16, Vec<u8>) {
+    match frame.v5() {
+        v5::Packet::Publish(publish) => (publish.pkid, publish.payload.to_vec()),
+        other => panic!("not a PUBLISH: {other:?}"),
+    }
+}
+
+#[test]
+fn deliveries_dropped_as_too_large_or_expired_are_counted_and_free_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(&dir.path().join("data"), &[]);
+    let mut publisher = connect5(broker.mqtt, "publisher");
+
+    // Too large for the subscriber: dropped [MQTT-3.1.2-24] as if it had
+    // been delivered [MQTT-3.1.2-25], so its one-message window stays open
+    // for the next.
+    let mut small = narrow_subscriber(broker.mqtt, "small", "big/#", 256);
+    publish5_acked(&mut publisher, sized_publish("big/a", 1, &[b'x'; 1000]));
+    publish5_acked(&mut publisher, sized_publish("big/b", 2, b"fits"));
+    let (pkid, payload) = delivered(&small.expect(kind::PUBLISH));
+    assert_eq!(payload, b"fits", "the message after the dropped one");
+    small.send5(&v5::Packet::PubAck(v5::PubAck::new(pkid, None))).unwrap();
+
+    // Expired while it waited behind an unacknowledged delivery.
+    let mut slow = narrow_subscriber(broker.mqtt, "slow", "exp/#", 65_536);
+    publish5_acked(&mut publisher, sized_publish("exp/first", 3, b"first"));
+    let (first, payload) = delivered(&slow.expect(kind::PUBLISH));
+    assert_eq!(payload, b"first");
+    let mut expiring = sized_publish("exp/second", 4, b"second");
+    expiring.properties = Some(v5::PublishProperties { message_expiry_interval: Some(1), ..Default::default() });
+    publish5_acked(&mut publisher, expiring);
+    std::thread::sleep(Duration::from_millis(2_100));
+    slow.send5(&v5::Packet::PubAck(v5::PubAck::new(first, None))).unwrap();
+    publish5_acked(&mut publisher, sized_publish("exp/third", 5, b"third"));
+    let (_, payload) = delivered(&slow.expect(kind::PUBLISH));
+    assert_eq!(payload, b"third", "the expired message is not sent");
+
+    let m = Exposition::scrape(broker.http);
+    let dropped = m.by("sealmq_messages_dropped_total", "reason");
+    assert_eq!(
+        dropped,
+        BTreeMap::from([("queue_full".into(), 0.0), ("expired".into(), 1.0), ("too_large".into(), 1.0)])
+    );
+    assert_eq!(m.value("sealmq_messages_delivered_total", &[("qos", "1")]), 3.0);
+    assert_eq!(m.value("sealmq_messages_received_total", &[("qos", "1")]), 5.0);
+    assert_eq!(broker.stop().code(), Some(0));
 }
 
 /// A rule that fires on every publish under `echo/`.

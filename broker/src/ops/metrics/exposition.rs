@@ -200,6 +200,16 @@ impl Collector for Exposition {
             "Stored payload bytes erased (retention rules, erasure requests); the records stay.",
             m.payload_erased_bytes.load(Ordering::Relaxed),
         )?;
+        out.counter(
+            "log_archived_records",
+            "Sealed records archived (tlog-tiles) and removed from the database.",
+            m.archived_records.load(Ordering::Relaxed),
+        )?;
+        out.counter(
+            "log_archived_bytes",
+            "Bytes of records and payloads archived and removed from the database.",
+            m.archived_bytes.load(Ordering::Relaxed),
+        )?;
         self.encode_log(&mut out)?;
         self.encode_witnesses(&mut out)?;
         self.encode_rules(&mut out)

@@ -167,6 +167,8 @@ pub struct Metrics {
     duplicates: AtomicU64,
     routed: AtomicU64,
     payload_erased_bytes: AtomicU64,
+    archived_records: AtomicU64,
+    archived_bytes: AtomicU64,
     /// By rule name: written once per commit of actions, not per message.
     rules: Mutex<HashMap<String, RuleCount>>,
 }
@@ -204,6 +206,8 @@ impl Metrics {
             duplicates: AtomicU64::new(0),
             routed: AtomicU64::new(0),
             payload_erased_bytes: AtomicU64::new(0),
+            archived_records: AtomicU64::new(0),
+            archived_bytes: AtomicU64::new(0),
             rules: Mutex::default(),
         }
     }
@@ -260,6 +264,13 @@ impl Metrics {
     /// Stored payload bytes were erased (retention, erasure requests).
     pub fn payload_erased(&self, bytes: u64) {
         self.payload_erased_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Sealed history was archived and removed from the database: this
+    /// many records, and bytes of the database they took.
+    pub fn archived(&self, records: u64, bytes: u64) {
+        self.archived_records.fetch_add(records, Ordering::Relaxed);
+        self.archived_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// One commit's rule actions, in log order: each record's rule and the
