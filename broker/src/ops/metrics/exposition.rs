@@ -311,3 +311,49 @@ impl Exposition {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use sealmq_audit::store::LogStats;
+
+    use super::super::Metrics;
+    use super::*;
+
+    #[test]
+    fn witnesses_are_written_one_series_each_and_rules_only_while_active() {
+        let metrics = Arc::new(Metrics::new(Arc::new(LogStats::default())));
+        metrics.rule_actions([("removed", 1), ("kept", 2), ("kept", 2)]);
+        let w1 = WitnessView {
+            name: "w1".into(),
+            cosigned_size: Some(12),
+            last_success_ms: Some(1_500),
+            requests: 3,
+            failures: 1,
+        };
+        let w2 = WitnessView { name: "w2".into(), requests: 2, failures: 2, ..WitnessView::default() };
+        let scrape = Scrape {
+            database: None,
+            witnessing: Some(WitnessingView { witnessed_size: Some(12), witnesses: vec![w1, w2] }),
+            active_rules: Some(vec!["kept".into(), "idle".into()]),
+        };
+        let text = metrics.render(scrape).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for expected in [
+            "sealmq_log_witnessed_records 12",
+            "sealmq_witness_cosigned_records{witness=\"w1\"} 12.0",
+            "sealmq_witness_last_success_timestamp_seconds{witness=\"w1\"} 1.5",
+            "sealmq_witness_requests_total{witness=\"w2\"} 2",
+            "sealmq_witness_failures_total{witness=\"w1\"} 1",
+            "sealmq_rule_firings_total{rule=\"kept\"} 1",
+            "sealmq_rule_actions_total{rule=\"kept\"} 2",
+            "sealmq_rule_firings_total{rule=\"idle\"} 0",
+        ] {
+            assert!(lines.contains(&expected), "{expected:?} missing from:\n{text}");
+        }
+        // A witness that never cosigned has no size or time to show.
+        assert!(!text.contains("sealmq_witness_cosigned_records{witness=\"w2\"}"), "{text}");
+        assert!(!text.contains("rule=\"removed\""), "a rule no longer active is not written:\n{text}");
+        // No database size read: no series rather than a wrong one.
+        assert!(!text.contains("sealmq_log_database_bytes"), "{text}");
+    }
+}
