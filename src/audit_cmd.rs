@@ -123,6 +123,11 @@ pub enum AuditCommand {
         /// Print `ack START END` on stdout for every durable append.
         #[arg(long)]
         print_acks: bool,
+        /// Spread the records' received_ms evenly over this many days
+        /// ending now (as if they had arrived over that span), for
+        /// retention measurements; 0: the current time.
+        #[arg(long, default_value_t = 0.0)]
+        span_days: f64,
     },
 }
 
@@ -204,13 +209,24 @@ pub async fn run(data: &Path, command: AuditCommand) -> Result<ExitCode> {
             block_ms,
             rules,
             print_acks,
+            span_days,
         } => {
             let mut config = LogConfig::new(data);
             config.origin = origin;
             config.block_max_records = block_records;
             config.block_interval = Duration::from_millis(block_ms);
-            let load =
-                Load { records, concurrency, batch, payload_size, signed: !unsigned, retained, rules, print_acks };
+            let span_ms = (span_days.max(0.0) * 86_400_000.0) as u64;
+            let load = Load {
+                records,
+                concurrency,
+                batch,
+                payload_size,
+                signed: !unsigned,
+                retained,
+                rules,
+                print_acks,
+                span_ms,
+            };
             load.run(config).await
         }
     }
@@ -255,16 +271,26 @@ async fn verify_log(data: &Path, vkey: Option<&str>) -> Result<ExitCode> {
         return Ok(ExitCode::from(EXIT_FAILED_CHECK));
     }
     println!(
-        "ok: {} records in {} blocks, tree size {}, {} unsealed, {} payloads checked, {} retained topics match the log \
-         ({elapsed:.2} s, {:.0} records/s)",
+        "ok: {} records in {} blocks, tree size {}, {} unsealed, {} payloads checked, {} retained topics match the log, \
+         {} payloads erased by {} erasure records ({elapsed:.2} s, {:.0} records/s)",
         report.records,
         report.blocks,
         report.tree_size,
         report.unsealed,
         report.payloads,
         report.retained,
+        report.erased,
+        report.erasures,
         report.records as f64 / elapsed.max(1e-9),
     );
+    if let Some(first) = report.first_unaccounted {
+        // The proofs hold either way; a payload gone without an erasure
+        // record saying so was deleted behind the broker's back.
+        println!(
+            "warning: {} erased payloads are covered by no erasure record (the first: record {first})",
+            report.unaccounted
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -385,6 +411,8 @@ struct Load {
     retained: bool,
     rules: usize,
     print_acks: bool,
+    /// received_ms spread over this span ending at the start (0: now).
+    span_ms: u64,
 }
 
 impl Load {
@@ -394,6 +422,14 @@ impl Load {
         let actions_before = follow_with_rules(&log, self.rules).await?;
         let remaining = Arc::new(AtomicU64::new(self.records));
         let started = Instant::now();
+        let (total, span_ms, first_ms) = (self.records, self.span_ms, now_ms().saturating_sub(self.span_ms));
+        // Record k of the run arrives at first_ms + k/total of the span.
+        let clock = move |k: u64| match span_ms {
+            0 => now_ms(),
+            span => {
+                first_ms + u64::try_from(u128::from(k) * u128::from(span) / u128::from(total.max(1))).unwrap_or(span)
+            }
+        };
         let mut tasks = tokio::task::JoinSet::new();
         for n in 0..self.concurrency.max(1) {
             let (log, remaining) = (Arc::clone(&log), Arc::clone(&remaining));
@@ -402,13 +438,13 @@ impl Load {
             let mut device = if self.retained { device.retained() } else { device };
             tasks.spawn(async move {
                 loop {
-                    let take = remaining
-                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
-                            (left > 0).then(|| left - left.min(batch))
-                        })
-                        .map(|left| left.min(batch));
-                    let Ok(take) = take else { return Ok::<(), anyhow::Error>(()) };
-                    let entries = (0..take).map(|_| device.next_entry(now_ms(), payload_size)).collect();
+                    let take = remaining.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                        (left > 0).then(|| left - left.min(batch))
+                    });
+                    let Ok(left) = take else { return Ok::<(), anyhow::Error>(()) };
+                    let take = left.min(batch);
+                    let first = total - left;
+                    let entries = (first..first + take).map(|k| device.next_entry(clock(k), payload_size)).collect();
                     let acked = log.append(entries).await?;
                     if print_acks {
                         let mut out = std::io::stdout().lock();

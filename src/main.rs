@@ -1,7 +1,10 @@
 //! `sealmq`: the broker and its auditor tools.
 
 mod audit_cmd;
+mod backup_cmd;
+mod check_config_cmd;
 mod device_cmd;
+mod erase_cmd;
 mod rule_cmd;
 mod serve_cmd;
 mod witness_cmd;
@@ -9,7 +12,7 @@ mod witness_cmd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
 /// sealmq: an MQTT broker with a built-in, tamper-evident audit log.
@@ -19,6 +22,10 @@ struct Cli {
     /// The data directory: the log database and the log key [default: ./sealmq-data].
     #[arg(long, global = true, env = "SEALMQ_DATA")]
     data: Option<PathBuf>,
+    /// How log lines are written to stderr: `text` for people, `json` (one
+    /// object per line) for log collectors.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "SEALMQ_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -37,12 +44,31 @@ enum Command {
     /// Rules: install, list, show, remove, and test one without installing.
     #[command(subcommand)]
     Rule(rule_cmd::RuleCommand),
+    /// Erase the stored payloads of a device's or a topic's publishes
+    /// (records and proofs stay; the erasure is logged).
+    Erase(erase_cmd::EraseArgs),
     /// Create the data directory's log and witness keys when missing and
     /// print their verifier keys (for peers' policies and witness lists).
     Init(witness_cmd::InitArgs),
     /// Witness other logs (C2SP tlog-witness) without a broker.
     #[command(subcommand)]
     Witness(witness_cmd::WitnessCommand),
+    /// Copy the log (online, while the broker serves) and its key into a new
+    /// directory, verify the copy and write its manifest.
+    Backup(backup_cmd::BackupArgs),
+    /// Put a backup back as a data directory's log, checked against its
+    /// manifest and verified (see README, "Backup and restore").
+    Restore(backup_cmd::RestoreArgs),
+    /// Validate a configuration file and print the effective configuration
+    /// (defaults filled in) as TOML; exit 2 naming the offending key.
+    CheckConfig(check_config_cmd::CheckConfigArgs),
+}
+
+/// See [`Cli::log_format`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Where the data lives unless `--data` or the configuration says otherwise.
@@ -61,12 +87,26 @@ fn main() -> ExitCode {
         Command::Serve(_) | Command::Witness(witness_cmd::WitnessCommand::Serve { .. }) => "info,rumqttd=off",
         _ => "warn,rumqttd=off",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter)))
-        .with_writer(std::io::stderr)
-        // Colours for people at a terminal, plain text for log files and journald.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let log_format = cli.log_format;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    match log_format {
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            // Colours for people at a terminal, plain text for log files and journald.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // The event's fields at the top level beside timestamp, level and
+        // target (not nested under "fields"): what log collectors index.
+        LogFormat::Json => {
+            tracing_subscriber::fmt()
+                .json()
+                .flatten_event(true)
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .init();
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -82,14 +122,22 @@ fn main() -> ExitCode {
             Command::Audit(command) => audit_cmd::run(&data, command).await,
             Command::Device(command) => device_cmd::run(&data, command).await,
             Command::Rule(command) => rule_cmd::run(&data, command).await,
+            Command::Erase(args) => erase_cmd::run(&data, args).await,
             Command::Init(args) => witness_cmd::init(&data, args).await,
             Command::Witness(command) => witness_cmd::run(&data, command).await,
+            Command::Backup(args) => backup_cmd::run_backup(&data, args).await,
+            Command::Restore(args) => backup_cmd::run_restore(cli.data.as_deref(), args).await,
+            Command::CheckConfig(args) => check_config_cmd::run(cli.data.as_deref(), args),
         }
     });
     match outcome {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", describe(&e));
+            match log_format {
+                LogFormat::Text => eprintln!("error: {}", describe(&e)),
+                // Every stderr line a JSON object, the last one too.
+                LogFormat::Json => tracing::error!(error = %describe(&e), "exiting with an error"),
+            }
             ExitCode::from(EXIT_ERROR)
         }
     }

@@ -447,3 +447,22 @@ fn rule_firings_are_counted_for_the_active_rules() {
     assert_eq!(removed.value("sealmq_rule_firings_total", &[("rule", "echo")]), 3.0);
     assert_eq!(broker.stop().code(), Some(0));
 }
+
+#[test]
+fn erased_payload_bytes_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let broker = BrokerProcess::start(&data, &[]);
+    let mut client = connect5(broker.mqtt, "forgettable");
+    publish5_acked(&mut client, sized_publish("erase/me", 1, &[b'a'; 100]));
+    publish5_acked(&mut client, sized_publish("erase/me", 2, &[b'b'; 50]));
+    publish5_acked(&mut client, sized_publish("keep/me", 3, &[b'c'; 70]));
+    // Queued for the running broker, which carries it out.
+    let out = sealmq(&data, &["erase", "--topic", "erase/#"]).ok();
+    assert!(out.contains("erased 2 payloads (150 bytes)"), "{out}");
+    let m = scrape_until(broker.http, "the erased bytes counted", |m| {
+        m.value("sealmq_payload_erased_bytes_total", &[]) > 0.0
+    });
+    assert_eq!(m.value("sealmq_payload_erased_bytes_total", &[]), 150.0);
+    assert_eq!(broker.stop().code(), Some(0));
+}

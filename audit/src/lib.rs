@@ -55,6 +55,7 @@ pub use note::{Checkpoint, LogKey, NoteParts, SignatureLine, VerifierKey, parse_
 pub use policy::{Cosigner, Policy, PolicyError, Witnessed};
 pub use record::{
     PublishRecord, RULE_DEVICE_PREFIX, Record, RegistryEvent, RegistryRecord, RuleCause, RuleEvent, RuleRecord,
+    SYSTEM_DEVICE_PREFIX,
 };
 pub use retained::{RetainedChange, RetainedMismatch, RetainedState};
 pub use tree::{Frontier, NodeId};

@@ -17,6 +17,11 @@ const AUTH_RULE: u8 = 2;
 /// How a rule's action names its publisher: `$rule/<rule name>`
 /// (`spec/rules.md`). No client and no registered device has such an id.
 pub const RULE_DEVICE_PREFIX: &str = "$rule/";
+/// How the broker names itself as a record's publisher (e.g.
+/// `$sealmq/erasure`, the records that say which payloads were erased).
+/// Refused at CONNECT like [`RULE_DEVICE_PREFIX`], so no client can pose
+/// as the broker.
+pub const SYSTEM_DEVICE_PREFIX: &str = "$sealmq/";
 
 /// One log record.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// How often a live stream with nothing to say sends a comment: it keeps
 /// proxies from closing it, and the listener's idle timeout
@@ -15,7 +15,7 @@ pub const LIVE_KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// Everything `sealmq serve` needs. Every field has a default, so an empty
 /// file (or none) is a working broker.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerConfig {
     /// MQTT listener (3.1.1 and 5 on the same port).
@@ -48,6 +48,8 @@ pub struct BrokerConfig {
     pub witnessing: WitnessingConfig,
     /// The logs this broker witnesses.
     pub witness: WitnessConfig,
+    /// Payload retention rules and size cap (`crate::ops::retention`).
+    pub retention: crate::ops::retention::RetentionConfig,
     /// Serve even when the witnesses show the database is an older or
     /// diverging copy of the log. A command-line flag only
     /// (`--accept-rollback`), never a file setting: overriding the check
@@ -74,13 +76,14 @@ impl Default for BrokerConfig {
             upstream: Upstream::default(),
             witnessing: WitnessingConfig::default(),
             witness: WitnessConfig::default(),
+            retention: Default::default(),
             accept_rollback: false,
         }
     }
 }
 
 /// The TLS listeners' certificates, and client certificates.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM file: the server's certificate chain, leaf first.
@@ -100,7 +103,7 @@ pub struct TlsConfig {
 }
 
 /// See [`TlsConfig::cert_identity`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CertIdentity {
     /// The subject's common name.
@@ -111,7 +114,7 @@ pub enum CertIdentity {
 }
 
 /// The policy for client ids that are not registered devices.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UnknownDevices {
     /// `legacy` (accept, log unsigned publishes as unsigned), `signed`
@@ -135,7 +138,7 @@ impl Default for UnknownDevices {
 }
 
 /// See [`UnknownDevices::policy`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UnknownPolicy {
     /// Accept and log unsigned publishes as unsigned (the out-of-the-box default).
@@ -147,7 +150,7 @@ pub enum UnknownPolicy {
 }
 
 /// Per-client and broker-wide limits.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Largest MQTT packet accepted or sent, in bytes.
@@ -230,7 +233,7 @@ impl Default for Limits {
 }
 
 /// The router behind the gateway.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Upstream {
     /// An external MQTT 5 broker or cluster (`host:port`) that routes
@@ -245,7 +248,7 @@ pub struct Upstream {
 }
 
 /// The witnesses this log asks to cosign (C2SP tlog-witness).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WitnessingConfig {
     /// A C2SP tlog-policy file: every `witness` line with a URL (its
@@ -265,7 +268,7 @@ impl Default for WitnessingConfig {
 }
 
 /// This broker as a witness of other logs.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WitnessConfig {
     /// The verifier keys of the logs to witness; empty: not a witness.
@@ -351,6 +354,7 @@ impl BrokerConfig {
                 return Err(ConfigError::Invalid(format!("witness.logs: {key:?}: {e}")));
             }
         }
+        self.retention.check().map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if self.upstream.address.is_none() && (self.upstream.username.is_some() || self.upstream.password.is_some()) {
             return invalid("upstream.username and upstream.password need upstream.address");
         }

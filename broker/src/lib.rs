@@ -9,6 +9,8 @@
 //!
 //! - [`codec`]: MQTT 3.1.1 and 5 framing, translation to one v5 model, and
 //!   the validation the decoders leave out;
+//! - [`ops`]: running for years: payload retention rules and erasure
+//!   requests (`[retention]`, `sealmq erase`), carried out by the sequencer;
 //! - [`config`] ([`BrokerConfig`]): embedded defaults, TOML, flags;
 //! - [`ops`]: running it for years: the broker's counters and `/metrics`
 //!   (it imports nothing of the crate: everything may count);

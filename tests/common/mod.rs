@@ -155,22 +155,29 @@ pub struct Verified {
     pub payloads: u64,
     /// Topics with a retained message, checked against the log.
     pub retained: u64,
+    /// Publish payloads no longer stored (erased).
+    pub erased: u64,
+    /// Erasure records in the log.
+    pub erasures: u64,
 }
 
 /// Parses `ok: R records in B blocks, tree size T, U unsealed, P payloads
-/// checked, K retained topics match the log (…)`.
+/// checked, K retained topics match the log, E payloads erased by N
+/// erasure records (…)`.
 #[track_caller]
 pub fn parse_verified(stdout: &str) -> Verified {
     let line = stdout.lines().next().unwrap_or_default();
     let words: Vec<&str> = line.split_whitespace().collect();
-    let shape_ok = words.len() > 16
+    let shape_ok = words.len() > 26
         && words[0] == "ok:"
         && words[2] == "records"
         && words[5] == "blocks,"
         && words[6..8] == ["tree", "size"]
         && words[10] == "unsealed,"
         && words[12] == "payloads"
-        && words[15..17] == ["retained", "topics"];
+        && words[15..17] == ["retained", "topics"]
+        && words[21..23] == ["payloads", "erased"]
+        && words[25..27] == ["erasure", "records"];
     assert!(shape_ok, "unexpected verify output: {stdout:?}");
     let number = |i: usize| -> u64 {
         words[i].trim_end_matches(',').parse().unwrap_or_else(|_| panic!("not a number in {line:?}: {}", words[i]))
@@ -182,6 +189,8 @@ pub fn parse_verified(stdout: &str) -> Verified {
         unsealed: number(9),
         payloads: number(11),
         retained: number(14),
+        erased: number(20),
+        erasures: number(24),
     }
 }
 

@@ -85,6 +85,32 @@ impl Cosignatures {
         Ok(sizes)
     }
 
+    /// Thins the stored history; returns the rows removed. Every line on a
+    /// size cosigned in the last `dense_ms` stays, and so does each
+    /// witness's largest size per `sparse_ms` before that (all witnesses'
+    /// lines on a kept size stay with it, so a quorum kept stays whole). A
+    /// witness's latest line is the largest of its period, so it stays.
+    ///
+    /// Why thin at all: a round follows every seal, so a busy log stores a
+    /// line per witness several times a second, forever, though only the
+    /// latest witnessed checkpoint is served and a verifier holding an older
+    /// note needs a consistency proof, not the old cosignatures. The sparse
+    /// history keeps the explorer's and an operator's view of when each
+    /// witness kept up.
+    pub async fn prune(&self, now_ms: u64, dense_ms: u64, sparse_ms: u64) -> Result<u64, StoreError> {
+        let cutoff = now_ms.saturating_sub(dense_ms);
+        let removed = sqlx::query(
+            "DELETE FROM cosignatures WHERE received_ms < ?1 AND tree_size NOT IN \
+             (SELECT max(tree_size) FROM cosignatures GROUP BY witness, received_ms / ?2)",
+        )
+        .bind(to_i64(cutoff))
+        .bind(to_i64(sparse_ms.max(1)))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(removed)
+    }
+
     /// Closes the connections.
     pub async fn close(self) {
         self.pool.close().await;

@@ -19,6 +19,9 @@
 //! - [`Follower`]: what sees each record as it is appended and may append
 //!   records right after it, in the same transaction ([`Derived`]: a
 //!   rule's actions).
+//! - [`Log::erase`], [`ErasureSpec`], [`ErasureOutbox`]: stored payloads
+//!   erased (retention, `sealmq erase`), each erasure logged
+//!   ([`ErasureRecord`]).
 //! - [`Cosignatures`]: what the log's witnesses cosigned (`log.db`);
 //!   [`WitnessStore`]: this broker as a witness of other logs, its key and
 //!   state (`witness.db`, `witness.key`).
@@ -26,15 +29,22 @@
 //! Files in the data directory: `log.db` (with its WAL) and `log.key`, the
 //! log's Ed25519 seed (mode 0600, created on first use, never logged); a
 //! witness adds `witness.db` and `witness.key`.
+//!
+//! - [`backup()`] / [`restore()`]: an online copy of `log.db` and its key,
+//!   verified, with a manifest; and putting one back (never the witness's
+//!   files: see [`backup`]).
 
+pub mod backup;
 mod checkpointer;
 pub mod cosignatures;
+pub mod erasure;
 mod follower;
 mod index;
 mod keyfile;
 mod pending;
 mod reader;
 pub mod registry;
+pub mod restore;
 mod retained;
 mod stats;
 pub mod synthetic;
@@ -45,7 +55,9 @@ mod writer;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use backup::{BackupError, Manifest, backup};
 pub use cosignatures::Cosignatures;
+pub use erasure::{ERASURE_DEVICE, ERASURE_TOPIC, Erased, ErasureOutbox, ErasureRecord, ErasureSpec, Reason};
 pub use follower::{Derived, Follower};
 pub use index::{FILTER_TOPICS_MAX, FoundRecord, RecordQuery, SearchPage};
 pub use reader::{LogReader, SealedBlock, StoredRecord};
@@ -53,10 +65,11 @@ pub use registry::{
     Change, Device, DeviceKey, DeviceSettings, Policy, Registry, RegistryError, RegistrySnapshot, validate_device_id,
     verify_password,
 };
+pub use restore::{Replace, Restored, restore};
 pub use stats::{DatabaseSize, HistogramSnapshot, LogStats};
 pub use verify::{Failure, Place, Progress, VerifyReport, verify};
 pub use witness::{WitnessStore, WitnessedLog};
-pub use writer::{Appending, Entry, Log};
+pub use writer::{Appending, Entry, Log, Resume};
 
 use crate::{DecodeError, NoteError, ProofError};
 

@@ -11,7 +11,7 @@ use super::super::{KEY_FILE, LogConfig, StoreError, io_error, now_ms};
 use super::LOCK_FILE;
 use crate::LogKey;
 
-pub(super) fn lock_data_dir(dir: &Path) -> Result<File, StoreError> {
+pub(in crate::store) fn lock_data_dir(dir: &Path) -> Result<File, StoreError> {
     let path = dir.join(LOCK_FILE);
     let file = File::options().create(true).truncate(false).write(true).open(&path).map_err(io_error(&path))?;
     match file.try_lock() {

@@ -562,6 +562,8 @@ pub fn validate_device_id(id: &str) -> Result<(), RegistryError> {
         "it contains a NUL character"
     } else if id.starts_with(crate::RULE_DEVICE_PREFIX) {
         "ids starting with $rule/ name rules' actions"
+    } else if id.starts_with(crate::SYSTEM_DEVICE_PREFIX) {
+        "ids starting with $sealmq/ name the broker's own records"
     } else {
         return Ok(());
     };

@@ -9,6 +9,7 @@ use std::fmt;
 use sqlx::SqlitePool;
 use tokio::sync::mpsc;
 
+use super::erasure::{ERASURE_DEVICE, ErasureRecord, Erasures};
 use super::reader::LogReader;
 use super::{StoreError, retained, to_i64, to_u64};
 use crate::tree::is_stored_level;
@@ -98,6 +99,17 @@ pub struct VerifyReport {
     pub unsealed: u64,
     /// Stored payloads checked against their records' hashes.
     pub payloads: u64,
+    /// Publish records whose (non-empty) payload is no longer stored:
+    /// erased by retention or on request (see the erasure records).
+    pub erased: u64,
+    /// Erasure records (`$sealmq/erasure`) in the log.
+    pub erasures: u64,
+    /// Erased payloads that no later erasure record covers: deleted
+    /// behind the broker's back (or by a sealmq without erasure records).
+    /// Not a failure (the proofs hold), but an auditor's question.
+    pub unaccounted: u64,
+    /// The first of them.
+    pub first_unaccounted: Option<u64>,
     /// Topics with a retained message, as the records imply; the
     /// `retained` table was checked against them.
     pub retained: u64,
@@ -127,7 +139,7 @@ pub async fn verify(
     let sealed = reader.latest_block().await?.map_or(0, |b| b.header.tree_size);
     let (total, retained_table) = snapshot(reader.pool()).await?;
     let mut run = Run {
-        records: RecordStream::spawn(reader.pool().clone(), total),
+        records: RecordStream::spawn(reader.pool().clone(), total, Erasures::load(reader, total).await?),
         frontier: Frontier::new(),
         last: None,
         sealed,
@@ -353,6 +365,12 @@ impl Run {
             self.retained.apply(index, retained);
         }
         report.payloads += u64::from(record.has_payload);
+        report.erased += u64::from(record.erased);
+        if record.unaccounted {
+            report.unaccounted += 1;
+            report.first_unaccounted.get_or_insert(index);
+        }
+        report.erasures += u64::from(record.erasure);
         report.records += 1;
         Ok(leaf)
     }
@@ -407,6 +425,12 @@ async fn check_tree_nodes(pool: &SqlitePool, nodes: &[(NodeId, Hash)]) -> Result
 struct RawRecord {
     index: u64,
     has_payload: bool,
+    /// A publish with a non-empty payload that is not stored.
+    erased: bool,
+    /// …and no erasure record accounts for it.
+    unaccounted: bool,
+    /// An erasure record.
+    erasure: bool,
     /// The leaf hash, or what is wrong with the record.
     verdict: Result<Hash, String>,
     /// The decoded record, kept only when it changes retained state.
@@ -417,8 +441,9 @@ impl RawRecord {
     /// Checks what can be checked of one record alone: the stored leaf hash
     /// is the hash of its bytes, it decodes, and a stored payload matches
     /// the record's payload hash and length.
-    fn check(index: u64, stored_leaf: &[u8], body: &[u8], payload: Option<&[u8]>) -> Self {
+    fn check(index: u64, stored_leaf: &[u8], body: &[u8], payload: Option<&[u8]>, erasures: &Erasures) -> Self {
         let mut retained = None;
+        let (mut erased, mut erasure, mut unaccounted) = (false, false, false);
         let verdict = (|| {
             let leaf = leaf_hash(body);
             if stored_leaf != leaf {
@@ -433,10 +458,21 @@ impl RawRecord {
                     return Err("stored payload does not match the record's payload_len and payload_sha256".into());
                 }
             }
+            if let Record::Publish(publish) = &decoded {
+                erased = payload.is_none() && publish.payload_len > 0;
+                unaccounted = erased && !erasures.covers(index, publish);
+                erasure = publish.device_id == ERASURE_DEVICE;
+                if erasure {
+                    // What was erased is only on record while this stays.
+                    let json = payload.ok_or("an erasure record's payload is missing")?;
+                    ErasureRecord::from_json(json)
+                        .map_err(|e| format!("an erasure record's payload does not parse: {e}"))?;
+                }
+            }
             retained = RetainedChange::of(&decoded).is_some().then_some(decoded);
             Ok(leaf)
         })();
-        Self { index, has_payload: payload.is_some(), verdict, retained }
+        Self { index, has_payload: payload.is_some(), erased, unaccounted, erasure, verdict, retained }
     }
 }
 
@@ -451,7 +487,7 @@ impl RecordStream {
     /// Streams records `[0, end)`. Three stages overlap: SQLite reads
     /// (records and payloads as two sequential scans, merged here), record
     /// checks (hashing, decoding) on this task, tree work on the caller's.
-    fn spawn(pool: SqlitePool, end: u64) -> Self {
+    fn spawn(pool: SqlitePool, end: u64, erasures: Erasures) -> Self {
         let (tx, chunks) = mpsc::channel(2);
         let (raw_tx, mut raw_rx) = mpsc::channel(2);
         tokio::spawn(async move {
@@ -488,7 +524,7 @@ impl RecordStream {
                         .map(|(idx, leaf, body)| {
                             while payloads.next_if(|(p, _)| p < idx).is_some() {}
                             let payload = payloads.next_if(|(p, _)| p == idx).map(|(_, data)| data);
-                            Ok(RawRecord::check(to_u64(*idx)?, leaf, body, payload.as_deref()))
+                            Ok(RawRecord::check(to_u64(*idx)?, leaf, body, payload.as_deref(), &erasures))
                         })
                         .collect::<Result<Vec<_>, StoreError>>()
                 });

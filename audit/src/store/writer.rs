@@ -26,6 +26,8 @@ use crate::{Hash, LogKey, RetainedState};
 mod append;
 #[path = "entry.rs"]
 mod entry;
+#[path = "erasing.rs"]
+mod erasing;
 #[path = "following.rs"]
 mod following;
 #[path = "opening.rs"]
@@ -36,6 +38,9 @@ mod outbox;
 mod sealing;
 
 pub use entry::Entry;
+pub use erasing::Resume;
+// Restoring a backup takes the same lock as the writer.
+pub(super) use opening::lock_data_dir;
 
 /// Rows per multi-row INSERT. Each row binds 3 values; this stays far below
 /// SQLite's variable limit and lets the statement cache reuse one plan.
@@ -53,6 +58,7 @@ enum Command {
     DrainOutbox { reply: oneshot::Sender<Result<Vec<u64>, StoreError>> },
     ReconcileRetained { reply: oneshot::Sender<Result<RetainedState, StoreError>> },
     SetFollower { follower: Box<dyn Follower>, reply: oneshot::Sender<Result<(), StoreError>> },
+    Erase { batch: erasing::Batch, reply: oneshot::Sender<Result<erasing::BatchDone, StoreError>> },
 }
 
 /// What [`Log::take_derived`] hands out: each commit's derived records.
@@ -404,6 +410,10 @@ impl Sequencer {
                 }
                 Some(Command::SetFollower { follower, reply }) => {
                     let _ = reply.send(self.set_follower(follower));
+                }
+                Some(Command::Erase { batch, reply }) => {
+                    let _ = reply.send(self.erase_batch(batch).await);
+                    self.seal_full_blocks().await;
                 }
                 Some(Command::DrainOutbox { reply }) => {
                     let result = self.drain_outbox().await;

@@ -33,6 +33,12 @@ pub(super) async fn record(State(api): State<Arc<ApiState>>, index: Segment) -> 
         view["actions"] = json!(actions_of(&api.reader, index).await?);
     }
     view["record"] = json!(B64.encode(&found.body));
+    if view["kind"] == "publish" {
+        // A missing non-empty payload was erased (retention or `sealmq
+        // erase`; the `$sealmq/erasure` records say which rule or request).
+        let erased = payload.is_none() && view["payload_len"].as_u64().is_some_and(|len| len > 0);
+        view["payload_erased"] = json!(erased);
+    }
     view["payload"] = payload.map_or(Value::Null, |p| json!(B64.encode(p)));
     ok_json(view)
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use sealmq_audit::store::registry::{Registry, RegistryError, RegistrySnapshot};
-use sealmq_audit::store::{Cosignatures, WitnessStore};
+use sealmq_audit::store::{Cosignatures, ErasureOutbox, WitnessStore};
 use sealmq_audit::store::{Log, LogConfig, StoreError};
 use sealmq_audit::{CosignerKey, Policy, VerifierKey};
 use tokio::net::TcpListener;
@@ -26,6 +26,7 @@ use crate::net::descriptors::{Budget, TooFewDescriptors, raise_limit};
 use crate::net::limits::LoginLimiter;
 use crate::net::transport::{Listener, TlsSetup, TransportError};
 use crate::ops::metrics::Metrics;
+use crate::ops::retention::Retention;
 use crate::route::external::External;
 use crate::route::retained::RetainedStore;
 use crate::route::{RouteError, Router, TopicIndex};
@@ -226,6 +227,11 @@ impl Broker {
             api = api.with_witnessing(witnessing);
         }
         tasks.push(tokio::spawn(watch_registry(Arc::clone(&shared), registry, registry_version)));
+        // Erase requests (`sealmq erase`) and the retention rules, through the sequencer.
+        let erasures = ErasureOutbox::open(&shared.config.data).await?;
+        let retention = Retention::new(Arc::clone(&log), erasures, shared.config.retention.clone())
+            .counting(Arc::clone(&shared.stats));
+        tasks.push(tokio::spawn(retention.run(shared.shutdown.clone())));
         let mut app = crate::http::router(api);
         if let Some(service) = witness_service {
             app = app.merge(crate::witness::serve::routes(service));

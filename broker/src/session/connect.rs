@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use sealmq_audit::RULE_DEVICE_PREFIX;
+use sealmq_audit::{RULE_DEVICE_PREFIX, SYSTEM_DEVICE_PREFIX};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::End;
@@ -201,12 +201,16 @@ pub(super) async fn read_connect(
         (connect.client_id.clone(), false)
     };
     // `$rule/…` is how rules' actions name their publisher in the log
-    // (spec/rules.md): no client may pose as a rule. A rejected ClientID is
+    // (spec/rules.md), `$sealmq/…` the broker's own records (erasures):
+    // no client may pose as a rule or as the broker. A rejected ClientID is
     // answered 0x85 Client Identifier not valid in MQTT 5 (§3.1.3.1,
     // [MQTT-3.1.3-8]) and 0x02 Identifier rejected in 3.1.1 ([MQTT-3.1.3-9]);
     // such ids are outside what 3.1.1 requires servers to take (1–23 of
     // [0-9a-zA-Z], [MQTT-3.1.3-5]).
-    if client_id.contains('\0') || client_id.starts_with(RULE_DEVICE_PREFIX) {
+    if client_id.contains('\0')
+        || client_id.starts_with(RULE_DEVICE_PREFIX)
+        || client_id.starts_with(SYSTEM_DEVICE_PREFIX)
+    {
         shared.stats.refused(metrics::Refusal::ClientId);
         refuse(client, &codec, v5::ConnectReturnCode::ClientIdentifierNotValid).await;
         return Ok(None);

@@ -32,6 +32,12 @@ const RECENT: u32 = 20;
 
 /// The longest wait between asking a lagging witness again.
 const RETRY_MAX: Duration = Duration::from_secs(5);
+/// How often the stored cosignatures are thinned, how long every one is
+/// kept, and the spacing of the sparse history kept after that
+/// ([`Cosignatures::prune`]).
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+const KEEP_ALL_MS: u64 = 3_600_000;
+const KEEP_ONE_PER_MS: u64 = 3_600_000;
 /// Round trips kept per witness for the latency figures.
 const LATENCIES: usize = 256;
 
@@ -284,7 +290,15 @@ impl Witnessing {
 pub async fn run(witnessing: std::sync::Arc<Witnessing>, mut sealed: watch::Receiver<Option<SealedBlock>>) {
     let mut asked = 0u64;
     let mut retry = witnessing.min_interval;
+    let mut pruned = tokio::time::Instant::now();
     loop {
+        if pruned.elapsed() >= PRUNE_EVERY {
+            pruned = tokio::time::Instant::now();
+            match witnessing.store.prune(now_ms(), KEEP_ALL_MS, KEEP_ONE_PER_MS).await {
+                Ok(removed) => tracing::debug!(removed, "older cosignatures thinned"),
+                Err(e) => tracing::warn!(error = %e, "cannot thin the stored cosignatures"),
+            }
+        }
         let latest = sealed.borrow_and_update().clone();
         if let Some(block) = latest.as_ref().filter(|b| b.header.tree_size > asked) {
             asked = block.header.tree_size;

@@ -185,7 +185,7 @@ const Records = (() => {
         payloadSection = el('section', {},
           el('h3', {}, 'Payload'),
           el('p', { id: 'record-payload', class: 'muted', dataset: { encoding: 'deleted' } },
-            'The stored payload was deleted (retention or erasure). The record still commits to its SHA-256.'));
+            'The stored payload was erased (a retention rule, the size cap or `sealmq erase`; the $sealmq/erasure records on $SYS/sealmq/erasure say which). The record still commits to its SHA-256, so its proofs hold.'));
       } else {
         const shown = describePayload(payload);
         payloadSection = el('section', {},
