@@ -4,7 +4,6 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -83,11 +82,11 @@ pub async fn run(data: Option<PathBuf>, args: ServeArgs) -> Result<ExitCode> {
     tracing::info!("shutting down: finishing in-flight appends, sealing the last block");
     let stats = broker.stats();
     tracing::info!(
-        accepted = stats.accepted.load(Ordering::Relaxed),
-        rejected = stats.rejected.load(Ordering::Relaxed),
-        duplicates = stats.duplicates.load(Ordering::Relaxed),
-        refused_connections = stats.refused_connections.load(Ordering::Relaxed),
-        dropped_deliveries = stats.dropped.load(Ordering::Relaxed),
+        accepted = stats.routed_total(),
+        rejected = stats.rejected_total(),
+        duplicates = stats.duplicates_total(),
+        refused_connections = stats.refused_total(),
+        dropped_deliveries = stats.dropped_total(),
         "publishes and connections since start"
     );
     broker.shutdown().await.context("closing the log")?;

@@ -373,5 +373,21 @@ fn the_automatic_policy_keeps_the_newest_records_and_archives_the_rest() {
     assert!(left < head, "records were removed: {left} of {head} left");
     sealmq(&data, &["audit", "verify", "--archive", archive.to_str().unwrap()]).ok();
     proof_checks(&data, broker.http, &broker.vkey, 10, temp.path());
+    // `/metrics` counts what the policy removed, as the archives table
+    // records it (polled: the policy may run again between the two reads).
+    let counted = |name: &str| {
+        let text = String::from_utf8(get(broker.http, "/metrics").1).unwrap();
+        text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok()).unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metric = counted("sealmq_log_archived_records_total ");
+        let removed = Db::open_read_only(&data).int("SELECT coalesce(sum(records), 0) FROM archives") as u64;
+        if metric == removed && removed > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "/metrics says {metric} records archived, the archives table {removed}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert!(broker.stop().success());
 }

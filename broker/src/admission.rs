@@ -3,7 +3,6 @@
 //! becomes. Shared by client connections and the gateway's own publishes.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use sealmq_audit::mqs1::{self, Carrier, SignatureBlock};
@@ -15,6 +14,7 @@ use crate::codec::v5;
 use crate::devices::identity::{Device, Policy};
 use crate::devices::replay::{Freshness, Window};
 use crate::gateway::Shared;
+use crate::ops::metrics::Rejection;
 use crate::route::Message;
 use crate::route::retained::Retained;
 use tokio::time::Instant;
@@ -50,6 +50,8 @@ pub enum Admission {
     Duplicate,
     /// Refused: nobody receives it.
     Rejected {
+        /// Why, for `/metrics`.
+        reason: Rejection,
         /// MQTT 5 reason code.
         code: u8,
         /// Why, for the reason string and the log.
@@ -57,8 +59,8 @@ pub enum Admission {
     },
 }
 
-fn rejected(code: u8, why: impl Into<String>) -> Admission {
-    Admission::Rejected { code, why: why.into() }
+fn rejected(reason: Rejection, code: u8, why: impl Into<String>) -> Admission {
+    Admission::Rejected { reason, code, why: why.into() }
 }
 
 /// A PUBLISH as read: its MQS1 signature block, if any, found and taken
@@ -127,16 +129,16 @@ pub fn admit_checked(
     verdict: Option<Verdict>,
 ) -> Admission {
     if topic.starts_with('$') {
-        return rejected(NOT_AUTHORIZED, "topics starting with $ belong to the broker");
+        return rejected(Rejection::ReservedTopic, NOT_AUTHORIZED, "topics starting with $ belong to the broker");
     }
     if !device.may_publish(topic) {
-        return rejected(NOT_AUTHORIZED, "not allowed to publish to this topic");
+        return rejected(Rejection::Acl, NOT_AUTHORIZED, "not allowed to publish to this topic");
     }
     let Candidate { publish, mut properties, payload, found } = candidate;
     let (sb, carrier) = match found {
-        Err(why) => return rejected(PAYLOAD_FORMAT_INVALID, why),
+        Err(why) => return rejected(Rejection::Malformed, PAYLOAD_FORMAT_INVALID, why),
         Ok(None) if device.policy == Policy::Signed => {
-            return rejected(NOT_AUTHORIZED, "this device must sign every publish (MQS1)");
+            return rejected(Rejection::Unsigned, NOT_AUTHORIZED, "this device must sign every publish (MQS1)");
         }
         Ok(None) => (None, None),
         Ok(Some((sb, carrier))) => (Some(sb), Some(carrier)),
@@ -146,7 +148,7 @@ pub fn admit_checked(
         Some(sb) => match check_signature(shared, device, topic, &payload, publish.retain, sb, verdict) {
             Ok((Some(window), digest)) => (Some(window), digest),
             Ok((None, _)) => return Admission::Duplicate,
-            Err(why) => return rejected(NOT_AUTHORIZED, why),
+            Err((reason, why)) => return rejected(reason, NOT_AUTHORIZED, why),
         },
     };
     let record = Record::Publish(PublishRecord {
@@ -162,7 +164,7 @@ pub fn admit_checked(
     });
     let mut entry = match Entry::new(&record, Some(payload.to_vec())) {
         Ok(entry) => entry,
-        Err(e) => return rejected(PAYLOAD_FORMAT_INVALID, e.to_string()),
+        Err(e) => return rejected(Rejection::Malformed, PAYLOAD_FORMAT_INVALID, e.to_string()),
     };
     if let (Some(sb), Some(window)) = (&sb, window) {
         entry = entry.with_replay(sb.kid, window.highest, window.seen);
@@ -193,7 +195,7 @@ pub fn admit_checked(
 /// topic), and routes it. The one way a logged publish reaches subscribers,
 /// a client's or a will.
 pub fn route_logged(shared: &Shared, mut message: Message, index: u64) {
-    shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
+    shared.stats.routed();
     message.index = Some(index);
     // Message Expiry Interval counts from here.
     message.at = Instant::now();
@@ -209,7 +211,7 @@ pub fn route_logged(shared: &Shared, mut message: Message, index: u64) {
 /// rules 3–5), using `verdict` when it was reached with the device's current
 /// key. `Ok((None, _))`: a retransmission. `Ok((Some(window), digest))`:
 /// fresh and verified; the window to persist with the record, and the
-/// payload's SHA-256.
+/// payload's SHA-256. `Err`: why it is refused.
 fn check_signature(
     shared: &Shared,
     device: &Device,
@@ -218,10 +220,11 @@ fn check_signature(
     retain: bool,
     sb: &SignatureBlock,
     verdict: Option<Verdict>,
-) -> Result<(Option<Window>, Hash), String> {
-    let key = device.signing_key(&sb.kid).map_err(str::to_string)?;
+) -> Result<(Option<Window>, Hash), (Rejection, String)> {
+    let key = device.signing_key(&sb.kid).map_err(|why| (Rejection::UnknownKey, why.to_string()))?;
+    let below_window = || (Rejection::Replay, format!("MQS1 counter {} is below the replay window", sb.ctr));
     let seen = match shared.replay.check(&sb.kid, sb.ctr) {
-        Freshness::TooOld => return Err(format!("MQS1 counter {} is below the replay window", sb.ctr)),
+        Freshness::TooOld => return Err(below_window()),
         Freshness::Seen => true,
         Freshness::Fresh => false,
     };
@@ -229,10 +232,11 @@ fn check_signature(
     // retransmission: otherwise anyone could have a forged publish with a
     // used counter acknowledged (nothing logged, but a misleading answer).
     let digest = match verdict {
-        Some(verdict) if verdict.key == *key => verdict.result?,
+        Some(verdict) if verdict.key == *key => verdict.result,
         // Not checked yet, or checked with a key the device no longer has.
-        _ => checks::verify(key, &device.id, topic, payload, retain, sb)?,
-    };
+        _ => checks::verify(key, &device.id, topic, payload, retain, sb),
+    }
+    .map_err(|why| (Rejection::BadSignature, why))?;
     if seen {
         return Ok((None, digest));
     }
@@ -240,6 +244,6 @@ fn check_signature(
     match shared.replay.accept(&sb.kid, sb.ctr) {
         Ok(window) => Ok((Some(window), digest)),
         Err(Freshness::Seen) => Ok((None, digest)),
-        Err(_) => Err(format!("MQS1 counter {} is below the replay window", sb.ctr)),
+        Err(_) => Err(below_window()),
     }
 }

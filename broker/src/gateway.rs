@@ -1,5 +1,5 @@
-//! The gateway's shared state: what every connection shares ([`Shared`]),
-//! its counters ([`Stats`]), and what an admitted connection holds (`Slot`).
+//! The gateway's shared state: what every connection shares ([`Shared`])
+//! and what an admitted connection holds (`Slot`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -14,23 +14,9 @@ use crate::devices::identity::Identities;
 use crate::devices::replay::ReplayWindows;
 use crate::net::limits::LoginLimiter;
 use crate::net::transport::TlsSetup;
+use crate::ops::metrics::Metrics;
 use crate::route::Router;
 use crate::route::retained::RetainedStore;
-
-/// Counters an operator watches.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Publishes logged and forwarded.
-    pub accepted: AtomicU64,
-    /// Publishes refused (signature, ACL, policy, format).
-    pub rejected: AtomicU64,
-    /// MQS1 retransmissions acknowledged without a second record.
-    pub duplicates: AtomicU64,
-    /// Connections refused at CONNECT.
-    pub refused_connections: AtomicU64,
-    /// Deliveries dropped because a session's queue was full.
-    pub dropped: Arc<AtomicU64>,
-}
 
 /// What every connection shares.
 pub struct Shared {
@@ -58,8 +44,8 @@ pub struct Shared {
     pub retained: RetainedStore,
     /// The router.
     pub router: Router,
-    /// Counters.
-    pub stats: Stats,
+    /// What an operator watches (`/metrics`).
+    pub stats: Arc<Metrics>,
     /// Keys revoked while the broker runs: connections that used one close.
     pub revoked: broadcast::Sender<Arc<Vec<Kid>>>,
     /// True once the broker is shutting down.

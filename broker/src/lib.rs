@@ -12,6 +12,8 @@
 //! - [`ops`]: running for years: payload retention rules and erasure
 //!   requests (`[retention]`, `sealmq erase`), carried out by the sequencer;
 //! - [`config`] ([`BrokerConfig`]): embedded defaults, TOML, flags;
+//! - [`ops`]: running it for years: the broker's counters and `/metrics`
+//!   (it imports nothing of the crate: everything may count);
 //! - [`net`]: TCP, TLS and WebSocket listeners, the descriptor budget,
 //!   rate limits;
 //! - [`devices`]: the device registry view (identity, ACLs, keys) and MQS1

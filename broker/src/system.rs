@@ -3,9 +3,9 @@
 //! actions.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
+use sealmq_audit::RULE_DEVICE_PREFIX;
 use sealmq_audit::store::{Derived, SealedBlock};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use crate::admission::{Admission, admit, route_logged};
 use crate::codec::{v5, validate_topic_name};
 use crate::gateway::Shared;
+use crate::ops::metrics::Rejection;
 use crate::route::Message;
 use crate::route::retained::Retained;
 use crate::witness::Witnessing;
@@ -35,7 +36,7 @@ pub async fn publish_will(shared: &Shared, client_id: &str, publish: v5::Publish
     let device = match shared.identities().lookup(client_id) {
         Ok(device) => device,
         Err(_) => {
-            shared.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            shared.stats.rejected(Rejection::Unregistered);
             tracing::warn!(client_id, topic, "will rejected: the device is no longer registered");
             return;
         }
@@ -44,21 +45,28 @@ pub async fn publish_will(shared: &Shared, client_id: &str, publish: v5::Publish
         Admission::Log { entry, message, .. } => match shared.log.submit(vec![entry]).await {
             Ok(appending) => (appending, message),
             Err(e) => {
+                shared.stats.rejected(Rejection::LogUnavailable);
                 tracing::error!(client_id, error = %e, "will dropped: could not log it");
                 return;
             }
         },
         Admission::Duplicate => return,
-        Admission::Rejected { why, .. } => {
-            shared.stats.rejected.fetch_add(1, Ordering::Relaxed);
+        Admission::Rejected { reason, why, .. } => {
+            shared.stats.rejected(reason);
             tracing::warn!(client_id, topic, why, "will rejected");
             return;
         }
     };
     drop(gate);
     match appending.await {
-        Ok(indices) => route_logged(shared, message, indices.start),
-        Err(e) => tracing::error!(client_id, error = %e, "will dropped: could not log it"),
+        Ok(indices) => {
+            shared.stats.received(message.qos);
+            route_logged(shared, message, indices.start);
+        }
+        Err(e) => {
+            shared.stats.rejected(Rejection::LogUnavailable);
+            tracing::error!(client_id, error = %e, "will dropped: could not log it");
+        }
     }
 }
 
@@ -76,6 +84,11 @@ pub async fn publish_will(shared: &Shared, client_id: &str, publish: v5::Publish
 /// Ends when the log closes.
 pub async fn route_actions(shared: Arc<Shared>, mut actions: mpsc::UnboundedReceiver<Vec<Derived>>) {
     while let Some(committed) = actions.recv().await {
+        // Counted per rule and trigger (`/metrics`), one lock per commit.
+        shared.stats.rule_actions(committed.iter().map(|Derived { record, .. }| {
+            let rule = record.device_id.strip_prefix(RULE_DEVICE_PREFIX).unwrap_or(&record.device_id);
+            (rule, record.cause.as_ref().map_or(0, |cause| cause.trigger_index))
+        }));
         for Derived { index, record, payload } in committed {
             let message = Message {
                 topic: Bytes::from(record.topic.into_bytes()),

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 
 use sqlx::{Connection, QueryBuilder, Sqlite};
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use super::super::erasure::{ERASURE_DEVICE, ERASURE_TOPIC, Erased, ErasureSpec, Reason, SCAN_ROWS, covers};
 use super::super::follower::Derived;
@@ -110,7 +111,7 @@ impl Sequencer {
     pub(super) async fn erase_batch(&mut self, batch: Batch) -> Result<BatchDone, StoreError> {
         match self.erase_in_transaction(batch).await {
             Ok((done, entries, derived)) => {
-                self.committed(&entries);
+                self.committed(&entries, Instant::now());
                 self.followed(derived);
                 Ok(done)
             }

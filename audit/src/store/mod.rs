@@ -47,6 +47,7 @@ mod reader;
 pub mod registry;
 pub mod restore;
 mod retained;
+mod stats;
 pub mod synthetic;
 mod verify;
 pub mod witness;
@@ -66,6 +67,7 @@ pub use registry::{
     verify_password,
 };
 pub use restore::{Replace, Restored, restore};
+pub use stats::{DatabaseSize, HistogramSnapshot, LogStats};
 pub use verify::{Failure, Place, Progress, VerifyReport, verify, verify_with_archive};
 pub use witness::{WitnessStore, WitnessedLog};
 pub use writer::{Appending, Entry, Log, Resume};

@@ -4,6 +4,7 @@
 //! (kind-3 records, `sealmq rule …`).
 
 use sqlx::Connection;
+use tokio::time::Instant;
 
 use super::super::follower::Derived;
 use super::super::{StoreError, to_i64};
@@ -92,7 +93,7 @@ impl Sequencer {
                 }
                 match self.drain_batch(outbox).await {
                     Ok((entries, derived)) => {
-                        indices.extend(self.committed(&entries));
+                        indices.extend(self.committed(&entries, Instant::now()));
                         self.followed(derived);
                     }
                     Err(e) => {

@@ -3,11 +3,11 @@
 
 use std::fs::File;
 use std::ops::Range;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use sqlx::Connection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteSynchronous};
-use sqlx::{Connection, QueryBuilder, Sqlite};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
@@ -18,8 +18,9 @@ use super::keyfile;
 use super::pending::Pending;
 use super::reader::{LogReader, SealedBlock, connect_options};
 use super::retained;
-use super::{DB_FILE, KEY_FILE, LogConfig, StoreError, io_error, now_ms, to_i64, to_u64};
-use crate::{BlockHeader, Checkpoint, Hash, LogKey, RetainedState};
+use super::stats::{LogStats, Unsealed};
+use super::{DB_FILE, KEY_FILE, LogConfig, StoreError, io_error, to_i64, to_u64};
+use crate::{Hash, LogKey, RetainedState};
 
 #[path = "append.rs"]
 mod append;
@@ -33,6 +34,8 @@ mod following;
 mod opening;
 #[path = "outbox.rs"]
 mod outbox;
+#[path = "sealing.rs"]
+mod sealing;
 
 pub use entry::Entry;
 pub use erasing::Resume;
@@ -50,7 +53,7 @@ const SEAL_RETRY: Duration = Duration::from_secs(1);
 const LOCK_FILE: &str = "log.lock";
 
 enum Command {
-    Append { entries: Vec<Entry>, reply: Reply },
+    Append { entries: Vec<Entry>, reply: Reply, submitted: Instant },
     Seal { reply: oneshot::Sender<Result<Option<SealedBlock>, StoreError>> },
     DrainOutbox { reply: oneshot::Sender<Result<Vec<u64>, StoreError>> },
     ReconcileRetained { reply: oneshot::Sender<Result<RetainedState, StoreError>> },
@@ -82,6 +85,7 @@ pub struct Log {
     checkpointing: tokio::task::JoinHandle<()>,
     /// Until [`Log::take_derived`] takes it.
     derived: Mutex<Option<DerivedReceiver>>,
+    stats: Arc<LogStats>,
     _lock: File,
 }
 
@@ -143,8 +147,10 @@ impl Log {
         let (checkpoints, checkpointing) = Checkpointer::start(&base).await?;
         sequencer.checkpoints = Some(checkpoints);
         let (commands, rx) = mpsc::channel(config.queue_depth.max(1));
+        let stats = Arc::clone(&sequencer.stats);
         let task = tokio::spawn(sequencer.run(rx));
-        Ok(Self { commands, reader, sealed, task, checkpointing, derived: Mutex::new(Some(derived)), _lock: lock })
+        let derived = Mutex::new(Some(derived));
+        Ok(Self { commands, reader, sealed, task, checkpointing, derived, stats, _lock: lock })
     }
 
     /// Appends records and returns their log indices once they are durable.
@@ -171,7 +177,10 @@ impl Log {
     /// for durability afterwards.
     pub async fn submit(&self, entries: Vec<Entry>) -> Result<Appending, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.commands.send(Command::Append { entries, reply }).await.map_err(|_| StoreError::Closed)?;
+        // From here: a wait for room in the queue is part of the latency.
+        let submitted = Instant::now();
+        let command = Command::Append { entries, reply, submitted };
+        self.commands.send(command).await.map_err(|_| StoreError::Closed)?;
         Ok(Appending(answer))
     }
 
@@ -252,6 +261,11 @@ impl Log {
         self.derived.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
     }
 
+    /// The sequencer's numbers (appends, latencies, the head), for metrics.
+    pub fn stats(&self) -> &Arc<LogStats> {
+        &self.stats
+    }
+
     /// Read access to the same log.
     pub fn reader(&self) -> &LogReader {
         &self.reader
@@ -301,6 +315,9 @@ struct Sequencer {
     follower: Option<Box<dyn Follower>>,
     /// Where the follower's records go once durable ([`Log::take_derived`]).
     derived: mpsc::UnboundedSender<Vec<Derived>>,
+    /// What it counts ([`Log::stats`]), and when unsealed records became durable.
+    stats: Arc<LogStats>,
+    unsealed: Unsealed,
 }
 
 impl Sequencer {
@@ -338,11 +355,12 @@ impl Sequencer {
         if !pending.is_empty() {
             tracing::warn!(records = pending.len(), "found unsealed records from an earlier run; sealing them");
         }
+        let next_index = sealed_size + pending.len() as u64;
         Ok(Self {
             conn,
             options,
             key,
-            next_index: sealed_size + pending.len() as u64,
+            next_index,
             last_block: last.map(|b| (b.header.height, b.hash)),
             pending,
             seal_due: None,
@@ -353,6 +371,8 @@ impl Sequencer {
             checkpoints: None,
             follower: None,
             derived,
+            stats: Arc::new(LogStats::new(next_index, sealed_size)),
+            unsealed: Unsealed::new(next_index),
         })
     }
 
@@ -403,15 +423,17 @@ impl Sequencer {
                     let _ = reply.send(result);
                     self.seal_full_blocks().await;
                 }
-                Some(Command::Append { entries, reply }) => {
+                Some(Command::Append { entries, reply, submitted }) => {
                     let mut group = vec![(entries, reply)];
+                    let mut times = vec![submitted];
                     let mut count = group[0].0.len();
                     // Group commit: take every append already queued.
                     while count < GROUP_MAX_RECORDS {
                         match commands.try_recv() {
-                            Ok(Command::Append { entries, reply }) => {
+                            Ok(Command::Append { entries, reply, submitted }) => {
                                 count += entries.len();
                                 group.push((entries, reply));
+                                times.push(submitted);
                             }
                             Ok(other) => {
                                 stash = Some(other);
@@ -420,7 +442,7 @@ impl Sequencer {
                             Err(_) => break,
                         }
                     }
-                    self.commit_group(group).await;
+                    self.commit_group(group, &times).await;
                     self.seal_full_blocks().await;
                     self.restart_wal_if_due().await;
                 }
@@ -435,15 +457,6 @@ impl Sequencer {
         }
         if let Err(e) = self.conn.close().await {
             tracing::warn!(error = %e, "closing the log database");
-        }
-    }
-
-    /// Seals blocks while a full block's worth of records is pending.
-    async fn seal_full_blocks(&mut self) {
-        while self.pending.len() >= self.block_max_records {
-            if !self.seal_or_retry().await {
-                break;
-            }
         }
     }
 
@@ -466,36 +479,43 @@ impl Sequencer {
         }
     }
 
-    /// Takes committed entries into the head: their indices, from `next_index`.
-    fn committed<'a>(&mut self, entries: impl IntoIterator<Item = &'a Entry>) -> Range<u64> {
+    /// Takes entries committed `at` into the head: their indices, from `next_index`.
+    fn committed<'a>(&mut self, entries: impl IntoIterator<Item = &'a Entry>, at: Instant) -> Range<u64> {
         let start = self.next_index;
         for entry in entries {
             self.pending.push(entry.leaf);
             self.next_index += 1;
         }
         if self.seal_due.is_none() && !self.pending.is_empty() {
-            self.seal_due = Some(Instant::now() + self.block_interval);
+            self.seal_due = Some(at + self.block_interval);
         }
-        start..self.next_index
+        let range = start..self.next_index;
+        self.stats.committed(&range);
+        self.unsealed.committed(range.end, at);
+        range
     }
 
     /// Commits one group: each caller's entries, with what the follower
     /// derives spliced in after each (their indices are final only here).
-    async fn commit_group(&mut self, mut group: Vec<(Vec<Entry>, Reply)>) {
+    /// `submitted`: when each caller submitted (for the latency figures).
+    async fn commit_group(&mut self, mut group: Vec<(Vec<Entry>, Reply)>, submitted: &[Instant]) {
         let written = match self.follow_group(&mut group) {
             Ok(derived) => self.insert(&mut group).await.map(|()| derived),
             Err(e) => Err(e),
         };
         match written {
             Ok(derived) => {
+                let (now, start) = (Instant::now(), self.next_index);
                 for (entries, reply) in group {
-                    let range = self.committed(&entries);
+                    let range = self.committed(&entries, now);
                     // A caller that went away still had its records logged.
                     let _ = reply.send(Ok(range));
                 }
                 self.followed(derived);
+                self.stats.group_committed(self.next_index - start, submitted, now);
             }
             Err(e) => {
+                self.stats.group_failed();
                 tracing::error!(error = %e, "append failed; its callers are told nothing was logged");
                 let why = e.to_string();
                 for (_, reply) in group {
@@ -537,6 +557,7 @@ impl Sequencer {
             .bind(to_i64(self.next_index))
             .fetch_all(&mut self.conn)
             .await?;
+        let start = self.next_index;
         for (idx, leaf) in rows {
             if to_u64(idx)? != self.next_index {
                 return Err(StoreError::Corrupt(format!("record {} is missing", self.next_index)));
@@ -545,20 +566,11 @@ impl Sequencer {
             self.next_index += 1;
             self.seal_due.get_or_insert_with(Instant::now);
         }
-        Ok(())
-    }
-
-    /// Seals a block; on failure keeps the records pending and retries later.
-    async fn seal_or_retry(&mut self) -> bool {
-        match self.seal_block().await {
-            Ok(_) => true,
-            Err(e) => {
-                tracing::error!(error = %e, pending = self.pending.len(), "sealing a block failed; retrying");
-                self.recover_connection().await;
-                self.seal_due = Some(Instant::now() + SEAL_RETRY);
-                false
-            }
+        if self.next_index > start {
+            self.stats.committed(&(start..self.next_index));
+            self.unsealed.committed(self.next_index, Instant::now());
         }
+        Ok(())
     }
 
     /// Makes the write connection usable after a failed transaction.
@@ -584,62 +596,6 @@ impl Sequencer {
             }
             Err(e) => tracing::error!(error = %e, "cannot reopen the log's write connection; retrying later"),
         }
-    }
-
-    /// Seals up to one block's worth of pending records: block root, chain
-    /// link, tree hashes, tree root and signed checkpoint, in one
-    /// transaction. (The records' search index rows were written with them.)
-    async fn seal_block(&mut self) -> Result<SealedBlock, StoreError> {
-        let open = self.pending.next_block().expect("no empty blocks");
-        let (height, prev_block_hash) = match self.last_block {
-            Some((height, hash)) => (height + 1, hash),
-            None => (0, [0; 32]),
-        };
-        let header = BlockHeader {
-            height,
-            prev_block_hash,
-            first_index: self.pending.sealed().size(),
-            leaf_count: u32::try_from(open.count).expect("blocks hold at most u32::MAX records"),
-            block_root: open.block.root(),
-            tree_size: open.tree.size(),
-            tree_root: open.tree.root(),
-            sealed_ms: now_ms(),
-        };
-        let checkpoint = self.key.sign(&Checkpoint {
-            origin: self.key.origin().to_string(),
-            size: header.tree_size,
-            root: header.tree_root,
-        });
-        let block = SealedBlock { header, hash: header.hash(), checkpoint };
-        let count = open.count;
-
-        let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
-        for chunk in open.nodes.chunks(INSERT_CHUNK) {
-            let mut insert = QueryBuilder::<Sqlite>::new("INSERT INTO tree_nodes (level, idx, hash) ");
-            insert.push_values(chunk, |mut row, (id, hash)| {
-                row.push_bind(i64::from(id.level)).push_bind(to_i64(id.index)).push_bind(&hash[..]);
-            });
-            insert.build().execute(&mut *tx).await?;
-        }
-        sqlx::query("INSERT INTO blocks (height, header, hash, tree_size, checkpoint) VALUES (?, ?, ?, ?, ?)")
-            .bind(to_i64(height))
-            .bind(&header.encode()[..])
-            .bind(&block.hash[..])
-            .bind(to_i64(header.tree_size))
-            .bind(&block.checkpoint)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        self.checkpoint_soon();
-
-        self.pending.sealed_next();
-        self.last_block = Some((height, block.hash));
-        self.seal_due = (!self.pending.is_empty()).then(|| Instant::now() + self.block_interval);
-        tracing::debug!(height, records = count, tree_size = header.tree_size, "sealed a block");
-        if let Some(sealed) = &self.sealed {
-            sealed.send_replace(Some(block.clone()));
-        }
-        Ok(block)
     }
 }
 

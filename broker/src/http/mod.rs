@@ -8,6 +8,7 @@
 //! have fixed maxima.
 
 pub mod explorer;
+mod metrics;
 mod records;
 mod rules;
 pub mod serve;
@@ -32,6 +33,7 @@ use sealmq_audit::store::{LogReader, SealedBlock, StoreError};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
+use crate::ops::metrics::Metrics;
 use crate::witness::Witnessing;
 
 /// Blocks per page: the default and the maximum.
@@ -58,6 +60,7 @@ pub struct ApiState {
     witnessing: Option<Arc<Witnessing>>,
     /// The mounted archive: archived records are answered from it.
     archive: Option<ArchiveDir>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl ApiState {
@@ -70,7 +73,7 @@ impl ApiState {
         sealed: watch::Receiver<Option<SealedBlock>>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
-        Self { reader, registry, sealed, shutdown, witnessing: None, archive: None }
+        Self { reader, registry, sealed, shutdown, witnessing: None, archive: None, metrics: None }
     }
 
     /// Answers archived records (`/tile/…`, `/v1/proof/N`, `/v1/records/N`)
@@ -89,6 +92,12 @@ impl ApiState {
     /// witnessed checkpoint and witnesses' state.
     pub fn with_witnessing(mut self, witnessing: Arc<Witnessing>) -> Self {
         self.witnessing = Some(witnessing);
+        self
+    }
+
+    /// Serves the broker's counters on `/metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
         self
     }
 
@@ -125,6 +134,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/devices", get(devices))
         .route("/v1/devices/{id}", get(device))
         .route("/tile/{*path}", get(tile))
+        .route("/metrics", get(metrics::metrics))
         .merge(crate::http::explorer::routes())
         .fallback(|| async { ApiError::not_found("no such endpoint; see the README's HTTP API section") })
         .with_state(Arc::new(state))

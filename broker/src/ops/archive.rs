@@ -2,6 +2,7 @@
 //! records from, and the automatic policy that archives old history.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sealmq_audit::store::LogReader;
@@ -9,6 +10,8 @@ use sealmq_audit::store::archive::{ArchiveDir, archive, archived_size};
 use sealmq_audit::tiles::TILE_WIDTH;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+
+use super::metrics::Metrics;
 
 /// `[archive]`: where the archive lives and when to extend it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -60,9 +63,15 @@ pub fn policy_target(head: u64, archived: u64, keep: u64) -> Option<u64> {
 
 /// The automatic policy: every `check_interval_s`, archives below
 /// head − `keep_records` when a tile boundary was passed. Each run's
-/// (records, bytes) removed are logged (and are what a metrics counter
-/// takes). Runs until `shutdown`.
-pub async fn run_policy(data: PathBuf, reader: LogReader, config: ArchiveConfig, mut shutdown: watch::Receiver<bool>) {
+/// (records, bytes) removed are logged and counted in `metrics`. Runs
+/// until `shutdown`.
+pub async fn run_policy(
+    data: PathBuf,
+    reader: LogReader,
+    config: ArchiveConfig,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let (Some(dir), Some(keep)) = (config.mounted(), config.keep_records) else { return };
     let every = Duration::from_secs(config.check_interval_s);
     loop {
@@ -70,8 +79,12 @@ pub async fn run_policy(data: PathBuf, reader: LogReader, config: ArchiveConfig,
             () = tokio::time::sleep(every) => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
-        if let Err(e) = policy_once(&data, &reader, &dir, keep).await {
-            tracing::error!(error = %e, dir = %dir.root().display(), "automatic archive failed; nothing was removed");
+        match policy_once(&data, &reader, &dir, keep).await {
+            Ok(Some((records, bytes))) => metrics.archived(records, bytes),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, dir = %dir.root().display(), "automatic archive failed; nothing was removed");
+            }
         }
     }
 }
@@ -81,10 +94,10 @@ async fn policy_once(
     reader: &LogReader,
     dir: &ArchiveDir,
     keep: u64,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<Option<(u64, u64)>, Box<dyn std::error::Error + Send + Sync>> {
     let head = reader.latest_block().await?.map_or(0, |b| b.header.tree_size);
     let archived = archived_size(reader.pool()).await?;
-    let Some(target) = policy_target(head, archived, keep) else { return Ok(()) };
+    let Some(target) = policy_target(head, archived, keep) else { return Ok(None) };
     // On a blocking thread of its own: a run reads and writes for a while,
     // and its future (sqlx's transactions) is not one tokio can move
     // between worker threads.
@@ -98,7 +111,7 @@ async fn policy_once(
         bytes = outcome.bytes,
         "archived sealed history (automatic policy)"
     );
-    Ok(())
+    Ok(Some((outcome.records, outcome.bytes)))
 }
 
 #[cfg(test)]

@@ -24,6 +24,8 @@ use sealmq_audit::topic::check_filter;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::metrics::Metrics;
+
 /// How often the erase-request outbox is looked at.
 const OUTBOX_POLL: Duration = Duration::from_millis(500);
 /// The size cap erases this much below the cap: the erasure records a pass
@@ -197,12 +199,21 @@ pub struct Retention {
     size_cursor: Cursor,
     /// Stored payload bytes and the highest payload index counted, once known.
     stored: Option<(u64, Option<u64>)>,
+    /// Where erased bytes are counted (`sealmq_payload_erased_bytes_total`).
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Retention {
     /// A task for `log`, its outbox and `config` (checked).
     pub fn new(log: Arc<Log>, outbox: ErasureOutbox, config: RetentionConfig) -> Self {
-        Self { log, outbox, config, cursors: HashMap::new(), size_cursor: Cursor::default(), stored: None }
+        let (cursors, size_cursor) = (HashMap::new(), Cursor::default());
+        Self { log, outbox, config, cursors, size_cursor, stored: None, metrics: None }
+    }
+
+    /// Counts what it erases in `metrics`.
+    pub fn counting(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Runs until `stop` turns true: erase requests as they come, the rules
@@ -235,6 +246,9 @@ impl Retention {
             }
             if erased.records > 0 {
                 tracing::info!(records = erased.records, bytes = erased.bytes, "payloads erased");
+                if let Some(metrics) = &self.metrics {
+                    metrics.payload_erased(erased.bytes);
+                }
             }
         }
     }

@@ -21,10 +21,11 @@ use crate::checks::CheckPool;
 use crate::config::BrokerConfig;
 use crate::devices::identity::Identities;
 use crate::devices::replay::{ReplayWindows, Window};
-use crate::gateway::{Shared, Stats};
+use crate::gateway::Shared;
 use crate::net::descriptors::{Budget, TooFewDescriptors, raise_limit};
 use crate::net::limits::LoginLimiter;
 use crate::net::transport::{Listener, TlsSetup, TransportError};
+use crate::ops::metrics::Metrics;
 use crate::ops::retention::Retention;
 use crate::route::external::External;
 use crate::route::retained::RetainedStore;
@@ -189,6 +190,7 @@ impl Broker {
         let (revoked, _) = broadcast::channel(16);
         let limits = config.limits.clone();
         let sessions = Arc::new(crate::session::Sessions::default());
+        let stats = Arc::new(Metrics::new(Arc::clone(log.stats())));
         let shared = Arc::new(Shared {
             config,
             log: Arc::clone(&log),
@@ -199,7 +201,7 @@ impl Broker {
             checks: CheckPool::per_core().map_err(StartError::Checks)?,
             retained,
             router,
-            stats: Stats::default(),
+            stats: Arc::clone(&stats),
             revoked,
             shutdown,
             tls,
@@ -219,7 +221,8 @@ impl Broker {
             registry.clone(),
             log.sealed_blocks(),
             shared.shutdown.clone(),
-        );
+        )
+        .with_metrics(stats);
         if let Some(witnessing) = witnessing {
             tasks.push(tokio::spawn(crate::witness::cosigning::run(Arc::clone(&witnessing), log.sealed_blocks())));
             api = api.with_witnessing(witnessing);
@@ -227,7 +230,8 @@ impl Broker {
         tasks.push(tokio::spawn(watch_registry(Arc::clone(&shared), registry, registry_version)));
         // Erase requests (`sealmq erase`) and the retention rules, through the sequencer.
         let erasures = ErasureOutbox::open(&shared.config.data).await?;
-        let retention = Retention::new(Arc::clone(&log), erasures, shared.config.retention.clone());
+        let retention = Retention::new(Arc::clone(&log), erasures, shared.config.retention.clone())
+            .counting(Arc::clone(&shared.stats));
         tasks.push(tokio::spawn(retention.run(shared.shutdown.clone())));
         if let Some(dir) = archive_config.mounted() {
             api = api.with_archive(dir);
@@ -236,6 +240,7 @@ impl Broker {
             data_dir,
             log.reader().clone(),
             archive_config,
+            Arc::clone(&shared.stats),
             shared.shutdown.clone(),
         )));
         let mut app = crate::http::router(api);
@@ -279,8 +284,8 @@ impl Broker {
         self.witness_key.as_ref()
     }
 
-    /// Counters.
-    pub fn stats(&self) -> &Stats {
+    /// Counters (what `/metrics` serves).
+    pub fn stats(&self) -> &Metrics {
         &self.shared.stats
     }
 

@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
 use sealmq_audit::{RULE_DEVICE_PREFIX, SYSTEM_DEVICE_PREFIX};
@@ -17,6 +16,7 @@ use crate::codec::{
 use crate::devices::identity::{Device, Refusal, check_password};
 use crate::gateway::Shared;
 use crate::net::transport::{ClientRead, ClientWrite, write_flushed};
+use crate::ops::metrics;
 
 /// Bytes read from a client at once.
 const READ_SIZE: usize = 4096;
@@ -67,10 +67,16 @@ impl Client {
 
     /// Encodes a packet into the output buffer; [`Client::flush`] sends it.
     pub(super) fn queue(&mut self, codec: &ClientCodec, packet: &v5::Packet) -> Result<(), End> {
+        self.queue_unless_too_large(codec, packet).map(|_| ())
+    }
+
+    /// [`Client::queue`], saying whether the packet was queued: `false`
+    /// when it is larger than the client's Maximum Packet Size, which MQTT 5
+    /// says to drop [MQTT-3.1.2-25].
+    pub(super) fn queue_unless_too_large(&mut self, codec: &ClientCodec, packet: &v5::Packet) -> Result<bool, End> {
         match codec.encode(packet, &mut self.out) {
-            Ok(_) => Ok(()),
-            // Larger than the client's Maximum Packet Size: MQTT 5 says drop it.
-            Err(CodecError::PacketTooLarge { .. }) => Ok(()),
+            Ok(_) => Ok(true),
+            Err(CodecError::PacketTooLarge { .. }) => Ok(false),
             Err(e) => Err(e.into()),
         }
     }
@@ -121,6 +127,7 @@ pub(super) async fn read_connect_codec(shared: &Shared, client: &mut Client) -> 
             Ok(None) => {}
             Err(e @ CodecError::UnsupportedProtocol { .. }) => {
                 // MQTT 3.1.1 §3.1.2.2: answer CONNACK 0x01, then close.
+                shared.stats.refused(metrics::Refusal::Protocol);
                 write_flushed(&mut client.write, &connack_v31_refused()).await?;
                 return Err(e.into());
             }
@@ -131,6 +138,7 @@ pub(super) async fn read_connect_codec(shared: &Shared, client: &mut Client) -> 
         }
     };
     if level == 3 {
+        shared.stats.refused(metrics::Refusal::Protocol);
         write_flushed(&mut client.write, &connack_v31_refused()).await?;
         return Ok(None);
     }
@@ -161,8 +169,12 @@ pub(super) async fn read_connect(
                 }
             }
             // 3.1.1 has no CONNACK code for a CONNECT too large: just close.
-            Err(e @ CodecError::PacketTooLarge { .. }) if version == Version::V311 => return Err(e.into()),
+            Err(e @ CodecError::PacketTooLarge { .. }) if version == Version::V311 => {
+                shared.stats.refused(metrics::Refusal::Protocol);
+                return Err(e.into());
+            }
             Err(e) => {
+                shared.stats.refused(metrics::Refusal::Protocol);
                 refuse(client, &codec, e.connack_code()).await;
                 return Err(e.into());
             }
@@ -170,6 +182,7 @@ pub(super) async fn read_connect(
     };
     codec.max_incoming = shared.config.limits.max_packet_size;
     let v5::Packet::Connect(connect, will, login) = packet else {
+        shared.stats.refused(metrics::Refusal::Protocol);
         return Err(CodecError::ProtocolError("the first packet is not CONNECT".into()).into());
     };
     let properties = connect.properties.clone().unwrap_or_else(v5::ConnectProperties::new);
@@ -177,6 +190,7 @@ pub(super) async fn read_connect(
 
     let (client_id, assigned_id) = if connect.client_id.is_empty() {
         if !connect.clean_start && version == Version::V311 {
+            shared.stats.refused(metrics::Refusal::ClientId);
             refuse(client, &codec, v5::ConnectReturnCode::ClientIdentifierNotValid).await;
             return Ok(None);
         }
@@ -197,17 +211,19 @@ pub(super) async fn read_connect(
         || client_id.starts_with(RULE_DEVICE_PREFIX)
         || client_id.starts_with(SYSTEM_DEVICE_PREFIX)
     {
+        shared.stats.refused(metrics::Refusal::ClientId);
         refuse(client, &codec, v5::ConnectReturnCode::ClientIdentifierNotValid).await;
         return Ok(None);
     }
     if properties.authentication_method.is_some() {
+        shared.stats.refused(metrics::Refusal::AuthMethod);
         refuse(client, &codec, v5::ConnectReturnCode::BadAuthenticationMethod).await;
         return Ok(None);
     }
     // An address that failed too often is refused before anything is
     // checked, so guessing costs it time and the broker no Argon2 work.
     if !shared.logins.allows(peer.ip()) {
-        shared.stats.refused_connections.fetch_add(1, Ordering::Relaxed);
+        shared.stats.refused(metrics::Refusal::LoginRate);
         tracing::warn!(%peer, client_id, "refused: too many failed logins from this address");
         let code = match version {
             Version::V5 => v5::ConnectReturnCode::ConnectionRateExceeded,
@@ -216,22 +232,25 @@ pub(super) async fn read_connect(
         refuse(client, &codec, code).await;
         return Ok(None);
     }
-    let failed = |why: &str| {
-        shared.stats.refused_connections.fetch_add(1, Ordering::Relaxed);
+    let failed = |why: &str, refusal: Refusal| {
+        shared.stats.refused(match refusal {
+            Refusal::NotAuthorized => metrics::Refusal::NotAuthorized,
+            Refusal::BadPassword => metrics::Refusal::BadPassword,
+        });
         shared.logins.failed(peer.ip());
         tracing::info!(%peer, client_id, "refused: {why}");
     };
     if let Some(identity) = cert_identity
         && identity != client_id
     {
-        failed(&format!("its client certificate names {identity:?}, not this client id"));
+        failed(&format!("its client certificate names {identity:?}, not this client id"), Refusal::NotAuthorized);
         refuse(client, &codec, v5::ConnectReturnCode::NotAuthorized).await;
         return Ok(None);
     }
     let device = match shared.identities().lookup(&client_id) {
         Ok(device) => device,
         Err(refusal) => {
-            failed("not a registered device");
+            failed("not a registered device", refusal);
             refuse(client, &codec, connack_code(refusal)).await;
             return Ok(None);
         }
@@ -242,7 +261,7 @@ pub(super) async fn read_connect(
         check_password(&device, password).await
     };
     if let Err(refusal) = checked {
-        failed("wrong or missing password");
+        failed("wrong or missing password", refusal);
         refuse(client, &codec, connack_code(refusal)).await;
         return Ok(None);
     }
@@ -254,6 +273,7 @@ pub(super) async fn read_connect(
                 Some((will, properties))
             }
             _ => {
+                shared.stats.refused(metrics::Refusal::WillTopic);
                 refuse(client, &codec, v5::ConnectReturnCode::TopicNameInvalid).await;
                 return Ok(None);
             }

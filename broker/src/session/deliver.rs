@@ -13,6 +13,7 @@ use super::qos_from;
 use super::relay::{Outgoing, Relay};
 use crate::admission::PROP_INDEX;
 use crate::codec::v5;
+use crate::ops::metrics::Dropped;
 use crate::route::retained::Retained;
 use crate::route::{Delivery, Message, SubOptions};
 
@@ -56,6 +57,7 @@ impl Relay {
         }
         let mut properties = message.properties.clone();
         if !crate::route::expiry::age(&mut properties, message.at, now) {
+            self.shared.stats.dropped(Dropped::Expired);
             return None;
         }
         let properties = self.for_client(properties, message.index, &options);
@@ -119,21 +121,36 @@ impl Relay {
         self.inbox.push(Delivery { message: Arc::new(message), filter: Arc::clone(filter), options });
     }
 
-    /// Sends a delivery, giving QoS 1/2 a packet id and keeping it until completed.
+    /// Sends a delivery, giving QoS 1/2 a packet id and keeping it until
+    /// completed. One too large for the client is dropped, as MQTT 5 says
+    /// [MQTT-3.1.2-25], and not kept: it would never be acknowledged.
     fn send_now(&mut self, client: &mut Client, mut delivery: v5::Publish) -> Result<(), End> {
+        let qos = delivery.qos as u8;
         if delivery.qos == QoS::AtMostOnce {
-            return client.queue(&self.codec, &v5::Packet::Publish(delivery));
+            self.count_sent(client.queue_unless_too_large(&self.codec, &v5::Packet::Publish(delivery))?, qos);
+            return Ok(());
         }
         let pkid = self.free_pkid();
         delivery.pkid = pkid;
         let packet = v5::Packet::Publish(delivery);
-        client.queue(&self.codec, &packet)?;
+        if !self.count_sent(client.queue_unless_too_large(&self.codec, &packet)?, qos) {
+            return Ok(());
+        }
         // Encoded: the packet itself is what a resumed session sends again.
         let v5::Packet::Publish(delivery) = packet else { unreachable!("built as a PUBLISH above") };
         let out = Outgoing { seq: self.next_seq, qos: delivery.qos as u8, publish: Some(delivery) };
         self.next_seq += 1;
         self.outgoing.insert(pkid, out);
         Ok(())
+    }
+
+    /// Counts a delivery sent (`queued`) or dropped as too large; `queued`.
+    fn count_sent(&self, queued: bool, qos: u8) -> bool {
+        match queued {
+            true => self.shared.stats.delivered(qos),
+            false => self.shared.stats.dropped(Dropped::TooLarge),
+        }
+        queued
     }
 
     /// A packet id no delivery in flight uses. There is one: the window is

@@ -35,6 +35,7 @@ use self::table::{TakeRequest, Takes, request_session};
 use crate::codec::{CodecError, v5};
 use crate::gateway::{Shared, Slot};
 use crate::net::transport::{Listener, upgrade};
+use crate::ops::metrics::{OpenConnection, Protocol, Refusal, Transport};
 use crate::route::Inbox;
 
 use v5::{PubAckReason, PubRecReason, QoS};
@@ -94,6 +95,8 @@ struct Live {
     closing: Closing,
     peer: SocketAddr,
     slot: Slot,
+    /// Counts the connection as open (`/metrics`) while it is.
+    open: OpenConnection,
 }
 
 /// The connection up to its accepted CONNECT and its session: `None` when
@@ -135,6 +138,11 @@ async fn open(incoming: Box<Incoming>) -> Option<Live> {
         will_delay,
         receipts,
     } = connect;
+    let protocol = match codec.version {
+        crate::codec::Version::V311 => Protocol::V311,
+        crate::codec::Version::V5 => Protocol::V5,
+    };
+    let open = shared.stats.connection_opened(transport(kind), protocol);
     let (generation, takes, previous) = sessions.claim(&client_id);
     let opening = Opening {
         codec,
@@ -153,7 +161,17 @@ async fn open(incoming: Box<Incoming>) -> Option<Live> {
     let will = will.map(Box::new);
     let closing = Closing { generation, session_expiry, will, will_delay, takes };
     let started = started.err().map(Box::new);
-    Some(Live { shared, sessions, client, relay, keep_alive, started, closing, peer, slot })
+    Some(Live { shared, sessions, client, relay, keep_alive, started, closing, peer, slot, open })
+}
+
+/// The listener's label in `/metrics`.
+fn transport(kind: Listener) -> Transport {
+    match kind {
+        Listener::Mqtt => Transport::Tcp,
+        Listener::Mqtts => Transport::Tls,
+        Listener::Ws => Transport::Ws,
+        Listener::Wss => Transport::Wss,
+    }
 }
 
 /// Answers a connection past the connection limit: reads its CONNECT (for
@@ -164,6 +182,7 @@ pub async fn refuse_busy(shared: Arc<Shared>, stream: TcpStream, peer: SocketAdd
         let upgraded = upgrade(kind, stream, shared.tls.as_ref(), shared.config.limits.max_packet_size).await?;
         let mut client = Client::new(upgraded.read, upgraded.write);
         let Some(codec) = read_connect_codec(&shared, &mut client).await? else { return Ok(()) };
+        shared.stats.refused(Refusal::Busy);
         refuse(&mut client, &codec, v5::ConnectReturnCode::ServerBusy).await;
         Ok::<_, End>(())
     };
@@ -270,7 +289,7 @@ async fn start(
                 generation,
                 shared.config.limits.max_queued_messages,
                 Arc::from(client_id),
-                Arc::clone(&shared.stats.dropped),
+                Arc::clone(shared.stats.queue_full()),
             ));
             let mut relay = Relay::new(shared, codec, device, inbox, request_problem_info, window);
             relay.receipts = receipts;
@@ -324,7 +343,7 @@ struct Closing {
 /// delay), then the session handed to the connection that took it over,
 /// parked for its expiry, or ended.
 async fn finish(live: Live, exit: Result<Exit, End>) {
-    let Live { shared, sessions, mut client, relay, closing, peer, slot, .. } = live;
+    let Live { shared, sessions, mut client, relay, closing, peer, slot, open, .. } = live;
     let client_id = relay.client_id.to_string();
     if let Err(e) = &exit {
         tracing::debug!(%peer, client_id, error = %e, "connection ended");
@@ -336,6 +355,7 @@ async fn finish(live: Live, exit: Result<Exit, End>) {
     // The connection's descriptor and place are free from here: a parked
     // session holds neither.
     drop(slot);
+    drop(open);
     let publish_will = match &exit {
         Ok(Exit::Normal { publish_will, .. }) => *publish_will,
         Ok(Exit::Shutdown) => false,

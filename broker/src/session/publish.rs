@@ -5,7 +5,6 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use futures_util::stream::FuturesOrdered;
@@ -19,6 +18,7 @@ use crate::admission::{Admission, Candidate, PROP_INDEX, admit_checked, route_lo
 use crate::checks::{Check, Verdict};
 use crate::codec::{Version, v5, validate_topic_name};
 use crate::devices::replay::Freshness;
+use crate::ops::metrics::Rejection;
 use crate::route::Message;
 
 use v5::{DisconnectReasonCode as Dc, QoS};
@@ -97,7 +97,7 @@ enum Outcome {
     /// subscribers get (its index set once logged).
     Appended { message: Message, result: Result<u64, StoreError> },
     /// Refused: nobody receives it.
-    Rejected { topic: String, code: u8, why: String },
+    Rejected { topic: String, reason: Rejection, code: u8, why: String },
     /// An MQS1 retransmission: acknowledged, not logged again.
     Duplicate,
 }
@@ -118,10 +118,10 @@ impl Relay {
         client: &mut Client,
         (qos, pkid): (QoS, u16),
         topic: &str,
-        reason: u8,
+        (rejection, reason): (Rejection, u8),
         why: &str,
     ) -> Result<Option<Exit>, End> {
-        self.shared.stats.rejected.fetch_add(1, Ordering::Relaxed);
+        self.shared.stats.rejected(rejection);
         tracing::warn!(device = &*self.client_id, topic, why, "publish rejected");
         if self.codec.version == Version::V311 {
             // 3.1.1 has no negative acknowledgement: QoS 0 is dropped, QoS 1/2 close the connection.
@@ -221,11 +221,13 @@ impl Relay {
                 topic.to_string()
             }
             Ok(_) => {
+                self.shared.stats.rejected(Rejection::TopicInvalid);
                 self.disconnect(client, Dc::TopicNameInvalid, "topic longer or deeper than this broker allows").await;
                 return Ok(Some(Exit::Abnormal));
             }
             Err(e) => {
                 // Not UTF-8 or U+0000 is Malformed Packet (MQTT 5 §1.5.4), wildcards Topic Name Invalid.
+                self.shared.stats.rejected(Rejection::TopicInvalid);
                 self.disconnect(client, e.v5_reason(), &e.to_string()).await;
                 return Ok(Some(Exit::Abnormal));
             }
@@ -298,9 +300,9 @@ impl Relay {
             return Ok(Some(Exit::Abnormal));
         }
         let outcome = match admit_checked(&shared, &self.device, &self.client_id, &topic, candidate, verdict) {
-            Admission::Rejected { code, why } => Outcome::Rejected { topic, code, why },
+            Admission::Rejected { reason, code, why } => Outcome::Rejected { topic, reason, code, why },
             Admission::Duplicate => {
-                self.shared.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                self.shared.stats.duplicate();
                 Outcome::Duplicate
             }
             Admission::Log { entry, message, kid } => {
@@ -378,13 +380,13 @@ impl Relay {
         let Logged { qos, pkid, outcome } = logged;
         let (message, result) = match outcome {
             Outcome::Appended { message, result } => (message, result),
-            Outcome::Rejected { topic, code, why } => {
+            Outcome::Rejected { topic, reason, code, why } => {
                 if qos == QoS::ExactlyOnce
                     && let Some(qos2_in) = self.qos2_in.get_mut()
                 {
                     qos2_in.remove(&pkid);
                 }
-                return self.reject_publish(client, (qos, pkid), &topic, code, &why);
+                return self.reject_publish(client, (qos, pkid), &topic, (reason, code), &why);
             }
             Outcome::Duplicate => {
                 match qos {
@@ -408,6 +410,7 @@ impl Relay {
         };
         match result {
             Ok(index) => {
+                self.shared.stats.received(qos as u8);
                 route_logged(&self.shared, message, index);
                 match qos {
                     QoS::AtMostOnce => {}
@@ -445,7 +448,7 @@ impl Relay {
                 }
                 let why = format!("the audit log is not accepting records: {e}");
                 let topic = message.topic_str().to_string();
-                self.reject_publish(client, (qos, pkid), &topic, 0x80, &why)
+                self.reject_publish(client, (qos, pkid), &topic, (Rejection::LogUnavailable, 0x80), &why)
             }
         }
     }

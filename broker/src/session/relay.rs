@@ -14,10 +14,11 @@ use super::connect::Client;
 use super::publish::{Checked, Checking, Ordered, Pending, Qos2In};
 use super::table::Takes;
 use super::{End, Exit, PIPELINE_DEPTH, sleep_until};
-use crate::codec::{ClientCodec, v5};
+use crate::codec::{ClientCodec, CodecError, v5};
 use crate::devices::identity::Device;
 use crate::gateway::Shared;
 use crate::net::limits::PublishRate;
+use crate::ops::metrics::Rejection;
 use crate::route::{Inbox, SubOptions};
 
 use v5::{DisconnectReasonCode as Dc, PubRecReason};
@@ -234,6 +235,9 @@ impl Relay {
                         break 'decoded None;
                     }
                     Err(e) => {
+                        if matches!(e, CodecError::PacketTooLarge { .. }) {
+                            self.shared.stats.rejected(Rejection::TooLarge);
+                        }
                         tracing::info!(client_id = &*self.client_id, error = %e, "malformed packet from client");
                         break 'decoded Some((e.v5_reason(), e.to_string()));
                     }

@@ -24,6 +24,7 @@ use tokio::task::JoinSet;
 use super::client::WitnessClient;
 use super::exchange::{Outcome, Target, exchange};
 use crate::config::WitnessingConfig;
+use crate::ops::metrics::{WitnessView, WitnessingView};
 
 /// Cosigned sizes searched for the latest witnessed checkpoint on start,
 /// and listed by `/v1/witnesses`.
@@ -221,6 +222,24 @@ impl Witnessing {
     /// Whether a witness that is asked has not cosigned `size` yet.
     fn lagging(&self, size: u64) -> bool {
         self.targets().any(|(n, _)| self.states[n].cosigned.load(Ordering::Acquire) < size)
+    }
+
+    /// The state of every witness as numbers, for `/metrics`: what each
+    /// cosigned (as stored, so it survives restarts) and when, and this
+    /// process's requests and failures.
+    pub async fn metrics(&self) -> Result<WitnessingView, StoreError> {
+        let mut witnesses = Vec::new();
+        for (state, witness) in self.states.iter().zip(self.policy.witnesses()) {
+            let cosigned = self.store.latest(&witness.key.to_string()).await?;
+            witnesses.push(WitnessView {
+                name: witness.name.clone(),
+                cosigned_size: cosigned.map(|(size, _)| size),
+                last_success_ms: cosigned.map(|(_, at)| at),
+                requests: state.requests.load(Ordering::Relaxed),
+                failures: state.refusals.load(Ordering::Relaxed),
+            });
+        }
+        Ok(WitnessingView { witnessed_size: self.witnessed().map(|(size, _)| size), witnesses })
     }
 
     /// The state of every witness, for `/v1/witnesses`.

@@ -1,0 +1,92 @@
+//! Sealing: the pending records become a block, with its tree hashes and
+//! signed checkpoint, in one transaction; a failed seal is retried.
+
+use sqlx::{Connection, QueryBuilder, Sqlite};
+use tokio::time::Instant;
+
+use super::super::reader::SealedBlock;
+use super::super::{StoreError, now_ms, to_i64};
+use super::{INSERT_CHUNK, SEAL_RETRY, Sequencer};
+use crate::{BlockHeader, Checkpoint};
+
+impl Sequencer {
+    /// Seals blocks while a full block's worth of records is pending.
+    pub(super) async fn seal_full_blocks(&mut self) {
+        while self.pending.len() >= self.block_max_records {
+            if !self.seal_or_retry().await {
+                break;
+            }
+        }
+    }
+
+    /// Seals a block; on failure keeps the records pending and retries later.
+    pub(super) async fn seal_or_retry(&mut self) -> bool {
+        match self.seal_block().await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::error!(error = %e, pending = self.pending.len(), "sealing a block failed; retrying");
+                self.recover_connection().await;
+                self.seal_due = Some(Instant::now() + SEAL_RETRY);
+                false
+            }
+        }
+    }
+
+    /// Seals up to one block's worth of pending records: block root, chain
+    /// link, tree hashes, tree root and signed checkpoint, in one
+    /// transaction. (The records' search index rows were written with them.)
+    pub(super) async fn seal_block(&mut self) -> Result<SealedBlock, StoreError> {
+        let open = self.pending.next_block().expect("no empty blocks");
+        let (height, prev_block_hash) = match self.last_block {
+            Some((height, hash)) => (height + 1, hash),
+            None => (0, [0; 32]),
+        };
+        let header = BlockHeader {
+            height,
+            prev_block_hash,
+            first_index: self.pending.sealed().size(),
+            leaf_count: u32::try_from(open.count).expect("blocks hold at most u32::MAX records"),
+            block_root: open.block.root(),
+            tree_size: open.tree.size(),
+            tree_root: open.tree.root(),
+            sealed_ms: now_ms(),
+        };
+        let checkpoint = self.key.sign(&Checkpoint {
+            origin: self.key.origin().to_string(),
+            size: header.tree_size,
+            root: header.tree_root,
+        });
+        let block = SealedBlock { header, hash: header.hash(), checkpoint };
+        let count = open.count;
+
+        let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
+        for chunk in open.nodes.chunks(INSERT_CHUNK) {
+            let mut insert = QueryBuilder::<Sqlite>::new("INSERT INTO tree_nodes (level, idx, hash) ");
+            insert.push_values(chunk, |mut row, (id, hash)| {
+                row.push_bind(i64::from(id.level)).push_bind(to_i64(id.index)).push_bind(&hash[..]);
+            });
+            insert.build().execute(&mut *tx).await?;
+        }
+        sqlx::query("INSERT INTO blocks (height, header, hash, tree_size, checkpoint) VALUES (?, ?, ?, ?, ?)")
+            .bind(to_i64(height))
+            .bind(&header.encode()[..])
+            .bind(&block.hash[..])
+            .bind(to_i64(header.tree_size))
+            .bind(&block.checkpoint)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.checkpoint_soon();
+
+        self.pending.sealed_next();
+        self.unsealed.sealed(header.tree_size, Instant::now(), &self.stats);
+        self.stats.sealed(header.tree_size);
+        self.last_block = Some((height, block.hash));
+        self.seal_due = (!self.pending.is_empty()).then(|| Instant::now() + self.block_interval);
+        tracing::debug!(height, records = count, tree_size = header.tree_size, "sealed a block");
+        if let Some(sealed) = &self.sealed {
+            sealed.send_replace(Some(block.clone()));
+        }
+        Ok(block)
+    }
+}
