@@ -11,13 +11,14 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::broker::BrokerProcess;
+use common::http::get_with_head;
 use common::mqtt::{
     QoS, QoS4, connect4, connect5, kind, publish4_packet, publish5_acked, publish5_packet, subscribe5, try_connect5,
     try_connect5_with,
@@ -60,7 +61,8 @@ impl Exposition {
     /// GETs `/metrics` (checking its Content-Type) and parses it with
     /// `tests/metrics/parse_exposition.py`.
     fn scrape(http: SocketAddr) -> Self {
-        let (head, body) = get_with_head(http, "/metrics");
+        let (_, head, body) = get_with_head(http, "/metrics");
+        let body = String::from_utf8(body).unwrap();
         assert!(head.starts_with("http/1.1 200"), "{head}\n{body}");
         assert!(head.contains("content-type: text/plain; version=0.0.4"), "{head}");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/metrics/parse_exposition.py");
@@ -125,22 +127,6 @@ impl Exposition {
         assert_eq!(last, count, "{family}: the +Inf bucket is not the count");
         (count, self.value(&format!("{family}_sum"), &[]))
     }
-}
-
-/// One GET; the lower-cased head and the body (the broker does not chunk /metrics).
-fn get_with_head(addr: SocketAddr, path: &str) -> (String, String) {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).unwrap();
-    let split = response.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP header");
-    let head = String::from_utf8_lossy(&response[..split]).to_ascii_lowercase();
-    let mut body = response[split + 4..].to_vec();
-    if head.contains("transfer-encoding: chunked") {
-        body = common::http::dechunk(&body);
-    }
-    (head, String::from_utf8(body).unwrap())
 }
 
 /// Scrapes until `done` holds (within 10 s); the last scrape.

@@ -15,13 +15,12 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use rumqttc::v5::mqttbytes::v5;
-use sealmq_audit::{PublishRecord, Record};
 use serde_json::Value;
 
 use common::broker::BrokerProcess;
 use common::http::get;
 use common::mqtt::{QoS, WAIT, connect5, publish5_acked, publish5_packet, subscribe5, try_connect4, try_connect5};
-use common::signed::records;
+use common::signed::publishes;
 use common::{Db, sealmq, verify_ok};
 
 const ERASURE_DEVICE: &str = "$sealmq/erasure";
@@ -34,17 +33,6 @@ fn publish(conn: &mut common::mqtt::Conn, pkid: u16, topic: &str, payload: &[u8]
         _ => unreachable!(),
     };
     assert_eq!(publish5_acked(conn, publish).unwrap().ack_reason(), 0, "{topic}");
-}
-
-/// Every publish record with its index.
-fn publishes(data: &Path) -> Vec<(u64, PublishRecord)> {
-    records(data)
-        .into_iter()
-        .filter_map(|(index, record)| match record {
-            Record::Publish(p) => Some((index, p)),
-            _ => None,
-        })
-        .collect()
 }
 
 /// Indices with a stored payload, read from the database as an auditor would.

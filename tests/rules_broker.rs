@@ -17,7 +17,7 @@ use sealmq_rules::store::RuleOutbox;
 use common::broker::BrokerProcess;
 use common::http::get;
 use common::mqtt::{QoS, WAIT, connect5, publish5_acked, publish5_packet, subscribe5, try_connect4, try_connect5};
-use common::signed::{Dev, prop, records};
+use common::signed::{Dev, prop, publishes, records};
 use common::{sealmq, verify_ok};
 
 /// The irrigation rule of the spec: it reads the valve's retained state,
@@ -88,17 +88,6 @@ fn rule_logged(data: &Path, name: &str, event: impl Fn(&RuleEvent) -> bool) -> (
         assert!(started.elapsed() < WAIT, "the change of rule {name} was never logged");
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// Every publish record with its index.
-fn publishes(data: &Path) -> Vec<(u64, PublishRecord)> {
-    records(data)
-        .into_iter()
-        .filter_map(|(index, record)| match record {
-            Record::Publish(p) => Some((index, p)),
-            _ => None,
-        })
-        .collect()
 }
 
 /// The index of the only publish record carrying `payload` from `device`.

@@ -7,6 +7,12 @@ use std::time::Duration;
 
 /// One HTTP/1.1 GET on a fresh connection: (status, body).
 pub fn get(addr: SocketAddr, path: &str) -> (u16, Vec<u8>) {
+    let (status, _, body) = get_with_head(addr, path);
+    (status, body)
+}
+
+/// One HTTP/1.1 GET on a fresh connection: (status, lower-cased head, body).
+pub fn get_with_head(addr: SocketAddr, path: &str) -> (u16, String, Vec<u8>) {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
@@ -16,7 +22,8 @@ pub fn get(addr: SocketAddr, path: &str) -> (u16, Vec<u8>) {
     let head = String::from_utf8_lossy(&response[..split]).to_ascii_lowercase();
     let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("a status code");
     let body = response[split + 4..].to_vec();
-    if head.contains("transfer-encoding: chunked") { (status, dechunk(&body)) } else { (status, body) }
+    let body = if head.contains("transfer-encoding: chunked") { dechunk(&body) } else { body };
+    (status, head, body)
 }
 
 /// The body of a chunked answer, joined.

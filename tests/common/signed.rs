@@ -102,6 +102,17 @@ pub fn records(data: &Path) -> Vec<(u64, Record)> {
     bodies.iter().enumerate().map(|(i, body)| (i as u64, Record::decode(body).unwrap())).collect()
 }
 
+/// Every publish record of the log with its index.
+pub fn publishes(data: &Path) -> Vec<(u64, PublishRecord)> {
+    records(data)
+        .into_iter()
+        .filter_map(|(index, record)| match record {
+            Record::Publish(p) => Some((index, p)),
+            _ => None,
+        })
+        .collect()
+}
+
 /// `SELECT count(*) FROM records`.
 pub fn record_count(data: &Path) -> i64 {
     Db::open_read_only(data).int("SELECT count(*) FROM records")
