@@ -11,8 +11,7 @@ use tokio::time::Instant;
 use super::super::erasure::{ERASURE_DEVICE, ERASURE_TOPIC, Erased, ErasureSpec, Reason, SCAN_ROWS, covers};
 use super::super::follower::Derived;
 use super::super::{StoreError, now_ms, to_i64, to_u64};
-use super::append::{take_payloads, write_entries};
-use super::following::expand;
+use super::following::write_followed;
 use super::{Command, Entry, INSERT_CHUNK, Log, Sequencer};
 use crate::{PublishRecord, Record, sha256};
 
@@ -242,13 +241,9 @@ impl Sequencer {
                 cause: None,
             };
             entries.push(Entry::new(&Record::Publish(publish), Some(json))?);
-            if let Some(follower) = self.follower.as_deref_mut() {
-                expand(follower, self.next_index, &mut entries, &mut derived)?;
-            }
-            let mut indexed: Vec<(i64, &mut Entry)> = (self.next_index..).map(to_i64).zip(&mut entries).collect();
-            let payloads = take_payloads(&mut indexed);
-            let indexed: Vec<(i64, &Entry)> = indexed.into_iter().map(|(idx, entry)| (idx, &*entry)).collect();
-            let names = write_entries(&mut tx, &indexed, payloads, &self.names).await?;
+            let follower = self.follower.as_deref_mut();
+            let names =
+                write_followed(&mut tx, follower, self.next_index, &mut entries, &mut derived, &self.names).await?;
             record = Some(self.next_index);
             if let Some(seq) = batch.outbox.filter(|_| done) {
                 sqlx::query("DELETE FROM erasure_outbox WHERE seq = ?").bind(seq).execute(&mut *tx).await?;

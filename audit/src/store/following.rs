@@ -10,9 +10,34 @@
 use sqlx::SqliteConnection;
 
 use super::super::follower::{Derived, Follower};
+use super::super::index::NameCache;
 use super::super::{StoreError, to_i64, to_u64};
+use super::append::{take_payloads, write_entries};
 use super::{Entry, Reply, Sequencer};
 use crate::Record;
+
+/// Writes the records the log makes itself (outbox rows, erasure records)
+/// from index `start` in the caller's transaction, each followed by what
+/// `follower` derives from it (added to `entries` and to `derived`).
+/// Returns the index names created, for [`NameCache::learn`] once the
+/// transaction committed.
+pub(super) async fn write_followed(
+    conn: &mut SqliteConnection,
+    follower: Option<&mut dyn Follower>,
+    start: u64,
+    entries: &mut Vec<Entry>,
+    derived: &mut Vec<Derived>,
+    names: &NameCache,
+) -> Result<Vec<(String, i64)>, StoreError> {
+    if let Some(follower) = follower {
+        expand(follower, start, entries, derived)?;
+    }
+    let mut indexed: Vec<(i64, &mut Entry)> = (start..).map(to_i64).zip(entries.iter_mut()).collect();
+    // What a follower derives may carry a payload.
+    let payloads = take_payloads(&mut indexed);
+    let indexed: Vec<(i64, &Entry)> = indexed.into_iter().map(|(idx, entry)| (idx, &*entry)).collect();
+    write_entries(conn, &indexed, payloads, names).await
+}
 
 /// Shows `entries` (the first at index `start`) to `follower` in order and
 /// splices each record it derives right after its cause. Returns the index

@@ -7,9 +7,8 @@ use sqlx::Connection;
 use tokio::time::Instant;
 
 use super::super::follower::Derived;
-use super::super::{StoreError, to_i64};
-use super::append::{take_payloads, write_entries};
-use super::following::expand;
+use super::super::StoreError;
+use super::following::write_followed;
 use super::{Entry, GROUP_MAX_RECORDS, Sequencer};
 use crate::Record;
 
@@ -125,14 +124,8 @@ impl Sequencer {
             .await?;
         let mut entries = rows.iter().map(|(seq, bytes)| outbox.entry(*seq, bytes)).collect::<Result<Vec<_>, _>>()?;
         let mut derived = Vec::new();
-        if let Some(follower) = self.follower.as_deref_mut() {
-            expand(follower, self.next_index, &mut entries, &mut derived)?;
-        }
-        let mut indexed: Vec<(i64, &mut Entry)> = (self.next_index..).map(to_i64).zip(&mut entries).collect();
-        // Outbox records carry no payload; what a follower derives may.
-        let payloads = take_payloads(&mut indexed);
-        let indexed: Vec<(i64, &Entry)> = indexed.into_iter().map(|(idx, entry)| (idx, &*entry)).collect();
-        let names = write_entries(&mut tx, &indexed, payloads, &self.names).await?;
+        let follower = self.follower.as_deref_mut();
+        let names = write_followed(&mut tx, follower, self.next_index, &mut entries, &mut derived, &self.names).await?;
         if let Some((last, _)) = rows.last() {
             sqlx::query(outbox.delete()).bind(last).execute(&mut *tx).await?;
         }
