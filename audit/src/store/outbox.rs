@@ -6,8 +6,8 @@
 use sqlx::Connection;
 use tokio::time::Instant;
 
-use super::super::follower::Derived;
 use super::super::StoreError;
+use super::super::follower::Derived;
 use super::following::write_followed;
 use super::{Entry, GROUP_MAX_RECORDS, Sequencer};
 use crate::Record;

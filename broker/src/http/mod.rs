@@ -30,6 +30,7 @@ use futures_util::{Stream, StreamExt, stream};
 use sealmq_audit::store::archive::{ArchiveDir, ArchiveError, archived_size};
 use sealmq_audit::store::registry::Registry;
 use sealmq_audit::store::{LogReader, SealedBlock, StoreError};
+use sealmq_audit::tiles::{TILE_HEIGHT, TILE_WIDTH, push_entry};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
@@ -43,10 +44,6 @@ const BLOCKS_PAGE_MAX: u32 = 200;
 /// reloads the list).
 const LIVE_BATCH: u32 = 64;
 pub use crate::config::LIVE_KEEP_ALIVE;
-/// Hashes or entries in a full tile (C2SP tlog-tiles).
-const TILE_WIDTH: u64 = 256;
-/// Tree levels per tile level.
-const TILE_HEIGHT: u32 = 8;
 /// Cache-Control of tiles: a tile's content never changes.
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 
@@ -488,7 +485,7 @@ async fn tile(State(api): Shared, path: Segment) -> ApiResult {
     let beyond = || ApiError::not_found(format!("tile {path} is beyond the tree of the latest checkpoint ({size})"));
     // Complete nodes at the tile's level in the tree of `size`.
     let available = match tile.level {
-        Some(level) => size.checked_shr(level * TILE_HEIGHT).unwrap_or(0),
+        Some(level) => size.checked_shr(level * u32::from(TILE_HEIGHT)).unwrap_or(0),
         None => size,
     };
     let start = tile.index.checked_mul(TILE_WIDTH).ok_or_else(beyond)?;
@@ -504,7 +501,7 @@ async fn tile(State(api): Shared, path: Segment) -> ApiResult {
             hashes.concat()
         }
         Some(level) => {
-            let level = u8::try_from(level * TILE_HEIGHT).map_err(|_| beyond())?;
+            let level = u8::try_from(level * u32::from(TILE_HEIGHT)).map_err(|_| beyond())?;
             api.reader.hashes_at(level, start, end).await?.concat()
         }
         None => {
@@ -518,11 +515,7 @@ async fn tile(State(api): Shared, path: Segment) -> ApiResult {
             }
             let mut bundle = Vec::new();
             for (index, record) in (start..).zip(bodies) {
-                let len = u16::try_from(record.len()).map_err(|_| {
-                    ApiError::unavailable(&format!("record {index} is too long for a tlog-tiles entry bundle"))
-                })?;
-                bundle.extend_from_slice(&len.to_be_bytes());
-                bundle.extend_from_slice(&record);
+                push_entry(&mut bundle, index, &record).map_err(|e| ApiError::unavailable(&e.to_string()))?;
             }
             bundle
         }
