@@ -35,6 +35,11 @@ pub enum AuditCommand {
         #[arg(long)]
         archive: Option<PathBuf>,
     },
+    /// Serve this log's HTTP API (checkpoints, tiles, proofs, records, the
+    /// explorer) read-only, with no broker: for a gateway that died or a
+    /// copy of its data directory. Records a crash left unsealed are sealed
+    /// first when no broker holds the directory.
+    Serve(crate::audit_serve_cmd::AuditServeArgs),
     /// Re-execute every rule over the log (spec/rules.md) and check every
     /// action record and every due action. Exit 0 when all holds, 1 with the
     /// first wrong or missing action named; triggers whose needed payload
@@ -177,6 +182,7 @@ pub async fn run(data: &Path, command: AuditCommand) -> Result<ExitCode> {
     match command {
         AuditCommand::Verify { vkey, archive } => verify_log(data, vkey.as_deref(), archive.as_deref()).await,
         AuditCommand::Replay { from } => replay_log(data, from).await,
+        AuditCommand::Serve(args) => crate::audit_serve_cmd::run(data, args).await,
         AuditCommand::Prove { index, size } => {
             let bundle = open_reader(data).await?.prove(index, size).await?;
             println!("{}", bundle.to_json());

@@ -2,6 +2,7 @@
 
 mod archive_cmd;
 mod audit_cmd;
+mod audit_serve_cmd;
 mod backup_cmd;
 mod check_config_cmd;
 mod device_cmd;

@@ -12,6 +12,7 @@ mod metrics;
 mod records;
 mod rules;
 pub mod serve;
+pub mod standalone;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
