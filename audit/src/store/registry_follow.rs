@@ -287,7 +287,9 @@ async fn read_state(conn: &mut SqliteConnection) -> Result<Option<FollowState>, 
 async fn expect_state(conn: &mut SqliteConnection, vkey: &str) -> Result<FollowState, FollowError> {
     match read_state(conn).await? {
         Some(state) if state.vkey == vkey => Ok(state),
-        Some(state) => Err(FollowError::OtherPrimary { stored: state.vkey, scanned: state.scanned, asked: vkey.into() }),
+        Some(state) => {
+            Err(FollowError::OtherPrimary { stored: state.vkey, scanned: state.scanned, asked: vkey.into() })
+        }
         None => Err(FollowError::Moved(format!("this registry does not follow {vkey}"))),
     }
 }
@@ -304,8 +306,10 @@ async fn change(
     match record.event {
         RegistryEvent::PolicySet { signed_required } => {
             let policy = if signed_required { Policy::Signed } else { Policy::Legacy };
-            let stored: Option<String> =
-                sqlx::query_scalar("SELECT policy FROM devices WHERE id = ?").bind(id).fetch_optional(&mut *conn).await?;
+            let stored: Option<String> = sqlx::query_scalar("SELECT policy FROM devices WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&mut *conn)
+                .await?;
             match stored {
                 None => records.push(create_device(conn, id, policy, now).await?),
                 Some(stored) if stored == policy.as_str() => {}
@@ -316,7 +320,7 @@ async fn change(
                         .bind(id)
                         .execute(&mut *conn)
                         .await?;
-                    records.push(event(now, id, record.event.clone()));
+                    records.push(event(now, id, record.event));
                 }
             }
         }

@@ -212,7 +212,9 @@ impl Follower {
         let bundle = ConsistencyBundle::from_json(&json)
             .map_err(|e| self.unreachable(format!("GET {path}: not a consistency proof: {e}")))?;
         bundle.check(&self.vkey, old_note, note).map_err(|e| {
-            self.refused(format!("its log forked: its checkpoint of size {new} does not extend the one of size {old}: {e}"))
+            self.refused(format!(
+                "its log forked: its checkpoint of size {new} does not extend the one of size {old}: {e}"
+            ))
         })?;
         Ok(())
     }
@@ -344,9 +346,11 @@ pub async fn run(registry: Registry, config: RegistryConfig, mut shutdown: watch
                 let text = e.to_string();
                 let repeat = last_error.as_ref().is_some_and(|(t, at)| *t == text && at.elapsed() < REPEAT_LOG);
                 if !repeat {
-                    match e {
-                        FollowError::Unreachable { .. } => tracing::warn!(error = %text, "cannot follow the primary's device registry"),
-                        _ => tracing::error!(error = %text, "cannot follow the primary's device registry"),
+                    // Unreachable is an outage; anything else is the primary misbehaving.
+                    if matches!(e, FollowError::Unreachable { .. }) {
+                        tracing::warn!(error = %text, "cannot follow the primary's device registry");
+                    } else {
+                        tracing::error!(error = %text, "cannot follow the primary's device registry");
                     }
                     last_error = Some((text, Instant::now()));
                 }
