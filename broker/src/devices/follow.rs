@@ -303,13 +303,15 @@ pub async fn run(registry: Registry, config: RegistryConfig, mut shutdown: watch
         }
         return;
     };
-    let vkey: VerifierKey = match vkey_text.parse() {
+    let vkey: VerifierKey = match vkey_text.trim().parse() {
         Ok(vkey) => vkey,
         Err(e) => {
             tracing::error!(error = %e, "registry.follow_vkey is not a verifier key; not following");
             return;
         }
     };
+    // Stored and compared in its canonical text, whatever the file's spacing.
+    let vkey_text = vkey.to_string();
     match registry.set_following(&vkey_text, true).await {
         Ok(state) => tracing::info!(
             primary = %url,
