@@ -6,16 +6,21 @@
 //! primary is refused on the follower. A follower checks what it applies:
 //! the primary's checkpoints must open with the configured verifier key and
 //! extend the one accepted before (a rolled-back or forked primary is
-//! refused), and each registry record must be proven in the checkpoint.
+//! refused), and each registry record must be proven in the checkpoint (a
+//! proxy that swaps a key in a served record gets nothing applied).
 //!
 //! Real processes: two or three `sealmq serve`, real SQLite files, raw MQTT
 //! 5 clients signing with MQS1.
 
 mod common;
 
-use std::net::SocketAddr;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
 
 use sealmq_audit::RegistryEvent;
 
@@ -352,4 +357,70 @@ fn a_follower_refuses_a_rolled_back_or_forked_primary() {
     assert!(f.stop().success());
     assert!(old.stop().success());
     verify_ok(&f_data);
+}
+
+/// An HTTP proxy in front of the primary's API that swaps the public key in
+/// every registry record it serves in a proof for `swap` (a man in the
+/// middle, or a primary serving another record than it logged). Its address.
+fn tampering_proxy(primary: SocketAddr, swap: [u8; 32]) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request = String::new();
+            if reader.read_line(&mut request).is_err() {
+                continue;
+            }
+            // The rest of the head.
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let path = request.split_whitespace().nth(1).unwrap_or("/").to_string();
+            let (status, mut body) = get(primary, &path);
+            if path.starts_with("/v1/proof/") && status == 200 {
+                let mut bundle: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                let mut record = B64.decode(bundle["record"].as_str().unwrap()).unwrap();
+                // Kind 2, action 1 (key added): the body is the key, last.
+                if record[1] == 2 && record[10] == 1 {
+                    let at = record.len() - 32;
+                    record[at..].copy_from_slice(&swap);
+                    bundle["record"] = serde_json::json!(B64.encode(&record));
+                    body = serde_json::to_vec(&bundle).unwrap();
+                }
+            }
+            let head = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+            let _ = stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(&body));
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_follower_applies_nothing_whose_inclusion_proof_fails() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (p_data, f_data) = (tmp.path().join("primary"), tmp.path().join("follower"));
+    let p = primary(&p_data);
+    let (dev, attacker) = (Dev::new("proven-only"), Dev::new("attacker"));
+    let proxy = tampering_proxy(p.http, attacker.public());
+    let f = follower(&f_data, proxy, &p.vkey);
+    dev.register(&p_data, "signed", &[]);
+    within("the primary seals the registration", WITHIN, || checkpoint_size(&p) >= 2);
+    std::thread::sleep(QUIET);
+
+    // The device's policy (untouched, proven) arrived; the swapped key did not.
+    let events = just_events(events_of(&f_data, &dev.id));
+    assert_eq!(events, vec![RegistryEvent::PolicySet { signed_required: true }], "the follower's log");
+    let stderr = f.stderr.lock().unwrap().clone();
+    assert!(stderr.contains("REFUSED") && stderr.contains("the proof of record"), "not refused loudly:\n{stderr}");
+    // Neither the attacker's key nor (never proven) the device's own signs here.
+    let forged = Dev { id: dev.id.clone(), key: attacker.key.clone() };
+    for (who, signer) in [("the swapped-in key", &forged), ("the unproven key", &dev)] {
+        let answer = connect_and_publish(&f, signer, 1);
+        assert!(answer.is_some_and(Answer::refused), "{who}: {answer:?}");
+    }
+    assert!(f.stop().success());
+    assert!(p.stop().success());
 }
