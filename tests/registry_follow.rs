@@ -416,7 +416,7 @@ fn a_follower_applies_nothing_whose_inclusion_proof_fails() {
     let stderr = f.stderr.lock().unwrap().clone();
     assert!(stderr.contains("REFUSED") && stderr.contains("the proof of record"), "not refused loudly:\n{stderr}");
     // Neither the attacker's key nor (never proven) the device's own signs here.
-    let forged = Dev { id: dev.id.clone(), key: attacker.key.clone() };
+    let forged = Dev { id: dev.id.clone(), key: attacker.key };
     for (who, signer) in [("the swapped-in key", &forged), ("the unproven key", &dev)] {
         let answer = connect_and_publish(&f, signer, 1);
         assert!(answer.is_some_and(Answer::refused), "{who}: {answer:?}");
