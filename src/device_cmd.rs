@@ -219,7 +219,15 @@ async fn list(data: &Path) -> Result<ExitCode> {
     }
     let registry = open(data).await?;
     let snapshot = registry.snapshot().await?;
+    let following = registry.follow_state().await?.filter(|state| state.active);
     registry.close().await;
+    if let Some(state) = following {
+        println!(
+            "following the primary log {}: {} of its registry records applied, up to its index {} (checkpoint of \
+             size {} accepted)",
+            state.vkey, state.applied, state.scanned, state.tree_size
+        );
+    }
     if snapshot.devices.is_empty() {
         println!("no devices registered");
     } else {

@@ -224,6 +224,8 @@ fn a_key_registered_and_revoked_on_the_primary_is_admitted_then_refused_on_the_f
     assert!(err.contains("follows the primary log") && err.contains(&p.vkey), "{err}");
     // Passwords stay each gateway's own: allowed on a device from the primary.
     sealmq(&f_data, &["device", "add", &dev.id, "--password", "per-gateway"]).ok();
+    let listed = sealmq(&f_data, &["device", "list"]).ok();
+    assert!(listed.starts_with(&format!("following the primary log {}: 3 ", p.vkey)), "{listed}");
 
     assert!(p.stop().success());
     assert!(f.stop().success());
