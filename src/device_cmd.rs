@@ -154,9 +154,18 @@ async fn revoke(data: &Path, id: &str, kid: &str) -> Result<ExitCode> {
         .with_context(|| format!("KID {kid:?} is not 16 hex characters (as `sealmq device list` shows)"))?;
     let registry = open(data).await?;
     let change = registry.revoke_key(id, kid).await?;
+    let following = registry.follow_state().await?.filter(|state| state.active);
     registry.close().await;
     println!("revoked key {} of device {id:?}", hex::encode(kid));
     report_logging(&change);
+    if let Some(state) = following {
+        // Allowed (it only refuses more), but it is this gateway's alone.
+        eprintln!(
+            "warning: this gateway follows the primary log {}: the key is revoked on this gateway only; revoke \
+             it on the primary for every gateway to refuse it",
+            state.vkey
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -210,7 +219,15 @@ async fn list(data: &Path) -> Result<ExitCode> {
     }
     let registry = open(data).await?;
     let snapshot = registry.snapshot().await?;
+    let following = registry.follow_state().await?.filter(|state| state.active);
     registry.close().await;
+    if let Some(state) = following {
+        println!(
+            "following the primary log {}: {} of its registry records applied, up to its index {} (checkpoint of \
+             size {} accepted)",
+            state.vkey, state.applied, state.scanned, state.tree_size
+        );
+    }
     if snapshot.devices.is_empty() {
         println!("no devices registered");
     } else {

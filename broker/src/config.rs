@@ -52,6 +52,8 @@ pub struct BrokerConfig {
     pub retention: crate::ops::retention::RetentionConfig,
     /// The mounted archive and the automatic archive policy.
     pub archive: crate::ops::archive::ArchiveConfig,
+    /// Following a primary gateway's device registry (`devices::follow`).
+    pub registry: RegistryConfig,
     /// Serve even when the witnesses show the database is an older or
     /// diverging copy of the log. A command-line flag only
     /// (`--accept-rollback`), never a file setting: overriding the check
@@ -80,6 +82,7 @@ impl Default for BrokerConfig {
             witness: WitnessConfig::default(),
             retention: Default::default(),
             archive: crate::ops::archive::ArchiveConfig::default(),
+            registry: RegistryConfig::default(),
             accept_rollback: false,
         }
     }
@@ -250,6 +253,52 @@ pub struct Upstream {
     pub connections: Option<usize>,
 }
 
+/// One device registry for several gateways: this gateway follows the
+/// primary gateway's log, checking its checkpoints and proofs, and applies
+/// its key and policy changes here (`crate::devices::follow`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// The primary gateway's HTTP API (`http://HOST:PORT`); default: none,
+    /// this registry is its own.
+    pub follow: Option<String>,
+    /// The primary log's verifier key; required with `follow`.
+    pub follow_vkey: Option<String>,
+    /// How often the primary is asked for its checkpoint (default 1 s).
+    pub follow_interval_ms: u64,
+}
+
+impl RegistryConfig {
+    /// `follow` and `follow_vkey` come together, an `http://` URL and a
+    /// verifier key; the interval is at least 10 ms.
+    fn check(&self) -> Result<(), String> {
+        match (&self.follow, &self.follow_vkey) {
+            (None, None) => {}
+            (Some(_), None) | (None, Some(_)) => {
+                return Err("registry.follow and registry.follow_vkey go together".into());
+            }
+            (Some(url), Some(vkey)) => {
+                if !url.starts_with("http://") {
+                    return Err(format!("registry.follow: {url:?} is not an http:// URL (the primary's HTTP API)"));
+                }
+                if let Err(e) = vkey.parse::<sealmq_audit::VerifierKey>() {
+                    return Err(format!("registry.follow_vkey: {vkey:?}: {e}"));
+                }
+            }
+        }
+        if self.follow_interval_ms < 10 {
+            return Err("registry.follow_interval_ms must be at least 10".into());
+        }
+        Ok(())
+    }
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self { follow: None, follow_vkey: None, follow_interval_ms: 1000 }
+    }
+}
+
 /// The witnesses this log asks to cosign (C2SP tlog-witness).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -357,6 +406,7 @@ impl BrokerConfig {
                 return Err(ConfigError::Invalid(format!("witness.logs: {key:?}: {e}")));
             }
         }
+        self.registry.check().map_err(ConfigError::Invalid)?;
         self.retention.check().map_err(|e| ConfigError::Invalid(e.to_string()))?;
         self.archive.validate().map_err(ConfigError::Invalid)?;
         if self.upstream.address.is_none() && (self.upstream.username.is_some() || self.upstream.password.is_some()) {
@@ -426,6 +476,12 @@ mod tests {
         assert!(err.contains("client_ca"), "{err}");
         let err = BrokerConfig::from_toml("[limits]\nhttp_idle_timeout_ms = 1000").unwrap_err().to_string();
         assert!(err.contains("http_idle_timeout_ms"), "{err}");
+        let err = BrokerConfig::from_toml("[registry]\nfollow = \"http://127.0.0.1:8080\"").unwrap_err().to_string();
+        assert!(err.contains("follow_vkey"), "{err}");
+        let err = BrokerConfig::from_toml("[registry]\nfollow = \"http://h:1\"\nfollow_vkey = \"nope\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("registry.follow_vkey"), "{err}");
         let err = BrokerConfig::from_toml("[limits]\nhttp_max_connections = 0").unwrap_err().to_string();
         assert!(err.contains("http_max_connections"), "{err}");
         let ok = BrokerConfig::from_toml("wss_listen = \"0.0.0.0:8084\"\n[tls]\ncert = \"c\"\nkey = \"k\"").unwrap();

@@ -45,6 +45,7 @@ mod keyfile;
 mod pending;
 mod reader;
 pub mod registry;
+pub mod registry_follow;
 pub mod restore;
 mod retained;
 mod stats;

@@ -136,6 +136,16 @@ pub enum RegistryError {
     /// The password could not be hashed, or is empty.
     #[error("password: {0}")]
     Password(String),
+    /// This registry follows a primary's (`[registry] follow`): its keys
+    /// and policies change there, not here (see `registry_follow.rs`).
+    #[error(
+        "this gateway's registry follows the primary log {primary}: add devices and keys and set policies on the \
+         primary (they reach this gateway within seconds); here only passwords, ACLs and revocations can be changed"
+    )]
+    Follower {
+        /// The primary log's verifier key.
+        primary: String,
+    },
 }
 
 impl From<sqlx::Error> for RegistryError {
@@ -264,7 +274,7 @@ pub struct Change {
 /// the log itself.
 #[derive(Debug, Clone)]
 pub struct Registry {
-    pool: SqlitePool,
+    pub(super) pool: SqlitePool,
 }
 
 impl Registry {
@@ -331,6 +341,10 @@ impl Registry {
             sqlx::query_scalar("SELECT policy FROM devices WHERE id = ?").bind(id).fetch_optional(&mut *tx).await?;
         let mut records = Vec::new();
         let created = existing.is_none();
+        let policy_changes = settings.policy.is_some_and(|p| existing.as_deref() != Some(p.as_str()));
+        if created || policy_changes || settings.key.is_some() {
+            super::registry_follow::refuse_if_following(&mut tx).await?;
+        }
         match existing {
             None => {
                 let policy = settings.policy.unwrap_or(Policy::Signed);
@@ -389,6 +403,7 @@ impl Registry {
         let now = now_ms();
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        super::registry_follow::refuse_if_following(&mut tx).await?;
         touch_device(&mut tx, id, now).await?;
         let records = vec![insert_key(&mut tx, id, public_key, now).await?];
         let version = queue(&mut tx, &records).await?;
@@ -571,7 +586,7 @@ pub fn validate_device_id(id: &str) -> Result<(), RegistryError> {
 }
 
 /// Text for messages, cut short if long (ids and patterns reach 64 KiB).
-fn shortened(text: &str) -> String {
+pub(super) fn shortened(text: &str) -> String {
     const MAX: usize = 80;
     if text.len() <= MAX {
         return text.to_string();
@@ -583,7 +598,7 @@ fn shortened(text: &str) -> String {
     format!("{}… ({} bytes)", &text[..end], text.len())
 }
 
-fn event(at_ms: u64, device_id: &str, event: RegistryEvent) -> RegistryRecord {
+pub(super) fn event(at_ms: u64, device_id: &str, event: RegistryEvent) -> RegistryRecord {
     RegistryRecord { at_ms, device_id: device_id.to_string(), event }
 }
 
@@ -597,7 +612,7 @@ fn parse_acl(id: &str, column: &str, text: String) -> Result<Vec<String>, StoreE
 }
 
 /// Marks device `id` changed; [`RegistryError::UnknownDevice`] if there is none.
-async fn touch_device(conn: &mut SqliteConnection, id: &str, now: u64) -> Result<(), RegistryError> {
+pub(super) async fn touch_device(conn: &mut SqliteConnection, id: &str, now: u64) -> Result<(), RegistryError> {
     let updated =
         sqlx::query("UPDATE devices SET updated_ms = ? WHERE id = ?").bind(to_i64(now)).bind(id).execute(conn).await?;
     if updated.rows_affected() == 0 {
@@ -607,7 +622,7 @@ async fn touch_device(conn: &mut SqliteConnection, id: &str, now: u64) -> Result
 }
 
 /// Inserts a key (already checked usable) for an existing device; its KeyAdded record.
-async fn insert_key(
+pub(super) async fn insert_key(
     conn: &mut SqliteConnection,
     id: &str,
     public_key: [u8; 32],
@@ -637,7 +652,7 @@ async fn insert_key(
 }
 
 /// Queues `records` in the outbox and bumps the version; the new version.
-async fn queue(conn: &mut SqliteConnection, records: &[RegistryRecord]) -> Result<u64, RegistryError> {
+pub(super) async fn queue(conn: &mut SqliteConnection, records: &[RegistryRecord]) -> Result<u64, RegistryError> {
     for record in records {
         let bytes = Record::Registry(record.clone())
             .encode()

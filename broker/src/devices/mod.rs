@@ -1,6 +1,8 @@
 //! What the broker knows of devices: the in-memory view of the device
 //! registry, admission at CONNECT and ACLs ([`identity`]), and MQS1 replay
-//! windows ([`replay`]).
+//! windows ([`replay`]); following a primary gateway's registry
+//! ([`follow`]).
 
+pub mod follow;
 pub mod identity;
 pub mod replay;

@@ -227,6 +227,13 @@ impl Broker {
             tasks.push(tokio::spawn(crate::witness::cosigning::run(Arc::clone(&witnessing), log.sealed_blocks())));
             api = api.with_witnessing(witnessing);
         }
+        // A follower applies the primary's changes to the registry; the
+        // watch below logs them and swaps them in like local ones.
+        tasks.push(tokio::spawn(crate::devices::follow::run(
+            registry.clone(),
+            shared.config.registry.clone(),
+            shared.shutdown.clone(),
+        )));
         tasks.push(tokio::spawn(watch_registry(Arc::clone(&shared), registry, registry_version)));
         // Erase requests (`sealmq erase`) and the retention rules, through the sequencer.
         let erasures = ErasureOutbox::open(&shared.config.data).await?;
