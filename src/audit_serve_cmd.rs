@@ -45,6 +45,7 @@ pub async fn run(data: &Path, args: AuditServeArgs) -> Result<ExitCode> {
     let listener =
         tokio::net::TcpListener::bind(args.http).await.with_context(|| format!("listening on {}", args.http))?;
     let addr = listener.local_addr()?;
+    let signals = crate::serve_cmd::StopSignals::install()?;
     let (stop, shutdown) = watch::channel(false);
     let limits = Limits::default();
     let server = tokio::spawn(async move { serve_log(reader, registry, archive, listener, &limits, shutdown).await });
@@ -52,7 +53,7 @@ pub async fn run(data: &Path, args: AuditServeArgs) -> Result<ExitCode> {
     println!("sealmq audit serve: the log in {} (read-only)", data.display());
     println!("  http      http://{addr}");
     tracing::info!(http = %addr, "serving the log read-only");
-    crate::serve_cmd::wait_for_signal().await?;
+    signals.wait().await?;
     let _ = stop.send(true);
     server.await.context("the HTTP server failed")?;
     Ok(ExitCode::SUCCESS)

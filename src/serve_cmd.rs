@@ -60,6 +60,7 @@ pub async fn run(data: Option<PathBuf>, args: ServeArgs) -> Result<ExitCode> {
     let _file_size_signal = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(25))
         .context("installing the SIGXFSZ handler")?;
     let data = config.data.clone();
+    let stop = StopSignals::install()?;
     let broker =
         Broker::start(config).await.with_context(|| format!("starting the broker (data in {})", data.display()))?;
     // The banner goes to stdout: scripts and tests read the addresses from it.
@@ -78,7 +79,7 @@ pub async fn run(data: Option<PathBuf>, args: ServeArgs) -> Result<ExitCode> {
     }
     tracing::info!(mqtt = %broker.mqtt_addr(), http = %broker.http_addr(), "serving");
 
-    wait_for_signal().await?;
+    stop.wait().await?;
     tracing::info!("shutting down: finishing in-flight appends, sealing the last block");
     let stats = broker.stats();
     tracing::info!(
@@ -96,18 +97,40 @@ pub async fn run(data: Option<PathBuf>, args: ServeArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Waits for SIGINT (Ctrl-C) or SIGTERM.
-pub async fn wait_for_signal() -> Result<()> {
+/// SIGINT (Ctrl-C) and SIGTERM, caught from the moment this is made: make
+/// it before announcing anything, so that a signal sent right after the
+/// banner stops the process cleanly rather than killing it.
+pub struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-        tokio::select! {
-            result = tokio::signal::ctrl_c() => result.context("waiting for Ctrl-C")?,
-            _ = term.recv() => {}
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Installs the handlers.
+    pub fn install() -> Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                interrupt: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+                terminate: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(Self {})
     }
-    #[cfg(not(unix))]
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
-    Ok(())
+
+    /// Waits for either signal.
+    pub async fn wait(mut self) -> Result<()> {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+        #[cfg(not(unix))]
+        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+        Ok(())
+    }
 }

@@ -83,6 +83,7 @@ pub async fn run(data: &Path, command: WitnessCommand) -> Result<ExitCode> {
             let listener =
                 tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
             let addr = listener.local_addr()?;
+            let signals = crate::serve_cmd::StopSignals::install()?;
             let (stop, stopped) = tokio::sync::watch::channel(false);
             let app = sealmq_broker::witness::serve::routes(service);
             let server = tokio::spawn(async move {
@@ -93,7 +94,7 @@ pub async fn run(data: &Path, command: WitnessCommand) -> Result<ExitCode> {
             println!("  witness   {vkey}");
             println!("  data      {}", data.display());
             tracing::info!(%addr, witness = %vkey, logs = logs.len(), "witnessing");
-            crate::serve_cmd::wait_for_signal().await?;
+            signals.wait().await?;
             let _ = stop.send(true);
             let _ = server.await;
             // As for `serve`: stdout may be closed by now.

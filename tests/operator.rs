@@ -123,3 +123,16 @@ fn with_log_format_json_every_line_the_broker_writes_on_stderr_is_a_json_object(
     assert!(run.stderr.contains("log.lock"), "{}", run.stderr);
     assert!(broker.stop().success());
 }
+
+/// A service manager may stop the broker the moment it has announced
+/// itself: SIGTERM right after the banner is a clean stop (exit 0, the log
+/// closed), not a kill by the default signal action.
+#[test]
+fn sigterm_right_after_the_banner_stops_the_broker_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    for round in 0..5 {
+        let broker = BrokerProcess::start(&tmp.path().join("data"), &[]);
+        let status = broker.stop();
+        assert!(status.success(), "round {round}: SIGTERM right after the banner ended the broker with {status}");
+    }
+}
