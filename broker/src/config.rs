@@ -239,15 +239,27 @@ impl Default for Limits {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Upstream {
-    /// An external MQTT 5 broker or cluster (`host:port`) that routes
-    /// between gateways; default: none, routing in process.
+    /// An external MQTT 5 broker (`host:port`) that routes between
+    /// gateways: shorthand for `addresses` with one node. Default: none,
+    /// routing in process.
     pub address: Option<SocketAddr>,
+    /// The nodes of an external MQTT 5 cluster, tried in turn when a
+    /// connection is made or lost (not together with `address`).
+    pub addresses: Vec<SocketAddr>,
     /// Username for the external broker.
     pub username: Option<String>,
     /// Password for the external broker.
     pub password: Option<String>,
     /// Connections to the external broker, shared by all clients (default 2).
     pub connections: Option<usize>,
+}
+
+impl Upstream {
+    /// The external broker's nodes, in the order they are tried; empty:
+    /// routing in process.
+    pub fn nodes(&self) -> Vec<SocketAddr> {
+        self.address.into_iter().chain(self.addresses.iter().copied()).collect()
+    }
 }
 
 /// The witnesses this log asks to cosign (C2SP tlog-witness).
@@ -359,8 +371,11 @@ impl BrokerConfig {
         }
         self.retention.check().map_err(|e| ConfigError::Invalid(e.to_string()))?;
         self.archive.validate().map_err(ConfigError::Invalid)?;
-        if self.upstream.address.is_none() && (self.upstream.username.is_some() || self.upstream.password.is_some()) {
-            return invalid("upstream.username and upstream.password need upstream.address");
+        if self.upstream.address.is_some() && !self.upstream.addresses.is_empty() {
+            return invalid("upstream.address is one node of upstream.addresses: set one of them");
+        }
+        if self.upstream.nodes().is_empty() && (self.upstream.username.is_some() || self.upstream.password.is_some()) {
+            return invalid("upstream.username and upstream.password need upstream.address or addresses");
         }
         if (self.tls_listen.is_some() || self.wss_listen.is_some()) && self.tls.is_none() {
             return invalid("tls_listen and wss_listen need a [tls] section with cert and key");

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sealmq_broker::codec::v5::PublishProperties;
-use sealmq_broker::route::external::ExternalStats;
+use sealmq_broker::route::external::{Credentials, ExternalConfig, ExternalStats};
 use sealmq_broker::route::{Delivery, External, Inbox, Message, SubOptions};
 use tokio::time::Instant;
 
@@ -20,7 +20,7 @@ use mosquitto::Mosquitto;
 
 /// A gateway's router on `broker`.
 async fn gateway(broker: &Mosquitto, id: &str) -> External {
-    External::connect(&broker.address(), "", "", id, &format!("{id}.example/log"), 2).await.unwrap()
+    External::connect(ExternalConfig::new(&broker.address(), id, &format!("{id}.example/log"))).await.unwrap()
 }
 
 fn inbox(session: u64, client_id: &str) -> Arc<Inbox> {
@@ -328,7 +328,9 @@ async fn a_broker_sending_nonsense_costs_a_reconnection_never_a_panic() {
             });
         }
     });
-    let router = External::connect(&address, "user", "secret", "gw-a", "gw-a.example/log", 2).await.unwrap();
+    let credentials = Credentials { username: "user".into(), password: "secret".into() };
+    let config = ExternalConfig { credentials, ..ExternalConfig::new(&address, "gw-a", "gw-a.example/log") };
+    let router = External::connect(config).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !(router.stats().connection_losses >= 4 && router.is_ready()) {
         assert!(Instant::now() < deadline, "{:?}", router.stats());

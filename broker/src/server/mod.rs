@@ -27,7 +27,7 @@ use crate::net::limits::LoginLimiter;
 use crate::net::transport::{Listener, TlsSetup, TransportError};
 use crate::ops::metrics::Metrics;
 use crate::ops::retention::Retention;
-use crate::route::external::External;
+use crate::route::external::{Credentials, External, ExternalConfig, LogSource};
 use crate::route::retained::RetainedStore;
 use crate::route::{RouteError, Router, TopicIndex};
 use crate::witness::{RollbackError, WitnessService, Witnessing};
@@ -135,27 +135,32 @@ impl Broker {
         let budget = Budget::plan(raise_limit(), &config.limits, client_listeners, refusals)?;
         budget.report(config.limits.max_connections);
 
-        let router = match config.upstream.address {
-            Some(addr) => {
+        let nodes = config.upstream.nodes();
+        let router = match nodes.is_empty() {
+            false => {
                 // Named after this gateway's log, so every gateway in front of
                 // the broker has its own connections (and keeps them across
                 // restarts), and none knocks another off.
                 let origin = log.reader().verifier_key().name().to_string();
                 let gateway_id = hex::encode(&sealmq_audit::sha256(origin.as_bytes())[..8]);
                 let upstream = &config.upstream;
-                let external = External::connect(
-                    &addr.to_string(),
-                    upstream.username.as_deref().unwrap_or_default(),
-                    upstream.password.as_deref().unwrap_or_default(),
-                    &gateway_id,
-                    &origin,
-                    upstream.connections.unwrap_or(EXTERNAL_CONNECTIONS),
-                )
+                let external = External::connect(ExternalConfig {
+                    addresses: nodes.iter().map(ToString::to_string).collect(),
+                    credentials: Credentials {
+                        username: upstream.username.clone().unwrap_or_default(),
+                        password: upstream.password.clone().unwrap_or_default(),
+                    },
+                    gateway_id: gateway_id.clone(),
+                    origin,
+                    connections: upstream.connections.unwrap_or(EXTERNAL_CONNECTIONS),
+                    // What overflows the connections' queues is read back from here.
+                    log: Some(LogSource { reader: log.reader().clone(), stats: Arc::clone(log.stats()) }),
+                })
                 .await?;
-                tracing::info!(%addr, gateway_id, "routing through an external broker");
+                tracing::info!(?nodes, gateway_id, "routing through an external broker");
                 Router::External(external)
             }
-            None => Router::Embedded(TopicIndex::default()),
+            true => Router::Embedded(TopicIndex::default()),
         };
         // What the records imply, whatever the stored table says (it is repaired if wrong).
         let retained = RetainedStore::load(&log.reconcile_retained().await?, log.reader()).await?;
