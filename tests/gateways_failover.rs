@@ -104,6 +104,19 @@ fn stalling_node(stall: Duration) -> String {
     address
 }
 
+/// The external router's counters on a gateway's `/metrics`, by name
+/// after `sealmq_router_` and before `_total`.
+fn router_counters(gateway: &BrokerProcess) -> BTreeMap<String, u64> {
+    let (status, body) = common::http::get(gateway.http, "/metrics");
+    assert_eq!(status, 200);
+    let text = String::from_utf8(body).unwrap();
+    text.lines()
+        .filter_map(|line| line.strip_prefix("sealmq_router_"))
+        .filter_map(|line| line.split_once("_total "))
+        .map(|(name, value)| (name.to_string(), value.trim().parse().unwrap()))
+        .collect()
+}
+
 #[test]
 fn a_node_killed_under_load_loses_and_duplicates_nothing_acknowledged() {
     let mut first = Mosquitto::start();
@@ -172,6 +185,13 @@ fn a_node_killed_under_load_loses_and_duplicates_nothing_acknowledged() {
     }
     let log = second.log();
     assert!(log.matches(" as sealmq-").count() >= 4, "both gateways' connections moved:\n{log}");
+    // What the gateways say they did (`/metrics`): both failed over; A
+    // sent again; B dropped copies it had delivered already.
+    let (a_counts, b_counts) = (router_counters(&a), router_counters(&b));
+    eprintln!("gateway A: {a_counts:?}\ngateway B: {b_counts:?}");
+    assert!(a_counts["failovers"] >= 1 && b_counts["failovers"] >= 1);
+    assert!(a_counts["publishes_resent"] >= 1, "A sent again");
+    assert!(b_counts["duplicates_dropped"] >= 1, "B dropped what it had");
     assert!(a.stop().success() && b.stop().success());
     verify_ok(&data_a);
     verify_ok(&data_b);

@@ -26,6 +26,7 @@ use crate::net::descriptors::{Budget, TooFewDescriptors, raise_limit};
 use crate::net::limits::LoginLimiter;
 use crate::net::transport::{Listener, TlsSetup, TransportError};
 use crate::ops::metrics::Metrics;
+use crate::ops::metrics::RouterView;
 use crate::ops::retention::Retention;
 use crate::route::external::{Credentials, External, ExternalConfig, LogSource};
 use crate::route::retained::RetainedStore;
@@ -229,6 +230,13 @@ impl Broker {
             shared.shutdown.clone(),
         )
         .with_metrics(stats);
+        if let Router::External(_) = &shared.router {
+            let gateway = Arc::clone(&shared);
+            api = api.with_router(Arc::new(move || match &gateway.router {
+                Router::External(external) => external.stats().view(),
+                Router::Embedded(_) => RouterView::default(),
+            }));
+        }
         if let Some(witnessing) = witnessing {
             tasks.push(tokio::spawn(crate::witness::cosigning::run(Arc::clone(&witnessing), log.sealed_blocks())));
             api = api.with_witnessing(witnessing);

@@ -77,6 +77,7 @@ use super::index::{Member, Subscribers, split_shared};
 use super::{Inbox, Message, RouteError, SessionId, SubOptions};
 use crate::codec::topic_matches;
 use crate::codec::v5;
+use crate::ops::metrics::RouterView;
 
 /// Connections to the broker unless configured otherwise.
 pub const DEFAULT_CONNECTIONS: usize = 2;
@@ -193,6 +194,20 @@ pub struct ExternalStats {
     /// Routed copies dropped because the subscription already had that
     /// record (same origin and index).
     pub duplicate_copies: u64,
+}
+
+impl ExternalStats {
+    /// The counters `/metrics` shows.
+    pub fn view(&self) -> RouterView {
+        RouterView {
+            connection_losses: self.connection_losses,
+            failovers: self.failovers,
+            dropped: self.dropped_publishes,
+            refilled: self.refilled_publishes,
+            resent: self.resent_publishes,
+            duplicates: self.duplicate_copies,
+        }
+    }
 }
 
 /// How to reach the external broker or cluster.
