@@ -174,7 +174,7 @@ pub(super) async fn connect_any(
 pub(super) async fn run(mut task: Task, link: Link, accepted: Accepted) {
     let mut current = Some((link, accepted));
     let mut backoff = BACKOFF.0;
-    let mut lost_at = None;
+    let mut reconnected = false;
     loop {
         let (link, accepted) = match current.take() {
             Some(connected) => connected,
@@ -204,10 +204,9 @@ pub(super) async fn run(mut task: Task, link: Link, accepted: Accepted) {
         state.up.store(true, Ordering::Relaxed);
         task.shared.resubscribe(task.n);
         let started = Instant::now();
-        if let Some(lost) = lost_at.take() {
+        if std::mem::take(&mut reconnected) {
             // Once more after the grace: everything acknowledged from the
             // reconnection on, the resent stretch included.
-            let _ = lost;
             task.again_at = Some((started + GRACE, started));
         }
         let mut connection = Connection::new(link, accepted);
@@ -218,11 +217,13 @@ pub(super) async fn run(mut task: Task, link: Link, accepted: Accepted) {
         connection.requeue(&mut task.retry);
         // Before what was not acknowledged: what the broker acknowledged
         // lately, which a node that died may not have passed on.
-        for message in task.recent.take_since(lost - REWIND).into_iter().rev() {
+        let again = task.recent.take_since(lost.checked_sub(REWIND).unwrap_or(lost));
+        task.shared.resent.fetch_add(again.len() as u64, Ordering::Relaxed);
+        for message in again.into_iter().rev() {
             task.retry.push_front(message);
         }
         task.again_at = None;
-        lost_at = Some(lost);
+        reconnected = true;
         task.shared.losses.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(client_id = task.client_id, error = %error, "external router: connection lost, reconnecting");
         if started.elapsed() >= STABLE {
