@@ -426,6 +426,25 @@ mod tests {
     }
 
     #[test]
+    fn upstream_nodes_come_from_address_or_addresses_not_both() {
+        let one = BrokerConfig::from_toml("[upstream]\naddress = \"10.0.0.5:1883\"").unwrap();
+        assert_eq!(one.upstream.nodes(), vec![SocketAddr::from(([10, 0, 0, 5], 1883))]);
+        let cluster =
+            BrokerConfig::from_toml("[upstream]\naddresses = [\"10.0.0.5:1883\", \"10.0.0.6:1884\"]").unwrap();
+        let expected = vec![SocketAddr::from(([10, 0, 0, 5], 1883)), SocketAddr::from(([10, 0, 0, 6], 1884))];
+        assert_eq!(cluster.upstream.nodes(), expected, "in the order they are tried");
+        assert!(BrokerConfig::from_toml("").unwrap().upstream.nodes().is_empty(), "in process by default");
+        let both = "[upstream]\naddress = \"10.0.0.5:1883\"\naddresses = [\"10.0.0.6:1883\"]";
+        let err = BrokerConfig::from_toml(both).unwrap_err().to_string();
+        assert!(err.contains("upstream.address"), "{err}");
+        let err = BrokerConfig::from_toml("[upstream]\nusername = \"u\"").unwrap_err().to_string();
+        assert!(err.contains("upstream.username"), "{err}");
+        // check-config prints the configuration as TOML: it reads back the same.
+        let text = toml::to_string(&cluster).unwrap();
+        assert_eq!(BrokerConfig::from_toml(&text).unwrap().upstream.nodes(), expected);
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_refused_with_the_reason() {
         let err = BrokerConfig::from_toml("lisen = \"0.0.0.0:1\"").unwrap_err().to_string();
         assert!(err.contains("lisen"), "{err}");
