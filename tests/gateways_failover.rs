@@ -74,7 +74,8 @@ fn subscribe_until(mut conn: Conn, done: &AtomicUsize, quiet: Duration) -> Recei
         match conn.next_publish5(Duration::from_millis(200)) {
             Some(publish) => {
                 last = Instant::now();
-                let n: usize = std::str::from_utf8(&publish.payload).unwrap().parse().unwrap();
+                // Numbered messages only (not the probes of the second test).
+                let Ok(n) = std::str::from_utf8(&publish.payload).unwrap().parse::<usize>() else { continue };
                 let properties = publish.properties.unwrap_or_default().user_properties;
                 let value = |name: &str| properties.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
                 let receipt = (value("sealmq-origin").unwrap_or_default(), value("sealmq-index").unwrap_or_default());
@@ -192,6 +193,64 @@ fn a_node_killed_under_load_loses_and_duplicates_nothing_acknowledged() {
     assert!(a_counts["failovers"] >= 1 && b_counts["failovers"] >= 1);
     assert!(a_counts["publishes_resent"] >= 1, "A sent again");
     assert!(b_counts["duplicates_dropped"] >= 1, "B dropped what it had");
+    assert!(a.stop().success() && b.stop().success());
+    verify_ok(&data_a);
+    verify_ok(&data_b);
+}
+
+/// A gateway killed (SIGKILL) with messages it logged and acknowledged to
+/// their publisher [MQTT-4.3.2-4] but could not route yet (the cluster was
+/// away) routes them when it is started again: its log has them, and it
+/// kept where routing stood (`route-watermark` in its data directory).
+#[test]
+fn a_gateway_killed_before_routing_routes_what_it_acknowledged_when_back() {
+    let mut node = Mosquitto::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let (data_a, data_b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let nodes = [node.address()];
+    let a = gateway(&data_a, &nodes);
+    let b = gateway(&data_b, &nodes);
+    let origin_a = common::vkey(&data_a).parse::<sealmq_audit::VerifierKey>().unwrap().name().to_string();
+    let mut subscriber = connect5_receipts(b.mqtt, "hub-on-b");
+    assert_eq!(subscribe5(&mut subscriber, 1, "load/#", QoS::AtLeastOnce), vec![1]);
+
+    node.kill();
+    let count = 200;
+    let mut sensor = connect5(a.mqtt, "sensor-on-a");
+    for n in 0..count {
+        let pkid = u16::try_from(n + 1).unwrap();
+        sensor
+            .send5(&publish5_packet("load/a", QoS::AtLeastOnce, pkid, n.to_string().as_bytes(), false, vec![]))
+            .unwrap();
+        let ack = sensor.expect(kind::PUBACK);
+        assert_eq!((ack.pkid(), ack.ack_reason()), (pkid, 0), "logged and acknowledged, cluster or not");
+    }
+    // Past a watermark write (each second), then killed with all of it unrouted.
+    std::thread::sleep(Duration::from_millis(1500));
+    a.kill();
+    node.run();
+    // Gateway B is back on the node once a message of its own goes round.
+    let mut probe = connect5(b.mqtt, "probe-on-b");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    'probing: loop {
+        assert!(Instant::now() < deadline, "gateway B did not come back to the node");
+        probe.send5(&publish5_packet("load/probe", QoS::AtLeastOnce, 1, b"probe", false, vec![])).unwrap();
+        probe.expect(kind::PUBACK);
+        while let Some(publish) = subscriber.next_publish5(Duration::from_millis(500)) {
+            if &publish.payload[..] == b"probe" {
+                break 'probing;
+            }
+        }
+    }
+    while subscriber.next_publish5(Duration::from_millis(500)).is_some() {}
+
+    let a = gateway(&data_a, &nodes);
+    let done = AtomicUsize::new(1);
+    let received = subscribe_until(subscriber, &done, Duration::from_secs(6));
+    let expected: BTreeMap<usize, usize> = (0..count).map(|n| (n, 1)).collect();
+    let copies: BTreeMap<usize, usize> = received.iter().map(|(n, c)| (*n, c.len())).collect();
+    assert_eq!(copies, expected, "every acknowledged message once, after the restart");
+    assert!(received.values().all(|c| c[0].0 == origin_a), "from A's log");
     assert!(a.stop().success() && b.stop().success());
     verify_ok(&data_a);
     verify_ok(&data_b);

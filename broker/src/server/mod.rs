@@ -41,6 +41,9 @@ const REGISTRY_POLL: Duration = Duration::from_millis(250);
 const REFUSALS_AT_ONCE: usize = 64;
 /// Connections to an external router when the configuration names none.
 const EXTERNAL_CONNECTIONS: usize = 2;
+/// In the data directory: the lowest index the external router had not
+/// had acknowledged upstream (README, "Clusters: routing and failover").
+const ROUTE_WATERMARK: &str = "route-watermark";
 /// Argon2 password checks at once (each is tens of ms of one core).
 const PASSWORD_CHECKS_AT_ONCE: usize = 4;
 
@@ -156,6 +159,8 @@ impl Broker {
                     connections: upstream.connections.unwrap_or(EXTERNAL_CONNECTIONS),
                     // What overflows the connections' queues is read back from here.
                     log: Some(LogSource { reader: log.reader().clone(), stats: Arc::clone(log.stats()) }),
+                    // What a killed gateway had not routed, routed when it is back.
+                    watermark: Some(config.data.join(ROUTE_WATERMARK)),
                 })
                 .await?;
                 tracing::info!(?nodes, gateway_id, "routing through an external broker");

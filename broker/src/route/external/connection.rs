@@ -8,7 +8,7 @@
 //! back to the router, acknowledged at once.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,6 +31,8 @@ const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::fro
 /// A connection that lived this long starts its next backoff afresh; one
 /// dropped sooner (say, taken over by a gateway with the same id) waits longer.
 const STABLE: Duration = Duration::from_secs(10);
+/// How often a connection recomputes what it holds unacknowledged.
+const MARK_EVERY: Duration = Duration::from_secs(1);
 /// Outgoing bytes queued before a connection writes them, within one turn.
 const BATCH_BYTES: usize = 1024 * 1024;
 /// After a connection is lost, what the broker acknowledged this long
@@ -66,11 +68,30 @@ pub(super) struct LinkState {
     pub(super) backlog: Mutex<Backlog>,
     /// Whether the connection is up.
     pub(super) up: AtomicBool,
+    /// No index below this is held by the task and not yet acknowledged
+    /// by the broker (sent, to send again, read back): lowered as the task
+    /// takes a message, under the backlog's lock, and set exactly each
+    /// second ([`MARK_EVERY`]). `u64::MAX`: none.
+    pub(super) low: AtomicU64,
 }
 
 impl LinkState {
     pub(super) fn new() -> Self {
-        Self { ops: Mutex::default(), wake: Notify::new(), backlog: Mutex::default(), up: AtomicBool::new(true) }
+        Self {
+            ops: Mutex::default(),
+            wake: Notify::new(),
+            backlog: Mutex::default(),
+            up: AtomicBool::new(true),
+            low: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    /// The lowest index this connection has not had acknowledged, or `u64::MAX`.
+    pub(super) fn unacknowledged(&self) -> u64 {
+        // The backlog first: a message the task takes from it lowers `low`
+        // before the lock is let go, so it is counted in one or the other.
+        let backlog = self.backlog().low();
+        backlog.min(self.low.load(Ordering::Acquire))
     }
 
     /// Queues a subscription change and wakes the connection.
@@ -81,6 +102,18 @@ impl LinkState {
 
     fn pop(&self) -> Option<Op> {
         self.ops.lock().unwrap_or_else(|p| p.into_inner()).pop_front()
+    }
+
+    /// The oldest message in memory, counted in `low` before the backlog
+    /// lets go of it.
+    fn take(&self) -> Option<Arc<Message>> {
+        let mut backlog = self.backlog();
+        let message = backlog.take()?;
+        if let Some(index) = message.index {
+            self.low.fetch_min(index, Ordering::AcqRel);
+        }
+        drop(backlog);
+        Some(message)
     }
 
     pub(super) fn backlog(&self) -> std::sync::MutexGuard<'_, Backlog> {
@@ -215,6 +248,8 @@ pub(super) async fn run(mut task: Task, link: Link, accepted: Accepted) {
         task.shared.unsubscribed(task.n);
         let lost = Instant::now();
         connection.requeue(&mut task.retry);
+        let held = task.retry.iter().chain(&task.refilled).filter_map(|m| m.index).min();
+        state.low.store(held.unwrap_or(u64::MAX), Ordering::Release);
         // Before what was not acknowledged: what the broker acknowledged
         // lately, which a node that died may not have passed on.
         let again = task.recent.take_since(lost.checked_sub(REWIND).unwrap_or(lost));
@@ -319,6 +354,8 @@ impl Connection {
         let mut ping = tokio::time::interval(self.keep_alive() / 2);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await;
+        let mut mark = tokio::time::interval(MARK_EVERY);
+        mark.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.send_ops(&shared, state)?;
             while self.can_publish() {
@@ -326,7 +363,7 @@ impl Connection {
                 // anything the log is read back for), then the log.
                 let message = match task.retry.pop_front() {
                     Some(message) => message,
-                    None => match state.backlog().take() {
+                    None => match state.take() {
                         Some(message) => message,
                         None => match task.refilled.pop_front() {
                             Some(message) => message,
@@ -366,6 +403,7 @@ impl Connection {
                         task.retry.extend(again);
                     }
                 }
+                _ = mark.tick() => state.low.store(self.holding(task), Ordering::Release),
                 _ = ping.tick() => {
                     if self.last_heard.elapsed() > self.keep_alive() * 3 / 2 {
                         return Err(LinkError::Timeout("no packet from the broker within the keep-alive"));
@@ -374,6 +412,17 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// The lowest index the task holds unacknowledged: in flight, to send
+    /// again, read back; `u64::MAX` for none.
+    fn holding(&self, task: &Task) -> u64 {
+        let in_flight = self.pending.values().filter_map(|p| match p {
+            Pending::Publish(_, message) => message.index,
+            _ => None,
+        });
+        let waiting = task.retry.iter().chain(&task.refilled).filter_map(|m| m.index);
+        in_flight.chain(waiting).min().unwrap_or(u64::MAX)
     }
 
     /// Reads the next stretch of the log for this connection, if the
@@ -389,8 +438,12 @@ impl Connection {
             Ok((messages, next)) => {
                 shared.refilled.fetch_add(messages.len() as u64, Ordering::Relaxed);
                 shared.dropped.fetch_add(erased, Ordering::Relaxed);
+                let mut backlog = state.backlog();
+                if let Some(low) = messages.iter().filter_map(|m| m.index).min() {
+                    state.low.fetch_min(low, Ordering::AcqRel);
+                }
                 task.refilled.extend(messages);
-                state.backlog().advanced(start, next, source.stats.head());
+                backlog.advanced(start, next, source.stats.head());
             }
             Err(e) => {
                 // Tried again on the next turn; the log keeps the records.

@@ -29,7 +29,9 @@
 //!   connection hold seconds of traffic through a broker hiccup or
 //!   reconnection at a known memory cost; past them the connection reads
 //!   its publishers' records back from the log (`refill.rs`), so nothing
-//!   logged is dropped. Each goes upstream at QoS 1,
+//!   logged is dropped; and the lowest index not acknowledged upstream is
+//!   kept in a file each second (`watermark.rs`), so a gateway killed
+//!   routes at restart what it had not. Each goes upstream at QoS 1,
 //!   never retained (retained messages stay the gateway's), with the
 //!   publisher's properties (Message Expiry Interval less the time queued)
 //!   and the gateway's [`Route`] as the last user property (the log's
@@ -56,6 +58,7 @@ mod copies;
 mod dedupe;
 pub mod link;
 mod refill;
+mod watermark;
 pub mod wire;
 
 use std::collections::{HashMap, VecDeque};
@@ -227,6 +230,10 @@ pub struct ExternalConfig {
     /// The gateway's log, to read back what does not fit in memory
     /// (without it, that is dropped).
     pub log: Option<LogSource>,
+    /// Where the lowest index not yet acknowledged by the broker is kept
+    /// across restarts (with `log`): at start, everything from it is
+    /// routed again from the log (`watermark.rs`).
+    pub watermark: Option<std::path::PathBuf>,
 }
 
 impl ExternalConfig {
@@ -239,6 +246,7 @@ impl ExternalConfig {
             origin: origin.to_string(),
             connections: DEFAULT_CONNECTIONS,
             log: None,
+            watermark: None,
         }
     }
 }
@@ -280,7 +288,7 @@ impl External {
     /// answers, and starts their tasks. Fails if any connection fails on
     /// every node now; later drops are reconnected.
     pub async fn connect(config: ExternalConfig) -> Result<External, RouteError> {
-        let ExternalConfig { addresses, credentials, gateway_id, origin, connections, log } = config;
+        let ExternalConfig { addresses, credentials, gateway_id, origin, connections, log, watermark } = config;
         let (gateway_id, origin) = (gateway_id.as_str(), origin.as_str());
         if addresses.is_empty() {
             return Err(RouteError::Unavailable("no address for the external broker".into()));
@@ -326,7 +334,17 @@ impl External {
             resent: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
         });
-        let tasks = first
+        if let (Some(log), Some(path)) = (&log, &watermark)
+            && let Some(from) = self::watermark::read(path).filter(|from| *from < log.stats.head())
+        {
+            // Logged and acknowledged before the last run ended, and not
+            // acknowledged upstream: routed again, from the log.
+            tracing::info!(from, head = log.stats.head(), "external router: routing again what the last run had not");
+            for link in &shared.links {
+                link.backlog().resume(from);
+            }
+        }
+        let mut tasks: Vec<JoinHandle<()>> = first
             .into_iter()
             .enumerate()
             .map(|(n, (client_id, node, link, accepted))| {
@@ -346,6 +364,9 @@ impl External {
                 tokio::spawn(run(task, link, accepted))
             })
             .collect();
+        if let (Some(log), Some(path)) = (log.clone(), watermark) {
+            tasks.push(tokio::spawn(self::watermark::keep(Arc::clone(&shared), log, path)));
+        }
         tracing::info!(?addresses, gateway_id, connections, "external router connected");
         Ok(External { shared, tasks, log: log.is_some() })
     }

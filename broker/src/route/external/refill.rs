@@ -126,6 +126,21 @@ impl Backlog {
         }
     }
 
+    /// The lowest index waiting, in memory or in the log; `u64::MAX`: none.
+    pub(super) fn low(&self) -> u64 {
+        let memory = self.messages.iter().filter_map(|m| m.index).min().unwrap_or(u64::MAX);
+        memory.min(self.refill.map_or(u64::MAX, |(_, next)| next))
+    }
+
+    /// From `index` on, everything of this connection comes from the log:
+    /// what a gateway restarted had not had acknowledged.
+    pub(super) fn resume(&mut self, index: u64) {
+        self.refill = Some(match self.refill {
+            Some((first, next)) => (first.min(index), next.min(index)),
+            None => (index, index),
+        });
+    }
+
     /// Whether nothing waits, in memory or in the log.
     pub(super) fn is_empty(&self) -> bool {
         self.messages.is_empty() && self.refill.is_none()
