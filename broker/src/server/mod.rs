@@ -166,7 +166,12 @@ impl Broker {
                 tracing::info!(?nodes, gateway_id, "routing through an external broker");
                 Router::External(external)
             }
-            true => Router::Embedded(TopicIndex::default()),
+            true => {
+                // Routing in process: a watermark left by an earlier run
+                // through a cluster would be stale when one is configured again.
+                let _ = std::fs::remove_file(config.data.join(ROUTE_WATERMARK));
+                Router::Embedded(TopicIndex::default())
+            }
         };
         // What the records imply, whatever the stored table says (it is repaired if wrong).
         let retained = RetainedStore::load(&log.reconcile_retained().await?, log.reader()).await?;
