@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sealmq_broker::codec::v5::PublishProperties;
-use sealmq_broker::route::external::ExternalStats;
+use sealmq_broker::route::external::{Credentials, ExternalConfig, ExternalStats};
 use sealmq_broker::route::{Delivery, External, Inbox, Message, SubOptions};
 use tokio::time::Instant;
 
@@ -20,7 +20,7 @@ use mosquitto::Mosquitto;
 
 /// A gateway's router on `broker`.
 async fn gateway(broker: &Mosquitto, id: &str) -> External {
-    External::connect(&broker.address(), "", "", id, 2).await.unwrap()
+    External::connect(ExternalConfig::new(&broker.address(), id, &format!("{id}.example/log"))).await.unwrap()
 }
 
 fn inbox(session: u64, client_id: &str) -> Arc<Inbox> {
@@ -39,6 +39,7 @@ fn message(topic: &str, from: &str, index: u64) -> Arc<Message> {
         qos: 1,
         retain: false,
         index: Some(index),
+        origin: None,
         from: from.into(),
         at: Instant::now(),
     })
@@ -114,6 +115,7 @@ async fn a_message_crosses_gateways_once_with_its_route_and_properties_intact() 
         );
         assert_eq!((m.qos, m.retain), ((i % 3) as u8, i % 2 == 0), "QoS and retain as published");
         assert_eq!(&*m.from, "gw-b\0dev-1", "qualified: never a client of this gateway");
+        assert_eq!(m.origin.as_deref(), Some("gw-b.example/log"), "its index is in the publishing gateway's log");
         assert_eq!(d.options, options(7));
         let mut props = m.properties.clone().unwrap();
         let expiry = props.message_expiry_interval.take().unwrap();
@@ -123,6 +125,7 @@ async fn a_message_crosses_gateways_once_with_its_route_and_properties_intact() 
     let got = take(&local, 20).await;
     assert_eq!(indexes(&got), (100..120).collect::<Vec<_>>(), "a gateway's own publishes: once, from the broker");
     assert!(got.iter().all(|d| &*d.message.from == "dev-1"), "local publisher unqualified");
+    assert!(got.iter().all(|d| d.message.origin.is_none()), "in this gateway's own log");
     assert!(take(&publisher, 0).await.is_empty(), "No Local");
     assert_clean(a.stats());
     assert_clean(b.stats());
@@ -307,7 +310,9 @@ async fn a_broker_sending_nonsense_costs_a_reconnection_never_a_panic() {
                         let unrouted = Publish::new("t/x", QoS::AtMostOnce, "no route", None);
                         encode_v5(&Packet::Publish(unrouted), &mut out).unwrap();
                         let mut stray = Publish::new("t/x", QoS::AtMostOnce, "nobody's", None);
-                        Route { index: Some(1), qos: 0, retain: false, from: "gw-x/c".into() }.attach(&mut stray);
+                        let origin = "gw-x.example/log".into();
+                        Route { index: Some(1), origin, qos: 0, retain: false, from: "gw-x/c".into() }
+                            .attach(&mut stray);
                         stray.properties.as_mut().unwrap().subscription_identifiers = vec![99];
                         encode_v5(&Packet::Publish(stray), &mut out).unwrap();
                         encode_v5(&Packet::PubAck(PubAck::new(7, None)), &mut out).unwrap();
@@ -323,7 +328,9 @@ async fn a_broker_sending_nonsense_costs_a_reconnection_never_a_panic() {
             });
         }
     });
-    let router = External::connect(&address, "user", "secret", "gw-a", 2).await.unwrap();
+    let credentials = Credentials { username: "user".into(), password: "secret".into() };
+    let config = ExternalConfig { credentials, ..ExternalConfig::new(&address, "gw-a", "gw-a.example/log") };
+    let router = External::connect(config).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !(router.stats().connection_losses >= 4 && router.is_ready()) {
         assert!(Instant::now() < deadline, "{:?}", router.stats());
@@ -331,4 +338,65 @@ async fn a_broker_sending_nonsense_costs_a_reconnection_never_a_panic() {
     }
     let stats = router.stats();
     assert_eq!((stats.connection_losses, stats.ignored_publishes, stats.unrouted_copies), (4, 2, 2));
+}
+
+/// Past the in-memory queue nothing logged is dropped: the connection
+/// reads its publishers' records back from the gateway's log, in index
+/// order, and the subscriber gets every one once, payloads and all.
+#[tokio::test]
+async fn past_the_queue_publishes_are_read_back_from_the_log() {
+    use sealmq_audit::store::{Entry, Log, LogConfig};
+    use sealmq_audit::{PublishRecord, Record, sha256};
+    use sealmq_broker::route::external::{LogSource, QUEUE_MESSAGES};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = LogConfig::new(dir.path());
+    config.origin = Some("gw-a.example/log".into());
+    let log = Log::open(config).await.unwrap();
+    let total = QUEUE_MESSAGES as u64 + 700;
+    let payload = |i: u64| format!("payload {i}").into_bytes();
+    let mut next = 0;
+    while next < total {
+        let batch: Vec<Entry> = (next..total.min(next + 2000))
+            .map(|i| {
+                let record = Record::Publish(PublishRecord {
+                    received_ms: 1,
+                    device_id: "dev-r".into(),
+                    topic: "r/x".into(),
+                    qos: 1,
+                    retain: false,
+                    payload_len: payload(i).len() as u32,
+                    payload_sha256: sha256(&payload(i)),
+                    signature: None,
+                    cause: None,
+                });
+                Entry::new(&record, Some(payload(i))).unwrap()
+            })
+            .collect();
+        next = log.append(batch).await.unwrap().end;
+    }
+
+    let broker = Mosquitto::start();
+    let source = LogSource { reader: log.reader().clone(), stats: Arc::clone(log.stats()) };
+    let config =
+        ExternalConfig { log: Some(source), ..ExternalConfig::new(&broker.address(), "gw-a", "gw-a.example/log") };
+    let a = External::connect(config).await.unwrap();
+    let b = gateway(&broker, "gw-b").await;
+    let on_b = Arc::new(Inbox::new(1, 2 * total as usize, "rb".into(), Default::default()));
+    b.subscribe(&on_b, "r/#", options(1)).await.unwrap();
+    // On this single-threaded runtime the connections cannot drain the
+    // queue while this loop runs: past QUEUE_MESSAGES it overflows.
+    for i in 0..total {
+        a.publish(message("r/x", "dev-r", i));
+    }
+    let got = take(&on_b, total as usize).await;
+    assert_eq!(index_set(&got).len() as u64, total, "each once");
+    assert_eq!(indexes(&got), (0..total).collect::<Vec<_>>(), "one publisher's messages in log order");
+    for d in &got {
+        let i = d.message.index.unwrap();
+        assert_eq!(&d.message.payload[..], &payload(i)[..], "the logged payload of {i}");
+    }
+    let stats = a.stats();
+    assert!(stats.refilled_publishes >= 700, "{stats:?}");
+    assert_eq!(stats.dropped_publishes, 0, "{stats:?}");
 }

@@ -26,8 +26,9 @@ use crate::net::descriptors::{Budget, TooFewDescriptors, raise_limit};
 use crate::net::limits::LoginLimiter;
 use crate::net::transport::{Listener, TlsSetup, TransportError};
 use crate::ops::metrics::Metrics;
+use crate::ops::metrics::RouterView;
 use crate::ops::retention::Retention;
-use crate::route::external::External;
+use crate::route::external::{Credentials, External, ExternalConfig, LogSource};
 use crate::route::retained::RetainedStore;
 use crate::route::{RouteError, Router, TopicIndex};
 use crate::witness::{RollbackError, WitnessService, Witnessing};
@@ -40,6 +41,9 @@ const REGISTRY_POLL: Duration = Duration::from_millis(250);
 const REFUSALS_AT_ONCE: usize = 64;
 /// Connections to an external router when the configuration names none.
 const EXTERNAL_CONNECTIONS: usize = 2;
+/// In the data directory: the lowest index the external router had not
+/// had acknowledged upstream (README, "Clusters: routing and failover").
+const ROUTE_WATERMARK: &str = "route-watermark";
 /// Argon2 password checks at once (each is tens of ms of one core).
 const PASSWORD_CHECKS_AT_ONCE: usize = 4;
 
@@ -135,26 +139,39 @@ impl Broker {
         let budget = Budget::plan(raise_limit(), &config.limits, client_listeners, refusals)?;
         budget.report(config.limits.max_connections);
 
-        let router = match config.upstream.address {
-            Some(addr) => {
+        let nodes = config.upstream.nodes();
+        let router = match nodes.is_empty() {
+            false => {
                 // Named after this gateway's log, so every gateway in front of
                 // the broker has its own connections (and keeps them across
                 // restarts), and none knocks another off.
                 let origin = log.reader().verifier_key().name().to_string();
                 let gateway_id = hex::encode(&sealmq_audit::sha256(origin.as_bytes())[..8]);
                 let upstream = &config.upstream;
-                let external = External::connect(
-                    &addr.to_string(),
-                    upstream.username.as_deref().unwrap_or_default(),
-                    upstream.password.as_deref().unwrap_or_default(),
-                    &gateway_id,
-                    upstream.connections.unwrap_or(EXTERNAL_CONNECTIONS),
-                )
+                let external = External::connect(ExternalConfig {
+                    addresses: nodes.iter().map(ToString::to_string).collect(),
+                    credentials: Credentials {
+                        username: upstream.username.clone().unwrap_or_default(),
+                        password: upstream.password.clone().unwrap_or_default(),
+                    },
+                    gateway_id: gateway_id.clone(),
+                    origin,
+                    connections: upstream.connections.unwrap_or(EXTERNAL_CONNECTIONS),
+                    // What overflows the connections' queues is read back from here.
+                    log: Some(LogSource { reader: log.reader().clone(), stats: Arc::clone(log.stats()) }),
+                    // What a killed gateway had not routed, routed when it is back.
+                    watermark: Some(config.data.join(ROUTE_WATERMARK)),
+                })
                 .await?;
-                tracing::info!(%addr, gateway_id, "routing through an external broker");
+                tracing::info!(?nodes, gateway_id, "routing through an external broker");
                 Router::External(external)
             }
-            None => Router::Embedded(TopicIndex::default()),
+            true => {
+                // Routing in process: a watermark left by an earlier run
+                // through a cluster would be stale when one is configured again.
+                let _ = std::fs::remove_file(config.data.join(ROUTE_WATERMARK));
+                Router::Embedded(TopicIndex::default())
+            }
         };
         // What the records imply, whatever the stored table says (it is repaired if wrong).
         let retained = RetainedStore::load(&log.reconcile_retained().await?, log.reader()).await?;
@@ -223,6 +240,13 @@ impl Broker {
             shared.shutdown.clone(),
         )
         .with_metrics(stats);
+        if let Router::External(_) = &shared.router {
+            let gateway = Arc::clone(&shared);
+            api = api.with_router(Arc::new(move || match &gateway.router {
+                Router::External(external) => external.stats().view(),
+                Router::Embedded(_) => RouterView::default(),
+            }));
+        }
         if let Some(witnessing) = witnessing {
             tasks.push(tokio::spawn(crate::witness::cosigning::run(Arc::clone(&witnessing), log.sealed_blocks())));
             api = api.with_witnessing(witnessing);
