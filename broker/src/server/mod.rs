@@ -28,6 +28,8 @@ use crate::net::transport::{Listener, TlsSetup, TransportError};
 use crate::ops::metrics::Metrics;
 use crate::ops::retention::Retention;
 use crate::route::external::External;
+use crate::route::external::link::Credentials;
+use crate::route::external::retained::MirrorConfig;
 use crate::route::retained::RetainedStore;
 use crate::route::{RouteError, Router, TopicIndex};
 use crate::witness::{RollbackError, WitnessService, Witnessing};
@@ -135,6 +137,9 @@ impl Broker {
         let budget = Budget::plan(raise_limit(), &config.limits, client_listeners, refusals)?;
         budget.report(config.limits.max_connections);
 
+        // Behind an external broker, retained messages are the cluster's:
+        // this log's go up, the others' come down (`route/external/retained.rs`).
+        let mut retained_mirror = None;
         let router = match config.upstream.address {
             Some(addr) => {
                 // Named after this gateway's log, so every gateway in front of
@@ -152,13 +157,23 @@ impl Broker {
                     upstream.connections.unwrap_or(EXTERNAL_CONNECTIONS),
                 )
                 .await?;
+                retained_mirror = Some(MirrorConfig {
+                    addresses: vec![addr.to_string()],
+                    credentials: Credentials {
+                        username: upstream.username.clone().unwrap_or_default(),
+                        password: upstream.password.clone().unwrap_or_default(),
+                    },
+                    gateway_id: gateway_id.clone(),
+                });
                 tracing::info!(%addr, gateway_id, "routing through an external broker");
                 Router::External(external)
             }
             None => Router::Embedded(TopicIndex::default()),
         };
         // What the records imply, whatever the stored table says (it is repaired if wrong).
-        let retained = RetainedStore::load(&log.reconcile_retained().await?, log.reader()).await?;
+        let cluster_origin = retained_mirror.as_ref().map(|_| Arc::from(log.reader().verifier_key().name()));
+        let retained = RetainedStore::load(&log.reconcile_retained().await?, log.reader(), cluster_origin).await?;
+        let retained = Arc::new(retained);
         // The rules run as the log's follower from its head: every record
         // from here on is evaluated as it is logged, its actions logged
         // right after it and routed once durable (`system::route_actions`).
@@ -200,7 +215,7 @@ impl Broker {
             registry_gate: tokio::sync::RwLock::new(()),
             replay,
             checks: CheckPool::per_core().map_err(StartError::Checks)?,
-            retained,
+            retained: Arc::clone(&retained),
             router,
             stats: Arc::clone(&stats),
             revoked,
@@ -251,6 +266,10 @@ impl Broker {
         let http_stop = shared.shutdown.clone();
         tasks
             .push(tokio::spawn(async move { crate::http::serve::serve(http_listener, app, &limits, http_stop).await }));
+        if let Some(mirror) = retained_mirror {
+            // Before the first client: the cluster's retained messages are in.
+            tasks.push(crate::route::external::retained::start(mirror, retained).await);
+        }
         let accepts = client_listeners
             .into_iter()
             .map(|(kind, _, listener)| {

@@ -24,7 +24,8 @@
 //!   connection hold seconds of traffic through a broker hiccup or
 //!   reconnection at a known memory cost; past them messages are dropped
 //!   and counted (the log keeps every one). Each goes upstream at QoS 1,
-//!   never retained (retained messages stay the gateway's), with the
+//!   never retained (retained state crosses gateways apart, through
+//!   [`retained`]'s namespaces in the broker's retained store), with the
 //!   publisher's properties (Message Expiry Interval less the time queued)
 //!   and the gateway's [`Route`] as the last user property, the publisher
 //!   qualified as `{gateway id}/{client id}`. The receiving gateway rebuilds
@@ -45,6 +46,7 @@
 
 mod connection;
 pub mod link;
+pub mod retained;
 pub mod wire;
 
 use std::collections::{HashMap, VecDeque};
@@ -493,6 +495,7 @@ impl Shared {
             origin,
             from,
             at: Instant::now(),
+            received_ms: 0,
         };
         Some((Arc::new(message), ids))
     }
@@ -577,6 +580,7 @@ mod tests {
             origin: None,
             from: "dev 1".into(),
             at: Instant::now(),
+            received_ms: 0,
         }
     }
 
