@@ -96,7 +96,7 @@ fn a_retained_message_is_retained_on_every_gateway_and_a_clear_on_any_removes_it
         user_properties: vec![("room".into(), "hall".into())],
         ..Default::default()
     };
-    let index = publish_retained(&mut sensor, 1, "home/door", b"open", properties.clone());
+    let index = publish_retained(&mut sensor, 1, "home/door", b"open", properties);
 
     // [MQTT-3.3.1-5] the Server stores the message and sends it to future
     // subscribers: also to those of another gateway. [MQTT-3.3.1-9] sent
@@ -114,7 +114,7 @@ fn a_retained_message_is_retained_on_every_gateway_and_a_clear_on_any_removes_it
     // And on the publisher's own gateway, the same record.
     let own = retained_now(&a, "on-a", "home/door");
     assert_eq!(payloads(&own), [&b"open"[..]]);
-    assert_eq!(user_property(&own[0], "sealmq-origin"), Some(origin_a.clone()));
+    assert_eq!(user_property(&own[0], "sealmq-origin"), Some(origin_a));
 
     // [MQTT-3.3.1-11] Retain Handling 2: no retained messages on subscribe, on any gateway.
     let mut never = connect5(b.mqtt, "never-on-b");
@@ -134,7 +134,7 @@ fn a_retained_message_is_retained_on_every_gateway_and_a_clear_on_any_removes_it
     let got = eventually(&a, "home/#", |got| payloads(got) == [&b"closed"[..]]);
     assert_eq!(payloads(&got), [&b"closed"[..]], "B's newer message, on A");
     assert_eq!(user_property(&got[0], "sealmq-index"), Some(index_b.to_string()));
-    assert_eq!(user_property(&got[0], "sealmq-origin"), Some(origin_b.clone()), "B's log holds it");
+    assert_eq!(user_property(&got[0], "sealmq-origin"), Some(origin_b), "B's log holds it");
 
     // [MQTT-3.3.1-6] a retained message with an empty payload removes the
     // topic's retained message: published on B, it is gone on A too.

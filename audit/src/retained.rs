@@ -206,7 +206,7 @@ mod tests {
         let state = RetainedState::from_records(records.iter().enumerate().map(|(i, r)| (i as u64, r)));
         assert_eq!(state.sorted(), [("a", 1)]);
         assert_eq!(state.cleared_sorted(), [("b", 5), ("c", 6)], "the last publish of b and c cleared them");
-        let mut again = state.clone();
+        let mut again = state;
         again.apply(7, &publish("b", true, 2));
         assert_eq!((again.sorted(), again.cleared_sorted()), (vec![("a", 1), ("b", 7)], vec![("c", 6)]));
     }
