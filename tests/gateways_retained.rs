@@ -176,15 +176,21 @@ fn a_restart_rebuilds_the_clusters_retained_messages_without_undoing_newer_ones(
     let mut on_a = connect5(a.mqtt, "valve-a");
     publish_retained(&mut on_a, 1, "plant/valve", b"older", Default::default());
     publish_retained(&mut on_a, 2, "plant/pump", b"from a", Default::default());
+    // An alarm retained on B, then cleared on A [MQTT-3.3.1-6]: the clear is
+    // in A's log only, and must keep beating B's older message.
+    let mut alarm = connect5(b.mqtt, "alarm-b");
+    publish_retained(&mut alarm, 1, "plant/alarm", b"ringing", Default::default());
+    eventually(&a, "plant/alarm", |got| !got.is_empty());
+    publish_retained(&mut on_a, 3, "plant/alarm", b"", Default::default());
     drop(on_a);
-    eventually(&b, "plant/#", |got| got.len() == 2);
+    eventually(&b, "plant/#", |got| payloads(got) == [&b"from a"[..], &b"older"[..]]);
     assert!(a.stop().success());
 
     // Later, while A is down, B retains a newer message on the same topic.
     let mut on_b = connect5(b.mqtt, "valve-b");
     let index_b = publish_retained(&mut on_b, 1, "plant/valve", b"newer", Default::default());
 
-    // A comes back with its log, which still says "older": the newer one stays.
+    // A comes back with its log, which still says "older" (and the clear): the newer one stays.
     let a = gateway(&data_a, &upstream);
     for (name, gateway) in [("A", &a), ("B", &b)] {
         let got = retained_now(gateway, &format!("after-restart-{name}"), "plant/#");
@@ -194,17 +200,21 @@ fn a_restart_rebuilds_the_clusters_retained_messages_without_undoing_newer_ones(
     }
 
     // The cluster loses every retained message (no persistence): the
-    // gateways reconnect and publish their logs' retained state again, so a
-    // gateway that knew nothing before learns it all from the cluster.
+    // gateways reconnect and publish their logs' retained state again (A's
+    // clear included), so a gateway that knew nothing before learns it all
+    // from the cluster, and B's alarm stays cleared.
     upstream.kill();
     upstream.run();
     let c = gateway(&data_c, &upstream);
-    let got = eventually(&c, "plant/#", |got| got.len() == 2);
-    assert_eq!(payloads(&got), [&b"from a"[..], &b"newer"[..]], "on C, from the rebuilt cluster");
+    let expected = [&b"from a"[..], &b"newer"[..]];
+    let got = eventually(&c, "plant/#", |got| payloads(got) == expected);
+    assert_eq!(payloads(&got), expected, "on C, from the rebuilt cluster");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(payloads(&retained_now(&c, "later-on-c", "plant/#")), expected, "and it stays so");
 
     assert!(a.stop().success() && b.stop().success() && c.stop().success());
     // A's restart logged nothing: republishing is not publishing.
-    assert_eq!(logged::publishes(&data_a).len(), 2);
+    assert_eq!(logged::publishes(&data_a).len(), 3);
     assert!(logged::publishes(&data_c).is_empty());
     verify_ok(&data_a);
     verify_ok(&data_b);

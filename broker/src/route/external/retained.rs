@@ -20,8 +20,9 @@
 //!   the latest of each log, serving the newest ([`super::super::retained::newer`]).
 //! - **Rebuilt from the logs.** On every connection the gateway publishes
 //!   again what its log implies, clears included. Its namespace in the
-//!   cluster is made to say what its log says: an entry there its log does
-//!   not hold is deleted.
+//!   cluster is made to say what its log says: a message there its log does
+//!   not hold (say, its payload erased) is deleted; a clear its log no
+//!   longer shows (archived) is kept, and taken as the log's.
 //!
 //! A separate connection (`sealmq-{gateway id}-retained`), so none of this
 //! shares the routing connections' queues or their order.
@@ -352,11 +353,16 @@ impl Mirror {
                     None
                 }
                 // The log decides what this namespace holds: anything else there is replaced.
-                Update::Held(held) => {
-                    let own = self.store.own(&topic);
-                    let same = own.is_some_and(|o| o.index == held.index && o.is_clear() == held.is_clear());
-                    (!same).then_some(topic)
-                }
+                Update::Held(held) => match self.store.own(&topic) {
+                    Some(own) => (own.index != held.index || own.is_clear() != held.is_clear()).then_some(topic),
+                    // A clear the log no longer shows (its record archived):
+                    // kept, or an older message of another log would come back.
+                    None if held.is_clear() => {
+                        self.store.apply(&topic, Retained { origin: None, ..*held });
+                        None
+                    }
+                    None => Some(topic),
+                },
                 Update::Deleted => self.store.own(&topic).map(|_| topic),
             };
         }
