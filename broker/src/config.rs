@@ -239,15 +239,27 @@ impl Default for Limits {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Upstream {
-    /// An external MQTT 5 broker or cluster (`host:port`) that routes
-    /// between gateways; default: none, routing in process.
+    /// An external MQTT 5 broker (`host:port`) that routes between
+    /// gateways: shorthand for `addresses` with one node. Default: none,
+    /// routing in process.
     pub address: Option<SocketAddr>,
+    /// The nodes of an external MQTT 5 cluster, tried in turn when a
+    /// connection is made or lost (not together with `address`).
+    pub addresses: Vec<SocketAddr>,
     /// Username for the external broker.
     pub username: Option<String>,
     /// Password for the external broker.
     pub password: Option<String>,
     /// Connections to the external broker, shared by all clients (default 2).
     pub connections: Option<usize>,
+}
+
+impl Upstream {
+    /// The external broker's nodes, in the order they are tried; empty:
+    /// routing in process.
+    pub fn nodes(&self) -> Vec<SocketAddr> {
+        self.address.into_iter().chain(self.addresses.iter().copied()).collect()
+    }
 }
 
 /// The witnesses this log asks to cosign (C2SP tlog-witness).
@@ -359,8 +371,11 @@ impl BrokerConfig {
         }
         self.retention.check().map_err(|e| ConfigError::Invalid(e.to_string()))?;
         self.archive.validate().map_err(ConfigError::Invalid)?;
-        if self.upstream.address.is_none() && (self.upstream.username.is_some() || self.upstream.password.is_some()) {
-            return invalid("upstream.username and upstream.password need upstream.address");
+        if self.upstream.address.is_some() && !self.upstream.addresses.is_empty() {
+            return invalid("upstream.address is one node of upstream.addresses: set one of them");
+        }
+        if self.upstream.nodes().is_empty() && (self.upstream.username.is_some() || self.upstream.password.is_some()) {
+            return invalid("upstream.username and upstream.password need upstream.address or addresses");
         }
         if (self.tls_listen.is_some() || self.wss_listen.is_some()) && self.tls.is_none() {
             return invalid("tls_listen and wss_listen need a [tls] section with cert and key");
@@ -408,6 +423,25 @@ mod tests {
         let example = include_str!("../sealmq.example.toml");
         let config = BrokerConfig::from_toml(example).unwrap();
         assert_eq!(config.unknown_devices.policy, UnknownPolicy::Reject);
+    }
+
+    #[test]
+    fn upstream_nodes_come_from_address_or_addresses_not_both() {
+        let one = BrokerConfig::from_toml("[upstream]\naddress = \"10.0.0.5:1883\"").unwrap();
+        assert_eq!(one.upstream.nodes(), vec![SocketAddr::from(([10, 0, 0, 5], 1883))]);
+        let cluster =
+            BrokerConfig::from_toml("[upstream]\naddresses = [\"10.0.0.5:1883\", \"10.0.0.6:1884\"]").unwrap();
+        let expected = vec![SocketAddr::from(([10, 0, 0, 5], 1883)), SocketAddr::from(([10, 0, 0, 6], 1884))];
+        assert_eq!(cluster.upstream.nodes(), expected, "in the order they are tried");
+        assert!(BrokerConfig::from_toml("").unwrap().upstream.nodes().is_empty(), "in process by default");
+        let both = "[upstream]\naddress = \"10.0.0.5:1883\"\naddresses = [\"10.0.0.6:1883\"]";
+        let err = BrokerConfig::from_toml(both).unwrap_err().to_string();
+        assert!(err.contains("upstream.address"), "{err}");
+        let err = BrokerConfig::from_toml("[upstream]\nusername = \"u\"").unwrap_err().to_string();
+        assert!(err.contains("upstream.username"), "{err}");
+        // check-config prints the configuration as TOML: it reads back the same.
+        let text = toml::to_string(&cluster).unwrap();
+        assert_eq!(BrokerConfig::from_toml(&text).unwrap().upstream.nodes(), expected);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sealmq_broker::codec::v5::PublishProperties;
-use sealmq_broker::route::external::ExternalStats;
+use sealmq_broker::route::external::{Credentials, ExternalConfig, ExternalStats};
 use sealmq_broker::route::{Delivery, External, Inbox, Message, SubOptions};
 use tokio::time::Instant;
 
@@ -20,7 +20,7 @@ use mosquitto::Mosquitto;
 
 /// A gateway's router on `broker`.
 async fn gateway(broker: &Mosquitto, id: &str) -> External {
-    External::connect(&broker.address(), "", "", id, &format!("{id}.example/log"), 2).await.unwrap()
+    External::connect(ExternalConfig::new(&broker.address(), id, &format!("{id}.example/log"))).await.unwrap()
 }
 
 fn inbox(session: u64, client_id: &str) -> Arc<Inbox> {
@@ -329,7 +329,9 @@ async fn a_broker_sending_nonsense_costs_a_reconnection_never_a_panic() {
             });
         }
     });
-    let router = External::connect(&address, "user", "secret", "gw-a", "gw-a.example/log", 2).await.unwrap();
+    let credentials = Credentials { username: "user".into(), password: "secret".into() };
+    let config = ExternalConfig { credentials, ..ExternalConfig::new(&address, "gw-a", "gw-a.example/log") };
+    let router = External::connect(config).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !(router.stats().connection_losses >= 4 && router.is_ready()) {
         assert!(Instant::now() < deadline, "{:?}", router.stats());
@@ -337,4 +339,65 @@ async fn a_broker_sending_nonsense_costs_a_reconnection_never_a_panic() {
     }
     let stats = router.stats();
     assert_eq!((stats.connection_losses, stats.ignored_publishes, stats.unrouted_copies), (4, 2, 2));
+}
+
+/// Past the in-memory queue nothing logged is dropped: the connection
+/// reads its publishers' records back from the gateway's log, in index
+/// order, and the subscriber gets every one once, payloads and all.
+#[tokio::test]
+async fn past_the_queue_publishes_are_read_back_from_the_log() {
+    use sealmq_audit::store::{Entry, Log, LogConfig};
+    use sealmq_audit::{PublishRecord, Record, sha256};
+    use sealmq_broker::route::external::{LogSource, QUEUE_MESSAGES};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = LogConfig::new(dir.path());
+    config.origin = Some("gw-a.example/log".into());
+    let log = Log::open(config).await.unwrap();
+    let total = QUEUE_MESSAGES as u64 + 700;
+    let payload = |i: u64| format!("payload {i}").into_bytes();
+    let mut next = 0;
+    while next < total {
+        let batch: Vec<Entry> = (next..total.min(next + 2000))
+            .map(|i| {
+                let record = Record::Publish(PublishRecord {
+                    received_ms: 1,
+                    device_id: "dev-r".into(),
+                    topic: "r/x".into(),
+                    qos: 1,
+                    retain: false,
+                    payload_len: payload(i).len() as u32,
+                    payload_sha256: sha256(&payload(i)),
+                    signature: None,
+                    cause: None,
+                });
+                Entry::new(&record, Some(payload(i))).unwrap()
+            })
+            .collect();
+        next = log.append(batch).await.unwrap().end;
+    }
+
+    let broker = Mosquitto::start();
+    let source = LogSource { reader: log.reader().clone(), stats: Arc::clone(log.stats()) };
+    let config =
+        ExternalConfig { log: Some(source), ..ExternalConfig::new(&broker.address(), "gw-a", "gw-a.example/log") };
+    let a = External::connect(config).await.unwrap();
+    let b = gateway(&broker, "gw-b").await;
+    let on_b = Arc::new(Inbox::new(1, 2 * total as usize, "rb".into(), Default::default()));
+    b.subscribe(&on_b, "r/#", options(1)).await.unwrap();
+    // On this single-threaded runtime the connections cannot drain the
+    // queue while this loop runs: past QUEUE_MESSAGES it overflows.
+    for i in 0..total {
+        a.publish(message("r/x", "dev-r", i));
+    }
+    let got = take(&on_b, total as usize).await;
+    assert_eq!(index_set(&got).len() as u64, total, "each once");
+    assert_eq!(indexes(&got), (0..total).collect::<Vec<_>>(), "one publisher's messages in log order");
+    for d in &got {
+        let i = d.message.index.unwrap();
+        assert_eq!(&d.message.payload[..], &payload(i)[..], "the logged payload of {i}");
+    }
+    let stats = a.stats();
+    assert!(stats.refilled_publishes >= 700, "{stats:?}");
+    assert_eq!(stats.dropped_publishes, 0, "{stats:?}");
 }

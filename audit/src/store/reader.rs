@@ -153,6 +153,31 @@ impl LogReader {
         .transpose()
     }
 
+    /// Up to `limit` records from `from` (inclusive) to `to` (exclusive),
+    /// in index order, each with its payload if stored: a stretch of the log
+    /// read back in one query (the external router's refill).
+    pub async fn records_between(&self, from: u64, to: u64, limit: u32) -> Result<Vec<StoredRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT r.idx, r.body, r.leaf, p.data FROM records r LEFT JOIN payloads p ON p.idx = r.idx \
+             WHERE r.idx >= ? AND r.idx < ? ORDER BY r.idx LIMIT ?",
+        )
+        .bind(to_i64(from))
+        .bind(to_i64(to))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(StoredRecord {
+                    index: to_u64(row.try_get(0)?)?,
+                    body: row.try_get(1)?,
+                    leaf: to_hash(row.try_get::<&[u8], _>(2)?, "leaf hash")?,
+                    payload: row.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+
     /// The latest block, or the block of the given size; an error naming
     /// what is missing otherwise.
     async fn checkpoint_block(&self, size: Option<u64>) -> Result<SealedBlock, StoreError> {

@@ -38,7 +38,8 @@ pub(super) async fn metrics(State(api): State<Arc<ApiState>>) -> Result<Response
         .inspect_err(|e| tracing::warn!(error = %e, "/metrics: cannot read the active rules"))
         .ok()
         .map(|rules| rules.into_iter().map(|rule| rule.name).collect());
-    let text = metrics.render(Scrape { database, witnessing, active_rules }).map_err(|_| ApiError {
+    let router = api.router.as_ref().map(|counts| counts());
+    let text = metrics.render(Scrape { database, witnessing, active_rules, router }).map_err(|_| ApiError {
         status: StatusCode::INTERNAL_SERVER_ERROR,
         message: "the metrics could not be written".into(),
     })?;

@@ -34,7 +34,7 @@ use sealmq_audit::tiles::{TILE_HEIGHT, TILE_WIDTH, push_entry};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use crate::ops::metrics::Metrics;
+use crate::ops::metrics::{Metrics, RouterView};
 use crate::witness::Witnessing;
 
 /// Blocks per page: the default and the maximum.
@@ -58,6 +58,8 @@ pub struct ApiState {
     /// The mounted archive: archived records are answered from it.
     archive: Option<ArchiveDir>,
     metrics: Option<Arc<Metrics>>,
+    /// The external router's counters for `/metrics`, when there is one.
+    router: Option<Arc<dyn Fn() -> RouterView + Send + Sync>>,
 }
 
 impl ApiState {
@@ -70,7 +72,7 @@ impl ApiState {
         sealed: watch::Receiver<Option<SealedBlock>>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
-        Self { reader, registry, sealed, shutdown, witnessing: None, archive: None, metrics: None }
+        Self { reader, registry, sealed, shutdown, witnessing: None, archive: None, metrics: None, router: None }
     }
 
     /// Answers archived records (`/tile/…`, `/v1/proof/N`, `/v1/records/N`)
@@ -95,6 +97,12 @@ impl ApiState {
     /// Serves the broker's counters on `/metrics`.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = Some(metrics);
+        self
+    }
+
+    /// Adds the external router's counters to `/metrics`.
+    pub fn with_router(mut self, counts: Arc<dyn Fn() -> RouterView + Send + Sync>) -> Self {
+        self.router = Some(counts);
         self
     }
 

@@ -26,10 +26,10 @@ use crate::net::descriptors::{Budget, TooFewDescriptors, raise_limit};
 use crate::net::limits::LoginLimiter;
 use crate::net::transport::{Listener, TlsSetup, TransportError};
 use crate::ops::metrics::Metrics;
+use crate::ops::metrics::RouterView;
 use crate::ops::retention::Retention;
-use crate::route::external::External;
-use crate::route::external::link::Credentials;
 use crate::route::external::retained::MirrorConfig;
+use crate::route::external::{Credentials, External, ExternalConfig, LogSource};
 use crate::route::retained::RetainedStore;
 use crate::route::{RouteError, Router, TopicIndex};
 use crate::witness::{RollbackError, WitnessService, Witnessing};
@@ -140,35 +140,40 @@ impl Broker {
         // Behind an external broker, retained messages are the cluster's:
         // this log's go up, the others' come down (`route/external/retained.rs`).
         let mut retained_mirror = None;
-        let router = match config.upstream.address {
-            Some(addr) => {
+        let nodes = config.upstream.nodes();
+        let router = match nodes.is_empty() {
+            false => {
                 // Named after this gateway's log, so every gateway in front of
                 // the broker has its own connections (and keeps them across
                 // restarts), and none knocks another off.
                 let origin = log.reader().verifier_key().name().to_string();
                 let gateway_id = hex::encode(&sealmq_audit::sha256(origin.as_bytes())[..8]);
                 let upstream = &config.upstream;
-                let external = External::connect(
-                    &addr.to_string(),
-                    upstream.username.as_deref().unwrap_or_default(),
-                    upstream.password.as_deref().unwrap_or_default(),
-                    &gateway_id,
-                    &origin,
-                    upstream.connections.unwrap_or(EXTERNAL_CONNECTIONS),
-                )
+                let external = External::connect(ExternalConfig {
+                    addresses: nodes.iter().map(ToString::to_string).collect(),
+                    credentials: Credentials {
+                        username: upstream.username.clone().unwrap_or_default(),
+                        password: upstream.password.clone().unwrap_or_default(),
+                    },
+                    gateway_id: gateway_id.clone(),
+                    origin,
+                    connections: upstream.connections.unwrap_or(EXTERNAL_CONNECTIONS),
+                    // What overflows the connections' queues is read back from here.
+                    log: Some(LogSource { reader: log.reader().clone(), stats: Arc::clone(log.stats()) }),
+                })
                 .await?;
                 retained_mirror = Some(MirrorConfig {
-                    addresses: vec![addr.to_string()],
+                    addresses: nodes.iter().map(ToString::to_string).collect(),
                     credentials: Credentials {
                         username: upstream.username.clone().unwrap_or_default(),
                         password: upstream.password.clone().unwrap_or_default(),
                     },
                     gateway_id: gateway_id.clone(),
                 });
-                tracing::info!(%addr, gateway_id, "routing through an external broker");
+                tracing::info!(?nodes, gateway_id, "routing through an external broker");
                 Router::External(external)
             }
-            None => Router::Embedded(TopicIndex::default()),
+            true => Router::Embedded(TopicIndex::default()),
         };
         // What the records imply, whatever the stored table says (it is repaired if wrong).
         let cluster_origin = retained_mirror.as_ref().map(|_| Arc::from(log.reader().verifier_key().name()));
@@ -239,6 +244,13 @@ impl Broker {
             shared.shutdown.clone(),
         )
         .with_metrics(stats);
+        if let Router::External(_) = &shared.router {
+            let gateway = Arc::clone(&shared);
+            api = api.with_router(Arc::new(move || match &gateway.router {
+                Router::External(external) => external.stats().view(),
+                Router::Embedded(_) => RouterView::default(),
+            }));
+        }
         if let Some(witnessing) = witnessing {
             tasks.push(tokio::spawn(crate::witness::cosigning::run(Arc::clone(&witnessing), log.sealed_blocks())));
             api = api.with_witnessing(witnessing);

@@ -25,6 +25,25 @@ pub struct Scrape {
     /// The names of the active rules: only theirs are written, so removed
     /// rules do not pile up series.
     pub active_rules: Option<Vec<String>>,
+    /// The external router's counters (none: routing in process).
+    pub router: Option<RouterView>,
+}
+
+/// The external router's counters (a cluster in front of the gateways).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RouterView {
+    /// Connections to the cluster lost.
+    pub connection_losses: u64,
+    /// Reconnections to another node than the one lost.
+    pub failovers: u64,
+    /// Publishes not sent upstream (expired, too large, or no log to read back).
+    pub dropped: u64,
+    /// Publishes read back from the log past the in-memory queue.
+    pub refilled: u64,
+    /// Publishes sent again after a connection was lost.
+    pub resent: u64,
+    /// Routed copies a subscription already had, dropped.
+    pub duplicates: u64,
 }
 
 /// The witnesses as a scrape sees them.
@@ -212,11 +231,32 @@ impl Collector for Exposition {
         )?;
         self.encode_log(&mut out)?;
         self.encode_witnesses(&mut out)?;
-        self.encode_rules(&mut out)
+        self.encode_rules(&mut out)?;
+        self.encode_router(&mut out)
     }
 }
 
 impl Exposition {
+    fn encode_router(&self, out: &mut Out<'_, '_>) -> Result<(), fmt::Error> {
+        let Some(r) = self.scrape.router else { return Ok(()) };
+        let series = [
+            ("router_connection_losses", "Connections to the external broker or cluster lost.", r.connection_losses),
+            ("router_failovers", "Reconnections to another of the cluster's nodes than the one lost.", r.failovers),
+            ("router_publishes_dropped", "Publishes not routed: expired, too large, or erased.", r.dropped),
+            ("router_publishes_refilled", "Publishes read back from the log past the in-memory queue.", r.refilled),
+            ("router_publishes_resent", "Publishes sent again after a connection to a node was lost.", r.resent),
+            (
+                "router_duplicates_dropped",
+                "Routed copies a subscription already had (same origin and index).",
+                r.duplicates,
+            ),
+        ];
+        for (name, help, value) in series {
+            out.counter(name, help, value)?;
+        }
+        Ok(())
+    }
+
     fn encode_log(&self, out: &mut Out<'_, '_>) -> Result<(), fmt::Error> {
         let log = &self.metrics.log;
         out.counter(
@@ -335,6 +375,7 @@ mod tests {
             database: None,
             witnessing: Some(WitnessingView { witnessed_size: Some(12), witnesses: vec![w1, w2] }),
             active_rules: Some(vec!["kept".into(), "idle".into()]),
+            router: Some(RouterView { duplicates: 3, failovers: 1, ..RouterView::default() }),
         };
         let text = metrics.render(scrape).unwrap();
         let lines: Vec<&str> = text.lines().collect();
@@ -347,6 +388,9 @@ mod tests {
             "sealmq_rule_firings_total{rule=\"kept\"} 1",
             "sealmq_rule_actions_total{rule=\"kept\"} 2",
             "sealmq_rule_firings_total{rule=\"idle\"} 0",
+            "sealmq_router_duplicates_dropped_total 3",
+            "sealmq_router_failovers_total 1",
+            "sealmq_router_publishes_refilled_total 0",
         ] {
             assert!(lines.contains(&expected), "{expected:?} missing from:\n{text}");
         }

@@ -24,7 +24,7 @@ use prometheus_client::registry::Registry;
 use sealmq_audit::store::LogStats;
 
 use self::exposition::Exposition;
-pub use self::exposition::{Scrape, WitnessView, WitnessingView};
+pub use self::exposition::{RouterView, Scrape, WitnessView, WitnessingView};
 
 /// The `Content-Type` of `/metrics` (Prometheus text format 0.0.4).
 pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;

@@ -1,20 +1,22 @@
 //! One connection of the external router ([`super`]): its task
-//! keeps it up (keep-alive pings; after a drop, reconnection with backoff,
-//! every filter of the connection subscribed again, and publishes the
-//! broker had not acknowledged sent again), makes the subscription changes
-//! the router queues ([`LinkState`]), sends the router's publishes within
-//! the broker's Receive Maximum, and hands what the broker routes back to
-//! the router, acknowledged at once.
+//! keeps it up (keep-alive pings; after a drop, reconnection to the
+//! cluster's nodes in turn with backoff, every filter of the connection
+//! subscribed again, and publishes sent again: see [`Recent`]), makes the
+//! subscription changes the router queues ([`LinkState`]), sends the
+//! router's publishes within the broker's Receive Maximum (from memory, or
+//! read back from the log: `refill.rs`), and hands what the broker routes
+//! back to the router, acknowledged at once.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::link::{Accepted, Credentials, Link, LinkError};
+use super::refill::{Backlog, LogSource, queued_size, read_back};
 use super::{MAX_CONTROL, MAX_INFLIGHT, Shared};
 use crate::codec::packet_name;
 use crate::codec::v5::{self, QoS};
@@ -31,6 +33,18 @@ const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::fro
 const STABLE: Duration = Duration::from_secs(10);
 /// Outgoing bytes queued before a connection writes them, within one turn.
 const BATCH_BYTES: usize = 1024 * 1024;
+/// After a connection is lost, what the broker acknowledged this long
+/// before is sent again: a node that dies takes with it what it had
+/// acknowledged and not yet passed on.
+pub(super) const REWIND: Duration = Duration::from_secs(5);
+/// And after reconnecting, what was acknowledged since is sent once more
+/// this much later: the other gateways' subscriptions, lost with the same
+/// node, take that long to be made again elsewhere.
+pub(super) const GRACE: Duration = Duration::from_secs(3);
+/// Most acknowledged publishes one connection keeps for sending again, and
+/// their bytes.
+pub(super) const RECENT_MESSAGES: usize = 64 * 1024;
+pub(super) const RECENT_BYTES: usize = 64 * 1024 * 1024;
 
 /// A subscription change for a connection to make upstream.
 #[derive(Debug)]
@@ -46,27 +60,17 @@ pub(super) enum Op {
 pub(super) struct LinkState {
     /// Subscription changes, in the order the table changed.
     pub(super) ops: Mutex<VecDeque<Op>>,
-    wake: Notify,
-    /// Publishes for the broker ([`super::QUEUE_MESSAGES`] at most).
-    pub(super) queue: mpsc::Sender<Arc<Message>>,
-    /// Bytes of what `queue` holds ([`queued_size`]).
-    pub(super) queued_bytes: AtomicUsize,
-    /// Set at the first publish dropped, until the queue is empty again.
-    pub(super) overflowing: AtomicBool,
+    /// Rung for a subscription change or a publish.
+    pub(super) wake: Notify,
+    /// Publishes for the broker.
+    pub(super) backlog: Mutex<Backlog>,
     /// Whether the connection is up.
     pub(super) up: AtomicBool,
 }
 
 impl LinkState {
-    pub(super) fn new(queue: mpsc::Sender<Arc<Message>>) -> Self {
-        Self {
-            ops: Mutex::default(),
-            wake: Notify::new(),
-            queue,
-            queued_bytes: AtomicUsize::new(0),
-            overflowing: AtomicBool::new(false),
-            up: AtomicBool::new(true),
-        }
+    pub(super) fn new() -> Self {
+        Self { ops: Mutex::default(), wake: Notify::new(), backlog: Mutex::default(), up: AtomicBool::new(true) }
     }
 
     /// Queues a subscription change and wakes the connection.
@@ -79,16 +83,45 @@ impl LinkState {
         self.ops.lock().unwrap_or_else(|p| p.into_inner()).pop_front()
     }
 
-    /// A message left the queue.
-    fn taken(&self, message: Arc<Message>) -> Arc<Message> {
-        self.queued_bytes.fetch_sub(queued_size(&message), Ordering::Relaxed);
-        message
+    pub(super) fn backlog(&self) -> std::sync::MutexGuard<'_, Backlog> {
+        // Every change is one step: a panic elsewhere cannot leave it half-changed.
+        self.backlog.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-/// What a queued message counts against [`QUEUE_BYTES`].
-pub(super) fn queued_size(message: &Message) -> usize {
-    message.topic.len() + message.payload.len()
+/// Publishes the broker acknowledged lately, in the order acknowledged,
+/// to send again after a connection is lost: a dead node takes with it
+/// what it acknowledged and had not passed on yet, and the subscriptions
+/// of gateways that were connected to it. Bounded by [`RECENT_MESSAGES`]
+/// and [`RECENT_BYTES`], and to what was acknowledged within
+/// [`REWIND`] + [`GRACE`].
+#[derive(Debug, Default)]
+pub(super) struct Recent {
+    acked: VecDeque<(Instant, Arc<Message>)>,
+    bytes: usize,
+}
+
+impl Recent {
+    fn push(&mut self, message: Arc<Message>) {
+        let now = Instant::now();
+        self.bytes += queued_size(&message);
+        self.acked.push_back((now, message));
+        while self.acked.len() > RECENT_MESSAGES
+            || self.bytes > RECENT_BYTES
+            || self.acked.front().is_some_and(|(at, _)| now.duration_since(*at) > REWIND + GRACE)
+        {
+            let Some((_, old)) = self.acked.pop_front() else { break };
+            self.bytes -= queued_size(&old);
+        }
+    }
+
+    /// Takes what was acknowledged since `since`, oldest first.
+    fn take_since(&mut self, since: Instant) -> Vec<Arc<Message>> {
+        let keep = self.acked.partition_point(|(at, _)| *at < since);
+        let taken: Vec<_> = self.acked.drain(keep..).map(|(_, m)| m).collect();
+        self.bytes -= taken.iter().map(|m| queued_size(m)).sum::<usize>();
+        taken
+    }
 }
 
 /// What a connection's task owns across reconnections.
@@ -96,12 +129,44 @@ pub(super) struct Task {
     pub(super) shared: Arc<Shared>,
     /// Which connection of the router.
     pub(super) n: usize,
-    pub(super) address: String,
+    /// The cluster's nodes, tried in turn.
+    pub(super) addresses: Arc<[String]>,
+    /// The node of `addresses` connected to, or to try next.
+    pub(super) node: usize,
     pub(super) client_id: String,
     pub(super) credentials: Credentials,
-    pub(super) queue: mpsc::Receiver<Arc<Message>>,
-    /// Publishes sent on a lost connection and not acknowledged, to send first.
+    /// Where what overflows memory is read back from.
+    pub(super) log: Option<LogSource>,
+    /// Publishes to send first: not acknowledged on a lost connection, or
+    /// acknowledged lately and sent again ([`Recent`]).
     pub(super) retry: VecDeque<Arc<Message>>,
+    /// Read back from the log, not sent yet.
+    pub(super) refilled: VecDeque<Arc<Message>>,
+    pub(super) recent: Recent,
+    /// After a reconnection: when to send again what was acknowledged since.
+    pub(super) again_at: Option<(Instant, Instant)>,
+}
+
+/// Connects to the first of `addresses` that answers, starting at `start`;
+/// the node's position, or the last error once each was tried.
+pub(super) async fn connect_any(
+    addresses: &[String],
+    start: usize,
+    client_id: &str,
+    credentials: &Credentials,
+) -> Result<(usize, Link, Accepted), (String, LinkError)> {
+    let mut last = None;
+    for k in 0..addresses.len() {
+        let node = (start + k) % addresses.len();
+        match Link::connect(&addresses[node], client_id, credentials, KEEP_ALIVE).await {
+            Ok((link, accepted)) => return Ok((node, link, accepted)),
+            Err(e) => {
+                tracing::warn!(client_id, address = addresses[node], error = %e, "external router: cannot connect");
+                last = Some((addresses[node].clone(), e));
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| (String::new(), LinkError::Closed)))
 }
 
 /// One connection's task: runs the connection, and reconnects with backoff
@@ -109,13 +174,26 @@ pub(super) struct Task {
 pub(super) async fn run(mut task: Task, link: Link, accepted: Accepted) {
     let mut current = Some((link, accepted));
     let mut backoff = BACKOFF.0;
+    let mut reconnected = false;
     loop {
         let (link, accepted) = match current.take() {
             Some(connected) => connected,
-            None => match Link::connect(&task.address, &task.client_id, &task.credentials, KEEP_ALIVE).await {
-                Ok(connected) => connected,
-                Err(e) => {
-                    tracing::warn!(client_id = task.client_id, error = %e, "external router: cannot reconnect");
+            // The node lost first: a passing failure keeps the gateway where
+            // it was; a dead node refuses at once, and the next is tried.
+            None => match connect_any(&task.addresses, task.node, &task.client_id, &task.credentials).await {
+                Ok((node, link, accepted)) => {
+                    if node != task.node {
+                        task.shared.failovers.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(
+                            client_id = task.client_id,
+                            address = task.addresses[node],
+                            "external router: moved to another node"
+                        );
+                    }
+                    task.node = node;
+                    (link, accepted)
+                }
+                Err(_) => {
                     backoff = pause(backoff).await;
                     continue;
                 }
@@ -126,20 +204,40 @@ pub(super) async fn run(mut task: Task, link: Link, accepted: Accepted) {
         state.up.store(true, Ordering::Relaxed);
         task.shared.resubscribe(task.n);
         let started = Instant::now();
+        if std::mem::take(&mut reconnected) {
+            // Once more after the grace: everything acknowledged from the
+            // reconnection on, the resent stretch included.
+            task.again_at = Some((started + GRACE, started));
+        }
         let mut connection = Connection::new(link, accepted);
         let error = connection.run(&mut task).await;
         state.up.store(false, Ordering::Relaxed);
         task.shared.unsubscribed(task.n);
+        let lost = Instant::now();
         connection.requeue(&mut task.retry);
-        if matches!(error, LinkError::Closed) && task.queue.is_closed() {
-            return;
+        // Before what was not acknowledged: what the broker acknowledged
+        // lately, which a node that died may not have passed on.
+        let again = task.recent.take_since(lost.checked_sub(REWIND).unwrap_or(lost));
+        task.shared.resent.fetch_add(again.len() as u64, Ordering::Relaxed);
+        for message in again.into_iter().rev() {
+            task.retry.push_front(message);
         }
+        task.again_at = None;
+        reconnected = true;
         task.shared.losses.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(client_id = task.client_id, error = %error, "external router: connection lost, reconnecting");
         if started.elapsed() >= STABLE {
             backoff = BACKOFF.0;
         }
         backoff = pause(backoff).await;
+    }
+}
+
+/// Resolves at `at` (never without one).
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -224,37 +322,80 @@ impl Connection {
         loop {
             self.send_ops(&shared, state)?;
             while self.can_publish() {
+                // In sending order: resent first, then memory (older than
+                // anything the log is read back for), then the log.
                 let message = match task.retry.pop_front() {
                     Some(message) => message,
-                    None => match task.queue.try_recv() {
-                        Ok(message) => state.taken(message),
-                        Err(_) => break,
+                    None => match state.backlog().take() {
+                        Some(message) => message,
+                        None => match task.refilled.pop_front() {
+                            Some(message) => message,
+                            None => break,
+                        },
                     },
                 };
                 self.send(&shared, message)?;
             }
-            if task.queue.is_empty() {
-                state.overflowing.store(false, Ordering::Relaxed);
+            if self.can_publish() && task.retry.is_empty() && task.refilled.is_empty() {
+                self.read_back(task, &shared).await;
+                if !task.refilled.is_empty() || state.backlog().to_read().is_some() {
+                    continue;
+                }
+            }
+            {
+                let mut backlog = state.backlog();
+                if backlog.is_empty() && task.refilled.is_empty() {
+                    backlog.overflowing = false;
+                }
             }
             self.link.flush(WRITE_WAIT).await?;
+            let again = task.again_at.map(|(at, _)| at);
             tokio::select! {
                 packet = self.link.recv() => {
-                    self.handle(&shared, packet?)?;
+                    self.handle(&shared, task, packet?)?;
                     while let Some(packet) = self.link.buffered()? {
-                        self.handle(&shared, packet)?;
+                        self.handle(&shared, task, packet)?;
                     }
                 }
-                message = task.queue.recv(), if self.can_publish() => match message {
-                    Some(message) => self.send(&shared, state.taken(message))?,
-                    None => return Err(LinkError::Closed),
-                },
                 () = state.wake.notified() => {}
+                () = sleep_until(again), if again.is_some() => {
+                    if let Some((_, since)) = task.again_at.take() {
+                        let again = task.recent.take_since(since);
+                        tracing::info!(client_id = task.client_id, count = again.len(), "external router: sending again what was routed since reconnecting");
+                        task.shared.resent.fetch_add(again.len() as u64, Ordering::Relaxed);
+                        task.retry.extend(again);
+                    }
+                }
                 _ = ping.tick() => {
                     if self.last_heard.elapsed() > self.keep_alive() * 3 / 2 {
                         return Err(LinkError::Timeout("no packet from the broker within the keep-alive"));
                     }
                     self.link.queue(&v5::Packet::PingReq(v5::PingReq))?;
                 }
+            }
+        }
+    }
+
+    /// Reads the next stretch of the log for this connection, if the
+    /// backlog went there (`refill.rs`).
+    async fn read_back(&mut self, task: &mut Task, shared: &Shared) {
+        let Some(source) = &task.log else { return };
+        let state = &shared.links[task.n];
+        let Some(start) = state.backlog().to_read() else { return };
+        let links = shared.links.len();
+        let n = task.n;
+        let mut erased = 0;
+        match read_back(source, start, |from| super::link_of(from, links) == n, &mut erased).await {
+            Ok((messages, next)) => {
+                shared.refilled.fetch_add(messages.len() as u64, Ordering::Relaxed);
+                shared.dropped.fetch_add(erased, Ordering::Relaxed);
+                task.refilled.extend(messages);
+                state.backlog().advanced(start, next, source.stats.head());
+            }
+            Err(e) => {
+                // Tried again on the next turn; the log keeps the records.
+                tracing::warn!(error = %e, "external router: cannot read the log back");
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     }
@@ -318,7 +459,7 @@ impl Connection {
     }
 
     /// One packet from the broker.
-    fn handle(&mut self, shared: &Shared, packet: v5::Packet) -> Result<(), LinkError> {
+    fn handle(&mut self, shared: &Shared, task: &mut Task, packet: v5::Packet) -> Result<(), LinkError> {
         self.last_heard = Instant::now();
         match packet {
             v5::Packet::Publish(publish) => {
@@ -333,8 +474,9 @@ impl Connection {
             }
             v5::Packet::PubRel(rel) => _ = self.link.queue(&v5::Packet::PubComp(v5::PubComp::new(rel.pkid, None)))?,
             v5::Packet::PubAck(ack) => match self.pending.remove(&ack.pkid) {
-                Some(Pending::Publish(..)) => {
+                Some(Pending::Publish(_, message)) => {
                     self.publishes -= 1;
+                    task.recent.push(message);
                     if !matches!(ack.reason, v5::PubAckReason::Success | v5::PubAckReason::NoMatchingSubscribers) {
                         tracing::warn!(reason = ?ack.reason, "external router: the broker refused a publish");
                     }

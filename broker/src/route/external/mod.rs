@@ -5,10 +5,16 @@
 //! - **Connections.** A few (default [`DEFAULT_CONNECTIONS`]) MQTT 5
 //!   connections with Clean Start, as `sealmq-{gateway id}-{n}`: unique per
 //!   gateway and connection, so gateways never take each other's sessions
-//!   over. Each is one task (`connection.rs`): keep-alive pings, and after a drop,
-//!   reconnection with backoff, every live filter subscribed again and
-//!   unacknowledged publishes sent again (at least once: a message can reach
-//!   subscribers twice across a reconnection; its log index tells).
+//!   over. Each is one task (`connection.rs`) on one of the cluster's nodes
+//!   (the configured addresses, tried in turn): keep-alive pings, and after
+//!   a drop, reconnection (to the next node if the last one refuses), every
+//!   live filter subscribed again, and publishes sent again: those not
+//!   acknowledged, and those the lost node acknowledged lately, which it
+//!   may not have passed on; once more a few seconds later, for gateways
+//!   whose subscriptions were lost with the node.
+//! - **Duplicates.** Sending again means a copy can reach a subscription
+//!   twice: each entry drops a second copy of the same (origin, log index)
+//!   within a window (`dedupe.rs`), counted.
 //! - **Subscriptions.** Every distinct client filter (`$share/…` ones too,
 //!   which the broker then balances across gateways) is one `Entry`:
 //!   subscribed upstream once, on one connection, with its own Subscription
@@ -19,24 +25,26 @@
 //!   subscribers.
 //! - **Publishes.** [`External::publish`] queues the message for the
 //!   connection chosen by its publisher (so one publisher's messages stay
-//!   in order). The queue is a bounded channel filled with `try_send`, so
-//!   the caller never waits: [`QUEUE_MESSAGES`] and [`QUEUE_BYTES`] per
+//!   in order), never waiting: [`QUEUE_MESSAGES`] and [`QUEUE_BYTES`] per
 //!   connection hold seconds of traffic through a broker hiccup or
-//!   reconnection at a known memory cost; past them messages are dropped
-//!   and counted (the log keeps every one). Each goes upstream at QoS 1,
+//!   reconnection at a known memory cost; past them the connection reads
+//!   its publishers' records back from the log (`refill.rs`), so nothing
+//!   logged is dropped. Each goes upstream at QoS 1,
 //!   never retained (retained state crosses gateways apart, through
 //!   [`retained`]'s namespaces in the broker's retained store), with the
 //!   publisher's properties (Message Expiry Interval less the time queued)
-//!   and the gateway's [`Route`] as the last user property, the publisher
-//!   qualified as `{gateway id}/{client id}`. The receiving gateway rebuilds
+//!   and the gateway's [`Route`] as the last user property (the log's
+//!   origin and index, the publisher qualified as `{gateway id}/{client id}`). The receiving gateway rebuilds
 //!   the [`Message`]; a publisher of another gateway becomes
 //!   `{gateway id}\0{client id}`, which no local client id equals (No Local).
 //!   The gateway's own publishes come back from the broker and are
 //!   delivered from there: one path.
 //!
-//! Memory is bounded per connection by the queue, [`MAX_INFLIGHT`] publishes
-//! and [`MAX_CONTROL`] subscription changes in flight, and a read buffer of
-//! at most [`self::link::MAX_INCOMING_PACKET`]. Not bounded here: the
+//! Memory is bounded per connection by the queue, a chunk read back from the
+//! log, [`MAX_INFLIGHT`] publishes and [`MAX_CONTROL`] subscription changes
+//! in flight, the publishes kept for sending again (`connection.rs`), and a
+//! read buffer of at most [`self::link::MAX_INCOMING_PACKET`]; per entry,
+//! by its window of delivered indices. Not bounded here: the
 //! entries (one per distinct filter, as the sessions' own limits allow) and
 //! the subscription changes waiting for their connection (at most one per
 //! entry, plus unsubscribes until the connection takes them).
@@ -45,36 +53,42 @@
 //! safely, but a publish carrying a well-formed route is believed.
 
 mod connection;
+mod copies;
+mod dedupe;
 pub mod link;
+mod refill;
 pub mod retained;
 pub mod wire;
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use bytes::Bytes;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
-use self::connection::{KEEP_ALIVE, LinkState, Op, Task, queued_size, run};
-use self::link::{Credentials, Link};
-use self::wire::{Route, down_topic, up_filter, up_topic};
+use self::connection::{LinkState, Op, Recent, Task, connect_any, run};
+use self::dedupe::Delivered;
+pub use self::link::Credentials;
+pub use self::refill::LogSource;
+use self::refill::Queued;
+use self::wire::up_filter;
 use super::index::{Member, Subscribers, split_shared};
 use super::{Inbox, Message, RouteError, SessionId, SubOptions};
 use crate::codec::topic_matches;
-use crate::codec::v5::{self, QoS};
+use crate::codec::v5;
+use crate::ops::metrics::RouterView;
 
 /// Connections to the broker unless configured otherwise.
 pub const DEFAULT_CONNECTIONS: usize = 2;
 /// Most connections (each is a task and a socket).
 pub const MAX_CONNECTIONS: usize = 16;
-/// Messages waiting for one connection; more are dropped.
+/// Messages waiting in memory for one connection; more are read back from the log.
 pub const QUEUE_MESSAGES: usize = 16 * 1024;
-/// Bytes of topics and payloads waiting for one connection; more are dropped.
+/// Bytes of topics and payloads waiting in memory for one connection; more
+/// are read back from the log.
 pub const QUEUE_BYTES: usize = 64 * 1024 * 1024;
 /// Publishes one connection has sent and the broker not yet acknowledged
 /// (and never more than the broker's Receive Maximum).
@@ -108,6 +122,8 @@ struct Entry {
     link: usize,
     subscribers: Subscribers,
     state: watch::Sender<Upstream>,
+    /// What it delivered lately, to drop copies sent again.
+    delivered: Mutex<Delivered>,
 }
 
 /// Every entry, by filter and by Subscription Identifier.
@@ -148,6 +164,14 @@ struct Shared {
     losses: AtomicU64,
     ignored: AtomicU64,
     unrouted: AtomicU64,
+    /// Reconnections to another node than the one lost.
+    failovers: AtomicU64,
+    /// Publishes read back from the log.
+    refilled: AtomicU64,
+    /// Publishes sent again (acknowledged before a connection was lost).
+    resent: AtomicU64,
+    /// Routed copies a subscription had already been given, dropped.
+    duplicates: AtomicU64,
 }
 
 /// Counters of an [`External`] router.
@@ -162,12 +186,71 @@ pub struct ExternalStats {
     /// Subscription Identifiers on routed copies that named no live
     /// subscription (copies on their way while it was unsubscribed).
     pub unrouted_copies: u64,
+    /// Reconnections to another of the cluster's nodes than the one lost.
+    pub failovers: u64,
+    /// Publishes read back from the log (past the queue in memory).
+    pub refilled_publishes: u64,
+    /// Publishes sent again after a connection was lost, though the lost
+    /// node had acknowledged them.
+    pub resent_publishes: u64,
+    /// Routed copies dropped because the subscription already had that
+    /// record (same origin and index).
+    pub duplicate_copies: u64,
+}
+
+impl ExternalStats {
+    /// The counters `/metrics` shows.
+    pub fn view(&self) -> RouterView {
+        RouterView {
+            connection_losses: self.connection_losses,
+            failovers: self.failovers,
+            dropped: self.dropped_publishes,
+            refilled: self.refilled_publishes,
+            resent: self.resent_publishes,
+            duplicates: self.duplicate_copies,
+        }
+    }
+}
+
+/// How to reach the external broker or cluster.
+#[derive(Debug, Clone)]
+pub struct ExternalConfig {
+    /// The cluster's nodes (`host:port`), tried in turn.
+    pub addresses: Vec<String>,
+    /// Username and password (empty: none).
+    pub credentials: Credentials,
+    /// 1 to 64 of `A-Z a-z 0-9 . _ -`, unique among the gateways sharing
+    /// the broker.
+    pub gateway_id: String,
+    /// The origin of this gateway's log.
+    pub origin: String,
+    /// Connections to open (1 to [`MAX_CONNECTIONS`]).
+    pub connections: usize,
+    /// The gateway's log, to read back what does not fit in memory
+    /// (without it, that is dropped).
+    pub log: Option<LogSource>,
+}
+
+impl ExternalConfig {
+    /// One node, no credentials, [`DEFAULT_CONNECTIONS`], no log.
+    pub fn new(address: &str, gateway_id: &str, origin: &str) -> Self {
+        Self {
+            addresses: vec![address.to_string()],
+            credentials: Credentials::default(),
+            gateway_id: gateway_id.to_string(),
+            origin: origin.to_string(),
+            connections: DEFAULT_CONNECTIONS,
+            log: None,
+        }
+    }
 }
 
 /// The router over an external MQTT 5 broker (see the module docs).
 pub struct External {
     shared: Arc<Shared>,
     tasks: Vec<JoinHandle<()>>,
+    /// Whether what does not fit in memory is read back from the log.
+    log: bool,
 }
 
 impl std::fmt::Debug for External {
@@ -195,20 +278,15 @@ pub fn random_gateway_id() -> Result<String, RouteError> {
 }
 
 impl External {
-    /// Opens `connections` connections to the broker at `address`
-    /// (`host:port`) with the given credentials (empty: none) as gateway
-    /// `gateway_id` (1 to 64 of `A-Z a-z 0-9 . _ -`, unique among the
-    /// gateways sharing the broker) whose log's origin is `origin`, and
-    /// starts their tasks. Fails if any connection fails now; later drops
-    /// are reconnected.
-    pub async fn connect(
-        address: &str,
-        username: &str,
-        password: &str,
-        gateway_id: &str,
-        origin: &str,
-        connections: usize,
-    ) -> Result<External, RouteError> {
+    /// Opens the configured connections, each to the first node that
+    /// answers, and starts their tasks. Fails if any connection fails on
+    /// every node now; later drops are reconnected.
+    pub async fn connect(config: ExternalConfig) -> Result<External, RouteError> {
+        let ExternalConfig { addresses, credentials, gateway_id, origin, connections, log } = config;
+        let (gateway_id, origin) = (gateway_id.as_str(), origin.as_str());
+        if addresses.is_empty() {
+            return Err(RouteError::Unavailable("no address for the external broker".into()));
+        }
         let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
         if gateway_id.is_empty() || gateway_id.len() > 64 || !gateway_id.chars().all(valid) {
             return Err(RouteError::Unavailable(format!("invalid gateway id {gateway_id:?}")));
@@ -220,22 +298,20 @@ impl External {
         if !(1..=MAX_CONNECTIONS).contains(&connections) {
             return Err(RouteError::Unavailable(format!("{connections} connections: 1 to {MAX_CONNECTIONS} allowed")));
         }
-        let credentials = Credentials { username: username.to_string(), password: password.to_string() };
+        let addresses: Arc<[String]> = addresses.into();
         let mut links = Vec::with_capacity(connections);
-        let mut queues = Vec::with_capacity(connections);
         let mut first = Vec::with_capacity(connections);
         for n in 0..connections {
             let client_id = format!("sealmq-{gateway_id}-{n}");
-            let (link, accepted) = Link::connect(address, &client_id, &credentials, KEEP_ALIVE)
+            let (node, link, accepted) = connect_any(&addresses, 0, &client_id, &credentials)
                 .await
-                .map_err(|e| RouteError::Unavailable(format!("{address}: {e}")))?;
+                .map_err(|(address, e)| RouteError::Unavailable(format!("{address}: {e}")))?;
             if !accepted.subscription_ids {
+                let address = &addresses[node];
                 return Err(RouteError::Unavailable(format!("{address} does not support Subscription Identifiers")));
             }
-            let (queue, rx) = mpsc::channel(QUEUE_MESSAGES);
-            links.push(LinkState::new(queue));
-            queues.push(rx);
-            first.push((client_id, link, accepted));
+            links.push(LinkState::new());
+            first.push((client_id, node, link, accepted));
         }
         let shared = Arc::new(Shared {
             gateway_id: gateway_id.into(),
@@ -247,26 +323,33 @@ impl External {
             losses: AtomicU64::new(0),
             ignored: AtomicU64::new(0),
             unrouted: AtomicU64::new(0),
+            failovers: AtomicU64::new(0),
+            refilled: AtomicU64::new(0),
+            resent: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
         });
         let tasks = first
             .into_iter()
-            .zip(queues)
             .enumerate()
-            .map(|(n, ((client_id, link, accepted), queue))| {
+            .map(|(n, (client_id, node, link, accepted))| {
                 let task = Task {
                     shared: Arc::clone(&shared),
                     n,
-                    address: address.to_string(),
+                    addresses: Arc::clone(&addresses),
+                    node,
                     client_id,
                     credentials: credentials.clone(),
-                    queue,
+                    log: log.clone(),
                     retry: VecDeque::new(),
+                    refilled: VecDeque::new(),
+                    recent: Recent::default(),
+                    again_at: None,
                 };
                 tokio::spawn(run(task, link, accepted))
             })
             .collect();
-        tracing::info!(address, gateway_id, connections, "external router connected");
-        Ok(External { shared, tasks })
+        tracing::info!(?addresses, gateway_id, connections, "external router connected");
+        Ok(External { shared, tasks, log: log.is_some() })
     }
 
     /// Subscribes `inbox`'s session to a valid filter (or replaces its
@@ -298,19 +381,26 @@ impl External {
     /// docs for the bound).
     pub fn publish(&self, message: Arc<Message>) {
         let shared = &self.shared;
-        let n = hash(&message.from) % shared.links.len();
+        let n = link_of(&message.from, shared.links.len());
         let link = &shared.links[n];
-        let size = queued_size(&message);
-        let queued = link.queued_bytes.fetch_add(size, Ordering::Relaxed);
-        if queued + size > QUEUE_BYTES || link.queue.try_send(message).is_err() {
-            link.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+        let mut backlog = link.backlog();
+        let was_overflowing = backlog.overflowing;
+        let queued = backlog.offer(message, self.log);
+        let overflowing = backlog.overflowing;
+        drop(backlog);
+        if queued == Queued::Dropped {
             shared.dropped.fetch_add(1, Ordering::Relaxed);
-            if !link.overflowing.swap(true, Ordering::Relaxed) {
-                tracing::warn!(
-                    connection = n,
-                    "external router: queue to the broker full, publishes dropped (they stay in the log)"
-                );
+        }
+        if overflowing && !was_overflowing {
+            match self.log {
+                true => {
+                    tracing::warn!(connection = n, "external router: queue to the broker full, reading the log back");
+                }
+                false => tracing::warn!(connection = n, "external router: queue to the broker full, publishes dropped"),
             }
+        }
+        if queued == Queued::Memory {
+            link.wake.notify_one();
         }
     }
 
@@ -341,13 +431,20 @@ impl External {
             dropped_publishes: self.shared.dropped.load(Ordering::Relaxed),
             ignored_publishes: self.shared.ignored.load(Ordering::Relaxed),
             unrouted_copies: self.shared.unrouted.load(Ordering::Relaxed),
+            failovers: self.shared.failovers.load(Ordering::Relaxed),
+            refilled_publishes: self.shared.refilled.load(Ordering::Relaxed),
+            resent_publishes: self.shared.resent.load(Ordering::Relaxed),
+            duplicate_copies: self.shared.duplicates.load(Ordering::Relaxed),
         }
     }
 }
 
-fn hash(text: &str) -> usize {
+/// The connection of a publisher's messages, of `links`: the same for a
+/// publisher's live messages and its records read back from the log.
+fn link_of(from: &str, links: usize) -> usize {
     // Fixed keys: the same publisher always maps to the same connection.
-    std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(text) as usize
+    let hash = std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(from);
+    hash as usize % links
 }
 
 impl Shared {
@@ -378,7 +475,8 @@ impl Shared {
         subscribers.insert(group, member);
         let filter: Arc<str> = filter.into();
         table.by_filter.insert(Arc::clone(&filter), id);
-        table.entries.insert(id, Entry { filter, link, subscribers, state });
+        let delivered = Mutex::default();
+        table.entries.insert(id, Entry { filter, link, subscribers, state, delivered });
         // Queued under the table's lock, so a connection sees the changes
         // of one filter in the order they were made.
         self.links[link].push(Op::Subscribe(id));
@@ -438,214 +536,5 @@ impl Shared {
         for entry in self.read().entries.values().filter(|e| e.link == n) {
             entry.state.send_replace(Upstream::Pending);
         }
-    }
-
-    /// A routed copy from the broker: rebuilt and handed to the local
-    /// subscribers of the filters it names.
-    fn deliver(&self, publish: v5::Publish) {
-        let Some((message, mut ids)) = self.rebuild(publish) else {
-            self.ignored.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!("external router: a publish without a gateway's route, ignored");
-            return;
-        };
-        ids.sort_unstable();
-        ids.dedup();
-        let topic = message.topic_str();
-        let mut delivered = 0;
-        let table = self.read();
-        for id in ids {
-            // The filter is checked again: an identifier may outlive its
-            // entry (and be reused) while copies are on their way.
-            match table.entries.get(&id) {
-                Some(entry) if topic_matches(&entry.filter, topic) => {
-                    entry.subscribers.deliver(&message, &mut delivered);
-                }
-                _ => _ = self.unrouted.fetch_add(1, Ordering::Relaxed),
-            }
-        }
-    }
-
-    /// The message a routed copy carries, and the Subscription Identifiers
-    /// it matched; `None` for a publish no gateway wrote.
-    fn rebuild(&self, publish: v5::Publish) -> Option<(Arc<Message>, Vec<usize>)> {
-        let upstream = std::str::from_utf8(&publish.topic).ok()?;
-        let topic = publish.topic.slice(upstream.len() - down_topic(upstream)?.len()..);
-        let mut properties = publish.properties?;
-        let route = Route::detach(&mut properties)?;
-        let ids = std::mem::take(&mut properties.subscription_identifiers);
-        properties.topic_alias = None;
-        let properties = (properties != v5::PublishProperties::default()).then_some(properties);
-        let origin = match route.index {
-            Some(_) => self.origin_of(&route.origin),
-            None => None,
-        };
-        let from = match route.from.split_once('/') {
-            Some((gateway, client)) if gateway == &*self.gateway_id => client.into(),
-            // NUL is in no client id: no local client is ever taken for it (No Local).
-            Some((gateway, client)) => format!("{gateway}\0{client}").into(),
-            None => format!("\0{}", route.from).into(),
-        };
-        let message = Message {
-            topic,
-            payload: publish.payload,
-            properties,
-            qos: route.qos,
-            retain: route.retain,
-            index: route.index,
-            origin,
-            from,
-            at: Instant::now(),
-            received_ms: 0,
-        };
-        Some((Arc::new(message), ids))
-    }
-
-    /// A routed copy's origin as a [`Message`] holds it: `None` for this
-    /// gateway's own log, else one shared copy per origin.
-    fn origin_of(&self, origin: &str) -> Option<Arc<str>> {
-        if origin == &*self.origin {
-            return None;
-        }
-        let mut origins = self.origins.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(known) = origins.get(origin) {
-            return Some(Arc::clone(known));
-        }
-        let new: Arc<str> = origin.into();
-        if origins.len() < MAX_ORIGINS {
-            origins.insert(origin.into(), Arc::clone(&new));
-        }
-        Some(new)
-    }
-
-    /// The upstream form of a message; `None` if it expired while queued.
-    fn upstream(&self, message: &Message, qos: QoS, pkid: u16) -> Option<v5::Publish> {
-        let mut properties = message.properties.clone().unwrap_or_default();
-        properties.topic_alias = None;
-        properties.subscription_identifiers.clear();
-        if let Some(expiry) = properties.message_expiry_interval {
-            // Counted from when it was routed: the broker gets what is left.
-            let waited = message.at.elapsed().as_secs();
-            if waited > 0 && waited >= u64::from(expiry) {
-                return None;
-            }
-            properties.message_expiry_interval = Some(expiry - waited as u32);
-        }
-        let mut publish = v5::Publish {
-            dup: false,
-            qos,
-            // Retained messages stay the gateway's.
-            retain: false,
-            topic: Bytes::from(up_topic(message.topic_str())),
-            pkid,
-            payload: message.payload.clone(),
-            properties: Some(properties),
-        };
-        let from = format!("{}/{}", self.gateway_id, message.from);
-        // What this gateway routes is in its own log (routed copies of
-        // others' messages are never sent upstream again).
-        let origin = self.origin.to_string();
-        Route { index: message.index, origin, qos: message.qos, retain: message.retain, from }.attach(&mut publish);
-        Some(publish)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A router's shared state without connections: what goes upstream and
-    /// what comes back, without a broker.
-    fn gateway(id: &str) -> Shared {
-        Shared {
-            gateway_id: id.into(),
-            origin: format!("{id}.example/log").into(),
-            origins: std::sync::Mutex::default(),
-            table: RwLock::default(),
-            links: Vec::new(),
-            dropped: AtomicU64::new(0),
-            losses: AtomicU64::new(0),
-            ignored: AtomicU64::new(0),
-            unrouted: AtomicU64::new(0),
-        }
-    }
-
-    fn message(topic: &str, properties: Option<v5::PublishProperties>) -> Message {
-        Message {
-            topic: Bytes::copy_from_slice(topic.as_bytes()),
-            payload: Bytes::from_static(b"p"),
-            properties,
-            qos: 2,
-            retain: true,
-            index: Some(42),
-            origin: None,
-            from: "dev 1".into(),
-            at: Instant::now(),
-            received_ms: 0,
-        }
-    }
-
-    /// A routed copy of `publish` as the broker would send it.
-    fn routed(mut publish: v5::Publish, ids: Vec<usize>) -> v5::Publish {
-        publish.properties.get_or_insert_with(Default::default).subscription_identifiers = ids;
-        publish
-    }
-
-    #[test]
-    fn a_message_goes_upstream_and_comes_back_the_same() {
-        let (a, b) = (gateway("gw-a"), gateway("gw-b"));
-        let properties = v5::PublishProperties {
-            content_type: Some("text/plain".into()),
-            user_properties: vec![("k".into(), "v".into())],
-            topic_alias: Some(3),
-            subscription_identifiers: vec![9],
-            ..Default::default()
-        };
-        for (topic, properties) in [("a/b", Some(properties)), ("$SYS/x", None)] {
-            let sent = message(topic, properties.clone());
-            let up = b.upstream(&sent, QoS::AtLeastOnce, 7).unwrap();
-            assert!(!up.retain && up.qos == QoS::AtLeastOnce && up.pkid == 7, "never retained upstream");
-            assert_eq!(&up.topic[..], up_topic(topic).as_bytes());
-            let (back, ids) = a.rebuild(routed(up.clone(), vec![4, 5])).unwrap();
-            assert_eq!(ids, [4, 5]);
-            assert_eq!(
-                (back.topic_str(), &back.payload[..], back.qos, back.retain, back.index),
-                (topic, &b"p"[..], 2, true, Some(42))
-            );
-            let expected =
-                properties.map(|p| v5::PublishProperties { topic_alias: None, subscription_identifiers: vec![], ..p });
-            assert_eq!(back.properties, expected);
-            assert_eq!(&*back.from, "gw-b\0dev 1", "another gateway's publisher");
-            assert_eq!(back.origin.as_deref(), Some("gw-b.example/log"), "the index is in the publisher's log");
-            let own = b.rebuild(routed(up, vec![1])).unwrap().0;
-            assert_eq!((&*own.from, own.origin.as_deref()), ("dev 1", None), "this gateway's own");
-        }
-    }
-
-    #[test]
-    fn expiry_counts_the_time_queued_and_expired_messages_stay_behind() {
-        let gw = gateway("gw");
-        let expiring = |seconds| v5::PublishProperties { message_expiry_interval: Some(seconds), ..Default::default() };
-        let mut queued = message("t", Some(expiring(10)));
-        queued.at = Instant::now() - Duration::from_secs(4);
-        let up = gw.upstream(&queued, QoS::AtLeastOnce, 1).unwrap();
-        assert_eq!(up.properties.unwrap().message_expiry_interval, Some(6));
-        queued.properties = Some(expiring(4));
-        assert!(gw.upstream(&queued, QoS::AtLeastOnce, 1).is_none());
-    }
-
-    #[test]
-    fn what_no_gateway_wrote_is_ignored() {
-        let gw = gateway("gw");
-        let plain = v5::Publish::new("t/x", QoS::AtLeastOnce, "p", None);
-        assert!(gw.rebuild(routed(plain, vec![1])).is_none(), "no route");
-        let mut foreign = gw.upstream(&message("x", None), QoS::AtLeastOnce, 1).unwrap();
-        foreign.topic = Bytes::from_static(b"other/x");
-        assert!(gw.rebuild(foreign.clone()).is_none(), "not a gateway's topic");
-        foreign.topic = Bytes::from_static(b"t/\xff");
-        assert!(gw.rebuild(foreign).is_none(), "not UTF-8");
-        let mut forged = v5::Publish::new("t/x", QoS::AtLeastOnce, "p", None);
-        let origin = "x.example/log".into();
-        Route { index: None, origin, qos: 1, retain: false, from: "no-gateway".into() }.attach(&mut forged);
-        assert_eq!(&*gw.rebuild(forged).unwrap().0.from, "\0no-gateway", "never a local client");
     }
 }
