@@ -177,7 +177,8 @@ fn signed_publishes_on_every_carrier_are_logged_delivered_and_provable() {
     assert_eq!(index_of(&got5[0]), Some(i1));
     assert_eq!(index_of(&got5[1]), Some(i2));
     let user_properties = &got5[2].properties.as_ref().unwrap().user_properties;
-    assert_eq!(user_properties.iter().filter(|(n, _)| n.starts_with("sealmq-")).count(), 1, "{user_properties:?}");
+    // The gateway's receipt (index and origin), nothing of the publisher's.
+    assert_eq!(user_properties.iter().filter(|(n, _)| n.starts_with("sealmq-")).count(), 2, "{user_properties:?}");
     assert_eq!(index_of(&got5[2]), Some(i3), "the client's own sealmq-index was dropped");
     assert!(user_properties.contains(&("note".into(), "kept".into())), "{user_properties:?}");
     // MQTT 3.1.1 subscriber: application payloads (envelopes stripped, not re-added).

@@ -24,6 +24,7 @@ use rumqttc::v5::mqttbytes::v5;
 
 /// The receipt user property sealmq adds for clients that ask for it.
 const INDEX: &str = "sealmq-index";
+const ORIGIN: &str = "sealmq-origin";
 /// How long "nothing more arrives" is watched for.
 const QUIET: Duration = Duration::from_millis(700);
 
@@ -131,14 +132,17 @@ fn logged_index(data: &Path, payload: &[u8]) -> u64 {
 }
 
 /// What a receipt-asking subscriber must get: the published properties, in
-/// order, plus exactly one `sealmq-index` equal to the record's log index.
+/// order, plus exactly one `sealmq-index` equal to the record's log index
+/// and one `sealmq-origin` naming the log.
 #[track_caller]
 fn assert_receipt(got: &v5::Publish, published: &v5::PublishProperties, index: u64, what: &str) {
     let mut properties = properties_of(got);
     let receipts: Vec<String> =
         properties.user_properties.iter().filter(|(n, _)| n == INDEX).map(|(_, v)| v.clone()).collect();
     assert_eq!(receipts, [index.to_string()], "{what}: one {INDEX} with the log index {index}: {properties:?}");
-    properties.user_properties.retain(|(n, _)| n != INDEX);
+    let origins = properties.user_properties.iter().filter(|(n, v)| n == ORIGIN && !v.is_empty()).count();
+    assert_eq!(origins, 1, "{what}: one {ORIGIN} naming the log: {properties:?}");
+    properties.user_properties.retain(|(n, _)| n != INDEX && n != ORIGIN);
     assert_eq!(&properties, published, "{what}: apart from the receipt, the properties as published");
 }
 

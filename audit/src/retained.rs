@@ -40,10 +40,14 @@ impl<'a> RetainedChange<'a> {
 }
 
 /// Topic → log index of its retained message, as a fold over records in
-/// index order. Holds one entry per retained topic, never the records.
+/// index order. Holds one entry per retained topic, never the records;
+/// and, per topic whose last retained publish cleared it, that clear's
+/// index (gateways sharing a cluster tell each other about clears too:
+/// `broker/src/route/external/retained.rs`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RetainedState {
     topics: HashMap<String, u64>,
+    cleared: HashMap<String, u64>,
 }
 
 impl RetainedState {
@@ -52,14 +56,25 @@ impl RetainedState {
     pub fn apply(&mut self, index: u64, record: &Record) {
         match RetainedChange::of(record) {
             // get_mut first: a topic re-published many times allocates once.
-            Some(RetainedChange::Set(topic)) => match self.topics.get_mut(topic) {
-                Some(held) => *held = index,
-                None => {
-                    self.topics.insert(topic.to_owned(), index);
+            Some(RetainedChange::Set(topic)) => {
+                match self.topics.get_mut(topic) {
+                    Some(held) => *held = index,
+                    None => {
+                        self.topics.insert(topic.to_owned(), index);
+                    }
                 }
-            },
+                if !self.cleared.is_empty() {
+                    self.cleared.remove(topic);
+                }
+            }
             Some(RetainedChange::Clear(topic)) => {
                 self.topics.remove(topic);
+                match self.cleared.get_mut(topic) {
+                    Some(held) => *held = index,
+                    None => {
+                        self.cleared.insert(topic.to_owned(), index);
+                    }
+                }
             }
             None => {}
         }
@@ -92,6 +107,15 @@ impl RetainedState {
     /// `(topic, index)` of every retained message, sorted by topic.
     pub fn sorted(&self) -> Vec<(&str, u64)> {
         let mut all: Vec<_> = self.topics.iter().map(|(topic, index)| (topic.as_str(), *index)).collect();
+        all.sort_unstable();
+        all
+    }
+
+    /// `(topic, index)` of every topic whose last retained publish was a
+    /// clear (an empty retained payload), sorted by topic. Clears below an
+    /// archived gap are not known: the archive holds those records.
+    pub fn cleared_sorted(&self) -> Vec<(&str, u64)> {
+        let mut all: Vec<_> = self.cleared.iter().map(|(topic, index)| (topic.as_str(), *index)).collect();
         all.sort_unstable();
         all
     }
@@ -181,6 +205,10 @@ mod tests {
         ];
         let state = RetainedState::from_records(records.iter().enumerate().map(|(i, r)| (i as u64, r)));
         assert_eq!(state.sorted(), [("a", 1)]);
+        assert_eq!(state.cleared_sorted(), [("b", 5), ("c", 6)], "the last publish of b and c cleared them");
+        let mut again = state;
+        again.apply(7, &publish("b", true, 2));
+        assert_eq!((again.sorted(), again.cleared_sorted()), (vec![("a", 1), ("b", 7)], vec![("c", 6)]));
     }
 
     #[test]

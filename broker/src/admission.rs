@@ -155,8 +155,9 @@ pub fn admit_checked(
             Err((reason, why)) => return rejected(reason, NOT_AUTHORIZED, why),
         },
     };
+    let received_ms = now_ms();
     let record = Record::Publish(PublishRecord {
-        received_ms: now_ms(),
+        received_ms,
         device_id: device.id.clone(),
         topic: topic.to_string(),
         qos: publish.qos as u8,
@@ -191,6 +192,7 @@ pub fn admit_checked(
         origin: None,
         from: Arc::clone(client_id),
         at: Instant::now(),
+        received_ms,
     };
     Admission::Log { entry, message, kid: sb.map(|sb| sb.kid) }
 }
@@ -207,7 +209,7 @@ pub fn route_logged(shared: &Shared, mut message: Message, index: u64) {
     if message.retain {
         let properties = message.properties.clone().unwrap_or_default();
         let held = Retained::new(message.index, message.qos, message.payload.clone(), properties);
-        shared.retained.set(message.topic_str(), held);
+        shared.retained.set(message.topic_str(), held.received(message.received_ms));
     }
     shared.router.publish(Arc::new(message));
 }

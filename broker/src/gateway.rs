@@ -40,8 +40,9 @@ pub struct Shared {
     /// Where clients' MQS1 signatures are checked, off the connections'
     /// tasks (see [`crate::checks`]).
     pub checks: CheckPool,
-    /// The latest retained message per topic, served by the gateway.
-    pub retained: RetainedStore,
+    /// The latest retained message per topic, served by the gateway (and,
+    /// behind an external broker, mirrored with the cluster's).
+    pub retained: Arc<RetainedStore>,
     /// The router.
     pub router: Router,
     /// What an operator watches (`/metrics`).

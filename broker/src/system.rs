@@ -100,6 +100,7 @@ pub async fn route_actions(shared: Arc<Shared>, mut actions: mpsc::UnboundedRece
                 origin: None,
                 from: Arc::from(record.device_id),
                 at: Instant::now(),
+                received_ms: record.received_ms,
             };
             route_logged(&shared, message, index);
         }
@@ -123,6 +124,7 @@ fn publish_checkpoint(shared: &Shared, note: String) {
         origin: None,
         from: Arc::from(""),
         at: Instant::now(),
+        received_ms: 0,
     };
     shared.router.publish_local(Arc::new(message));
 }

@@ -42,6 +42,7 @@ fn message(topic: &str, from: &str, index: u64) -> Arc<Message> {
         origin: None,
         from: from.into(),
         at: Instant::now(),
+        received_ms: 0,
     })
 }
 

@@ -153,7 +153,7 @@ fn acks_and_v5_deliveries_carry_the_log_index_and_versions_interoperate() {
         // A client cannot forge the index: its own `sealmq-*` properties are
         // dropped. Each message is received before the next is published, so
         // the log order (and so the indices) is known.
-        let spoof = [(INDEX, "999999"), ("sealmq-from", "someone-else"), ("app", "kept")];
+        let spoof = [(INDEX, "999999"), ("sealmq-from", "someone-else"), ("sealmq-origin", "forged"), ("app", "kept")];
         let expected = [
             ("idx/a", "one", 1u8, 0u64),
             ("idx/b", "two", 2, 1),
@@ -176,9 +176,11 @@ fn acks_and_v5_deliveries_carry_the_log_index_and_versions_interoperate() {
             let properties = user_properties(m.properties.as_ref());
             assert_eq!(the_index(&properties), index, "{topic}: {properties:?}");
             assert!(
-                !properties.iter().any(|(n, _)| n.starts_with("sealmq-") && n != INDEX),
+                !properties.iter().any(|(n, _)| n.starts_with("sealmq-") && n != INDEX && n != "sealmq-origin"),
                 "the gateway's internal properties leaked: {properties:?}"
             );
+            let origins = properties.iter().filter(|(n, v)| n == "sealmq-origin" && !v.is_empty()).count();
+            assert_eq!(origins, 1, "{topic}: one sealmq-origin with the index: {properties:?}");
             if topic == "idx/a" {
                 assert!(
                     properties.contains(&("app".into(), "kept".into())),

@@ -265,6 +265,7 @@ mod tests {
             origin: None,
             from: from.into(),
             at: Instant::now(),
+            received_ms: 0,
         })
     }
 

@@ -11,7 +11,9 @@
 //!   ([`external::link`]) carrying what [`external::wire`] describes;
 //! - [`Router`]: the one interface sessions use, whatever routes;
 //! - [`retained`]: the latest retained message per topic, kept by the
-//!   gateway whatever routes, and restored from the log at start;
+//!   gateway whatever routes, and restored from the log at start (behind
+//!   an external broker, mirrored with the other gateways':
+//!   [`external::retained`]);
 //! - [`expiry`]: Message Expiry Interval for held and retained messages.
 
 pub mod expiry;
@@ -131,6 +133,9 @@ pub struct Message {
     pub from: Arc<str>,
     /// When it was routed: Message Expiry Interval counts from here.
     pub at: Instant,
+    /// The record's received time, ms since the Unix epoch (0 when it is
+    /// not known here): it orders retained messages of different logs.
+    pub received_ms: u64,
 }
 
 impl Message {

@@ -28,6 +28,7 @@ use crate::net::transport::{Listener, TlsSetup, TransportError};
 use crate::ops::metrics::Metrics;
 use crate::ops::metrics::RouterView;
 use crate::ops::retention::Retention;
+use crate::route::external::retained::MirrorConfig;
 use crate::route::external::{Credentials, External, ExternalConfig, LogSource};
 use crate::route::retained::RetainedStore;
 use crate::route::{RouteError, Router, TopicIndex};
@@ -139,6 +140,9 @@ impl Broker {
         let budget = Budget::plan(raise_limit(), &config.limits, client_listeners, refusals)?;
         budget.report(config.limits.max_connections);
 
+        // Behind an external broker, retained messages are the cluster's:
+        // this log's go up, the others' come down (`route/external/retained.rs`).
+        let mut retained_mirror = None;
         let nodes = config.upstream.nodes();
         let router = match nodes.is_empty() {
             false => {
@@ -163,6 +167,14 @@ impl Broker {
                     watermark: Some(config.data.join(ROUTE_WATERMARK)),
                 })
                 .await?;
+                retained_mirror = Some(MirrorConfig {
+                    addresses: nodes.iter().map(ToString::to_string).collect(),
+                    credentials: Credentials {
+                        username: upstream.username.clone().unwrap_or_default(),
+                        password: upstream.password.clone().unwrap_or_default(),
+                    },
+                    gateway_id: gateway_id.clone(),
+                });
                 tracing::info!(?nodes, gateway_id, "routing through an external broker");
                 Router::External(external)
             }
@@ -174,7 +186,9 @@ impl Broker {
             }
         };
         // What the records imply, whatever the stored table says (it is repaired if wrong).
-        let retained = RetainedStore::load(&log.reconcile_retained().await?, log.reader()).await?;
+        let cluster_origin = retained_mirror.as_ref().map(|_| Arc::from(log.reader().verifier_key().name()));
+        let retained = RetainedStore::load(&log.reconcile_retained().await?, log.reader(), cluster_origin).await?;
+        let retained = Arc::new(retained);
         // The rules run as the log's follower from its head: every record
         // from here on is evaluated as it is logged, its actions logged
         // right after it and routed once durable (`system::route_actions`).
@@ -216,7 +230,7 @@ impl Broker {
             registry_gate: tokio::sync::RwLock::new(()),
             replay,
             checks: CheckPool::per_core().map_err(StartError::Checks)?,
-            retained,
+            retained: Arc::clone(&retained),
             router,
             stats: Arc::clone(&stats),
             revoked,
@@ -281,6 +295,10 @@ impl Broker {
         let http_stop = shared.shutdown.clone();
         tasks
             .push(tokio::spawn(async move { crate::http::serve::serve(http_listener, app, &limits, http_stop).await }));
+        if let Some(mirror) = retained_mirror {
+            // Before the first client: the cluster's retained messages are in.
+            tasks.push(crate::route::external::retained::start(mirror, retained).await);
+        }
         let accepts = client_listeners
             .into_iter()
             .map(|(kind, _, listener)| {

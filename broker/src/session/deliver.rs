@@ -120,10 +120,11 @@ impl Relay {
             qos: retained.qos,
             retain: true,
             index: retained.index,
-            // The retained store holds this gateway's own records.
-            origin: None,
+            // Another gateway's, for a retained message mirrored from the cluster.
+            origin: retained.origin.clone(),
             from: Arc::from(""),
             at: retained.since,
+            received_ms: retained.received_ms,
         };
         let options = SubOptions { retain_as_published: true, ..options };
         self.inbox.push(Delivery { message: Arc::new(message), filter: Arc::clone(filter), options });

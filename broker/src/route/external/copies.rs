@@ -79,6 +79,7 @@ impl Shared {
             origin,
             from,
             at: Instant::now(),
+            received_ms: 0,
         };
         Some((Arc::new(message), ids))
     }
@@ -171,6 +172,7 @@ mod tests {
             origin: None,
             from: "dev 1".into(),
             at: Instant::now(),
+            received_ms: 0,
         }
     }
 

@@ -32,7 +32,8 @@
 //!   logged is dropped; and the lowest index not acknowledged upstream is
 //!   kept in a file each second (`watermark.rs`), so a gateway killed
 //!   routes at restart what it had not. Each goes upstream at QoS 1,
-//!   never retained (retained messages stay the gateway's), with the
+//!   never retained (retained state crosses gateways apart, through
+//!   [`retained`]'s namespaces in the broker's retained store), with the
 //!   publisher's properties (Message Expiry Interval less the time queued)
 //!   and the gateway's [`Route`] as the last user property (the log's
 //!   origin and index, the publisher qualified as `{gateway id}/{client id}`). The receiving gateway rebuilds
@@ -58,6 +59,7 @@ mod copies;
 mod dedupe;
 pub mod link;
 mod refill;
+pub mod retained;
 mod watermark;
 pub mod wire;
 

@@ -194,6 +194,7 @@ pub(super) async fn read_back(
             origin: None,
             from: record.device_id.into(),
             at: Instant::now(),
+            received_ms: record.received_ms,
         }));
     }
     Ok((messages, end))
@@ -214,6 +215,7 @@ mod tests {
             origin: None,
             from: "c".into(),
             at: Instant::now(),
+            received_ms: 0,
         })
     }
 
