@@ -140,3 +140,57 @@ fn each_gateway_publishes_only_its_own_checkpoints() {
     }
     assert!(a.stop().success() && b.stop().success());
 }
+
+/// The (`sealmq-index`, `sealmq-origin`) pairs of what `conn` receives, `count` of them.
+fn receipts(conn: &mut Conn, count: usize) -> Vec<(String, Vec<String>)> {
+    (0..count)
+        .map(|n| {
+            let publish = conn.next_publish5(WAIT).unwrap_or_else(|| panic!("delivery {n} of {count}"));
+            let properties = publish.properties.unwrap_or_default().user_properties;
+            let values = |name: &str| -> Vec<String> {
+                properties.iter().filter(|(k, _)| k == name).map(|(_, v)| v.clone()).collect()
+            };
+            let index = values("sealmq-index");
+            assert_eq!(index.len(), 1, "one index on each delivery: {properties:?}");
+            (index[0].clone(), values("sealmq-origin"))
+        })
+        .collect()
+}
+
+/// A receipt names a record of one log among several: every delivery that
+/// carries `sealmq-index` also carries `sealmq-origin`, the origin of the
+/// log holding that index — the publishing gateway's, wherever the
+/// subscriber is — and a publisher cannot forge either.
+#[test]
+fn receipts_name_the_log_that_holds_the_index() {
+    let upstream = Mosquitto::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let (data_a, data_b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let a = gateway(&data_a, &upstream);
+    let b = gateway(&data_b, &upstream);
+    let origin = |data| common::vkey(data).parse::<sealmq_audit::VerifierKey>().unwrap().name().to_string();
+    let (origin_a, origin_b) = (origin(&data_a), origin(&data_b));
+    assert_ne!(origin_a, origin_b);
+
+    let mut sub_a = common::mqtt::connect5_receipts(a.mqtt, "auditor-on-a");
+    assert_eq!(subscribe5(&mut sub_a, 1, "plant/#", QoS::AtLeastOnce), vec![1]);
+    let mut sub_b = common::mqtt::connect5_receipts(b.mqtt, "auditor-on-b");
+    assert_eq!(subscribe5(&mut sub_b, 1, "plant/#", QoS::AtLeastOnce), vec![1]);
+
+    for (publisher, gateway, origin) in [("sensor-on-a", a.mqtt, &origin_a), ("sensor-on-b", b.mqtt, &origin_b)] {
+        let mut sensor = connect5(gateway, publisher);
+        let mut acked = Vec::new();
+        for n in 0..3u16 {
+            // A publisher's own `sealmq-*` properties never reach a receipt.
+            let forged = vec![("sealmq-origin".to_string(), "forged".to_string())];
+            let packet = publish5_packet("plant/x", QoS::AtLeastOnce, n + 1, b"m", false, forged);
+            sensor.send5(&packet).unwrap();
+            let ack = sensor.expect(kind::PUBACK);
+            acked.push(ack.user_property("sealmq-index").expect("the PUBACK names the record"));
+        }
+        let expected: Vec<_> = acked.iter().map(|i| (i.clone(), vec![origin.clone()])).collect();
+        assert_eq!(receipts(&mut sub_a, 3), expected, "on gateway A, {publisher}'s records");
+        assert_eq!(receipts(&mut sub_b, 3), expected, "on gateway B, {publisher}'s records");
+    }
+    assert!(a.stop().success() && b.stop().success());
+}

@@ -26,6 +26,10 @@ pub const PROP_INDEX: &str = "sealmq-index";
 /// (live, retained, wills) carry [`PROP_INDEX`], and any `sealmq-*` user
 /// property a publisher set is removed from them, so none can be spoofed.
 pub const PROP_RECEIPTS: &str = "sealmq-receipts";
+/// Beside [`PROP_INDEX`] on every delivery that carries it: the origin (the
+/// C2SP checkpoint origin line) of the log that holds that index — this
+/// gateway's own, or, behind an external router, the publishing gateway's.
+pub const PROP_ORIGIN: &str = "sealmq-origin";
 /// Reason codes of refusals (MQTT 5 PUBACK/PUBREC).
 pub const NOT_AUTHORIZED: u8 = 0x87;
 /// A malformed MQS1 envelope or property.
@@ -184,6 +188,7 @@ pub fn admit_checked(
         qos: publish.qos as u8,
         retain: publish.retain,
         index: None,
+        origin: None,
         from: Arc::clone(client_id),
         at: Instant::now(),
     };

@@ -97,6 +97,7 @@ pub async fn route_actions(shared: Arc<Shared>, mut actions: mpsc::UnboundedRece
                 qos: record.qos,
                 retain: record.retain,
                 index: None,
+                origin: None,
                 from: Arc::from(record.device_id),
                 at: Instant::now(),
             };
@@ -119,6 +120,7 @@ fn publish_checkpoint(shared: &Shared, note: String) {
         qos: 0,
         retain: true,
         index: None,
+        origin: None,
         from: Arc::from(""),
         at: Instant::now(),
     };

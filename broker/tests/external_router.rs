@@ -20,7 +20,7 @@ use mosquitto::Mosquitto;
 
 /// A gateway's router on `broker`.
 async fn gateway(broker: &Mosquitto, id: &str) -> External {
-    External::connect(&broker.address(), "", "", id, 2).await.unwrap()
+    External::connect(&broker.address(), "", "", id, &format!("{id}.example/log"), 2).await.unwrap()
 }
 
 fn inbox(session: u64, client_id: &str) -> Arc<Inbox> {
@@ -39,6 +39,7 @@ fn message(topic: &str, from: &str, index: u64) -> Arc<Message> {
         qos: 1,
         retain: false,
         index: Some(index),
+        origin: None,
         from: from.into(),
         at: Instant::now(),
     })
@@ -114,6 +115,7 @@ async fn a_message_crosses_gateways_once_with_its_route_and_properties_intact() 
         );
         assert_eq!((m.qos, m.retain), ((i % 3) as u8, i % 2 == 0), "QoS and retain as published");
         assert_eq!(&*m.from, "gw-b\0dev-1", "qualified: never a client of this gateway");
+        assert_eq!(m.origin.as_deref(), Some("gw-b.example/log"), "its index is in the publishing gateway's log");
         assert_eq!(d.options, options(7));
         let mut props = m.properties.clone().unwrap();
         let expiry = props.message_expiry_interval.take().unwrap();
@@ -123,6 +125,7 @@ async fn a_message_crosses_gateways_once_with_its_route_and_properties_intact() 
     let got = take(&local, 20).await;
     assert_eq!(indexes(&got), (100..120).collect::<Vec<_>>(), "a gateway's own publishes: once, from the broker");
     assert!(got.iter().all(|d| &*d.message.from == "dev-1"), "local publisher unqualified");
+    assert!(got.iter().all(|d| d.message.origin.is_none()), "in this gateway's own log");
     assert!(take(&publisher, 0).await.is_empty(), "No Local");
     assert_clean(a.stats());
     assert_clean(b.stats());
@@ -307,7 +310,9 @@ async fn a_broker_sending_nonsense_costs_a_reconnection_never_a_panic() {
                         let unrouted = Publish::new("t/x", QoS::AtMostOnce, "no route", None);
                         encode_v5(&Packet::Publish(unrouted), &mut out).unwrap();
                         let mut stray = Publish::new("t/x", QoS::AtMostOnce, "nobody's", None);
-                        Route { index: Some(1), qos: 0, retain: false, from: "gw-x/c".into() }.attach(&mut stray);
+                        let origin = "gw-x.example/log".into();
+                        Route { index: Some(1), origin, qos: 0, retain: false, from: "gw-x/c".into() }
+                            .attach(&mut stray);
                         stray.properties.as_mut().unwrap().subscription_identifiers = vec![99];
                         encode_v5(&Packet::Publish(stray), &mut out).unwrap();
                         encode_v5(&Packet::PubAck(PubAck::new(7, None)), &mut out).unwrap();
@@ -323,7 +328,7 @@ async fn a_broker_sending_nonsense_costs_a_reconnection_never_a_panic() {
             });
         }
     });
-    let router = External::connect(&address, "user", "secret", "gw-a", 2).await.unwrap();
+    let router = External::connect(&address, "user", "secret", "gw-a", "gw-a.example/log", 2).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !(router.stats().connection_losses >= 4 && router.is_ready()) {
         assert!(Instant::now() < deadline, "{:?}", router.stats());

@@ -83,6 +83,11 @@ pub const INDEX_PROPERTY: &str = "sealmq-index";
 /// [`INDEX_PROPERTY`] on its deliveries; without it the broker forwards
 /// every message's properties exactly as published.
 pub const RECEIPTS_PROPERTY: &str = "sealmq-receipts";
+/// Beside [`INDEX_PROPERTY`] on every delivery that carries it: the origin
+/// (checkpoint origin line) of the log holding that index — with several
+/// gateways in front of a cluster, the publishing gateway's log, whose
+/// checkpoints and proofs are the ones to check the delivery against.
+pub const ORIGIN_PROPERTY: &str = "sealmq-origin";
 /// The retained topic on which the broker publishes each signed checkpoint.
 pub const CHECKPOINT_TOPIC: &str = "$SYS/sealmq/checkpoint";
 

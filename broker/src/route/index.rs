@@ -262,6 +262,7 @@ mod tests {
             qos: 1,
             retain: false,
             index: Some(0),
+            origin: None,
             from: from.into(),
             at: Instant::now(),
         })

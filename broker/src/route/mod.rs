@@ -121,6 +121,10 @@ pub struct Message {
     pub retain: bool,
     /// The record's log index (`None` for the broker's own `$SYS` messages).
     pub index: Option<u64>,
+    /// The origin of the log holding `index`: `None` for this gateway's
+    /// own log; another gateway's, for a message routed from it (external
+    /// router).
+    pub origin: Option<Arc<str>>,
     /// The publisher's client id (No Local); empty for the broker. From
     /// another gateway (external router): `{gateway id}\0{client id}`,
     /// which no local client id can equal.

@@ -148,6 +148,7 @@ impl Broker {
                     upstream.username.as_deref().unwrap_or_default(),
                     upstream.password.as_deref().unwrap_or_default(),
                     &gateway_id,
+                    &origin,
                     upstream.connections.unwrap_or(EXTERNAL_CONNECTIONS),
                 )
                 .await?;

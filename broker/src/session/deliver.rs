@@ -11,7 +11,7 @@ use super::End;
 use super::connect::Client;
 use super::qos_from;
 use super::relay::{Outgoing, Relay};
-use crate::admission::PROP_INDEX;
+use crate::admission::{PROP_INDEX, PROP_ORIGIN};
 use crate::codec::v5;
 use crate::ops::metrics::Dropped;
 use crate::route::retained::Retained;
@@ -60,7 +60,7 @@ impl Relay {
             self.shared.stats.dropped(Dropped::Expired);
             return None;
         }
-        let properties = self.for_client(properties, message.index, &options);
+        let properties = self.for_client(properties, &message, &options);
         Some(v5::Publish {
             dup: false,
             qos: qos_from(options.qos.min(message.qos)),
@@ -74,11 +74,12 @@ impl Relay {
 
     /// The publisher's properties as this client gets them: with the
     /// subscription's identifier, and for a client that asked for
-    /// receipts, the record's index (and no other `sealmq-*` property).
+    /// receipts, the record's index and the origin of the log holding it
+    /// (and no other `sealmq-*` property).
     fn for_client(
         &self,
         properties: Option<v5::PublishProperties>,
-        index: Option<u64>,
+        message: &Message,
         options: &SubOptions,
     ) -> Option<v5::PublishProperties> {
         if !self.receipts && options.id.is_none() {
@@ -87,8 +88,13 @@ impl Relay {
         let mut properties = properties.unwrap_or_default();
         if self.receipts {
             properties.user_properties.retain(|(name, _)| !name.starts_with("sealmq-"));
-            if let Some(index) = index {
+            if let Some(index) = message.index {
                 properties.user_properties.push((PROP_INDEX.to_string(), index.to_string()));
+                // An index means nothing without its log: another gateway's
+                // for a routed message, else this one's.
+                let origin =
+                    message.origin.as_deref().unwrap_or_else(|| self.shared.log.reader().verifier_key().name());
+                properties.user_properties.push((PROP_ORIGIN.to_string(), origin.to_string()));
             }
         }
         properties.subscription_identifiers = options.id.into_iter().collect();
@@ -114,6 +120,8 @@ impl Relay {
             qos: retained.qos,
             retain: true,
             index: retained.index,
+            // The retained store holds this gateway's own records.
+            origin: None,
             from: Arc::from(""),
             at: retained.since,
         };

@@ -81,6 +81,8 @@ pub const MAX_INFLIGHT: usize = 1024;
 pub const MAX_CONTROL: usize = 64;
 /// How long [`External::subscribe`] waits for the broker's SUBACK.
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(10);
+/// Most origins kept for sharing (a cluster has a gateway per origin).
+const MAX_ORIGINS: usize = 1024;
 /// Largest Subscription Identifier.
 const MAX_SUBSCRIPTION_ID: usize = 268_435_455;
 
@@ -130,6 +132,11 @@ impl Table {
 #[derive(Debug)]
 struct Shared {
     gateway_id: Box<str>,
+    /// This gateway's log's origin, sent with every publish.
+    origin: Arc<str>,
+    /// Other gateways' origins as routed copies named them, one shared
+    /// copy each (a copy naming a new one is its own, past [`MAX_ORIGINS`]).
+    origins: std::sync::Mutex<HashMap<Box<str>, Arc<str>>>,
     table: RwLock<Table>,
     /// What each connection's task shares with the router.
     links: Vec<LinkState>,
@@ -189,18 +196,24 @@ impl External {
     /// Opens `connections` connections to the broker at `address`
     /// (`host:port`) with the given credentials (empty: none) as gateway
     /// `gateway_id` (1 to 64 of `A-Z a-z 0-9 . _ -`, unique among the
-    /// gateways sharing the broker), and starts their tasks. Fails if any
-    /// connection fails now; later drops are reconnected.
+    /// gateways sharing the broker) whose log's origin is `origin`, and
+    /// starts their tasks. Fails if any connection fails now; later drops
+    /// are reconnected.
     pub async fn connect(
         address: &str,
         username: &str,
         password: &str,
         gateway_id: &str,
+        origin: &str,
         connections: usize,
     ) -> Result<External, RouteError> {
         let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
         if gateway_id.is_empty() || gateway_id.len() > 64 || !gateway_id.chars().all(valid) {
             return Err(RouteError::Unavailable(format!("invalid gateway id {gateway_id:?}")));
+        }
+        // A note key name (C2SP signed-note) has neither; the route relies on it.
+        if origin.is_empty() || origin.chars().any(|c| c.is_whitespace() || c == '+') {
+            return Err(RouteError::Unavailable(format!("invalid origin {origin:?}")));
         }
         if !(1..=MAX_CONNECTIONS).contains(&connections) {
             return Err(RouteError::Unavailable(format!("{connections} connections: 1 to {MAX_CONNECTIONS} allowed")));
@@ -224,6 +237,8 @@ impl External {
         }
         let shared = Arc::new(Shared {
             gateway_id: gateway_id.into(),
+            origin: origin.into(),
+            origins: std::sync::Mutex::default(),
             table: RwLock::default(),
             links,
             dropped: AtomicU64::new(0),
@@ -458,6 +473,10 @@ impl Shared {
         let ids = std::mem::take(&mut properties.subscription_identifiers);
         properties.topic_alias = None;
         let properties = (properties != v5::PublishProperties::default()).then_some(properties);
+        let origin = match route.index {
+            Some(_) => self.origin_of(&route.origin),
+            None => None,
+        };
         let from = match route.from.split_once('/') {
             Some((gateway, client)) if gateway == &*self.gateway_id => client.into(),
             // NUL is in no client id: no local client is ever taken for it (No Local).
@@ -471,10 +490,28 @@ impl Shared {
             qos: route.qos,
             retain: route.retain,
             index: route.index,
+            origin,
             from,
             at: Instant::now(),
         };
         Some((Arc::new(message), ids))
+    }
+
+    /// A routed copy's origin as a [`Message`] holds it: `None` for this
+    /// gateway's own log, else one shared copy per origin.
+    fn origin_of(&self, origin: &str) -> Option<Arc<str>> {
+        if origin == &*self.origin {
+            return None;
+        }
+        let mut origins = self.origins.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(known) = origins.get(origin) {
+            return Some(Arc::clone(known));
+        }
+        let new: Arc<str> = origin.into();
+        if origins.len() < MAX_ORIGINS {
+            origins.insert(origin.into(), Arc::clone(&new));
+        }
+        Some(new)
     }
 
     /// The upstream form of a message; `None` if it expired while queued.
@@ -501,7 +538,10 @@ impl Shared {
             properties: Some(properties),
         };
         let from = format!("{}/{}", self.gateway_id, message.from);
-        Route { index: message.index, qos: message.qos, retain: message.retain, from }.attach(&mut publish);
+        // What this gateway routes is in its own log (routed copies of
+        // others' messages are never sent upstream again).
+        let origin = self.origin.to_string();
+        Route { index: message.index, origin, qos: message.qos, retain: message.retain, from }.attach(&mut publish);
         Some(publish)
     }
 }
@@ -515,6 +555,8 @@ mod tests {
     fn gateway(id: &str) -> Shared {
         Shared {
             gateway_id: id.into(),
+            origin: format!("{id}.example/log").into(),
+            origins: std::sync::Mutex::default(),
             table: RwLock::default(),
             links: Vec::new(),
             dropped: AtomicU64::new(0),
@@ -532,6 +574,7 @@ mod tests {
             qos: 2,
             retain: true,
             index: Some(42),
+            origin: None,
             from: "dev 1".into(),
             at: Instant::now(),
         }
@@ -568,7 +611,9 @@ mod tests {
                 properties.map(|p| v5::PublishProperties { topic_alias: None, subscription_identifiers: vec![], ..p });
             assert_eq!(back.properties, expected);
             assert_eq!(&*back.from, "gw-b\0dev 1", "another gateway's publisher");
-            assert_eq!(&*b.rebuild(routed(up, vec![1])).unwrap().0.from, "dev 1", "this gateway's own");
+            assert_eq!(back.origin.as_deref(), Some("gw-b.example/log"), "the index is in the publisher's log");
+            let own = b.rebuild(routed(up, vec![1])).unwrap().0;
+            assert_eq!((&*own.from, own.origin.as_deref()), ("dev 1", None), "this gateway's own");
         }
     }
 
@@ -595,7 +640,8 @@ mod tests {
         foreign.topic = Bytes::from_static(b"t/\xff");
         assert!(gw.rebuild(foreign).is_none(), "not UTF-8");
         let mut forged = v5::Publish::new("t/x", QoS::AtLeastOnce, "p", None);
-        Route { index: None, qos: 1, retain: false, from: "no-gateway".into() }.attach(&mut forged);
+        let origin = "x.example/log".into();
+        Route { index: None, origin, qos: 1, retain: false, from: "no-gateway".into() }.attach(&mut forged);
         assert_eq!(&*gw.rebuild(forged).unwrap().0.from, "\0no-gateway", "never a local client");
     }
 }

@@ -43,11 +43,18 @@ pub fn down_topic(topic: &str) -> Option<&str> {
 
 /// What the router must carry for the gateway beside a publish: the
 /// semantics the router does not keep (the published QoS and retain flag,
-/// the publisher for No Local) and the record's log index.
+/// the publisher for No Local), the record's log index and the origin of
+/// the log that holds it.
+///
+/// Encoded as one value, `{index or -} {qos} {0|1} {origin} {from}`: an
+/// origin is a C2SP note key name, which has no spaces, and the publisher
+/// comes last, as it may.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     /// The record's log index; `None` for the gateway's own `$SYS` publishes.
     pub index: Option<u64>,
+    /// The origin (checkpoint origin line) of the publishing gateway's log.
+    pub origin: String,
     /// QoS as published (the router delivers at the subscription's).
     pub qos: u8,
     /// Published retained (the router clears the flag on live deliveries).
@@ -61,7 +68,7 @@ impl Route {
     /// Appends the route as the last user property of an upstream publish.
     pub fn attach(&self, publish: &mut v5::Publish) {
         let index = self.index.map_or_else(|| "-".to_string(), |i| i.to_string());
-        let value = format!("{index} {} {} {}", self.qos, u8::from(self.retain), self.from);
+        let value = format!("{index} {} {} {} {}", self.qos, u8::from(self.retain), self.origin, self.from);
         publish.properties.get_or_insert_with(Default::default).user_properties.push((PROP_ROUTE.to_string(), value));
     }
 
@@ -73,16 +80,17 @@ impl Route {
         if name != PROP_ROUTE {
             return None;
         }
-        let mut parts = value.splitn(4, ' ');
+        let mut parts = value.splitn(5, ' ');
         let index = match parts.next()? {
             "-" => None,
             index => Some(index.parse().ok()?),
         };
         let qos = parts.next()?.parse().ok().filter(|q| *q <= 2)?;
         let retain = parts.next()? == "1";
+        let origin = parts.next().filter(|o| !o.is_empty())?.to_string();
         let from = parts.next()?.to_string();
         properties.user_properties.pop();
-        Some(Self { index, qos, retain, from })
+        Some(Self { index, origin, qos, retain, from })
     }
 }
 
@@ -109,7 +117,8 @@ mod tests {
 
     #[test]
     fn the_route_is_the_last_user_property_and_comes_off_again() {
-        let route = Route { index: Some(7), qos: 2, retain: true, from: "gw/a b".into() };
+        let route =
+            Route { index: Some(7), origin: "gw.example/log".into(), qos: 2, retain: true, from: "gw/a b".into() };
         let properties =
             v5::PublishProperties { user_properties: vec![("k".into(), "v".into())], ..Default::default() };
         let mut publish = v5::Publish { properties: Some(properties), ..Default::default() };
@@ -118,5 +127,10 @@ mod tests {
         assert_eq!(Route::detach(&mut properties), Some(route));
         assert_eq!(properties.user_properties, vec![("k".to_string(), "v".to_string())]);
         assert_eq!(Route::detach(&mut properties), None, "only the gateway's last property is a route");
+        let mut truncated = v5::PublishProperties {
+            user_properties: vec![(PROP_ROUTE.into(), "7 1 0 gw.example/log".into())],
+            ..Default::default()
+        };
+        assert_eq!(Route::detach(&mut truncated), None, "no publisher: not a route");
     }
 }
