@@ -349,7 +349,7 @@ impl Hub {
             self.tally.failures += 1;
             match origin {
                 Some(origin) => {
-                    eprintln!("FAILED: {label}: logged by {origin:?}, which is not among the logs followed")
+                    eprintln!("FAILED: {label}: logged by {origin:?}, which is not among the logs followed");
                 }
                 None => eprintln!("FAILED: {label}: no {ORIGIN_PROPERTY} property: which of the logs holds it?"),
             }
