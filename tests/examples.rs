@@ -14,6 +14,9 @@ mod common;
 // The irrigation example (rules): its own file, with this one's harness.
 #[path = "examples/irrigation.rs"]
 mod irrigation;
+// The hub and auditor following several gateways' logs (`--logs`).
+#[path = "examples/logs.rs"]
+mod logs;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -41,6 +41,11 @@ pub struct BenchArgs {
     /// The broker's MQTT address.
     #[arg(long, default_value = "127.0.0.1:1883")]
     host: String,
+    /// The subscribers' broker, when not --host: another gateway in front
+    /// of the same cluster, so that every message crosses it (publishers,
+    /// idle connections and the checkpoint watcher stay on --host).
+    #[arg(long, value_name = "HOST")]
+    sub_host: Option<String>,
     /// MQTT version: 5, or 3.1.1 (also accepted as 3 or 4).
     #[arg(long, value_enum, default_value = "5")]
     mqtt: Mqtt,

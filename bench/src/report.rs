@@ -70,7 +70,7 @@ pub fn write(args: &BenchArgs, r: &Results) -> Result<()> {
         "label": label,
         "command": std::env::args().collect::<Vec<_>>().join(" "),
         "config": {
-            "host": args.host, "mqtt": mqtt, "publishers": p_count, "subscribers": s_count,
+            "host": args.host, "sub_host": args.sub_host, "mqtt": mqtt, "publishers": p_count, "subscribers": s_count,
             "topics_per_publisher": args.topics, "pattern": args.pattern.name(), "qos": args.qos,
             "payload": args.payload, "signed": args.signed, "rate_per_publisher": args.rate,
             "inflight": args.inflight, "duration_s": r.duration, "count": args.count,

@@ -112,11 +112,11 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
             "{needed} connections need more open files than this process may have ({limit}): raise `ulimit -n`"
         );
     }
-    let addr = tokio::net::lookup_host(&args.host)
-        .await
-        .with_context(|| format!("resolving {}", args.host))?
-        .next()
-        .with_context(|| format!("{} resolves to no address", args.host))?;
+    let addr = resolve(&args.host).await?;
+    let sub_addr = match &args.sub_host {
+        Some(host) => resolve(host).await?,
+        None => addr,
+    };
     let v5 = args.mqtt == Mqtt::V5;
     let prefix = match &args.prefix {
         Some(prefix) => prefix.clone(),
@@ -184,7 +184,7 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
         }
     };
     let mut sub_conns = if p_count > 0 {
-        open_many(addr, v5, s_count, args.connect_concurrency, |s| format!("{prefix}-s{s}"))
+        open_many(sub_addr, v5, s_count, args.connect_concurrency, |s| format!("{prefix}-s{s}"))
             .await
             .context("connecting subscribers")?
     } else {
@@ -439,4 +439,13 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
     };
     report::write(&args, &results)?;
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FAILED_CHECK) })
+}
+
+/// The first address `host` resolves to.
+async fn resolve(host: &str) -> Result<std::net::SocketAddr> {
+    tokio::net::lookup_host(host)
+        .await
+        .with_context(|| format!("resolving {host}"))?
+        .next()
+        .with_context(|| format!("{host} resolves to no address"))
 }

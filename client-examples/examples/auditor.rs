@@ -15,6 +15,12 @@
 //! state file, so a restarted auditor goes on from it: a log that rewrote
 //! history while the auditor was down is caught at the first new checkpoint.
 //!
+//! With `--logs FILE` (gateways behind one clustered broker, each with its
+//! own log; format in `client_examples::load_logs`) it audits every log
+//! listed, each with its own key and API: indices are then written
+//! `ORIGIN:INDEX` (a bare index when only one log is listed), and --watch
+//! follows each log's checkpoints, the state file keeping one per log.
+//!
 //! Exit codes: 0 when every check held, 1 when one did not (the message says
 //! which), 2 when the auditor could not run.
 
@@ -27,8 +33,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use clap::Parser;
 use client_examples::{
-    Api, CheckError, CheckpointChain, DeviceKeys, EXIT_ERROR, EXIT_FAILED, Step, cosigned_suffix, describe_policy,
-    describe_record, exit_code, fetch_and_check_proof, load_policy, write_atomically,
+    Api, CheckError, CheckpointChain, DeviceKeys, EXIT_ERROR, EXIT_FAILED, FollowedLog, Step, cosigned_suffix,
+    describe_policy, describe_record, exit_code, fetch_and_check_proof, followed_logs, write_atomically,
 };
 use sealmq_audit::{Policy, Record, check_device_signature};
 use serde::{Deserialize, Serialize};
@@ -40,7 +46,7 @@ use serde::{Deserialize, Serialize};
 struct Args {
     /// The log's verifier key (`sealmq audit vkey`): the root of trust, given
     /// out of band, never taken from the server.
-    #[arg(long, env = "SEALMQ_VKEY", required_unless_present = "policy")]
+    #[arg(long, env = "SEALMQ_VKEY", required_unless_present_any = ["policy", "logs"])]
     vkey: Option<String>,
     /// A C2SP tlog-policy file instead of --vkey: the log's key and the
     /// quorum of witnesses that must cosign every checkpoint accepted.
@@ -48,12 +54,16 @@ struct Args {
     /// --watch follows `/v1/checkpoint/witnessed`.
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
+    /// Several logs instead of --vkey/--policy and --http: a JSON list of
+    /// `{"origin", "vkey" or "policy", "url"}`, one per gateway's log.
+    #[arg(long, value_name = "FILE")]
+    logs: Option<PathBuf>,
     /// The broker's HTTP API, `host:port`.
     #[arg(long, default_value = "127.0.0.1:8080")]
     http: String,
-    /// Record indices to prove.
+    /// Record indices to prove; with several --logs, `ORIGIN:INDEX`.
     #[arg(value_name = "INDEX")]
-    indices: Vec<u64>,
+    indices: Vec<String>,
     /// Prove against the checkpoint of this tree size instead of the latest.
     #[arg(long, value_name = "N")]
     size: Option<u64>,
@@ -97,29 +107,55 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<ExitCode> {
-    let policy = load_policy(args.vkey.as_deref(), args.policy.as_deref())?;
-    let api = Api::new(&args.http)?;
+    let logs = followed_logs(args.logs.as_deref(), args.vkey.as_deref(), args.policy.as_deref(), &args.http)?;
     if args.indices.is_empty() && !args.watch {
         bail!("nothing to do: give record indices to prove, or --watch");
     }
-    if let Ok(Some(served)) = api.vkey()
-        && !policy.logs().iter().any(|l| l.key.to_string() == served)
-    {
-        // Only a hint for the operator: the checks use the key given.
-        eprintln!("warning: the server says its verifier key is {served}; checking with the one(s) given");
+    let indices = args.indices.iter().map(|i| parse_index(&logs, i)).collect::<Result<Vec<_>>>()?;
+    for log in &logs {
+        if let Ok(Some(served)) = log.api.vkey()
+            && !log.policy.logs().iter().any(|l| l.key.to_string() == served)
+        {
+            // Only a hint for the operator: the checks use the key given.
+            eprintln!("warning: {} says its verifier key is {served}; checking with the one(s) given", log.api.base());
+        }
     }
     let mut code = ExitCode::SUCCESS;
-    if !args.indices.is_empty() {
-        code = prove(&args, &api, &policy)?;
+    for (n, log) in logs.iter().enumerate() {
+        let mine: Vec<u64> = indices.iter().filter(|(l, _)| *l == n).map(|&(_, i)| i).collect();
+        if !mine.is_empty() {
+            let proved = prove(&args, &log.api, &log.policy, &mine)?;
+            if code == ExitCode::SUCCESS {
+                code = proved;
+            }
+        }
     }
     if args.watch && code == ExitCode::SUCCESS {
-        code = watch(&args, &api, policy)?;
+        code = watch(&args, logs)?;
     }
     Ok(code)
 }
 
+/// `INDEX`, or `ORIGIN:INDEX` naming one of `logs`: which log, which index.
+fn parse_index(logs: &[FollowedLog], text: &str) -> Result<(usize, u64)> {
+    let (origin, index) = match text.rsplit_once(':') {
+        Some((origin, index)) => (Some(origin), index),
+        None => (None, text),
+    };
+    let index: u64 = index.parse().with_context(|| format!("{text:?} is not a record index"))?;
+    let log = match origin {
+        Some(origin) => logs
+            .iter()
+            .position(|l| l.origin == origin)
+            .with_context(|| format!("{text:?}: {origin:?} is not among the logs followed"))?,
+        None if logs.len() == 1 => 0,
+        None => bail!("{text:?}: which log? with several logs, write ORIGIN:INDEX"),
+    };
+    Ok((log, index))
+}
+
 /// Proves each index; every failure is reported, the exit code says if any.
-fn prove(args: &Args, api: &Api, policy: &Policy) -> Result<ExitCode> {
+fn prove(args: &Args, api: &Api, policy: &Policy, indices: &[u64]) -> Result<ExitCode> {
     let wait = Duration::from_secs(args.wait_secs);
     let mut keys = None;
     // Proofs fetched one after another may be against different (growing)
@@ -127,7 +163,7 @@ fn prove(args: &Args, api: &Api, policy: &Policy) -> Result<ExitCode> {
     let mut chain = CheckpointChain::with_policy(policy.clone());
     let mut failures = 0u64;
     let mut unchecked = 0u64;
-    for &index in &args.indices {
+    for &index in indices {
         let result =
             fetch_and_check_proof(api, policy, index, args.size, wait).and_then(|(bundle, proven, cosigners)| {
                 let mut line = format!(
@@ -155,7 +191,7 @@ fn prove(args: &Args, api: &Api, policy: &Policy) -> Result<ExitCode> {
             }
         }
     }
-    let total = args.indices.len();
+    let total = indices.len();
     if failures > 0 {
         eprintln!("FAILED: {failures} of {total} record(s) did not check out");
         return Ok(ExitCode::from(EXIT_FAILED));
@@ -193,70 +229,59 @@ fn device_signature(api: &Api, keys: &mut Option<DeviceKeys>, record: &Record) -
     Ok(format!("; device signature holds (key {})", hex::encode(sb.kid)))
 }
 
-/// Polls the checkpoint (the latest witnessed one, under a policy with
-/// witnesses) and proves each new one consistent with the last.
-fn watch(args: &Args, api: &Api, policy: Policy) -> Result<ExitCode> {
-    let witnessed = !policy.needs_no_witness();
-    let mut chain = match &args.state {
-        Some(path) if path.exists() => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            let state: WatchState =
-                serde_json::from_str(&text).with_context(|| format!("{} is not a watch state file", path.display()))?;
-            if !policy.logs().iter().any(|l| l.key.to_string() == state.vkey.trim()) {
-                bail!("{} is the state of another log (verifier key {})", path.display(), state.vkey);
+/// One log being watched.
+struct Watched {
+    log: FollowedLog,
+    chain: CheckpointChain,
+    /// The last checkpoint note accepted, for the state file.
+    note: Option<String>,
+    extended: u64,
+}
+
+/// What one poll of one log found.
+enum Polled {
+    Nothing,
+    Accepted,
+    Failed,
+}
+
+/// Polls each log's checkpoint (the latest witnessed one, under a policy
+/// with witnesses) and proves each new one consistent with the last.
+fn watch(args: &Args, logs: Vec<FollowedLog>) -> Result<ExitCode> {
+    let saved = load_state(args)?;
+    let several = logs.len() > 1;
+    let mut watched = Vec::with_capacity(logs.len());
+    for log in logs {
+        let key = |state: &&WatchState| log.policy.logs().iter().any(|l| l.key.to_string() == state.vkey.trim());
+        let chain = match saved.iter().find(key) {
+            Some(state) => {
+                let chain = CheckpointChain::resume(log.policy.clone(), &state.checkpoint).map_err(|e| {
+                    anyhow!("{}: {e}", args.state.as_ref().map_or("state".into(), |p| p.display().to_string()))
+                })?;
+                let size = chain.latest().map_or(0, |l| l.checkpoint.size);
+                println!("watch: {}resuming from the checkpoint of tree size {size}", prefix(several, &log.origin));
+                chain
             }
-            let chain =
-                CheckpointChain::resume(policy, &state.checkpoint).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-            let size = chain.latest().map_or(0, |l| l.checkpoint.size);
-            println!("watch: resuming from the checkpoint of tree size {size} ({})", path.display());
-            chain
-        }
-        _ => CheckpointChain::with_policy(policy),
-    };
+            None => CheckpointChain::with_policy(log.policy.clone()),
+        };
+        let note = saved.iter().find(key).map(|s| s.checkpoint.clone());
+        watched.push(Watched { log, chain, note, extended: 0 });
+    }
+    if let Some(other) = saved.iter().find(|s| !watched.iter().any(|w| w.note.as_deref() == Some(&s.checkpoint))) {
+        let path = args.state.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+        bail!("{path} is the state of another log (verifier key {})", other.vkey);
+    }
     let started = Instant::now();
-    let mut extended = 0u64;
     loop {
-        let fetched = if witnessed { api.witnessed_checkpoint() } else { api.checkpoint() };
-        match fetched {
-            Ok(Some(note)) => match chain.observe(api, &note) {
-                Ok(Step::First { size }) => {
-                    let (key, cosigned) = accepted(&chain);
-                    println!("watch: tree size {size}, signed by {}{cosigned}", key.name());
-                    save(args, &chain, &note)?;
-                }
-                Ok(Step::Same { .. }) => {}
-                Ok(Step::Extended { from, to }) => {
-                    extended += 1;
-                    println!("watch: tree size {to}{}, consistent with {from}", accepted(&chain).1);
-                    save(args, &chain, &note)?;
-                }
-                Ok(Step::Unwitnessed { size, cosigned }) => {
-                    // The broker serves as witnessed what the policy's quorum
-                    // did not cosign: this policy's witnesses differ from the
-                    // broker's, or it lies. Not accepted, not yet a failure.
-                    eprintln!(
-                        "watch: the checkpoint of tree size {size} is not cosigned by the policy's quorum (only by \
-                         {cosigned:?}); not accepted"
-                    );
-                }
-                Ok(Step::Older { size, latest }) => {
-                    println!(
-                        "FAILED: the log's latest checkpoint went back to tree size {size} after {latest} had been \
-                         verified (consistent, but a log never shrinks)"
-                    );
-                    return Ok(ExitCode::from(EXIT_FAILED));
-                }
-                Err(CheckError::Failed(why)) => {
-                    println!("FAILED: {why}");
-                    return Ok(ExitCode::from(EXIT_FAILED));
-                }
-                Err(CheckError::Unavailable(e)) => eprintln!("watch: could not check this time: {e:#}"),
-            },
-            Ok(None) if witnessed => eprintln!("watch: the log has no witnessed checkpoint yet"),
-            Ok(None) => eprintln!("watch: the log has no checkpoint yet"),
-            // A monitor rides out an unreachable server and tries again.
-            Err(e) => eprintln!("watch: {e:#}"),
+        for n in 0..watched.len() {
+            match poll(&mut watched[n], several) {
+                Polled::Failed => return Ok(ExitCode::from(EXIT_FAILED)),
+                Polled::Accepted => save(args, &watched_states(&watched))?,
+                Polled::Nothing => {}
+            }
         }
+        // Every log must have extended as often as asked.
+        let extended = watched.iter().map(|w| w.extended).min().unwrap_or(0);
         if args.checkpoints > 0 && extended >= args.checkpoints {
             println!("watch: {extended} new checkpoint(s) proven consistent; stopping");
             return Ok(ExitCode::SUCCESS);
@@ -276,6 +301,61 @@ fn watch(args: &Args, api: &Api, policy: Policy) -> Result<ExitCode> {
     }
 }
 
+/// `"ORIGIN: "` when several logs are watched, so each line says which.
+fn prefix(several: bool, origin: &str) -> String {
+    if several { format!("{origin}: ") } else { String::new() }
+}
+
+/// One poll of one log's checkpoint.
+fn poll(w: &mut Watched, several: bool) -> Polled {
+    let witnessed = !w.log.policy.needs_no_witness();
+    let p = prefix(several, &w.log.origin);
+    let fetched = if witnessed { w.log.api.witnessed_checkpoint() } else { w.log.api.checkpoint() };
+    match fetched {
+        Ok(Some(note)) => match w.chain.observe(&w.log.api, &note) {
+            Ok(Step::First { size }) => {
+                let (key, cosigned) = accepted(&w.chain);
+                println!("watch: {p}tree size {size}, signed by {}{cosigned}", key.name());
+                w.note = Some(note);
+                return Polled::Accepted;
+            }
+            Ok(Step::Same { .. }) => {}
+            Ok(Step::Extended { from, to }) => {
+                w.extended += 1;
+                println!("watch: {p}tree size {to}{}, consistent with {from}", accepted(&w.chain).1);
+                w.note = Some(note);
+                return Polled::Accepted;
+            }
+            Ok(Step::Unwitnessed { size, cosigned }) => {
+                // The broker serves as witnessed what the policy's quorum
+                // did not cosign: this policy's witnesses differ from the
+                // broker's, or it lies. Not accepted, not yet a failure.
+                eprintln!(
+                    "watch: {p}the checkpoint of tree size {size} is not cosigned by the policy's quorum (only by \
+                     {cosigned:?}); not accepted"
+                );
+            }
+            Ok(Step::Older { size, latest }) => {
+                println!(
+                    "FAILED: {p}the log's latest checkpoint went back to tree size {size} after {latest} had been \
+                     verified (consistent, but a log never shrinks)"
+                );
+                return Polled::Failed;
+            }
+            Err(CheckError::Failed(why)) => {
+                println!("FAILED: {p}{why}");
+                return Polled::Failed;
+            }
+            Err(CheckError::Unavailable(e)) => eprintln!("watch: {p}could not check this time: {e:#}"),
+        },
+        Ok(None) if witnessed => eprintln!("watch: {p}the log has no witnessed checkpoint yet"),
+        Ok(None) => eprintln!("watch: {p}the log has no checkpoint yet"),
+        // A monitor rides out an unreachable server and tries again.
+        Err(e) => eprintln!("watch: {p}{e:#}"),
+    }
+    Polled::Nothing
+}
+
 /// The key of the log followed and who cosigned the latest checkpoint.
 fn accepted(chain: &CheckpointChain) -> (&sealmq_audit::VerifierKey, String) {
     let key = chain.log_key().expect("a checkpoint was accepted");
@@ -283,9 +363,35 @@ fn accepted(chain: &CheckpointChain) -> (&sealmq_audit::VerifierKey, String) {
     (key, cosigners)
 }
 
-/// Persists the last verified checkpoint, atomically.
-fn save(args: &Args, chain: &CheckpointChain, note: &str) -> Result<()> {
+/// What the state file keeps: each log's last verified checkpoint.
+fn watched_states(watched: &[Watched]) -> Vec<WatchState> {
+    watched
+        .iter()
+        .filter_map(|w| {
+            let note = w.note.clone()?;
+            Some(WatchState { vkey: accepted(&w.chain).0.to_string(), checkpoint: note })
+        })
+        .collect()
+}
+
+/// The saved states: one object for one log (the format before several
+/// logs could be watched, still written for one), a list for several.
+fn load_state(args: &Args) -> Result<Vec<WatchState>> {
+    let Some(path) = args.state.as_ref().filter(|p| p.exists()) else { return Ok(Vec::new()) };
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let not = || format!("{} is not a watch state file", path.display());
+    match serde_json::from_str::<WatchState>(&text) {
+        Ok(one) => Ok(vec![one]),
+        Err(_) => serde_json::from_str(&text).with_context(not),
+    }
+}
+
+/// Persists the last verified checkpoints, atomically.
+fn save(args: &Args, states: &[WatchState]) -> Result<()> {
     let Some(path) = &args.state else { return Ok(()) };
-    let state = WatchState { vkey: accepted(chain).0.to_string(), checkpoint: note.to_string() };
-    write_atomically(path, serde_json::to_string_pretty(&state)?.as_bytes())
+    let json = match states {
+        [one] if args.logs.is_none() => serde_json::to_string_pretty(one)?,
+        all => serde_json::to_string_pretty(all)?,
+    };
+    write_atomically(path, json.as_bytes())
 }

@@ -28,6 +28,14 @@
 //! witnessed checkpoint (`/v1/proof/{i}?witnessed=true`). Checkpoints not yet
 //! cosigned are still checked for consistency, but not accepted.
 //!
+//! With `--logs FILE` instead (the gateways behind one clustered broker,
+//! each with its own log: see `client_examples::load_logs` for the format)
+//! the hub follows every log listed: each delivery names the log that holds
+//! it (`sealmq-origin`, beside `sealmq-index`), and is checked against that
+//! log alone, with its key, its device list and its proofs. A delivery from
+//! a log not listed, or that does not say which log it is from while
+//! several are followed, is a failure: the hub could not prove it.
+//!
 //! Every failure is printed on stderr as `FAILED: …` when it happens; at the
 //! end a summary, and exit code 1 if anything failed (2 if it could not run).
 
@@ -40,15 +48,16 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use client_examples::{
-    Api, CHECKPOINT_TOPIC, CheckError, CheckpointChain, DeviceKeys, EXIT_ERROR, EXIT_FAILED, INDEX_PROPERTY,
-    ProofCheck, RECEIPTS_PROPERTY, Step, Verdict, check_delivered_in_log, check_delivery, check_proof_json,
-    cosigned_suffix, describe_policy, exit_code, load_policy, printable, prove_key_registration,
+    CHECKPOINT_TOPIC, CheckError, CheckpointChain, DeviceKeys, EXIT_ERROR, EXIT_FAILED, FollowedLog, INDEX_PROPERTY,
+    ORIGIN_PROPERTY, ProofCheck, RECEIPTS_PROPERTY, Step, Verdict, check_delivered_in_log, check_delivery,
+    check_proof_json, cosigned_suffix, describe_policy, exit_code, followed_logs, note_origin, printable,
+    prove_key_registration,
 };
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, RetainForwardRule, SubscribeReasonCode};
 use rumqttc::v5::{Client, ConnectionError, Event, MqttOptions};
 use sealmq_audit::mqs1::{Kid, SignatureBlock};
-use sealmq_audit::{Policy, Record, check_device_signature};
+use sealmq_audit::{Record, check_device_signature};
 
 /// Subscribes like a home-automation hub and checks every message's MQS1
 /// signature, a sample of inclusion proofs, and the log's checkpoints.
@@ -57,12 +66,16 @@ use sealmq_audit::{Policy, Record, check_device_signature};
 struct Args {
     /// The log's verifier key (`sealmq audit vkey`): the root of trust, given
     /// out of band, never taken from the server.
-    #[arg(long, env = "SEALMQ_VKEY", required_unless_present = "policy")]
+    #[arg(long, env = "SEALMQ_VKEY", required_unless_present_any = ["policy", "logs"])]
     vkey: Option<String>,
     /// A C2SP tlog-policy file instead of --vkey: the log's key and the
     /// quorum of witnesses that must cosign each checkpoint accepted.
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
+    /// Several logs instead of --vkey/--policy and --http: a JSON list of
+    /// `{"origin", "vkey" or "policy", "url"}`, one per gateway's log.
+    #[arg(long, value_name = "FILE")]
+    logs: Option<PathBuf>,
     /// The broker's MQTT host.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -110,6 +123,8 @@ struct Args {
 
 /// A delivered message whose inclusion proof is still to be checked.
 struct Pending {
+    /// Which of [`Hub::logs`] holds it.
+    log: usize,
     index: u64,
     topic: String,
     payload: Vec<u8>,
@@ -134,14 +149,21 @@ struct Tally {
     unchecked: u64,
 }
 
-struct Hub {
-    args: Args,
-    api: Api,
-    policy: Policy,
+/// One log the hub follows, and what it learnt of it.
+struct Followed {
+    log: FollowedLog,
+    /// Device keys as this log's gateway lists them.
     keys: DeviceKeys,
     chain: CheckpointChain,
-    pending: VecDeque<Pending>,
     proven_keys: HashSet<Kid>,
+    messages: u64,
+    proofs: u64,
+}
+
+struct Hub {
+    args: Args,
+    logs: Vec<Followed>,
+    pending: VecDeque<Pending>,
     tally: Tally,
 }
 
@@ -150,17 +172,20 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<ExitCode> {
-    let policy = load_policy(args.vkey.as_deref(), args.policy.as_deref())?;
-    let api = Api::new(&args.http)?;
-    let mut keys = DeviceKeys::new();
-    keys.refresh(&api).with_context(|| format!("fetching the device keys from {}", api.base()))?;
-    if let Ok(Some(served)) = api.vkey()
-        && !policy.logs().iter().any(|l| l.key.to_string() == served)
-    {
-        // Only a hint for the operator: the checks below use the key given.
-        eprintln!("warning: the server says its verifier key is {served}; checking with the one(s) given");
+    let mut logs = Vec::new();
+    for log in followed_logs(args.logs.as_deref(), args.vkey.as_deref(), args.policy.as_deref(), &args.http)? {
+        let mut keys = DeviceKeys::new();
+        keys.refresh(&log.api).with_context(|| format!("fetching the device keys from {}", log.api.base()))?;
+        if let Ok(Some(served)) = log.api.vkey()
+            && !log.policy.logs().iter().any(|l| l.key.to_string() == served)
+        {
+            // Only a hint for the operator: the checks below use the key given.
+            eprintln!("warning: {} says its verifier key is {served}; checking with the one(s) given", log.api.base());
+        }
+        println!("hub: {} device key(s) known; {}", keys.len(), describe_policy(&log.policy));
+        let chain = CheckpointChain::with_policy(log.policy.clone());
+        logs.push(Followed { log, keys, chain, proven_keys: HashSet::new(), messages: 0, proofs: 0 });
     }
-    println!("hub: {} device key(s) known; {}", keys.len(), describe_policy(&policy));
 
     let id = args.id.clone().unwrap_or_else(|| format!("hub-{}", std::process::id()));
     let mut options = MqttOptions::new(id, &args.host, args.port);
@@ -190,17 +215,7 @@ fn run(args: Args) -> Result<ExitCode> {
         }
     });
 
-    let chain = CheckpointChain::with_policy(policy.clone());
-    let mut hub = Hub {
-        args,
-        api,
-        policy,
-        keys,
-        chain,
-        pending: VecDeque::new(),
-        proven_keys: HashSet::new(),
-        tally: Tally::default(),
-    };
+    let mut hub = Hub { args, logs, pending: VecDeque::new(), tally: Tally::default() };
     let started = Instant::now();
     let mut lost = None;
     loop {
@@ -244,7 +259,16 @@ fn run(args: Args) -> Result<ExitCode> {
          {} checkpoint(s), {} consistency proof(s) checked; {} device key(s) proven; {} failure(s)",
         t.messages, t.verified, t.unsigned, t.proofs, t.checkpoints, t.consistency, t.keys_proven, t.failures
     );
-    if !hub.policy.needs_no_witness() {
+    if hub.logs.len() > 1 {
+        for f in &hub.logs {
+            let size = f.chain.latest().map_or("none".to_string(), |l| l.checkpoint.size.to_string());
+            println!(
+                "hub: log {}: {} message(s), {} inclusion proof(s) checked, latest checkpoint verified: tree size {size}",
+                f.log.origin, f.messages, f.proofs
+            );
+        }
+    }
+    if hub.logs.iter().any(|f| !f.log.policy.needs_no_witness()) {
         println!("hub: {} checkpoint(s) not accepted: not (yet) cosigned by the policy's quorum", t.unwitnessed);
     }
     if t.failures > 0 {
@@ -309,44 +333,73 @@ impl Hub {
         let props: Vec<(String, String)> =
             publish.properties.as_ref().map(|p| p.user_properties.clone()).unwrap_or_default();
         let index = props.iter().find(|(n, _)| n == INDEX_PROPERTY).and_then(|(_, v)| v.parse::<u64>().ok());
-        let label = format!("[{}] {topic}", index.map_or("no index".to_string(), |i| format!("idx {i}")));
+        let origin = props.iter().find(|(n, _)| n == ORIGIN_PROPERTY).map(|(_, v)| v.as_str());
+        let label = match (origin, index) {
+            (_, None) => format!("[no index] {topic}"),
+            (Some(origin), Some(i)) if self.logs.len() > 1 => format!("[{origin} idx {i}] {topic}"),
+            (_, Some(i)) => format!("[idx {i}] {topic}"),
+        };
+        let log = match (origin, self.logs.len()) {
+            (Some(origin), _) => self.logs.iter().position(|f| f.log.origin == origin),
+            // One log followed, and a gateway that does not say: its own.
+            (None, 1) => Some(0),
+            (None, _) => None,
+        };
+        let Some(log) = log else {
+            self.tally.failures += 1;
+            match origin {
+                Some(origin) => {
+                    eprintln!("FAILED: {label}: logged by {origin:?}, which is not among the logs followed");
+                }
+                None => eprintln!("FAILED: {label}: no {ORIGIN_PROPERTY} property: which of the logs holds it?"),
+            }
+            return;
+        };
+        self.logs[log].messages += 1;
 
         let pairs = props.iter().map(|(n, v)| (n.as_str(), v.as_str()));
-        let (sb, payload) =
-            match check_delivery(&mut self.keys, &self.api, &topic, publish.retain, pairs, &publish.payload) {
-                Ok((Verdict::Signed { device_id, sb, active }, payload)) => {
-                    self.tally.verified += 1;
-                    let revoked = if active { "" } else { ", key since revoked" };
-                    println!(
-                        "{label}  signed by {device_id:?} (kid {}, ctr {}{revoked})  {}",
-                        hex::encode(sb.kid),
-                        sb.ctr,
-                        printable(payload)
-                    );
-                    self.prove_key(&sb.kid);
-                    (Some(sb), payload.to_vec())
+        let followed = &mut self.logs[log];
+        let (sb, payload) = match check_delivery(
+            &mut followed.keys,
+            &followed.log.api,
+            &topic,
+            publish.retain,
+            pairs,
+            &publish.payload,
+        ) {
+            Ok((Verdict::Signed { device_id, sb, active }, payload)) => {
+                self.tally.verified += 1;
+                let revoked = if active { "" } else { ", key since revoked" };
+                println!(
+                    "{label}  signed by {device_id:?} (kid {}, ctr {}{revoked})  {}",
+                    hex::encode(sb.kid),
+                    sb.ctr,
+                    printable(payload)
+                );
+                self.prove_key(log, &sb.kid);
+                (Some(sb), payload.to_vec())
+            }
+            Ok((Verdict::Unsigned, payload)) => {
+                self.tally.unsigned += 1;
+                println!("{label}  UNSIGNED  {}", printable(payload));
+                if self.args.require_signed {
+                    self.tally.failures += 1;
+                    eprintln!("FAILED: {label}: unsigned message (--require-signed)");
                 }
-                Ok((Verdict::Unsigned, payload)) => {
-                    self.tally.unsigned += 1;
-                    println!("{label}  UNSIGNED  {}", printable(payload));
-                    if self.args.require_signed {
-                        self.tally.failures += 1;
-                        eprintln!("FAILED: {label}: unsigned message (--require-signed)");
-                    }
-                    (None, payload.to_vec())
-                }
-                Err(e) => {
-                    self.report(&label, e);
-                    return;
-                }
-            };
+                (None, payload.to_vec())
+            }
+            Err(e) => {
+                self.report(&label, e);
+                return;
+            }
+        };
 
         let sample = self.args.proof_every > 0 && (self.tally.messages - 1).is_multiple_of(self.args.proof_every);
         if sample {
             match index {
                 Some(index) => {
                     let now = Instant::now();
-                    self.pending.push_back(Pending { index, topic, payload, sb, since: now, next_try: now });
+                    self.pending.push_back(Pending { log, index, topic, payload, sb, since: now, next_try: now });
                 }
                 None => {
                     // The broker logs every message before delivering it and
@@ -359,15 +412,16 @@ impl Hub {
     }
 
     /// With `--prove-keys`, proves once that a key's registration is in the log.
-    fn prove_key(&mut self, kid: &Kid) {
-        if !self.args.prove_keys || self.proven_keys.contains(kid) {
+    fn prove_key(&mut self, log: usize, kid: &Kid) {
+        let followed = &self.logs[log];
+        if !self.args.prove_keys || followed.proven_keys.contains(kid) {
             return;
         }
-        let Some(key) = self.keys.get(kid).cloned() else { return };
+        let Some(key) = followed.keys.get(kid).cloned() else { return };
         let wait = Duration::from_secs(self.args.proof_timeout_secs);
-        match prove_key_registration(&self.api, &self.policy, &key.device_id, &key.public_key, wait) {
+        match prove_key_registration(&followed.log.api, &followed.log.policy, &key.device_id, &key.public_key, wait) {
             Ok(index) => {
-                self.proven_keys.insert(*kid);
+                self.logs[log].proven_keys.insert(*kid);
                 self.tally.keys_proven += 1;
                 println!("key {} of {:?}: registration proven (log record {index})", hex::encode(kid), key.device_id);
             }
@@ -382,13 +436,26 @@ impl Hub {
             return;
         };
         self.tally.checkpoints += 1;
-        self.observe(note, "checkpoint");
+        // The gateway's own log's checkpoints: which of the logs is its?
+        let Some(log) = self.logs.iter().position(|f| f.log.origin == note_origin(note)).or_else(|| {
+            // One log followed: its chain judges (and reports) whatever came.
+            (self.logs.len() == 1).then_some(0)
+        }) else {
+            self.tally.failures += 1;
+            eprintln!("FAILED: checkpoint: of {:?}, which is not among the logs followed", note_origin(note));
+            return;
+        };
+        self.observe(log, note, "checkpoint");
     }
 
-    /// Passes a checkpoint note through the chain and reports what it found.
-    fn observe(&mut self, note: &str, source: &str) {
-        let step = self.chain.observe(&self.api, note);
-        let cosigned = self.chain.latest().map(|l| cosigned_suffix(&self.policy, &l.cosigners)).unwrap_or_default();
+    /// Passes a checkpoint note through its log's chain and reports what it found.
+    fn observe(&mut self, log: usize, note: &str, source: &str) {
+        let followed = &mut self.logs[log];
+        let step = followed.chain.observe(&followed.log.api, note);
+        let cosigned =
+            followed.chain.latest().map(|l| cosigned_suffix(&followed.log.policy, &l.cosigners)).unwrap_or_default();
+        let source =
+            if self.logs.len() > 1 { format!("{source} of {}", self.logs[log].log.origin) } else { source.to_string() };
         match step {
             Ok(Step::First { size }) => println!("{source}: tree size {size}, signed by the log{cosigned}"),
             Ok(Step::Same { .. }) => {}
@@ -409,7 +476,7 @@ impl Hub {
                 self.tally.consistency += 1;
                 println!("{source}: tree size {size} (older), extended by {latest}");
             }
-            Err(e) => self.report(source, e),
+            Err(e) => self.report(&source, e),
         }
     }
 
@@ -424,12 +491,14 @@ impl Hub {
             }
             // Prove against the latest checkpoint this hub has verified when
             // it covers the record, so the proof ties into the chain.
-            let size = self.chain.latest().map(|l| l.checkpoint.size).filter(|&size| size > item.index);
-            let what = format!("proof of record {}", item.index);
+            let followed = &self.logs[item.log];
+            let size = followed.chain.latest().map(|l| l.checkpoint.size).filter(|&size| size > item.index);
+            let what = self.what(&item);
+            let witnessed = !followed.log.policy.needs_no_witness();
             let fetched = match size {
                 // Else the latest checkpoint the witnesses' quorum cosigned.
-                None if !self.policy.needs_no_witness() => self.api.witnessed_proof(item.index),
-                size => self.api.proof(item.index, size),
+                None if witnessed => followed.log.api.witnessed_proof(item.index),
+                size => followed.log.api.proof(item.index, size),
             };
             let retry = |mut item: Pending, pending: &mut VecDeque<Pending>| {
                 // Blocks seal every 250 ms by default; witnesses cosign soon after.
@@ -451,7 +520,7 @@ impl Hub {
                     &what,
                     CheckError::Failed(format!(
                         "the log has no {}proof after {timeout:?}: the record was not sealed",
-                        if self.policy.needs_no_witness() { "" } else { "witnessed " }
+                        if witnessed { "witnessed " } else { "" }
                     )),
                 ),
                 Err(e) => self.report(&what, CheckError::Unavailable(e)),
@@ -462,8 +531,9 @@ impl Hub {
     /// Checks one fetched proof; `Some(why)` when its checkpoint is not
     /// (yet) cosigned by the policy's quorum, to try again later.
     fn check_proof(&mut self, item: &Pending, json: &str) -> Option<String> {
-        let what = format!("proof of record {}", item.index);
-        let (bundle, proven, cosigners) = match check_proof_json(json, &self.policy, item.index) {
+        let what = self.what(item);
+        let policy = self.logs[item.log].log.policy.clone();
+        let (bundle, proven, cosigners) = match check_proof_json(json, &policy, item.index) {
             Ok(ProofCheck::Witnessed(bundle, proven, cosigners)) => (bundle, proven, cosigners),
             Ok(ProofCheck::Unwitnessed { size, cosigned }) => {
                 return Some(format!(
@@ -483,21 +553,34 @@ impl Hub {
         // The record carries the signature too: check it there as well, as
         // an auditor holding only the bundle would.
         if let (Record::Publish(p), Some(sb)) = (&proven.record, &item.sb)
-            && let Some(key) = self.keys.get(&sb.kid)
+            && let Some(key) = self.logs[item.log].keys.get(&sb.kid)
             && let Err(e) = check_device_signature(&proven.record, &key.public_key)
         {
             self.report(&what, CheckError::Failed(format!("device {:?}: {e}", p.device_id)));
             return None;
         }
         self.tally.proofs += 1;
+        self.logs[item.log].proofs += 1;
         println!(
-            "proof: record {} is in the log at tree size {}{} and is the message delivered",
+            "proof: record {} is in the log{} at tree size {}{} and is the message delivered",
             item.index,
+            if self.logs.len() > 1 { format!(" {}", self.logs[item.log].log.origin) } else { String::new() },
             proven.checkpoint.size,
-            cosigned_suffix(&self.policy, &cosigners)
+            cosigned_suffix(&policy, &cosigners)
         );
-        // The bundle's checkpoint must fit the chain the hub follows.
-        self.observe(&bundle.checkpoint, &format!("{what}: its checkpoint"));
+        // The bundle's checkpoint must fit the chain the hub follows of
+        // that log (for another gateway's log, the only way the hub sees
+        // its checkpoints: they are published to that gateway's clients).
+        self.observe(item.log, &bundle.checkpoint, &format!("{what}: its checkpoint"));
         None
+    }
+
+    /// How a pending proof is named in output.
+    fn what(&self, item: &Pending) -> String {
+        if self.logs.len() > 1 {
+            format!("proof of record {} of {}", item.index, self.logs[item.log].log.origin)
+        } else {
+            format!("proof of record {}", item.index)
+        }
     }
 }

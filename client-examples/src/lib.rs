@@ -23,6 +23,9 @@
 //!   cosignatures each accepted checkpoint must carry.
 //! - [`check_delivery`], [`check_delivered_in_log`]: what a subscriber can
 //!   check about one message, end to end.
+//! - [`load_logs`], [`FollowedLog`]: several logs at once (`--logs FILE`),
+//!   for gateways behind one clustered broker, each with its own log; a
+//!   delivery names its log in [`ORIGIN_PROPERTY`].
 //!
 //! The checks themselves are `sealmq-audit`'s (built without its SQLite
 //! store): [`sealmq_audit::mqs1`], [`ProofBundle::check`],
@@ -30,7 +33,7 @@
 //!
 //! Files: `api.rs`, `proofs.rs`, `checkpoints.rs`, `signing.rs` (the device
 //! key), `state.rs` (atomic state files, [`CounterState`]), `publisher.rs`, `delivery.rs`
-//! ([`DeviceKeys`], [`check_delivery`]), `witnessed.rs` (policies);
+//! ([`DeviceKeys`], [`check_delivery`]), `logs.rs` (`--logs`), `witnessed.rs` (policies);
 //! everything is re-exported here.
 //!
 //! Exit codes of every example: [`EXIT_OK`] when everything checked held,
@@ -41,6 +44,7 @@
 mod api;
 mod checkpoints;
 mod delivery;
+mod logs;
 mod proofs;
 mod publisher;
 mod signing;
@@ -50,6 +54,7 @@ mod witnessed;
 pub use api::*;
 pub use checkpoints::*;
 pub use delivery::*;
+pub use logs::*;
 pub use proofs::*;
 pub use publisher::*;
 pub use signing::*;

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod cluster;
 pub mod http;
 pub mod logged;
 pub mod mosquitto;
