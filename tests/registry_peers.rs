@@ -4,7 +4,9 @@
 //! other two. A device registered on P reaches A and B; its key revoked on
 //! follower A is refused on P and on B within seconds, also in sessions
 //! already open there; each log records the revocation once (applying it
-//! from a peer does not echo it back and forth); every log verifies. A
+//! from a peer does not echo it back and forth); every log verifies. With
+//! the primary down, B still learns it from A's log, and the primary takes
+//! it from its peers when it is back. A
 //! peer whose checkpoints are not signed by the configured key gets
 //! nothing applied, loudly; with the right key the same revocation arrives.
 //!
@@ -91,6 +93,36 @@ fn gateways(dir: &Path, names: [&'static str; 3]) -> [Gateway; 3] {
     })
 }
 
+/// The `[registry]` lines of gateway `me` of the mesh `[P, A, B]`: A and B
+/// follow P, and each lists the other two as peers.
+fn mesh(all: &[Gateway; 3], me: usize) -> String {
+    let others: Vec<(&Gateway, Option<&str>)> = (0..3).filter(|i| *i != me).map(|i| (&all[i], None)).collect();
+    let follow = match me {
+        0 => String::new(),
+        _ => format!("follow = \"http://{}\"\nfollow_vkey = \"{}\"\n", all[0].http, all[0].vkey),
+    };
+    format!("{follow}{}", Gateway::peers_line(&others))
+}
+
+/// Waits until `dev`, registered on the primary, is in the followers' logs.
+fn wait_registered(followers: &[Gateway], dev: &Dev) {
+    for gateway in followers {
+        let took = within(&format!("the registration reaches {}'s log", gateway.name), WITHIN, || {
+            events_of(&gateway.data, &dev.id).len() == 2
+        });
+        eprintln!("registered on p, in {}'s log after {took:?}", gateway.name);
+    }
+}
+
+/// `dev`'s history: policy signed, key added, key revoked.
+fn revoked_history(dev: &Dev) -> Vec<RegistryEvent> {
+    vec![
+        RegistryEvent::PolicySet { signed_required: true },
+        RegistryEvent::KeyAdded { public_key: dev.public() },
+        RegistryEvent::KeyRevoked { kid: dev.kid() },
+    ]
+}
+
 /// How a gateway answered one signed publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Answer {
@@ -161,22 +193,15 @@ fn revocations(data: &Path) -> usize {
 #[test]
 fn a_key_revoked_on_one_follower_is_refused_on_the_primary_and_the_other_follower() {
     let tmp = tempfile::tempdir().unwrap();
-    let [gp, ga, gb] = gateways(tmp.path(), ["p", "a", "b"]);
-    let follow = format!("follow = \"http://{}\"\nfollow_vkey = \"{}\"\n", gp.http, gp.vkey);
-    let p = gp.start(&Gateway::peers_line(&[(&ga, None), (&gb, None)]));
-    let a = ga.start(&format!("{follow}{}", Gateway::peers_line(&[(&gp, None), (&gb, None)])));
-    let b = gb.start(&format!("{follow}{}", Gateway::peers_line(&[(&gp, None), (&ga, None)])));
+    let all = gateways(tmp.path(), ["p", "a", "b"]);
+    let [p, a, b] = [0, 1, 2].map(|i| all[i].start(&mesh(&all, i)));
+    let [gp, ga, gb] = &all;
     let dev = Dev::new("sensor-everywhere");
 
     // Registered on the primary, admitted by both followers.
     dev.register(&gp.data, "signed", &[]);
+    wait_registered(&all[1..], &dev);
     let mut ctr = 0;
-    for (name, gateway) in [("A", &ga), ("B", &gb)] {
-        let took = within(&format!("the registration reaches {name}'s log"), WITHIN, || {
-            events_of(&gateway.data, &dev.id).len() == 2
-        });
-        eprintln!("registered on P, in {name}'s log after {took:?}");
-    }
     for (name, gateway) in [("A", &a), ("B", &b)] {
         let took = within(&format!("follower {name} admits the device"), WITHIN, || {
             ctr += 1;
@@ -216,13 +241,8 @@ fn a_key_revoked_on_one_follower_is_refused_on_the_primary_and_the_other_followe
     // Every gateway saw the revocation from up to three logs (A's, P's, and
     // B's or A's): each log records it once, and nothing echoes on.
     std::thread::sleep(QUIET);
-    let expected = vec![
-        RegistryEvent::PolicySet { signed_required: true },
-        RegistryEvent::KeyAdded { public_key: dev.public() },
-        RegistryEvent::KeyRevoked { kid: dev.kid() },
-    ];
-    for (name, gateway) in [("P", &gp), ("A", &ga), ("B", &gb)] {
-        assert_eq!(events_of(&gateway.data, &dev.id), expected, "the device's history in {name}'s log");
+    for (name, gateway) in [("P", gp), ("A", ga), ("B", gb)] {
+        assert_eq!(events_of(&gateway.data, &dev.id), revoked_history(&dev), "the device's history in {name}'s log");
         assert_eq!(revocations(&gateway.data), 1, "revocations in {name}'s log");
     }
     let listed = sealmq(&gb.data, &["device", "list"]).ok();
@@ -231,7 +251,46 @@ fn a_key_revoked_on_one_follower_is_refused_on_the_primary_and_the_other_followe
     for broker in [p, a, b] {
         assert!(broker.stop().success());
     }
-    for gateway in [&gp, &ga, &gb] {
+    for gateway in &all {
+        verify_ok(&gateway.data);
+    }
+}
+
+#[test]
+fn a_revocation_reaches_the_other_follower_while_the_primary_is_down() {
+    let tmp = tempfile::tempdir().unwrap();
+    let all = gateways(tmp.path(), ["p", "a", "b"]);
+    let [p, a, b] = [0, 1, 2].map(|i| all[i].start(&mesh(&all, i)));
+    let dev = Dev::new("sensor-primary-down");
+    dev.register(&all[0].data, "signed", &[]);
+    wait_registered(&all[1..], &dev);
+    assert_eq!(connect_and_publish(&b, &dev, 1), Some(Answer::Ack(0)), "B admits the device");
+
+    // With the primary down, only A's log can tell B.
+    assert!(p.stop().success());
+    sealmq(&all[1].data, &["device", "revoke", &dev.id, &dev.kid_hex()]).ok();
+    let mut ctr = 1;
+    let took = within("B refuses the key revoked on A while the primary is down", WITHIN, || {
+        ctr += 1;
+        connect_and_publish(&b, &dev, ctr).is_some_and(Answer::refused)
+    });
+    eprintln!("revoked on A with the primary down, refused on B after {took:?}");
+
+    // The primary, back, takes it from its peers; nobody logs it twice.
+    let p = all[0].start(&mesh(&all, 0));
+    within("the primary applies the revocation made while it was down", WITHIN, || revocations(&all[0].data) == 1);
+    ctr += 1;
+    let answer = connect_and_publish(&p, &dev, ctr);
+    assert!(answer.is_some_and(Answer::refused), "the primary after the revocation: {answer:?}");
+    std::thread::sleep(QUIET);
+    for gateway in &all {
+        assert_eq!(events_of(&gateway.data, &dev.id), revoked_history(&dev), "the history in {}'s log", gateway.name);
+        assert_eq!(revocations(&gateway.data), 1, "revocations in {}'s log", gateway.name);
+    }
+    for broker in [p, a, b] {
+        assert!(broker.stop().success());
+    }
+    for gateway in &all {
         verify_ok(&gateway.data);
     }
 }
