@@ -155,18 +155,32 @@ async fn revoke(data: &Path, id: &str, kid: &str) -> Result<ExitCode> {
     let registry = open(data).await?;
     let change = registry.revoke_key(id, kid).await?;
     let following = registry.follow_state().await?.filter(|state| state.active);
+    let peers = active_peers(&registry).await?;
     registry.close().await;
     println!("revoked key {} of device {id:?}", hex::encode(kid));
     report_logging(&change);
-    if let Some(state) = following {
-        // Allowed (it only refuses more), but it is this gateway's alone.
-        eprintln!(
+    match (following, peers.is_empty()) {
+        // Allowed (it only refuses more), but without peers it is this gateway's alone.
+        (Some(state), true) => eprintln!(
             "warning: this gateway follows the primary log {}: the key is revoked on this gateway only; revoke \
-             it on the primary for every gateway to refuse it",
+             it on the primary for every gateway to refuse it, or list the gateways as [registry] peers",
             state.vkey
-        );
+        ),
+        // Whether the peers take it is their configuration: say what it depends on.
+        (_, false) => eprintln!(
+            "the revocation reaches every gateway that lists this one in its [registry] peers (this one lists {}), \
+             within a follow interval of its being logged here",
+            peers.join(", ")
+        ),
+        (None, true) => {}
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The origins of the peer logs the broker follows (as of its last start).
+async fn active_peers(registry: &Registry) -> Result<Vec<String>> {
+    let states = registry.peer_states().await?;
+    Ok(states.iter().filter(|state| state.active).map(|state| state.origin().to_string()).collect())
 }
 
 /// Says which kind-2 records a change queued and when they reach the log.
@@ -220,11 +234,19 @@ async fn list(data: &Path) -> Result<ExitCode> {
     let registry = open(data).await?;
     let snapshot = registry.snapshot().await?;
     let following = registry.follow_state().await?.filter(|state| state.active);
+    let peers = registry.peer_states().await?;
     registry.close().await;
     if let Some(state) = following {
         println!(
             "following the primary log {}: {} of its registry records applied, up to its index {} (checkpoint of \
              size {} accepted)",
+            state.vkey, state.applied, state.scanned, state.tree_size
+        );
+    }
+    for state in peers.iter().filter(|state| state.active) {
+        println!(
+            "following the revocations of the peer log {}: {} applied, up to its index {} (checkpoint of size {} \
+             accepted)",
             state.vkey, state.applied, state.scanned, state.tree_size
         );
     }

@@ -26,8 +26,13 @@ fn body(out: &str) -> String {
 #[test]
 fn check_config_prints_the_effective_configuration_which_reads_back_the_same() {
     let dir = tempfile::tempdir().unwrap();
-    let given = "listen = \"127.0.0.1:1999\"\nblock_interval_ms = 100\n\n\
-                 [limits]\nmax_inflight = 10\n\n[unknown_devices]\npolicy = \"reject\"\n";
+    let peer = peer_vkey();
+    let given = format!(
+        "listen = \"127.0.0.1:1999\"\nblock_interval_ms = 100\n\n[limits]\nmax_inflight = 10\n\n\
+         [unknown_devices]\npolicy = \"reject\"\n\n[registry]\npeers = [{{ url = \"http://10.0.0.2:8080\", vkey = \
+         \"{peer}\" }}]\n"
+    );
+    let given = given.as_str();
     let out = check_config(dir.path(), "given.toml", given).ok();
     let effective: toml::Table = toml::from_str(&out).unwrap_or_else(|e| panic!("not TOML: {e}\n{out}"));
     // What the file says…
@@ -35,6 +40,10 @@ fn check_config_prints_the_effective_configuration_which_reads_back_the_same() {
     assert_eq!(effective["block_interval_ms"].as_integer(), Some(100));
     assert_eq!(effective["limits"]["max_inflight"].as_integer(), Some(10));
     assert_eq!(effective["unknown_devices"]["policy"].as_str(), Some("reject"));
+    let peers = effective["registry"]["peers"].as_array().unwrap();
+    assert_eq!(peers.len(), 1, "{out}");
+    assert_eq!(peers[0]["url"].as_str(), Some("http://10.0.0.2:8080"));
+    assert_eq!(peers[0]["vkey"].as_str(), Some(peer.as_str()));
     // …and the defaults it leaves out (README, broker/sealmq.example.toml).
     assert_eq!(effective["http"].as_str(), Some("127.0.0.1:8080"));
     assert_eq!(effective["block_max_records"].as_integer(), Some(4096));
@@ -57,9 +66,19 @@ fn check_config_prints_the_effective_configuration_which_reads_back_the_same() {
     assert_eq!(effective["origin"].as_str(), Some("mqtt.example.com/audit-log"));
 }
 
+/// A verifier key for a peer gateway's log.
+fn peer_vkey() -> String {
+    sealmq_audit::LogKey::from_seed("gateways.test/peer", &[7; 32]).unwrap().verifier().to_string()
+}
+
 #[test]
 fn check_config_names_the_offending_key_and_exits_2() {
     let dir = tempfile::tempdir().unwrap();
+    let peer = peer_vkey();
+    let bad_peer_url = format!("[registry]\npeers = [{{ url = \"10.0.0.2:8080\", vkey = \"{peer}\" }}]\n");
+    let twice = format!(
+        "[registry]\npeers = [{{ url = \"http://a:1\", vkey = \"{peer}\" }}, {{ url = \"http://b:1\", vkey = \"{peer}\" }}]\n"
+    );
     let cases = [
         ("unknown key", "lisen = \"0.0.0.0:1883\"\n", "lisen"),
         ("out of range", "[limits]\nmax_inflight = 0\n", "limits.max_inflight"),
@@ -69,6 +88,15 @@ fn check_config_names_the_offending_key_and_exits_2() {
         ("unknown policy", "[unknown_devices]\npolicy = \"maybe\"\n", "maybe"),
         ("missing policy file", "[witnessing]\npolicy = \"/nonexistent/policy.txt\"\n", "witnessing.policy"),
         ("missing certificate", "[tls]\ncert = \"/nonexistent/c.pem\"\nkey = \"/nonexistent/k.pem\"\n", "tls.cert"),
+        ("peer without a key", "[registry]\npeers = [{ url = \"http://10.0.0.2:8080\" }]\n", "vkey"),
+        (
+            "peer with a bad key",
+            "[registry]\npeers = [{ url = \"http://h:1\", vkey = \"nope\" }]\n",
+            "registry.peers[0].vkey",
+        ),
+        ("peer with an unknown key", "[registry]\npeers = [{ url = \"http://h:1\", vkey = \"k\", why = 1 }]\n", "why"),
+        ("peer not over http", bad_peer_url.as_str(), "registry.peers[0].url"),
+        ("peer listed twice", twice.as_str(), "registry.peers[1]"),
     ];
     for (what, text, named) in cases {
         let run = check_config(dir.path(), "bad.toml", text);

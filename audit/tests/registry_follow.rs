@@ -5,7 +5,7 @@
 #![cfg(feature = "store")]
 
 use ed25519_dalek::SigningKey;
-use sealmq_audit::store::registry_follow::{Applied, FollowError};
+use sealmq_audit::store::registry_follow::{Applied, FollowError, Source};
 use sealmq_audit::store::{DeviceSettings, Policy, Registry, RegistryError};
 use sealmq_audit::{RegistryEvent, RegistryRecord, mqs1};
 
@@ -23,7 +23,7 @@ fn record(device: &str, event: RegistryEvent) -> RegistryRecord {
 async fn following(dir: &std::path::Path, size: u64) -> Registry {
     let registry = Registry::open(dir).await.unwrap();
     registry.set_following(PRIMARY, true).await.unwrap();
-    registry.accept_checkpoint(PRIMARY, "note", size, &[7; 32]).await.unwrap();
+    registry.accept_checkpoint(&Source::Primary, PRIMARY, "note", size, &[7; 32]).await.unwrap();
     registry
 }
 
@@ -35,17 +35,17 @@ async fn a_primary_record_is_applied_once_and_queued_for_this_log() {
     let policy = record("dev", RegistryEvent::PolicySet { signed_required: true });
     let added = record("dev", RegistryEvent::KeyAdded { public_key: key });
 
-    let Applied::Changed(queued) = registry.apply_followed(PRIMARY, 3, &policy).await.unwrap() else {
+    let Applied::Changed(queued) = registry.apply_followed(&Source::Primary, PRIMARY, 3, &policy).await.unwrap() else {
         panic!("a new device is a change")
     };
     assert_eq!(queued.iter().map(|r| r.event).collect::<Vec<_>>(), vec![policy.event]);
-    let Applied::Changed(queued) = registry.apply_followed(PRIMARY, 4, &added).await.unwrap() else {
+    let Applied::Changed(queued) = registry.apply_followed(&Source::Primary, PRIMARY, 4, &added).await.unwrap() else {
         panic!("a new key is a change")
     };
     assert_eq!(queued.iter().map(|r| r.event).collect::<Vec<_>>(), vec![added.event]);
     // Again (a restart that had not recorded the scan): not applied twice.
-    assert_eq!(registry.apply_followed(PRIMARY, 4, &added).await.unwrap(), Applied::AlreadyApplied);
-    assert_eq!(registry.apply_followed(PRIMARY, 3, &policy).await.unwrap(), Applied::AlreadyApplied);
+    assert_eq!(registry.apply_followed(&Source::Primary, PRIMARY, 4, &added).await.unwrap(), Applied::AlreadyApplied);
+    assert_eq!(registry.apply_followed(&Source::Primary, PRIMARY, 3, &policy).await.unwrap(), Applied::AlreadyApplied);
 
     let snapshot = registry.snapshot().await.unwrap();
     assert_eq!(snapshot.unlogged, 2, "one PolicySet and one KeyAdded wait for this log");
@@ -56,34 +56,40 @@ async fn a_primary_record_is_applied_once_and_queued_for_this_log() {
 
     // A revocation reaches the key whatever device holds it here.
     let revoked = record("dev", RegistryEvent::KeyRevoked { kid: mqs1::kid(&key) });
-    assert!(matches!(registry.apply_followed(PRIMARY, 6, &revoked).await.unwrap(), Applied::Changed(_)));
+    assert!(matches!(
+        registry.apply_followed(&Source::Primary, PRIMARY, 6, &revoked).await.unwrap(),
+        Applied::Changed(_)
+    ));
     let snapshot = registry.snapshot().await.unwrap();
     assert!(!snapshot.devices[0].keys[0].is_active());
     // A key revoked here stays revoked: added again by the primary, nothing changes.
-    assert_eq!(registry.apply_followed(PRIMARY, 7, &added).await.unwrap(), Applied::Unchanged);
+    assert_eq!(registry.apply_followed(&Source::Primary, PRIMARY, 7, &added).await.unwrap(), Applied::Unchanged);
     // A revocation of a key this gateway never had changes nothing, and says why.
     let unknown = record("dev", RegistryEvent::KeyRevoked { kid: [9; 8] });
-    assert!(matches!(registry.apply_followed(PRIMARY, 8, &unknown).await.unwrap(), Applied::Skipped(_)));
+    assert!(matches!(
+        registry.apply_followed(&Source::Primary, PRIMARY, 8, &unknown).await.unwrap(),
+        Applied::Skipped(_)
+    ));
 
     let state = registry.follow_state().await.unwrap().unwrap();
     assert_eq!((state.scanned, state.last_applied, state.applied), (9, Some(8), 5));
     // Beyond the accepted checkpoint nothing is applied.
-    assert!(registry.apply_followed(PRIMARY, 10, &policy).await.is_err());
+    assert!(registry.apply_followed(&Source::Primary, PRIMARY, 10, &policy).await.is_err());
 }
 
 #[tokio::test]
 async fn the_position_only_moves_forward_and_one_primary_is_followed() {
     let dir = tempfile::tempdir().unwrap();
     let registry = following(dir.path(), 10).await;
-    registry.finish_scan(PRIMARY, 10).await.unwrap();
+    registry.finish_scan(&Source::Primary, PRIMARY, 10).await.unwrap();
     // An older checkpoint, or another root at the same size, is not stored.
-    assert!(registry.accept_checkpoint(PRIMARY, "older", 9, &[7; 32]).await.is_err());
-    assert!(registry.accept_checkpoint(PRIMARY, "fork", 10, &[8; 32]).await.is_err());
-    assert!(registry.finish_scan(PRIMARY, 11).await.is_err(), "no scan past the accepted checkpoint");
+    assert!(registry.accept_checkpoint(&Source::Primary, PRIMARY, "older", 9, &[7; 32]).await.is_err());
+    assert!(registry.accept_checkpoint(&Source::Primary, PRIMARY, "fork", 10, &[8; 32]).await.is_err());
+    assert!(registry.finish_scan(&Source::Primary, PRIMARY, 11).await.is_err(), "no scan past the accepted checkpoint");
     let err = registry.set_following(OTHER, true).await.unwrap_err();
     assert!(matches!(err, FollowError::OtherPrimary { .. }), "{err}");
     let policy = record("x", RegistryEvent::PolicySet { signed_required: true });
-    let err = registry.apply_followed(OTHER, 10, &policy).await.unwrap_err();
+    let err = registry.apply_followed(&Source::Primary, OTHER, 10, &policy).await.unwrap_err();
     assert!(matches!(err, FollowError::OtherPrimary { .. }), "{err}");
     let state = registry.follow_state().await.unwrap().unwrap();
     assert_eq!((state.vkey.as_str(), state.tree_size, state.scanned), (PRIMARY, 10, 10));
@@ -94,7 +100,12 @@ async fn local_changes_that_would_diverge_are_refused_while_following() {
     let dir = tempfile::tempdir().unwrap();
     let registry = following(dir.path(), 10).await;
     registry
-        .apply_followed(PRIMARY, 0, &record("dev", RegistryEvent::KeyAdded { public_key: public_key(1) }))
+        .apply_followed(
+            &Source::Primary,
+            PRIMARY,
+            0,
+            &record("dev", RegistryEvent::KeyAdded { public_key: public_key(1) }),
+        )
         .await
         .unwrap();
     let refused =

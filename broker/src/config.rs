@@ -268,8 +268,23 @@ pub struct RegistryConfig {
     pub follow: Option<String>,
     /// The primary log's verifier key; required with `follow`.
     pub follow_vkey: Option<String>,
-    /// How often the primary is asked for its checkpoint (default 1 s).
+    /// How often the primary, and each peer, is asked for its checkpoint
+    /// (default 1 s).
     pub follow_interval_ms: u64,
+    /// Gateways whose key revocations this one applies (its own entry and
+    /// its primary's, if listed, are skipped): revocations made on any of
+    /// them are refused here too. `crate::devices::peers`.
+    pub peers: Vec<RegistryPeer>,
+}
+
+/// A gateway of `[registry] peers`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryPeer {
+    /// Its HTTP API (`http://HOST:PORT`).
+    pub url: String,
+    /// Its log's verifier key (`sealmq audit vkey` there).
+    pub vkey: String,
 }
 
 impl RegistryConfig {
@@ -293,13 +308,30 @@ impl RegistryConfig {
         if self.follow_interval_ms < 10 {
             return Err("registry.follow_interval_ms must be at least 10".into());
         }
+        let mut origins = std::collections::BTreeSet::new();
+        for (i, peer) in self.peers.iter().enumerate() {
+            if !peer.url.starts_with("http://") {
+                return Err(format!(
+                    "registry.peers[{i}].url: {:?} is not an http:// URL (the peer's HTTP API)",
+                    peer.url
+                ));
+            }
+            let vkey = peer
+                .vkey
+                .parse::<sealmq_audit::VerifierKey>()
+                .map_err(|e| format!("registry.peers[{i}].vkey: {:?}: {e}", peer.vkey))?;
+            // A peer's position is kept by its origin: one entry per log.
+            if !origins.insert(vkey.name().to_string()) {
+                return Err(format!("registry.peers[{i}]: the log {} is listed twice", vkey.name()));
+            }
+        }
         Ok(())
     }
 }
 
 impl Default for RegistryConfig {
     fn default() -> Self {
-        Self { follow: None, follow_vkey: None, follow_interval_ms: 1000 }
+        Self { follow: None, follow_vkey: None, follow_interval_ms: 1000, peers: Vec::new() }
     }
 }
 

@@ -46,6 +46,7 @@ mod pending;
 mod reader;
 pub mod registry;
 pub mod registry_follow;
+mod registry_peers;
 pub mod restore;
 mod retained;
 mod stats;

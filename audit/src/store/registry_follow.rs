@@ -11,6 +11,10 @@
 //! one transaction. A crash therefore never applies a record twice nor
 //! skips one.
 //!
+//! The same code follows peers (`[registry] peers`, [`Source::Peer`]): their
+//! revocations only, each peer's position in `registry_peers` (migration
+//! 0010, `registry_peers.rs`).
+//!
 //! Kind-2 records carry keys and policies only (spec/log.md): passwords and
 //! ACLs are not in the log, so they stay each gateway's own. A device the
 //! primary registers arrives here without a password and without an ACL
@@ -18,7 +22,7 @@
 //! ACL on each gateway that needs them.
 
 use sqlx::sqlite::SqliteConnection;
-use sqlx::{Connection, Row};
+use sqlx::{AssertSqlSafe, Connection, Row};
 
 use super::registry::{
     Policy, Registry, RegistryError, event, insert_key, queue, shortened, touch_device, validate_device_id,
@@ -49,7 +53,85 @@ pub struct FollowState {
     pub applied: u64,
 }
 
-/// What applying one primary record did here.
+impl FollowState {
+    /// The followed log's origin: the name in its verifier key.
+    pub fn origin(&self) -> &str {
+        origin_of(&self.vkey)
+    }
+}
+
+/// The origin a verifier key names (`<name>+<key id>+<key>`).
+pub fn origin_of(vkey: &str) -> &str {
+    vkey.split('+').next().unwrap_or(vkey)
+}
+
+/// Whose log a registry follows: the primary's (every kind-2 record,
+/// position in `registry_follow`), or a peer's (its revocations only,
+/// position in `registry_peers` under the peer's origin).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// The primary (`[registry] follow`).
+    Primary,
+    /// A peer (`[registry] peers`), by its log's origin.
+    Peer(String),
+}
+
+impl Source {
+    /// Whether this is a peer (revocations only).
+    pub fn is_peer(&self) -> bool {
+        matches!(self, Source::Peer(_))
+    }
+
+    /// What it is called in messages.
+    pub fn role(&self) -> &'static str {
+        match self {
+            Source::Primary => "primary",
+            Source::Peer(_) => "peer",
+        }
+    }
+
+    /// The table holding its position (a fixed name, never input).
+    fn table(&self) -> &'static str {
+        match self {
+            Source::Primary => "registry_follow",
+            Source::Peer(_) => "registry_peers",
+        }
+    }
+
+    /// The condition naming its row, with one parameter.
+    fn key_column(&self) -> &'static str {
+        match self {
+            Source::Primary => "id = ?",
+            Source::Peer(_) => "origin = ?",
+        }
+    }
+
+    /// Binds the parameter of [`Source::key_column`], last.
+    fn bind_key<'q>(&self, query: SqliteQuery<'q>) -> SqliteQuery<'q> {
+        match self {
+            Source::Primary => query.bind(1_i64),
+            Source::Peer(origin) => query.bind(origin.clone()),
+        }
+    }
+
+    fn other_key(&self, state: FollowState, asked: &str) -> FollowError {
+        match self {
+            Source::Primary => {
+                FollowError::OtherPrimary { stored: state.vkey, scanned: state.scanned, asked: asked.into() }
+            }
+            Source::Peer(origin) => FollowError::OtherPeer {
+                origin: origin.clone(),
+                stored: state.vkey,
+                scanned: state.scanned,
+                asked: asked.into(),
+            },
+        }
+    }
+}
+
+type SqliteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>;
+
+/// What applying one followed record did here.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
     /// The registry changed: these kind-2 records are queued for this log.
@@ -76,6 +158,21 @@ pub enum FollowError {
          as well: a registry follows one primary"
     )]
     OtherPrimary {
+        /// The key in the state.
+        stored: String,
+        /// Its scan position.
+        scanned: u64,
+        /// The key configured.
+        asked: String,
+    },
+    /// A peer with this origin was followed with another key.
+    #[error(
+        "the peer log {origin} was followed with the key {stored} (up to its index {scanned}); it will not be \
+         followed with {asked}: another key for the same origin is another log"
+    )]
+    OtherPeer {
+        /// The peer log's origin.
+        origin: String,
         /// The key in the state.
         stored: String,
         /// Its scan position.
@@ -158,62 +255,78 @@ impl Registry {
         Ok(())
     }
 
-    /// Stores the primary's checkpoint `note` (size `size`, root `root`),
+    /// Where this registry is in the log of `source`, if it ever followed it.
+    pub async fn state_of(&self, source: &Source) -> Result<Option<FollowState>, RegistryError> {
+        let mut conn = self.pool.acquire().await?;
+        Ok(read_state_of(&mut conn, source).await?)
+    }
+
+    /// Stores the checkpoint `note` (size `size`, root `root`) of `source`,
     /// which the caller checked: signed by `vkey` and consistent with the
     /// one accepted before. Only ever moves forward.
-    pub async fn accept_checkpoint(&self, vkey: &str, note: &str, size: u64, root: &Hash) -> Result<(), FollowError> {
+    pub async fn accept_checkpoint(
+        &self,
+        source: &Source,
+        vkey: &str,
+        note: &str,
+        size: u64,
+        root: &Hash,
+    ) -> Result<(), FollowError> {
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-        let state = expect_state(&mut tx, vkey).await?;
+        let state = expect_state(&mut tx, source, vkey).await?;
         if size < state.tree_size || (size == state.tree_size && *root != state.root) {
             return Err(FollowError::Moved(format!(
                 "checkpoint of size {size} offered after size {} was accepted",
                 state.tree_size
             )));
         }
-        sqlx::query("UPDATE registry_follow SET tree_size = ?, root = ?, checkpoint = ?, updated_ms = ? WHERE id = 1")
-            .bind(to_i64(size))
-            .bind(&root[..])
-            .bind(note)
-            .bind(to_i64(now_ms()))
-            .execute(&mut *tx)
-            .await?;
+        let sql = format!(
+            "UPDATE {} SET tree_size = ?, root = ?, checkpoint = ?, updated_ms = ? WHERE {}",
+            source.table(),
+            source.key_column()
+        );
+        let query =
+            sqlx::query(AssertSqlSafe(sql)).bind(to_i64(size)).bind(&root[..]).bind(note).bind(to_i64(now_ms()));
+        source.bind_key(query).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(())
     }
 
-    /// Records that every kind-2 record of the primary below `size` (at
-    /// most the accepted checkpoint's) has been applied.
-    pub async fn finish_scan(&self, vkey: &str, size: u64) -> Result<(), FollowError> {
+    /// Records that every record of `source` that this registry takes from
+    /// it below `size` (at most the accepted checkpoint's) has been applied.
+    pub async fn finish_scan(&self, source: &Source, vkey: &str, size: u64) -> Result<(), FollowError> {
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-        let state = expect_state(&mut tx, vkey).await?;
+        let state = expect_state(&mut tx, source, vkey).await?;
         if size > state.tree_size {
             return Err(FollowError::Moved(format!("scan to {size} past the accepted size {}", state.tree_size)));
         }
         if size > state.scanned {
-            sqlx::query("UPDATE registry_follow SET scanned = ?, updated_ms = ? WHERE id = 1")
-                .bind(to_i64(size))
-                .bind(to_i64(now_ms()))
-                .execute(&mut *tx)
-                .await?;
+            let sql =
+                format!("UPDATE {} SET scanned = ?, updated_ms = ? WHERE {}", source.table(), source.key_column());
+            let query = sqlx::query(AssertSqlSafe(sql)).bind(to_i64(size)).bind(to_i64(now_ms()));
+            source.bind_key(query).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
     }
 
-    /// Applies the primary's kind-2 record at `index` (checked against the
-    /// accepted checkpoint by the caller) to this registry, in one
-    /// transaction with the scan position: see the module documentation.
+    /// Applies the kind-2 record at `index` of `source`'s log (checked
+    /// against the accepted checkpoint by the caller) to this registry, in
+    /// one transaction with the scan position: see the module
+    /// documentation. From a peer only a revocation is applied; anything
+    /// else is skipped.
     pub async fn apply_followed(
         &self,
+        source: &Source,
         vkey: &str,
         index: u64,
         record: &RegistryRecord,
     ) -> Result<Applied, FollowError> {
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-        let state = expect_state(&mut tx, vkey).await?;
+        let state = expect_state(&mut tx, source, vkey).await?;
         if index < state.scanned {
             return Ok(Applied::AlreadyApplied);
         }
@@ -226,6 +339,10 @@ impl Registry {
         let now = now_ms();
         let outcome = match validate_device_id(&record.device_id) {
             Err(e) => Err(e.to_string()),
+            // A revocation only refuses more: the one change a peer may make.
+            Ok(()) if source.is_peer() && !matches!(record.event, RegistryEvent::KeyRevoked { .. }) => {
+                Err("a peer's records other than revocations are not applied".to_string())
+            }
             Ok(()) => change(&mut tx, record, now).await?,
         };
         let applied = match outcome {
@@ -236,15 +353,13 @@ impl Registry {
             }
             Err(why) => Applied::Skipped(why),
         };
-        sqlx::query(
-            "UPDATE registry_follow SET scanned = ?, last_applied = ?, applied = applied + 1, updated_ms = ? \
-             WHERE id = 1",
-        )
-        .bind(to_i64(index + 1))
-        .bind(to_i64(index))
-        .bind(to_i64(now))
-        .execute(&mut *tx)
-        .await?;
+        let sql = format!(
+            "UPDATE {} SET scanned = ?, last_applied = ?, applied = applied + 1, updated_ms = ? WHERE {}",
+            source.table(),
+            source.key_column()
+        );
+        let query = sqlx::query(AssertSqlSafe(sql)).bind(to_i64(index + 1)).bind(to_i64(index)).bind(to_i64(now));
+        source.bind_key(query).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(applied)
     }
@@ -263,19 +378,26 @@ pub(super) async fn refuse_if_following(conn: &mut SqliteConnection) -> Result<(
 }
 
 async fn read_state(conn: &mut SqliteConnection) -> Result<Option<FollowState>, StoreError> {
-    let row = sqlx::query(
-        "SELECT vkey, active, tree_size, root, checkpoint, scanned, last_applied, applied \
-         FROM registry_follow WHERE id = 1",
-    )
-    .fetch_optional(&mut *conn)
-    .await?;
+    read_state_of(conn, &Source::Primary).await
+}
+
+pub(super) async fn read_state_of(
+    conn: &mut SqliteConnection,
+    source: &Source,
+) -> Result<Option<FollowState>, StoreError> {
+    let sql = format!(
+        "SELECT vkey, active, tree_size, root, checkpoint, scanned, last_applied, applied FROM {} WHERE {}",
+        source.table(),
+        source.key_column()
+    );
+    let row = source.bind_key(sqlx::query(AssertSqlSafe(sql))).fetch_optional(&mut *conn).await?;
     let Some(row) = row else { return Ok(None) };
     let root: Vec<u8> = row.try_get(3)?;
     Ok(Some(FollowState {
         vkey: row.try_get(0)?,
         active: row.try_get::<i64, _>(1)? == 1,
         tree_size: to_u64(row.try_get(2)?)?,
-        root: to_hash(&root, "registry_follow.root")?,
+        root: to_hash(&root, &format!("{}.root", source.table()))?,
         checkpoint: row.try_get(4)?,
         scanned: to_u64(row.try_get(5)?)?,
         last_applied: row.try_get::<Option<i64>, _>(6)?.map(to_u64).transpose()?,
@@ -283,13 +405,11 @@ async fn read_state(conn: &mut SqliteConnection) -> Result<Option<FollowState>, 
     }))
 }
 
-/// The state, which must be for `vkey`.
-async fn expect_state(conn: &mut SqliteConnection, vkey: &str) -> Result<FollowState, FollowError> {
-    match read_state(conn).await? {
+/// The state of `source`, which must be for `vkey`.
+async fn expect_state(conn: &mut SqliteConnection, source: &Source, vkey: &str) -> Result<FollowState, FollowError> {
+    match read_state_of(conn, source).await? {
         Some(state) if state.vkey == vkey => Ok(state),
-        Some(state) => {
-            Err(FollowError::OtherPrimary { stored: state.vkey, scanned: state.scanned, asked: vkey.into() })
-        }
+        Some(state) => Err(source.other_key(state, vkey)),
         None => Err(FollowError::Moved(format!("this registry does not follow {vkey}"))),
     }
 }

@@ -21,6 +21,11 @@
 //! What the follower cannot check: that the list of registry records is
 //! complete. The search is the primary's word; a primary that leaves a
 //! record out is caught by an auditor reading its whole log, not here.
+//!
+//! The same [`Follower`] follows each peer of `[registry] peers`
+//! ([`Source::Peer`], `peers.rs`) for its revocations only: it lists the
+//! peer's registry records, proves and applies those that revoke a key, with
+//! the same checkpoint checks.
 
 use std::time::{Duration, Instant};
 
@@ -30,7 +35,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use sealmq_audit::store::registry::Registry;
-use sealmq_audit::store::registry_follow::{Applied, FollowError as StateError, FollowState};
+use sealmq_audit::store::registry_follow::{Applied, FollowError as StateError, FollowState, Source};
 use sealmq_audit::{Checkpoint, ConsistencyBundle, ProofBundle, Record, RegistryEvent, VerifierKey, mqs1};
 use serde::Deserialize;
 use tokio::sync::watch;
@@ -47,19 +52,23 @@ const REPEAT_LOG: Duration = Duration::from_secs(60);
 /// Why a round of following stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum FollowError {
-    /// The primary did not answer, or not as its API does.
-    #[error("the primary {url} gave no usable answer: {why}")]
+    /// The followed gateway did not answer, or not as its API does.
+    #[error("the {role} {url} gave no usable answer: {why}")]
     Unreachable {
-        /// The primary's URL.
+        /// "primary" or "peer".
+        role: &'static str,
+        /// Its URL.
         url: String,
         /// Why.
         why: String,
     },
-    /// The primary showed something a correct primary never shows: a
+    /// The followed gateway showed something a correct one never shows: a
     /// checkpoint not signed by its key, a rollback, a fork, a bad proof.
-    #[error("REFUSED the primary {url}: {why}; nothing more is applied from it")]
+    #[error("REFUSED the {role} {url}: {why}; nothing more is applied from it")]
     Refused {
-        /// The primary's URL.
+        /// "primary" or "peer".
+        role: &'static str,
+        /// Its URL.
         url: String,
         /// What it showed.
         why: String,
@@ -85,12 +94,15 @@ struct Page {
 #[derive(Deserialize)]
 struct Listed {
     index: u64,
+    /// `key_revoked`, `key_added` or `policy_set`.
+    action: Option<String>,
 }
 
-/// A follower of one primary.
+/// A follower of one primary, or of one peer's revocations.
 pub struct Follower {
     url: String,
     vkey: VerifierKey,
+    source: Source,
     registry: Registry,
     client: Client<HttpConnector, Empty<Bytes>>,
     timeout: Duration,
@@ -100,18 +112,39 @@ impl Follower {
     /// A follower of the primary at `url` (its HTTP API) whose log has
     /// verifier key `vkey`, applying to `registry`.
     pub fn new(url: &str, vkey: VerifierKey, registry: Registry, timeout: Duration) -> Self {
+        Self::of(Source::Primary, url, vkey, registry, timeout)
+    }
+
+    /// A follower of the revocations of the peer at `url` whose log has
+    /// verifier key `vkey` (its position kept under the key's name, the
+    /// log's origin).
+    pub fn peer(url: &str, vkey: VerifierKey, registry: Registry, timeout: Duration) -> Self {
+        Self::of(Source::Peer(vkey.name().to_string()), url, vkey, registry, timeout)
+    }
+
+    fn of(source: Source, url: &str, vkey: VerifierKey, registry: Registry, timeout: Duration) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(timeout));
         let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(connector);
-        Self { url: url.trim_end_matches('/').to_string(), vkey, registry, client, timeout }
+        Self { url: url.trim_end_matches('/').to_string(), vkey, source, registry, client, timeout }
+    }
+
+    /// The followed gateway's URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// "primary" or "peer".
+    pub fn role(&self) -> &'static str {
+        self.source.role()
     }
 
     fn refused(&self, why: impl Into<String>) -> FollowError {
-        FollowError::Refused { url: self.url.clone(), why: why.into() }
+        FollowError::Refused { role: self.role(), url: self.url.clone(), why: why.into() }
     }
 
     fn unreachable(&self, why: impl Into<String>) -> FollowError {
-        FollowError::Unreachable { url: self.url.clone(), why: why.into() }
+        FollowError::Unreachable { role: self.role(), url: self.url.clone(), why: why.into() }
     }
 
     /// GETs `path` from the primary: status and body.
@@ -144,8 +177,9 @@ impl Follower {
         }
     }
 
-    /// One round: the primary's checkpoint checked and accepted, the
-    /// registry records below it applied. How many changed this registry.
+    /// One round: the followed log's checkpoint checked and accepted, the
+    /// registry records below it applied (a peer's revocations only). How
+    /// many changed this registry.
     pub async fn sync(&self) -> Result<usize, FollowError> {
         let note = match self.get("/v1/checkpoint").await? {
             (200, note) => note,
@@ -163,18 +197,18 @@ impl Follower {
         self.check_extends(&state, &checkpoint, &note).await?;
         let vkey = self.vkey.to_string();
         if checkpoint.size > state.tree_size {
-            self.registry.accept_checkpoint(&vkey, &note, checkpoint.size, &checkpoint.root).await?;
+            self.registry.accept_checkpoint(&self.source, &vkey, &note, checkpoint.size, &checkpoint.root).await?;
         }
         if state.scanned >= checkpoint.size {
             return Ok(0);
         }
         let changed = self.apply_below(state.scanned, &checkpoint).await?;
-        self.registry.finish_scan(&vkey, checkpoint.size).await?;
+        self.registry.finish_scan(&self.source, &vkey, checkpoint.size).await?;
         Ok(changed)
     }
 
     async fn state(&self) -> Result<FollowState, FollowError> {
-        match self.registry.follow_state().await? {
+        match self.registry.state_of(&self.source).await? {
             Some(state) if state.vkey == self.vkey.to_string() => Ok(state),
             Some(state) => Err(self.refused(format!("this registry follows {} already", state.vkey))),
             None => Err(self.refused("this registry's follow state is missing")),
@@ -219,8 +253,8 @@ impl Follower {
         Ok(())
     }
 
-    /// Applies the primary's registry records from index `from` below the
-    /// checkpoint, each proven included in it.
+    /// Applies the followed log's registry records (a peer's revocations)
+    /// from index `from` below the checkpoint, each proven included in it.
     async fn apply_below(&self, from: u64, checkpoint: &Checkpoint) -> Result<usize, FollowError> {
         let mut cursor = from;
         let mut changed = 0;
@@ -228,7 +262,12 @@ impl Follower {
             let path = format!("/v1/records?kind=registry&order=asc&limit={PAGE}&cursor={cursor}");
             let page: Page = serde_json::from_str(&self.get_ok(&path).await?)
                 .map_err(|e| self.unreachable(format!("GET {path}: {e}")))?;
-            for listed in page.records.iter().filter(|r| r.index >= from && r.index < checkpoint.size) {
+            // A peer's other records are not applied: no proof is fetched for
+            // them. Leaving a revocation out of the listing is in the peer's
+            // power anyway (the listing is its word, see above).
+            let wanted = |r: &&Listed| !self.source.is_peer() || r.action.as_deref() == Some("key_revoked");
+            let listed = page.records.iter().filter(|r| r.index >= from && r.index < checkpoint.size).filter(wanted);
+            for listed in listed {
                 changed += self.apply_one(listed.index, checkpoint).await?;
             }
             match page.next {
@@ -238,8 +277,8 @@ impl Follower {
         }
     }
 
-    /// Proves and applies the primary's record `index`. 1 if it changed
-    /// this registry.
+    /// Proves and applies the followed log's record `index`. 1 if it
+    /// changed this registry.
     async fn apply_one(&self, index: u64, checkpoint: &Checkpoint) -> Result<usize, FollowError> {
         let path = format!("/v1/proof/{index}?size={}", checkpoint.size);
         let json = self.get_ok(&path).await?;
@@ -255,18 +294,26 @@ impl Follower {
         let Record::Registry(record) = proven.record else {
             return Err(self.refused(format!("record {index} is listed as a registry record but is not one")));
         };
-        let applied = self.registry.apply_followed(&self.vkey.to_string(), index, &record).await?;
-        let what = describe_event(&record.event);
+        if self.source.is_peer() && !matches!(record.event, RegistryEvent::KeyRevoked { .. }) {
+            return Err(self.refused(format!("record {index} is listed as a revocation but is not one")));
+        }
+        let applied = self.registry.apply_followed(&self.source, &self.vkey.to_string(), index, &record).await?;
+        let (what, from, url) = (describe_event(&record.event), self.role(), self.url.as_str());
         match &applied {
             Applied::Changed(records) => {
-                tracing::info!(index, device = %record.device_id, what, logged = records.len(), "applied the primary's registry change");
+                tracing::info!(from, url, index, device = %record.device_id, what, logged = records.len(), "applied a followed registry change");
             }
             Applied::Unchanged => {
-                tracing::debug!(index, device = %record.device_id, what, "the primary's registry change is here already");
+                tracing::debug!(from, url, index, device = %record.device_id, what, "a followed registry change is here already");
             }
             Applied::AlreadyApplied => {}
+            // A peer revokes keys this gateway may never have had (registered
+            // elsewhere only): nothing to worry about.
+            Applied::Skipped(why) if self.source.is_peer() => {
+                tracing::info!(from, url, index, device = %record.device_id, what, why, "a followed registry change does not apply here");
+            }
             Applied::Skipped(why) => {
-                tracing::warn!(index, device = %record.device_id, what, why, "the primary's registry change cannot be applied here");
+                tracing::warn!(from, url, index, device = %record.device_id, what, why, "a followed registry change cannot be applied here");
             }
         }
         Ok(usize::from(matches!(applied, Applied::Changed(_))))
@@ -296,7 +343,7 @@ fn describe(error: &dyn std::error::Error) -> String {
 
 /// Follows the configured primary until shutdown; without `[registry]
 /// follow`, marks the registry as its own (local changes allowed).
-pub async fn run(registry: Registry, config: RegistryConfig, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(registry: Registry, config: RegistryConfig, shutdown: watch::Receiver<bool>) {
     let (Some(url), Some(vkey_text)) = (config.follow, config.follow_vkey) else {
         if let Err(e) = registry.stop_following().await {
             tracing::warn!(error = %e, "cannot mark the registry as no longer following a primary");
@@ -327,6 +374,13 @@ pub async fn run(registry: Registry, config: RegistryConfig, mut shutdown: watch
     }
     let interval = Duration::from_millis(config.follow_interval_ms);
     let follower = Follower::new(&url, vkey, registry, interval.max(Duration::from_secs(5)));
+    keep_following(follower, interval, shutdown).await;
+}
+
+/// Runs `follower` every `interval` until shutdown, logging what it
+/// applied and (once a minute while it lasts) why it could not.
+pub(super) async fn keep_following(follower: Follower, interval: Duration, mut shutdown: watch::Receiver<bool>) {
+    let (role, url) = (follower.role(), follower.url().to_string());
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_error: Option<(String, Instant)> = None;
@@ -338,21 +392,21 @@ pub async fn run(registry: Registry, config: RegistryConfig, mut shutdown: watch
         match follower.sync().await {
             Ok(changed) => {
                 if last_error.take().is_some() {
-                    tracing::info!(primary = %url, "following the primary's device registry again");
+                    tracing::info!(role, url = %url, "following the device registry again");
                 }
                 if changed > 0 {
-                    tracing::info!(primary = %url, changed, "the primary's registry changes are applied");
+                    tracing::info!(role, url = %url, changed, "registry changes from the followed log are applied");
                 }
             }
             Err(e) => {
                 let text = e.to_string();
                 let repeat = last_error.as_ref().is_some_and(|(t, at)| *t == text && at.elapsed() < REPEAT_LOG);
                 if !repeat {
-                    // Unreachable is an outage; anything else is the primary misbehaving.
+                    // Unreachable is an outage; anything else is the gateway misbehaving.
                     if matches!(e, FollowError::Unreachable { .. }) {
-                        tracing::warn!(error = %text, "cannot follow the primary's device registry");
+                        tracing::warn!(error = %text, "cannot follow the {role}'s device registry");
                     } else {
-                        tracing::error!(error = %text, "cannot follow the primary's device registry");
+                        tracing::error!(error = %text, "cannot follow the {role}'s device registry");
                     }
                     last_error = Some((text, Instant::now()));
                 }

@@ -272,6 +272,14 @@ impl Broker {
             shared.config.registry.clone(),
             shared.shutdown.clone(),
         )));
+        // Every gateway applies its peers' revocations, logged and swapped
+        // in by the same watch.
+        tasks.push(tokio::spawn(crate::devices::peers::run(
+            registry.clone(),
+            shared.config.registry.clone(),
+            log.reader().verifier_key().clone(),
+            shared.shutdown.clone(),
+        )));
         tasks.push(tokio::spawn(watch_registry(Arc::clone(&shared), registry, registry_version)));
         // Erase requests (`sealmq erase`) and the retention rules, through the sequencer.
         let erasures = ErasureOutbox::open(&shared.config.data).await?;
