@@ -1,7 +1,7 @@
 //! Issue 15's end-to-end test: three sealmq gateways, each with its own
 //! log, in front of a real 3-node rmqtt cluster (rmqttd, raft), all real
 //! processes on loopback. Run by `tests/cluster/run.sh`, which installs
-//! rmqttd and sets `SEALMQ_CLUSTER_TESTS`; without it each test is skipped.
+//! rmqttd and runs these ignored tests (`cargo test -- --ignored`).
 //!
 //! What must hold (the issue's "Must show"):
 //! - a QoS 1 publish on any gateway reaches the subscribers on every
@@ -11,12 +11,9 @@
 //!   clients published;
 //! - with a cluster node SIGKILLed mid-run, every publish a gateway
 //!   acknowledged is still delivered to every subscriber;
-//! - a key revoked on one gateway is refused on another within seconds,
-//!   and the revocation is in the log of the gateway that refuses.
-//!
-//! Which parts wait on which work of issue 15 (until merged they fail,
-//! saying so): `sealmq-origin` and `[upstream] addresses` with failover
-//! (branch wip-route), `[registry] follow` (branch wip-registry).
+//! - a key revoked on one gateway (a follower of the registry's primary)
+//!   is refused on the others within seconds, and the revocation is in the
+//!   log of every gateway that refuses.
 
 mod common;
 
@@ -30,7 +27,7 @@ use rumqttc::v5::mqttbytes::v5::Publish;
 use sealmq_audit::RegistryEvent;
 
 use common::broker::BrokerProcess;
-use common::cluster::{RmqttCluster, config_accepted, enabled, upstream_toml};
+use common::cluster::{RmqttCluster, config_accepted, upstream_toml};
 use common::logged;
 use common::mqtt::{Conn, Got, QoS, connect5, connect5_receipts, kind, publish5_packet, subscribe5};
 use common::signed::{Dev, prop, registry_records};
@@ -114,10 +111,8 @@ fn origin(gateway: &BrokerProcess) -> String {
 }
 
 #[test]
+#[ignore = "needs rmqttd, slow to build: tests/cluster/run.sh"]
 fn three_gateways_through_a_three_node_cluster_deliver_once_and_survive_a_node_killed() {
-    if !enabled("three_gateways_through_a_three_node_cluster") {
-        return;
-    }
     let cluster = RmqttCluster::start();
     let tmp = tempfile::tempdir().unwrap();
     let data: Vec<_> = (0..3).map(|g| tmp.path().join(format!("gateway-{g}"))).collect();
@@ -253,8 +248,8 @@ fn three_gateways_through_a_three_node_cluster_deliver_once_and_survive_a_node_k
     }
     // Each log holds exactly what its own clients published, and verifies;
     // every receipt points at the record of what was delivered.
-    for g in 0..3 {
-        let records = logged::publishes(&data[g]);
+    for (g, data) in data.iter().enumerate() {
+        let records = logged::publishes(data);
         let mine = records.iter().filter(|r| r.topic == format!("plant/g{g}")).count();
         assert_eq!(mine, per_gateway, "gateway {g}'s log holds its clients' publishes, once each");
         let others = records.iter().filter(|r| r.topic.starts_with("plant/g") && r.topic != format!("plant/g{g}"));
@@ -264,14 +259,11 @@ fn three_gateways_through_a_three_node_cluster_deliver_once_and_survive_a_node_k
             let r = by_index.get(&d.index.unwrap()).unwrap_or_else(|| panic!("{d:?}: no such record in log {g}"));
             assert_eq!((&r.topic, r.payload.as_deref()), (&d.topic, Some(d.payload.as_bytes())), "{d:?}");
         }
-        verify_ok(&data[g]);
+        verify_ok(data);
     }
     let failover_logged = logged::publishes(&data[1]).iter().filter(|r| r.topic == "plant/failover").count();
     assert_eq!(failover_logged, acked_failover.len(), "each acknowledged publish logged once");
-    assert_eq!(
-        missing_origin, 0,
-        "deliveries without sealmq-origin (the receipt naming the log; issue 15's routing work, branch wip-route)"
-    );
+    assert_eq!(missing_origin, 0, "deliveries without sealmq-origin (the receipt naming the log)");
 }
 
 /// One QoS 1 publish of `n`; `Some(n)` when acknowledged.
@@ -300,76 +292,124 @@ fn signed_publish(addr: std::net::SocketAddr, dev: &Dev, ctr: u64) -> Option<u8>
     }
 }
 
-#[test]
-fn a_key_revoked_on_one_gateway_is_refused_on_another() {
-    if !enabled("a_key_revoked_on_one_gateway_is_refused_on_another") {
-        return;
+/// A gateway's fixed addresses and key, known before it serves, so that
+/// the others can list it as a peer.
+struct Planned {
+    data: std::path::PathBuf,
+    mqtt: std::net::SocketAddr,
+    http: std::net::SocketAddr,
+    vkey: String,
+}
+
+impl Planned {
+    fn new(data: std::path::PathBuf) -> Self {
+        let addrs = common::witness::free_addrs(2);
+        // Started once without a cluster to make its log and key.
+        let first = BrokerProcess::start_at(&data, addrs[0], addrs[1], &[]);
+        let vkey = first.vkey.clone();
+        first.kill();
+        Self { data, mqtt: addrs[0], http: addrs[1], vkey }
     }
+
+    fn start(&self, toml: &str) -> BrokerProcess {
+        let config = self.data.with_extension("toml");
+        std::fs::write(&config, toml).unwrap();
+        BrokerProcess::start_at(&self.data, self.mqtt, self.http, &["--config", config.to_str().unwrap()])
+    }
+
+    fn peer(&self) -> String {
+        format!("{{ url = \"http://{}\", vkey = \"{}\" }}", self.http, self.vkey)
+    }
+}
+
+#[test]
+#[ignore = "needs rmqttd, slow to build: tests/cluster/run.sh"]
+fn a_key_revoked_on_one_gateway_is_refused_on_another() {
     let cluster = RmqttCluster::start();
     let tmp = tempfile::tempdir().unwrap();
-    let (data_a, data_b) = (tmp.path().join("primary"), tmp.path().join("follower"));
-    let primary = gateway(&data_a, &upstream_toml(&cluster.nodes));
-    let follow = format!(
-        "{}\n[registry]\nfollow = \"http://{}\"\nfollow_vkey = \"{}\"\nfollow_interval_ms = 250\n",
-        upstream_toml(&cluster.nodes[1..]),
-        primary.http,
-        primary.vkey
-    );
-    assert!(
-        config_accepted(&follow),
-        "this sealmq has no [registry] follow (issue 15's one registry, branch wip-registry)"
-    );
-    let follower = gateway(&data_b, &follow);
+    // The registry's primary P and two followers A and B, each listing the
+    // other two as peers (revocations travel from any of them).
+    let planned: Vec<Planned> =
+        ["primary", "follower-a", "follower-b"].iter().map(|name| Planned::new(tmp.path().join(name))).collect();
+    let gateways: Vec<BrokerProcess> = (0..3)
+        .map(|g| {
+            let nodes: Vec<String> = (0..3).map(|k| cluster.nodes[(g + k) % 3].clone()).collect();
+            let peers: Vec<String> = (0..3).filter(|p| *p != g).map(|p| planned[p].peer()).collect();
+            let follow = match g {
+                0 => String::new(),
+                _ => format!("follow = \"http://{}\"\nfollow_vkey = \"{}\"\n", planned[0].http, planned[0].vkey),
+            };
+            let toml = format!(
+                "{}\n[registry]\nfollow_interval_ms = 250\n{follow}peers = [{}]\n",
+                upstream_toml(&nodes),
+                peers.join(", ")
+            );
+            assert!(config_accepted(&toml), "{toml}");
+            planned[g].start(&toml)
+        })
+        .collect();
 
-    // Registered on the primary only; the follower learns it from there.
+    // Registered on the primary only; the followers learn it from there.
     let dev = Dev::new("valve-7");
-    dev.register(&data_a, "signed", &[]);
+    dev.register(&planned[0].data, "signed", &[]);
     let mut ctr = 1;
-    let started = Instant::now();
-    while signed_publish(follower.mqtt, &dev, ctr) != Some(0) {
-        ctr += 1;
-        assert!(started.elapsed() < Duration::from_secs(15), "the follower never admitted the primary's device");
-        thread::sleep(Duration::from_millis(200));
-    }
-    eprintln!("registration reached the follower within {:?}", started.elapsed());
-
-    sealmq(&data_a, &["device", "revoke", &dev.id, &dev.kid_hex()]).ok();
-    let revoked = Instant::now();
-    loop {
-        ctr += 1;
-        match signed_publish(follower.mqtt, &dev, ctr) {
-            Some(0) => {}
-            // Refused at CONNECT (None) or at the publish (0x87, or any error code).
-            _ => break,
+    for (g, follower) in gateways.iter().enumerate().skip(1) {
+        let started = Instant::now();
+        while signed_publish(follower.mqtt, &dev, ctr) != Some(0) {
+            ctr += 1;
+            assert!(started.elapsed() < Duration::from_secs(15), "follower {g} never admitted the primary's device");
+            thread::sleep(Duration::from_millis(200));
         }
-        assert!(
-            revoked.elapsed() < Duration::from_secs(10),
-            "the follower still accepts the key 10 s after its revocation"
-        );
-        thread::sleep(Duration::from_millis(200));
+        ctr += 1;
+        eprintln!("registration reached follower {g} within {:?}", started.elapsed());
     }
-    eprintln!("revocation enforced on the follower within {:?}", revoked.elapsed());
+
+    // Revoked on follower A: refused on the primary and on follower B.
+    sealmq(&planned[1].data, &["device", "revoke", &dev.id, &dev.kid_hex()]).ok();
+    let revoked = Instant::now();
+    for g in [0, 2, 1] {
+        loop {
+            ctr += 1;
+            match signed_publish(gateways[g].mqtt, &dev, ctr) {
+                Some(0) => {}
+                // Refused at CONNECT (None) or at the publish (0x87, or any error code).
+                _ => break,
+            }
+            assert!(
+                revoked.elapsed() < Duration::from_secs(10),
+                "gateway {g} still accepts the key 10 s after its revocation on follower A"
+            );
+            thread::sleep(Duration::from_millis(200));
+        }
+        eprintln!("revocation on follower A enforced on gateway {g} within {:?}", revoked.elapsed());
+    }
     // And it stays refused.
     thread::sleep(Duration::from_secs(1));
-    assert_ne!(signed_publish(follower.mqtt, &dev, ctr + 1), Some(0), "a revoked key signs nothing more");
+    for gateway in &gateways {
+        ctr += 1;
+        assert_ne!(signed_publish(gateway.mqtt, &dev, ctr), Some(0), "a revoked key signs nothing more");
+    }
 
-    assert!(primary.stop().success() && follower.stop().success());
-    // The follower logged the revocation it acted on, and no publish signed
-    // with the key after it.
-    let revocations: Vec<u64> = registry_records(&data_b)
-        .into_iter()
-        .filter(|(_, r)| {
-            r.device_id == dev.id && matches!(r.event, RegistryEvent::KeyRevoked { kid } if kid == dev.kid())
-        })
-        .map(|(i, _)| i)
-        .collect();
-    assert_eq!(revocations.len(), 1, "the follower's log holds the revocation once");
-    let after: Vec<u64> = common::signed::publish_records(&data_b)
-        .into_iter()
-        .filter(|(i, r)| *i > revocations[0] && r.signature.is_some_and(|sb| sb.kid == dev.kid()))
-        .map(|(i, _)| i)
-        .collect();
-    assert!(after.is_empty(), "publishes signed with the revoked key logged after the revocation: {after:?}");
-    verify_ok(&data_a);
-    verify_ok(&data_b);
+    for gateway in gateways {
+        assert!(gateway.stop().success());
+    }
+    // Every gateway logged the revocation it acted on, once, and no publish
+    // signed with the key after it.
+    for (g, p) in planned.iter().enumerate() {
+        let revocations: Vec<u64> = registry_records(&p.data)
+            .into_iter()
+            .filter(|(_, r)| {
+                r.device_id == dev.id && matches!(r.event, RegistryEvent::KeyRevoked { kid } if kid == dev.kid())
+            })
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(revocations.len(), 1, "gateway {g}'s log holds the revocation once");
+        let after: Vec<u64> = common::signed::publish_records(&p.data)
+            .into_iter()
+            .filter(|(i, r)| *i > revocations[0] && r.signature.is_some_and(|sb| sb.kid == dev.kid()))
+            .map(|(i, _)| i)
+            .collect();
+        assert!(after.is_empty(), "gateway {g}: publishes signed with the revoked key after the revocation: {after:?}");
+        verify_ok(&p.data);
+    }
 }

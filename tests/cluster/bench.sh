@@ -65,9 +65,8 @@ setups=(alone cluster-same cluster-cross rmqtt-cross)
 rm -rf "$out"
 mkdir -p "$out/runs"
 work=$(mktemp -d "${TMPDIR:-/tmp}/sealmq-bench-cluster.XXXXXX")
-pids=()
 cleanup() {
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  stop_gateways
   [ -f "$work/cluster/env" ] && tests/cluster/cluster.sh stop "$work/cluster" || true
   rm -rf "$work"
 }
@@ -80,50 +79,56 @@ sealmq_toml='[limits]
 max_publish_rate = 0
 max_queued_messages = 1000000'
 
-# Starts a gateway with data dir $1 and extra TOML $2; prints its MQTT address.
+# Starts a gateway with data dir $1 and extra TOML $2; prints its MQTT
+# address. Called as `$(start_gateway …)`, a subshell: the pid goes to
+# $1.pid, where stop_gateways finds it.
 start_gateway() {
-  local data="$1" extra="$2"
+  local data="$1" extra="$2" pid
   mkdir -p "$data"
   printf '%s\n%s\n' "$sealmq_toml" "$extra" >"$data.toml"
   "$sealmq" --data "$data" serve --config "$data.toml" --listen 127.0.0.1:0 --http 127.0.0.1:0 \
     >"$data.out" 2>"$data.err" &
-  pids+=($!)
+  pid=$!
+  echo "$pid" >"$data.pid"
   for _ in $(seq 600); do
     if grep -qE '^ +mqtt +' "$data.out" 2>/dev/null; then
       awk '$1 == "mqtt" { print $2; exit }' "$data.out"
       return 0
     fi
-    kill -0 "${pids[-1]}" 2>/dev/null || break
+    kill -0 "$pid" 2>/dev/null || break
     sleep 0.1
   done
   say "gateway $data did not start:"; cat "$data.err" >&2; return 1
 }
 
 stop_gateways() {
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  pids=()
+  local f pid
+  for f in "$work"/*.pid; do
+    [ -e "$f" ] || continue
+    pid=$(cat "$f")
+    kill -TERM "$pid" 2>/dev/null || true
+    # Not our child (started in a subshell): wait by polling.
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    rm -f "$f"
+  done
 }
 
-# `[upstream]` for a gateway trying $@ in turn (the route work's
-# `addresses`; a sealmq without it gets `address`, the first node).
+# `[upstream]` for a gateway trying the nodes $@ in turn.
 upstream() {
   local list="" n
   for n in "$@"; do list+="${list:+, }\"$n\""; done
-  printf '[upstream]\naddresses = [%s]\n' "$list" >"$work/probe.toml"
-  if "$sealmq" check-config "$work/probe.toml" >/dev/null 2>&1; then
-    cat "$work/probe.toml"
-  else
-    printf '[upstream]\naddress = "%s"\n' "$1"
-  fi
+  printf '[upstream]\naddresses = [%s]\n' "$list"
 }
 
 run_bench() {
-  local name="$1" label="$2" pub="$3" sub="$4"
+  local name="$1" label="$2" pub="$3" sub="$4" pidargs=()
   shift 4
+  # One gateway does all of the work (alone, cluster-same): its CPU per
+  # delivered message is what the cluster costs a gateway.
+  if [ "$pub" = "$sub" ] && [ -e "$work/$name.pid" ]; then pidargs=(--broker-pid "$(cat "$work/$name.pid")"); fi
   say "$name ($pub -> $sub)"
   # shellcheck disable=SC2068
-  "$bench" --host "$pub" --sub-host "$sub" --label "$label" ${timing[@]} "$@" \
+  "$bench" --host "$pub" --sub-host "$sub" --label "$label" ${timing[@]} ${pidargs[@]} "$@" \
     --json "$out/runs/$name.json" >"$out/runs/$name.txt" 2>&1 || say "$name: sealmq-bench failed (see $out/runs/$name.txt)"
 }
 
@@ -164,13 +169,16 @@ for f in sorted(os.listdir(os.path.join(out, "runs"))):
     if f.endswith(".json"):
         runs[f[:-5]] = json.load(open(os.path.join(out, "runs", f)))
 json.dump(runs, open(os.path.join(out, "results.json"), "w"), indent=2)
-rows = ["| setup | scenario | delivered/s | latency p50 / p99 ms | lost | dup |", "|---|---|---|---|---|---|"]
+rows = ["| setup | scenario | delivered/s | latency p50 / p99 ms | lost | dup | gateway CPU µs/msg |",
+        "|---|---|--:|--:|--:|--:|--:|"]
 for name, r in runs.items():
     setup = next(s for s in setups if name.startswith(s + "-"))
     lat = r.get("latency_ms") or {}
-    rows.append("| {} | {} | {:,.0f} | {} / {} | {} | {} |".format(
+    cpu = (r.get("broker") or {}).get("cpu_us_per_delivered")
+    rows.append("| {} | {} | {:,.0f} | {} / {} | {} | {} | {} |".format(
         setup, r["label"].split(": ", 1)[-1], r.get("delivered_per_s") or 0,
-        lat.get("p50", "-"), lat.get("p99", "-"), r.get("lost"), r.get("duplicated")))
+        lat.get("p50", "-"), lat.get("p99", "-"), r.get("lost"), r.get("duplicated"),
+        "-" if cpu is None else cpu))
 table = "\n".join(rows) + "\n"
 open(os.path.join(out, "table.md"), "w").write(table)
 print(table)
