@@ -26,8 +26,8 @@ use sealmq_audit::RegistryEvent;
 
 use common::broker::BrokerProcess;
 use common::http::get;
-use common::mqtt::{Conn, Got, QoS, WAIT, kind, publish5_packet, try_connect5};
-use common::signed::{Dev, prop, publish_records, registry_records};
+use common::mqtt::try_connect5;
+use common::signed::{self as signed, Answer, Dev, publish_records, publish_signed, registry_records};
 use common::{copy_log, sealmq, verify_ok};
 
 /// How long a change on the primary may take to act on the follower: the
@@ -39,8 +39,6 @@ const WITHIN: Duration = Duration::from_secs(10);
 const FOLLOW_MS: u64 = 250;
 /// Long enough for several follower rounds: nothing may change in it.
 const QUIET: Duration = Duration::from_secs(3);
-
-const NOT_AUTHORIZED: u8 = 0x87;
 
 /// A primary: a plain gateway, sealing often.
 fn primary(data: &Path) -> BrokerProcess {
@@ -60,53 +58,9 @@ fn follower(data: &Path, http: SocketAddr, vkey: &str) -> BrokerProcess {
     )
 }
 
-/// How the gateway answered one signed publish.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Answer {
-    /// PUBACK with this reason code.
-    Ack(u8),
-    /// The connection was closed, after a DISCONNECT with this reason if one came.
-    Closed(Option<u8>),
-    /// No answer within [`WAIT`].
-    Nothing,
-}
-
-impl Answer {
-    /// Refused as MQTT 5 refuses an unauthorized publish: PUBACK 0x87, or
-    /// DISCONNECT 0x87 / the connection closed.
-    fn refused(self) -> bool {
-        matches!(self, Answer::Ack(NOT_AUTHORIZED) | Answer::Closed(None | Some(NOT_AUTHORIZED)))
-    }
-}
-
-/// A QoS 1 publish by `dev` signed with counter `ctr`; the answer.
-fn publish_signed(conn: &mut Conn, dev: &Dev, ctr: u64, topic: &str) -> Answer {
-    let payload = format!("{} #{ctr}", dev.id);
-    let sb = dev.sign(topic, payload.as_bytes(), false, ctr);
-    let pkid = (ctr % 60_000 + 1) as u16;
-    let sent = conn.send5(&publish5_packet(topic, QoS::AtLeastOnce, pkid, payload.as_bytes(), false, prop(&sb)));
-    drop(sent);
-    let deadline = Instant::now() + WAIT;
-    let mut disconnect = None;
-    loop {
-        match conn.next(deadline.saturating_duration_since(Instant::now())) {
-            Got::Frame(f) if f.kind() == kind::PUBACK && f.pkid() == pkid => return Answer::Ack(f.ack_reason()),
-            Got::Frame(f) if f.kind() == kind::DISCONNECT => disconnect = Some(f.disconnect_reason()),
-            Got::Frame(_) => {}
-            Got::Closed => return Answer::Closed(disconnect),
-            Got::Timeout => return Answer::Nothing,
-        }
-    }
-}
-
-/// Connects as `dev` and publishes one signed message: `None` when the
-/// CONNECT is refused, else the publish's answer.
+/// Connects as `dev` and publishes one signed message on `follow/ID`.
 fn connect_and_publish(broker: &BrokerProcess, dev: &Dev, ctr: u64) -> Option<Answer> {
-    let (mut conn, connack) = try_connect5(broker.mqtt, &dev.id, None);
-    if connack.connack_code() != 0 {
-        return None;
-    }
-    Some(publish_signed(&mut conn, dev, ctr, &format!("follow/{}", dev.id)))
+    signed::connect_and_publish(broker.mqtt, dev, ctr, &format!("follow/{}", dev.id))
 }
 
 /// Polls `done` until it holds or `within` passed; how long it took.

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use sealmq_audit::RegistryEvent;
 
 use common::broker::BrokerProcess;
-use common::mqtt::{Conn, Got, QoS, WAIT, kind, publish5_packet, try_connect5};
-use common::signed::{Dev, prop, registry_records};
+use common::mqtt::{Conn, try_connect5};
+use common::signed::{self as signed, Answer, Dev, publish_signed, registry_records};
 use common::witness::free_addrs;
 use common::{sealmq, verify_ok};
 
@@ -34,7 +34,6 @@ const WITHIN: Duration = Duration::from_secs(10);
 const FOLLOW_MS: u64 = 250;
 /// Long enough for several rounds of every follower: nothing may change in it.
 const QUIET: Duration = Duration::from_secs(3);
-const NOT_AUTHORIZED: u8 = 0x87;
 
 /// One gateway's fixed addresses, data directory and origin, so that the
 /// others can be configured with them before it starts.
@@ -123,44 +122,9 @@ fn revoked_history(dev: &Dev) -> Vec<RegistryEvent> {
     ]
 }
 
-/// How a gateway answered one signed publish.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Answer {
-    Ack(u8),
-    /// The connection was closed, after a DISCONNECT with this reason if one came.
-    Closed(Option<u8>),
-    Nothing,
-}
-
-impl Answer {
-    /// Refused as MQTT 5 refuses an unauthorized publish.
-    fn refused(self) -> bool {
-        matches!(self, Answer::Ack(NOT_AUTHORIZED) | Answer::Closed(None | Some(NOT_AUTHORIZED)))
-    }
-}
-
-fn publish_signed(conn: &mut Conn, dev: &Dev, ctr: u64) -> Answer {
-    let (topic, payload) = (format!("peers/{}", dev.id), format!("#{ctr}"));
-    let sb = dev.sign(&topic, payload.as_bytes(), false, ctr);
-    let pkid = (ctr % 60_000 + 1) as u16;
-    drop(conn.send5(&publish5_packet(&topic, QoS::AtLeastOnce, pkid, payload.as_bytes(), false, prop(&sb))));
-    let deadline = Instant::now() + WAIT;
-    let mut disconnect = None;
-    loop {
-        match conn.next(deadline.saturating_duration_since(Instant::now())) {
-            Got::Frame(f) if f.kind() == kind::PUBACK && f.pkid() == pkid => return Answer::Ack(f.ack_reason()),
-            Got::Frame(f) if f.kind() == kind::DISCONNECT => disconnect = Some(f.disconnect_reason()),
-            Got::Frame(_) => {}
-            Got::Closed => return Answer::Closed(disconnect),
-            Got::Timeout => return Answer::Nothing,
-        }
-    }
-}
-
-/// A new session of `dev` publishing once: `None` if the CONNECT is refused.
+/// Connects as `dev` and publishes one signed message on `peers/ID`.
 fn connect_and_publish(broker: &BrokerProcess, dev: &Dev, ctr: u64) -> Option<Answer> {
-    let (mut conn, connack) = try_connect5(broker.mqtt, &dev.id, None);
-    (connack.connack_code() == 0).then(|| publish_signed(&mut conn, dev, ctr))
+    signed::connect_and_publish(broker.mqtt, dev, ctr, &format!("peers/{}", dev.id))
 }
 
 /// An open session of `dev`, which publishes fine now.
@@ -168,7 +132,7 @@ fn open_session(broker: &BrokerProcess, dev: &Dev, ctr: &mut u64) -> Conn {
     let (mut conn, connack) = try_connect5(broker.mqtt, &dev.id, None);
     assert_eq!(connack.connack_code(), 0, "{} refused on {}", dev.id, broker.http);
     *ctr += 1;
-    assert_eq!(publish_signed(&mut conn, dev, *ctr), Answer::Ack(0));
+    assert_eq!(publish_signed(&mut conn, dev, *ctr, &format!("peers/{}", dev.id)), Answer::Ack(0));
     conn
 }
 
@@ -226,7 +190,7 @@ fn a_key_revoked_on_one_follower_is_refused_on_the_primary_and_the_other_followe
     for (name, conn) in [("P", &mut on_p), ("B", &mut on_b)] {
         within(&format!("{name} refuses the key revoked on A in an open session"), WITHIN, || {
             ctr += 1;
-            let answer = publish_signed(conn, &dev, ctr);
+            let answer = publish_signed(conn, &dev, ctr, &format!("peers/{}", dev.id));
             assert!(answer == Answer::Ack(0) || answer.refused(), "{name}: a signed publish answered {answer:?}");
             answer.refused() || conn.closed
         });

@@ -117,3 +117,53 @@ pub fn publishes(data: &Path) -> Vec<(u64, PublishRecord)> {
 pub fn record_count(data: &Path) -> i64 {
     Db::open_read_only(data).int("SELECT count(*) FROM records")
 }
+
+/// How a gateway answered one signed publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// PUBACK with this reason code.
+    Ack(u8),
+    /// The connection was closed, after a DISCONNECT with this reason if one came.
+    Closed(Option<u8>),
+    /// No answer within [`super::mqtt::WAIT`].
+    Nothing,
+}
+
+/// MQTT 5's "Not authorized" reason code.
+pub const NOT_AUTHORIZED: u8 = 0x87;
+
+impl Answer {
+    /// Refused as MQTT 5 refuses an unauthorized publish: PUBACK 0x87, or
+    /// DISCONNECT 0x87 / the connection closed.
+    pub fn refused(self) -> bool {
+        matches!(self, Answer::Ack(NOT_AUTHORIZED) | Answer::Closed(None | Some(NOT_AUTHORIZED)))
+    }
+}
+
+/// A QoS 1 publish on `topic` by `dev` signed with counter `ctr`; the answer.
+pub fn publish_signed(conn: &mut super::mqtt::Conn, dev: &Dev, ctr: u64, topic: &str) -> Answer {
+    use super::mqtt::{Got, QoS, WAIT, kind, publish5_packet};
+    let payload = format!("{} #{ctr}", dev.id);
+    let sb = dev.sign(topic, payload.as_bytes(), false, ctr);
+    let pkid = u16::try_from(ctr % 60_000 + 1).unwrap();
+    // A send into a closed connection shows as `Closed` below.
+    drop(conn.send5(&publish5_packet(topic, QoS::AtLeastOnce, pkid, payload.as_bytes(), false, prop(&sb))));
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut disconnect = None;
+    loop {
+        match conn.next(deadline.saturating_duration_since(std::time::Instant::now())) {
+            Got::Frame(f) if f.kind() == kind::PUBACK && f.pkid() == pkid => return Answer::Ack(f.ack_reason()),
+            Got::Frame(f) if f.kind() == kind::DISCONNECT => disconnect = Some(f.disconnect_reason()),
+            Got::Frame(_) => {}
+            Got::Closed => return Answer::Closed(disconnect),
+            Got::Timeout => return Answer::Nothing,
+        }
+    }
+}
+
+/// Connects to `mqtt` as `dev` and publishes one signed message on
+/// `topic`: `None` when the CONNECT is refused, else the publish's answer.
+pub fn connect_and_publish(mqtt: std::net::SocketAddr, dev: &Dev, ctr: u64, topic: &str) -> Option<Answer> {
+    let (mut conn, connack) = super::mqtt::try_connect5(mqtt, &dev.id, None);
+    (connack.connack_code() == 0).then(|| publish_signed(&mut conn, dev, ctr, topic))
+}

@@ -216,7 +216,7 @@ pub(super) async fn run(mut task: Task, link: Link, accepted: Accepted) {
             None => match connect_any(&task.addresses, task.node, &task.client_id, &task.credentials).await {
                 Ok((node, link, accepted)) => {
                     if node != task.node {
-                        task.shared.failovers.fetch_add(1, Ordering::Relaxed);
+                        task.shared.counters.failovers.fetch_add(1, Ordering::Relaxed);
                         tracing::info!(
                             client_id = task.client_id,
                             address = task.addresses[node],
@@ -253,13 +253,13 @@ pub(super) async fn run(mut task: Task, link: Link, accepted: Accepted) {
         // Before what was not acknowledged: what the broker acknowledged
         // lately, which a node that died may not have passed on.
         let again = task.recent.take_since(lost.checked_sub(REWIND).unwrap_or(lost));
-        task.shared.resent.fetch_add(again.len() as u64, Ordering::Relaxed);
+        task.shared.counters.resent.fetch_add(again.len() as u64, Ordering::Relaxed);
         for message in again.into_iter().rev() {
             task.retry.push_front(message);
         }
         task.again_at = None;
         reconnected = true;
-        task.shared.losses.fetch_add(1, Ordering::Relaxed);
+        task.shared.counters.losses.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(client_id = task.client_id, error = %error, "external router: connection lost, reconnecting");
         if started.elapsed() >= STABLE {
             backoff = BACKOFF.0;
@@ -399,7 +399,7 @@ impl Connection {
                     if let Some((_, since)) = task.again_at.take() {
                         let again = task.recent.take_since(since);
                         tracing::info!(client_id = task.client_id, count = again.len(), "external router: sending again what was routed since reconnecting");
-                        task.shared.resent.fetch_add(again.len() as u64, Ordering::Relaxed);
+                        task.shared.counters.resent.fetch_add(again.len() as u64, Ordering::Relaxed);
                         task.retry.extend(again);
                     }
                 }
@@ -436,8 +436,8 @@ impl Connection {
         let mut erased = 0;
         match read_back(source, start, |from| super::link_of(from, links) == n, &mut erased).await {
             Ok((messages, next)) => {
-                shared.refilled.fetch_add(messages.len() as u64, Ordering::Relaxed);
-                shared.dropped.fetch_add(erased, Ordering::Relaxed);
+                shared.counters.refilled.fetch_add(messages.len() as u64, Ordering::Relaxed);
+                shared.counters.dropped.fetch_add(erased, Ordering::Relaxed);
                 let mut backlog = state.backlog();
                 if let Some(low) = messages.iter().filter_map(|m| m.index).min() {
                     state.low.fetch_min(low, Ordering::AcqRel);
@@ -492,11 +492,11 @@ impl Connection {
         let qos = if self.accepted.max_qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce };
         let pkid = if qos == QoS::AtMostOnce { 0 } else { self.next_pkid() };
         let Some(publish) = shared.upstream(&message, qos, pkid) else {
-            shared.dropped.fetch_add(1, Ordering::Relaxed);
+            shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         };
         if !self.link.queue(&v5::Packet::Publish(publish))? {
-            shared.dropped.fetch_add(1, Ordering::Relaxed);
+            shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 size = queued_size(&message),
                 "external router: a publish larger than the broker accepts, dropped"

@@ -21,7 +21,7 @@ impl Shared {
     /// subscribers of the filters it names.
     pub(super) fn deliver(&self, publish: v5::Publish) {
         let Some((message, mut ids)) = self.rebuild(publish) else {
-            self.ignored.fetch_add(1, Ordering::Relaxed);
+            self.counters.ignored.fetch_add(1, Ordering::Relaxed);
             tracing::debug!("external router: a publish without a gateway's route, ignored");
             return;
         };
@@ -38,13 +38,13 @@ impl Shared {
                     if let Some(index) = message.index {
                         let mut seen = entry.delivered.lock().unwrap_or_else(|p| p.into_inner());
                         if seen.check(message.origin.as_ref(), index) == Seen::Again {
-                            self.duplicates.fetch_add(1, Ordering::Relaxed);
+                            self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
                             continue;
                         }
                     }
                     entry.subscribers.deliver(&message, &mut delivered);
                 }
-                _ => _ = self.unrouted.fetch_add(1, Ordering::Relaxed),
+                _ => _ = self.counters.unrouted.fetch_add(1, Ordering::Relaxed),
             }
         }
     }
@@ -136,10 +136,10 @@ impl Shared {
 #[cfg(test)]
 mod tests {
     use std::sync::RwLock;
-    use std::sync::atomic::AtomicU64;
     use std::time::Duration;
 
     use super::*;
+    use crate::route::external::Counters;
 
     /// A router's shared state without connections: what goes upstream and
     /// what comes back, without a broker.
@@ -150,14 +150,7 @@ mod tests {
             origins: std::sync::Mutex::default(),
             table: RwLock::default(),
             links: Vec::new(),
-            dropped: AtomicU64::new(0),
-            losses: AtomicU64::new(0),
-            ignored: AtomicU64::new(0),
-            unrouted: AtomicU64::new(0),
-            failovers: AtomicU64::new(0),
-            refilled: AtomicU64::new(0),
-            resent: AtomicU64::new(0),
-            duplicates: AtomicU64::new(0),
+            counters: Counters::default(),
         }
     }
 

@@ -161,11 +161,19 @@ struct Shared {
     table: RwLock<Table>,
     /// What each connection's task shares with the router.
     links: Vec<LinkState>,
+    counters: Counters,
+}
+
+/// What the router counts as it goes (read by [`External::stats`]).
+#[derive(Debug, Default)]
+struct Counters {
     /// Publishes not sent upstream.
     dropped: AtomicU64,
     /// Connections lost.
     losses: AtomicU64,
+    /// Publishes from the broker that no gateway wrote, ignored.
     ignored: AtomicU64,
+    /// Routed copies naming no live subscription.
     unrouted: AtomicU64,
     /// Reconnections to another node than the one lost.
     failovers: AtomicU64,
@@ -327,14 +335,7 @@ impl External {
             origins: std::sync::Mutex::default(),
             table: RwLock::default(),
             links,
-            dropped: AtomicU64::new(0),
-            losses: AtomicU64::new(0),
-            ignored: AtomicU64::new(0),
-            unrouted: AtomicU64::new(0),
-            failovers: AtomicU64::new(0),
-            refilled: AtomicU64::new(0),
-            resent: AtomicU64::new(0),
-            duplicates: AtomicU64::new(0),
+            counters: Counters::default(),
         });
         if let (Some(log), Some(path)) = (&log, &watermark)
             && let Some(from) = self::watermark::read(path).filter(|from| *from < log.stats.head())
@@ -410,7 +411,7 @@ impl External {
         let overflowing = backlog.overflowing;
         drop(backlog);
         if queued == Queued::Dropped {
-            shared.dropped.fetch_add(1, Ordering::Relaxed);
+            shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
         }
         if overflowing && !was_overflowing {
             match self.log {
@@ -448,14 +449,14 @@ impl External {
     /// The router's counters.
     pub fn stats(&self) -> ExternalStats {
         ExternalStats {
-            connection_losses: self.shared.losses.load(Ordering::Relaxed),
-            dropped_publishes: self.shared.dropped.load(Ordering::Relaxed),
-            ignored_publishes: self.shared.ignored.load(Ordering::Relaxed),
-            unrouted_copies: self.shared.unrouted.load(Ordering::Relaxed),
-            failovers: self.shared.failovers.load(Ordering::Relaxed),
-            refilled_publishes: self.shared.refilled.load(Ordering::Relaxed),
-            resent_publishes: self.shared.resent.load(Ordering::Relaxed),
-            duplicate_copies: self.shared.duplicates.load(Ordering::Relaxed),
+            connection_losses: self.shared.counters.losses.load(Ordering::Relaxed),
+            dropped_publishes: self.shared.counters.dropped.load(Ordering::Relaxed),
+            ignored_publishes: self.shared.counters.ignored.load(Ordering::Relaxed),
+            unrouted_copies: self.shared.counters.unrouted.load(Ordering::Relaxed),
+            failovers: self.shared.counters.failovers.load(Ordering::Relaxed),
+            refilled_publishes: self.shared.counters.refilled.load(Ordering::Relaxed),
+            resent_publishes: self.shared.counters.resent.load(Ordering::Relaxed),
+            duplicate_copies: self.shared.counters.duplicates.load(Ordering::Relaxed),
         }
     }
 }
