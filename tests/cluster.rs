@@ -11,6 +11,8 @@
 //!   clients published;
 //! - with a cluster node SIGKILLed mid-run, every publish a gateway
 //!   acknowledged is still delivered to every subscriber;
+//! - retained messages (and their clears), wills and shared groups work
+//!   across gateways on different nodes;
 //! - a key revoked on one gateway (a follower of the registry's primary)
 //!   is refused on the others within seconds, and the revocation is in the
 //!   log of every gateway that refuses.
@@ -32,6 +34,7 @@ use common::logged;
 use common::mqtt::{Conn, Got, QoS, connect5, connect5_receipts, kind, publish5_packet, subscribe5};
 use common::signed::{Dev, prop, registry_records};
 use common::{sealmq, verify_ok};
+use rumqttc::v5::mqttbytes::v5;
 
 /// How long a subscriber waits for the next delivery before the test
 /// counts what is missing.
@@ -411,5 +414,155 @@ fn a_key_revoked_on_one_gateway_is_refused_on_another() {
             .collect();
         assert!(after.is_empty(), "gateway {g}: publishes signed with the revoked key after the revocation: {after:?}");
         verify_ok(&p.data);
+    }
+}
+
+/// Publishes on `topic` from `publisher` until `subscriber` receives one
+/// (upstream subscriptions are asynchronous), then drains the rest.
+fn wait_until_routed(publisher: &mut Conn, subscriber: &mut Conn, topic: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut pkid = 60_000;
+    loop {
+        assert!(Instant::now() < deadline, "nothing published on {topic} was routed to the other gateway");
+        pkid += 1;
+        publisher.send5(&publish5_packet(topic, QoS::AtLeastOnce, pkid, b"probe", false, vec![])).unwrap();
+        publisher.expect(kind::PUBACK);
+        if subscriber.next_publish5(Duration::from_millis(300)).is_some() {
+            break;
+        }
+    }
+    while subscriber.next_publish5(Duration::from_millis(300)).is_some() {}
+}
+
+/// What a new receipts subscriber to `filter` on `gateway` gets as
+/// retained messages (RETAIN set) within a second.
+fn retained_on(gateway: &BrokerProcess, filter: &str, probe: &str) -> Vec<Delivery> {
+    let mut conn = connect5_receipts(gateway.mqtt, probe);
+    assert_eq!(subscribe5(&mut conn, 1, filter, QoS::AtLeastOnce), vec![1]);
+    let mut got = Vec::new();
+    while let Some(p) = conn.next_publish5(Duration::from_secs(1)) {
+        if p.retain {
+            got.push(delivery(&p));
+        }
+    }
+    got
+}
+
+/// Retained messages, wills and shared subscriptions across gateways whose
+/// upstream connections sit on different rmqtt nodes (issue 15: "wills,
+/// retained messages and shared subscriptions work across gateways").
+#[test]
+#[ignore = "needs rmqttd, slow to build: tests/cluster/run.sh"]
+fn retained_messages_wills_and_shared_groups_cross_gateways_on_different_nodes() {
+    let cluster = RmqttCluster::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let data: Vec<_> = (0..3).map(|g| tmp.path().join(format!("gateway-{g}"))).collect();
+    let gateways: Vec<BrokerProcess> = (0..3)
+        .map(|g| {
+            let nodes: Vec<String> = (0..3).map(|k| cluster.nodes[(g + k) % 3].clone()).collect();
+            gateway(&data[g], &upstream_toml(&nodes))
+        })
+        .collect();
+    let origins: Vec<String> = gateways.iter().map(origin).collect();
+
+    // [MQTT-3.3.1-5] a retained publish on gateway 0 (node 1) is sent to a
+    // later subscriber on gateway 2 (node 3), RETAIN set [MQTT-3.3.1-9], with
+    // the receipt of the record in gateway 0's log.
+    let mut sensor = connect5(gateways[0].mqtt, "door-sensor");
+    sensor.send5(&publish5_packet("home/door", QoS::AtLeastOnce, 1, b"open", true, vec![])).unwrap();
+    assert_eq!(sensor.expect(kind::PUBACK).ack_reason(), 0);
+    let started = Instant::now();
+    let mut probes = 0;
+    let retained = loop {
+        probes += 1;
+        let got = retained_on(&gateways[2], "home/#", &format!("probe-{probes}"));
+        if !got.is_empty() {
+            break got;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "the retained message never reached gateway 2");
+    };
+    eprintln!("retained on gateway 0, served by gateway 2 after {:?}", started.elapsed());
+    assert_eq!(retained.len(), 1, "{retained:?}");
+    assert_eq!((retained[0].topic.as_str(), retained[0].payload.as_str()), ("home/door", "open"));
+    assert_eq!(retained[0].origin.as_deref(), Some(origins[0].as_str()), "the record is in gateway 0's log");
+
+    // [MQTT-3.3.1-6/7] an empty retained publish on gateway 1 (node 2)
+    // clears it: a later subscriber on gateway 2 gets nothing retained.
+    let mut clearer = connect5(gateways[1].mqtt, "door-clearer");
+    clearer.send5(&publish5_packet("home/door", QoS::AtLeastOnce, 1, b"", true, vec![])).unwrap();
+    assert_eq!(clearer.expect(kind::PUBACK).ack_reason(), 0);
+    let started = Instant::now();
+    while !retained_on(&gateways[2], "home/#", &format!("probe-{probes}")).is_empty() {
+        probes += 1;
+        assert!(started.elapsed() < Duration::from_secs(20), "the clear on gateway 1 never reached gateway 2");
+    }
+
+    // [MQTT-3.1.2-8] a will fired on gateway 1 reaches a subscriber on
+    // gateway 0, logged only in gateway 1's log.
+    let mut watcher = connect5_receipts(gateways[0].mqtt, "watcher");
+    assert_eq!(subscribe5(&mut watcher, 1, "status/#", QoS::AtLeastOnce), vec![1]);
+    let mut probe = connect5(gateways[1].mqtt, "status-probe");
+    wait_until_routed(&mut probe, &mut watcher, "status/probe");
+    let connect = v5::Connect { keep_alive: 30, client_id: "lamp".into(), clean_start: true, properties: None };
+    let will = v5::LastWill::new("status/lamp", b"offline".to_vec(), QoS::AtLeastOnce, false, None);
+    let (lamp, connack) = common::mqtt::try_connect5_with(gateways[1].mqtt, connect, Some(will));
+    assert_eq!(connack.connack_code(), 0);
+    drop(lamp); // the network connection closes without DISCONNECT
+    let deadline = Instant::now() + WAIT;
+    let will = loop {
+        let p = watcher.next_publish5(deadline.saturating_duration_since(Instant::now())).expect("the will arrives");
+        if &p.topic[..] == b"status/lamp" {
+            break delivery(&p);
+        }
+    };
+    assert_eq!(will.payload, "offline");
+    assert_eq!(will.origin.as_deref(), Some(origins[1].as_str()), "the will is in gateway 1's log");
+
+    // MQTT 5 §4.8.2: a shared group with members on gateways 0 and 2 gets
+    // each message published on gateway 1 exactly once.
+    let mut members: Vec<Conn> = [0, 2]
+        .iter()
+        .map(|g| {
+            let mut member = connect5(gateways[*g].mqtt, &format!("worker-{g}"));
+            assert_eq!(subscribe5(&mut member, 1, "$share/workers/jobs/+", QoS::AtLeastOnce), vec![1]);
+            member
+        })
+        .collect();
+    let mut everything = connect5(gateways[2].mqtt, "jobs-hub");
+    assert_eq!(subscribe5(&mut everything, 1, "jobs/#", QoS::AtLeastOnce), vec![1]);
+    let mut dispatcher = connect5(gateways[1].mqtt, "dispatcher");
+    // `jobs/probe/1` matches `jobs/#` only, not the group's `jobs/+`.
+    wait_until_routed(&mut dispatcher, &mut everything, "jobs/probe/1");
+    thread::sleep(Duration::from_secs(1)); // both members' upstream subscriptions, not only the hub's
+    let count = 200;
+    publish_numbered(&mut dispatcher, "jobs/print", count, Duration::ZERO);
+    let mut copies: BTreeMap<String, usize> = BTreeMap::new();
+    let mut per_member = [0usize; 2];
+    let mut last = Instant::now();
+    while last.elapsed() < Duration::from_secs(3) {
+        for (m, member) in members.iter_mut().enumerate() {
+            while let Some(p) = member.next_publish5(Duration::from_millis(50)) {
+                *copies.entry(delivery(&p).payload).or_default() += 1;
+                per_member[m] += 1;
+                last = Instant::now();
+            }
+        }
+    }
+    let missing: Vec<usize> = (0..count).filter(|n| !copies.contains_key(&n.to_string())).collect();
+    let twice: Vec<_> = copies.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(missing.is_empty(), "messages no member of the group received: {missing:?}");
+    assert!(twice.is_empty(), "messages more than one member received (MQTT 5 §4.8.2): {twice:?}");
+    eprintln!("shared group: {} on gateway 0's member, {} on gateway 2's", per_member[0], per_member[1]);
+
+    for (g, gw) in gateways.into_iter().enumerate() {
+        assert!(gw.stop().success(), "gateway {g} stops cleanly");
+    }
+    let wills = logged::publishes(&data[1]).into_iter().filter(|r| r.topic == "status/lamp").count();
+    assert_eq!(wills, 1, "the will is logged once, by the lamp's gateway");
+    for g in [0, 2] {
+        assert!(!logged::publishes(&data[g]).iter().any(|r| r.topic == "status/lamp"), "gateway {g} logs no will");
+    }
+    for d in &data {
+        verify_ok(d);
     }
 }
