@@ -33,7 +33,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use sealmq_audit::store::registry::Registry;
 use sealmq_audit::store::registry_follow::{Applied, FollowError as StateError, FollowState, Source};
 use sealmq_audit::{Checkpoint, ConsistencyBundle, ProofBundle, Record, RegistryEvent, VerifierKey, mqs1};
@@ -41,6 +40,7 @@ use serde::Deserialize;
 use tokio::sync::watch;
 
 use crate::config::RegistryConfig;
+use crate::net::http_client::{self, describe};
 
 /// The most of one answer read (a page of registry records is ~100 KiB).
 const MAX_ANSWER: usize = 4 * 1024 * 1024;
@@ -123,9 +123,7 @@ impl Follower {
     }
 
     fn of(source: Source, url: &str, vkey: VerifierKey, registry: Registry, timeout: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(timeout));
-        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(connector);
+        let client = http_client::client(timeout);
         Self { url: url.trim_end_matches('/').to_string(), vkey, source, registry, client, timeout }
     }
 
@@ -327,18 +325,6 @@ fn describe_event(event: &RegistryEvent) -> String {
         RegistryEvent::PolicySet { signed_required: true } => "policy signed".into(),
         RegistryEvent::PolicySet { signed_required: false } => "policy legacy".into(),
     }
-}
-
-/// hyper-util's errors say "client error (Connect)"; their sources say why.
-fn describe(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Follows the configured primary until shutdown; without `[registry]

@@ -14,7 +14,8 @@ use hyper::Request;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+
+use crate::net::http_client::{self, describe};
 
 /// The most of a witness's answer read (cosignature lines are ~120 bytes).
 const MAX_ANSWER: usize = 64 * 1024;
@@ -54,11 +55,7 @@ pub struct WitnessClient {
 impl WitnessClient {
     /// A client whose requests each give up after `timeout`.
     pub fn new(timeout: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(connector);
-        Self { client, timeout }
+        Self { client: http_client::client(timeout), timeout }
     }
 
     /// POSTs an `add-checkpoint` body to the witness at `prefix` (its
@@ -86,16 +83,4 @@ impl WitnessClient {
         };
         tokio::time::timeout(self.timeout, exchange).await.map_err(|_| ClientError::Timeout(self.timeout))?
     }
-}
-
-/// hyper-util's errors say "client error (Connect)"; their sources say why.
-fn describe(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
