@@ -20,7 +20,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -31,7 +31,7 @@ use sealmq_audit::RegistryEvent;
 use common::broker::BrokerProcess;
 use common::cluster::{RmqttCluster, config_accepted, upstream_toml};
 use common::logged;
-use common::mqtt::{Conn, Got, QoS, connect5, connect5_receipts, kind, publish5_packet, subscribe5};
+use common::mqtt::{Conn, Got, QoS, connect5, connect5_receipts, kind, publish5_packet, subscribe5, wait_until_routed};
 use common::signed::{Dev, prop, registry_records};
 use common::{sealmq, verify_ok};
 use rumqttc::v5::mqttbytes::v5;
@@ -104,8 +104,14 @@ fn publish_numbered(conn: &mut Conn, topic: &str, count: usize, pace: Duration) 
     acked
 }
 
-fn gateway(data: &Path, toml: &str) -> BrokerProcess {
-    BrokerProcess::start_with_config(data, toml)
+/// Three gateways in `dir`, gateway `g` first on node `g` (the node list
+/// rotated), so traffic crosses the cluster between nodes, not just through
+/// one; their data directories and processes.
+fn gateway_on_each_node(cluster: &RmqttCluster, dir: &Path) -> (Vec<PathBuf>, Vec<BrokerProcess>) {
+    let data: Vec<PathBuf> = (0..3).map(|g| dir.join(format!("gateway-{g}"))).collect();
+    let gateways =
+        (0..3).map(|g| BrokerProcess::start_with_config(&data[g], &upstream_toml(&cluster.nodes_from(g)))).collect();
+    (data, gateways)
 }
 
 /// The origin of a gateway's log: its verifier key's name.
@@ -118,15 +124,7 @@ fn origin(gateway: &BrokerProcess) -> String {
 fn three_gateways_through_a_three_node_cluster_deliver_once_and_survive_a_node_killed() {
     let cluster = RmqttCluster::start();
     let tmp = tempfile::tempdir().unwrap();
-    let data: Vec<_> = (0..3).map(|g| tmp.path().join(format!("gateway-{g}"))).collect();
-    // Each gateway starts on another node (the list rotated), so traffic
-    // crosses the cluster between nodes, not just through one.
-    let gateways: Vec<BrokerProcess> = (0..3)
-        .map(|g| {
-            let nodes: Vec<String> = (0..3).map(|k| cluster.nodes[(g + k) % 3].clone()).collect();
-            gateway(&data[g], &upstream_toml(&nodes))
-        })
-        .collect();
+    let (data, gateways) = gateway_on_each_node(&cluster, tmp.path());
     let origins: Vec<String> = gateways.iter().map(origin).collect();
     assert!(
         origins[0] != origins[1] && origins[1] != origins[2] && origins[0] != origins[2],
@@ -336,7 +334,7 @@ fn a_key_revoked_on_one_gateway_is_refused_on_another() {
         ["primary", "follower-a", "follower-b"].iter().map(|name| Planned::new(tmp.path().join(name))).collect();
     let gateways: Vec<BrokerProcess> = (0..3)
         .map(|g| {
-            let nodes: Vec<String> = (0..3).map(|k| cluster.nodes[(g + k) % 3].clone()).collect();
+            let nodes = cluster.nodes_from(g);
             let peers: Vec<String> = (0..3).filter(|p| *p != g).map(|p| planned[p].peer()).collect();
             let follow = match g {
                 0 => String::new(),
@@ -417,23 +415,6 @@ fn a_key_revoked_on_one_gateway_is_refused_on_another() {
     }
 }
 
-/// Publishes on `topic` from `publisher` until `subscriber` receives one
-/// (upstream subscriptions are asynchronous), then drains the rest.
-fn wait_until_routed(publisher: &mut Conn, subscriber: &mut Conn, topic: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut pkid = 60_000;
-    loop {
-        assert!(Instant::now() < deadline, "nothing published on {topic} was routed to the other gateway");
-        pkid += 1;
-        publisher.send5(&publish5_packet(topic, QoS::AtLeastOnce, pkid, b"probe", false, vec![])).unwrap();
-        publisher.expect(kind::PUBACK);
-        if subscriber.next_publish5(Duration::from_millis(300)).is_some() {
-            break;
-        }
-    }
-    while subscriber.next_publish5(Duration::from_millis(300)).is_some() {}
-}
-
 /// What a new receipts subscriber to `filter` on `gateway` gets as
 /// retained messages (RETAIN set) within a second.
 fn retained_on(gateway: &BrokerProcess, filter: &str, probe: &str) -> Vec<Delivery> {
@@ -456,13 +437,7 @@ fn retained_on(gateway: &BrokerProcess, filter: &str, probe: &str) -> Vec<Delive
 fn retained_messages_wills_and_shared_groups_cross_gateways_on_different_nodes() {
     let cluster = RmqttCluster::start();
     let tmp = tempfile::tempdir().unwrap();
-    let data: Vec<_> = (0..3).map(|g| tmp.path().join(format!("gateway-{g}"))).collect();
-    let gateways: Vec<BrokerProcess> = (0..3)
-        .map(|g| {
-            let nodes: Vec<String> = (0..3).map(|k| cluster.nodes[(g + k) % 3].clone()).collect();
-            gateway(&data[g], &upstream_toml(&nodes))
-        })
-        .collect();
+    let (data, gateways) = gateway_on_each_node(&cluster, tmp.path());
     let origins: Vec<String> = gateways.iter().map(origin).collect();
 
     // [MQTT-3.3.1-5] a retained publish on gateway 0 (node 1) is sent to a

@@ -9,17 +9,11 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::broker::BrokerProcess;
 use common::mosquitto::Mosquitto;
 use common::mqtt::{Conn, QoS, connect5, kind, publish5_packet, subscribe5};
 use common::{logged, verify_ok};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-fn gateway(data: &std::path::Path, upstream: &Mosquitto) -> BrokerProcess {
-    let toml = format!("[upstream]\naddress = \"{}\"\n", upstream.address());
-    BrokerProcess::start_with_config(data, &toml)
-}
 
 /// Publishes `count` numbered QoS 1 messages on `topic`, each acknowledged.
 fn publish_numbered(conn: &mut Conn, topic: &str, count: usize) {
@@ -53,8 +47,8 @@ fn messages_cross_gateways_exactly_once_and_each_log_holds_its_own() {
     let upstream = Mosquitto::start();
     let tmp = tempfile::tempdir().unwrap();
     let (data_a, data_b) = (tmp.path().join("a"), tmp.path().join("b"));
-    let a = gateway(&data_a, &upstream);
-    let b = gateway(&data_b, &upstream);
+    let a = upstream.gateway(&data_a);
+    let b = upstream.gateway(&data_b);
 
     let mut sub_a = connect5(a.mqtt, "hub-on-a");
     assert_eq!(subscribe5(&mut sub_a, 1, "plant/#", QoS::AtLeastOnce), vec![1]);
@@ -110,8 +104,8 @@ fn each_gateway_publishes_only_its_own_checkpoints() {
     let upstream = Mosquitto::start();
     let tmp = tempfile::tempdir().unwrap();
     let (data_a, data_b) = (tmp.path().join("a"), tmp.path().join("b"));
-    let a = gateway(&data_a, &upstream);
-    let b = gateway(&data_b, &upstream);
+    let a = upstream.gateway(&data_a);
+    let b = upstream.gateway(&data_b);
     let key_a: sealmq_audit::VerifierKey = common::vkey(&data_a).parse().unwrap();
     let key_b: sealmq_audit::VerifierKey = common::vkey(&data_b).parse().unwrap();
     assert_ne!(key_a.name(), key_b.name(), "two logs, two origins");
@@ -166,10 +160,9 @@ fn receipts_name_the_log_that_holds_the_index() {
     let upstream = Mosquitto::start();
     let tmp = tempfile::tempdir().unwrap();
     let (data_a, data_b) = (tmp.path().join("a"), tmp.path().join("b"));
-    let a = gateway(&data_a, &upstream);
-    let b = gateway(&data_b, &upstream);
-    let origin = |data| common::vkey(data).parse::<sealmq_audit::VerifierKey>().unwrap().name().to_string();
-    let (origin_a, origin_b) = (origin(&data_a), origin(&data_b));
+    let a = upstream.gateway(&data_a);
+    let b = upstream.gateway(&data_b);
+    let (origin_a, origin_b) = (common::log_origin(&data_a), common::log_origin(&data_b));
     assert_ne!(origin_a, origin_b);
 
     let mut sub_a = common::mqtt::connect5_receipts(a.mqtt, "auditor-on-a");

@@ -129,7 +129,7 @@ fn a_node_killed_under_load_loses_and_duplicates_nothing_acknowledged() {
     // subscriber unless A sends it again.
     let a = gateway(&data_a, &[first.address(), second.address()]);
     let b = gateway(&data_b, &[first.address(), stalling_node(Duration::from_secs(1)), second.address()]);
-    let origin_a = common::vkey(&data_a).parse::<sealmq_audit::VerifierKey>().unwrap().name().to_string();
+    let origin_a = common::log_origin(&data_a);
     assert!(first.log().contains("sealmq-"), "the gateways use the first node:\n{}", first.log());
     assert!(!second.log().contains("sealmq-"), "and not the second:\n{}", second.log());
 
@@ -210,7 +210,7 @@ fn a_gateway_killed_before_routing_routes_what_it_acknowledged_when_back() {
     let nodes = [node.address()];
     let a = gateway(&data_a, &nodes);
     let b = gateway(&data_b, &nodes);
-    let origin_a = common::vkey(&data_a).parse::<sealmq_audit::VerifierKey>().unwrap().name().to_string();
+    let origin_a = common::log_origin(&data_a);
     let mut subscriber = connect5_receipts(b.mqtt, "hub-on-b");
     assert_eq!(subscribe5(&mut subscriber, 1, "load/#", QoS::AtLeastOnce), vec![1]);
 

@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -23,15 +22,6 @@ use rumqttc::v5::mqttbytes::v5;
 
 /// How long a gateway may take to hear of another's retained message.
 const CONVERGE: Duration = Duration::from_secs(10);
-
-fn gateway(data: &Path, upstream: &Mosquitto) -> BrokerProcess {
-    let toml = format!("[upstream]\naddress = \"{}\"\n", upstream.address());
-    BrokerProcess::start_with_config(data, &toml)
-}
-
-fn origin(data: &Path) -> String {
-    common::vkey(data).parse::<sealmq_audit::VerifierKey>().unwrap().name().to_string()
-}
 
 fn user_property(publish: &v5::Publish, name: &str) -> Option<String> {
     let properties = publish.properties.as_ref()?;
@@ -86,9 +76,9 @@ fn a_retained_message_is_retained_on_every_gateway_and_a_clear_on_any_removes_it
     let upstream = Mosquitto::start();
     let tmp = tempfile::tempdir().unwrap();
     let (data_a, data_b) = (tmp.path().join("a"), tmp.path().join("b"));
-    let a = gateway(&data_a, &upstream);
-    let b = gateway(&data_b, &upstream);
-    let (origin_a, origin_b) = (origin(&data_a), origin(&data_b));
+    let a = upstream.gateway(&data_a);
+    let b = upstream.gateway(&data_b);
+    let (origin_a, origin_b) = (common::log_origin(&data_a), common::log_origin(&data_b));
 
     let mut sensor = connect5(a.mqtt, "door-sensor");
     let properties = v5::PublishProperties {
@@ -172,9 +162,9 @@ fn a_restart_rebuilds_the_clusters_retained_messages_without_undoing_newer_ones(
     let mut upstream = Mosquitto::start();
     let tmp = tempfile::tempdir().unwrap();
     let (data_a, data_b, data_c) = (tmp.path().join("a"), tmp.path().join("b"), tmp.path().join("c"));
-    let a = gateway(&data_a, &upstream);
-    let b = gateway(&data_b, &upstream);
-    let origin_b = origin(&data_b);
+    let a = upstream.gateway(&data_a);
+    let b = upstream.gateway(&data_b);
+    let origin_b = common::log_origin(&data_b);
 
     let mut on_a = connect5(a.mqtt, "valve-a");
     publish_retained(&mut on_a, 1, "plant/valve", b"older", Default::default());
@@ -194,7 +184,7 @@ fn a_restart_rebuilds_the_clusters_retained_messages_without_undoing_newer_ones(
     let index_b = publish_retained(&mut on_b, 1, "plant/valve", b"newer", Default::default());
 
     // A comes back with its log, which still says "older" (and the clear): the newer one stays.
-    let a = gateway(&data_a, &upstream);
+    let a = upstream.gateway(&data_a);
     for (name, gateway) in [("A", &a), ("B", &b)] {
         let got = retained_now(gateway, &format!("after-restart-{name}"), "plant/#");
         assert_eq!(payloads(&got), [&b"from a"[..], &b"newer"[..]], "on {name}");
@@ -208,7 +198,7 @@ fn a_restart_rebuilds_the_clusters_retained_messages_without_undoing_newer_ones(
     // from the cluster, and B's alarm stays cleared.
     upstream.kill();
     upstream.run();
-    let c = gateway(&data_c, &upstream);
+    let c = upstream.gateway(&data_c);
     let expected = [&b"from a"[..], &b"newer"[..]];
     let got = eventually(&c, "plant/#", |got| payloads(got) == expected);
     assert_eq!(payloads(&got), expected, "on C, from the rebuilt cluster");
@@ -232,8 +222,8 @@ fn a_retained_will_fired_on_one_gateway_reaches_a_later_subscriber_on_another() 
     let upstream = Mosquitto::start();
     let tmp = tempfile::tempdir().unwrap();
     let (data_a, data_b) = (tmp.path().join("a"), tmp.path().join("b"));
-    let a = gateway(&data_a, &upstream);
-    let b = gateway(&data_b, &upstream);
+    let a = upstream.gateway(&data_a);
+    let b = upstream.gateway(&data_b);
 
     let connect = v5::Connect {
         keep_alive: 30,
@@ -256,7 +246,7 @@ fn a_retained_will_fired_on_one_gateway_reaches_a_later_subscriber_on_another() 
         .expect("the will is in the log of the client's gateway");
     assert!(will_record.retain && will_record.device_id == "meter-7");
     assert_eq!(user_property(&got[0], "sealmq-index"), Some(will_record.index.to_string()));
-    assert_eq!(user_property(&got[0], "sealmq-origin"), Some(origin(&data_a)));
+    assert_eq!(user_property(&got[0], "sealmq-origin"), Some(common::log_origin(&data_a)));
 
     assert!(a.stop().success() && b.stop().success());
     assert!(logged::publishes(&data_b).is_empty(), "B logs nothing of A's client");

@@ -10,15 +10,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::broker::BrokerProcess;
 use common::mosquitto::Mosquitto;
 use common::mqtt::{Conn, QoS, connect5, kind, publish5_packet, subscribe5};
 use common::verify_ok;
 use rumqttc::v5::mqttbytes::v5;
-
-fn gateway(data: &std::path::Path, upstream: &Mosquitto) -> BrokerProcess {
-    BrokerProcess::start_with_config(data, &format!("[upstream]\naddress = \"{}\"\n", upstream.address()))
-}
 
 /// An MQTT 5 CONNECT asking for receipts that resumes or keeps the
 /// session for an hour (Clean Start 0); the connection and its CONNACK.
@@ -64,18 +59,14 @@ fn publish_until_delivered(sensor: &mut Conn, hub: &mut Conn, topic: &str, paylo
     }
 }
 
-fn origin(data: &std::path::Path) -> String {
-    common::vkey(data).parse::<sealmq_audit::VerifierKey>().unwrap().name().to_string()
-}
-
 #[test]
 fn a_client_of_a_killed_gateway_gets_a_new_session_on_another_and_its_messages_once_subscribed() {
     let node = Mosquitto::start();
     let tmp = tempfile::tempdir().unwrap();
     let (data_a, data_b) = (tmp.path().join("a"), tmp.path().join("b"));
-    let a = gateway(&data_a, &node);
-    let b = gateway(&data_b, &node);
-    let (origin_a, origin_b) = (origin(&data_a), origin(&data_b));
+    let a = node.gateway(&data_a);
+    let b = node.gateway(&data_b);
+    let (origin_a, origin_b) = (common::log_origin(&data_a), common::log_origin(&data_b));
 
     // A hub keeps a session on gateway A; a sensor publishes on B.
     let (mut hub, connack) = connect_keeping_session(a.mqtt, "hub");
@@ -113,10 +104,10 @@ fn a_client_of_a_killed_gateway_gets_a_new_session_on_another_and_its_messages_o
     // A third gateway's clients reach the hub on B through the cluster, as
     // they reached it on A.
     let data_c = tmp.path().join("c");
-    let c = gateway(&data_c, &node);
+    let c = node.gateway(&data_c);
     let mut sensor_c = connect5(c.mqtt, "sensor-c");
     let from_c = publish_until_delivered(&mut sensor_c, &mut hub, "plant/c", "from c");
-    assert_eq!(receipt(&from_c).0, origin(&data_c), "the record is in C's log");
+    assert_eq!(receipt(&from_c).0, common::log_origin(&data_c), "the record is in C's log");
 
     // The killed gateway's log holds what it acknowledged and verifies.
     let held = common::logged::publishes(&data_a);

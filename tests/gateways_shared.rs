@@ -8,14 +8,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::broker::BrokerProcess;
 use common::mosquitto::Mosquitto;
-use common::mqtt::{Conn, QoS, connect5, kind, publish5_packet, subscribe5, try_connect5_with};
+use common::mqtt::{Conn, QoS, connect5, kind, publish5_packet, subscribe5, try_connect5_with, wait_until_routed};
 use rumqttc::v5::mqttbytes::v5;
-
-fn gateway(data: &std::path::Path, upstream: &Mosquitto) -> BrokerProcess {
-    BrokerProcess::start_with_config(data, &format!("[upstream]\naddress = \"{}\"\n", upstream.address()))
-}
 
 /// Which member received each numbered message, counting every copy.
 #[derive(Default)]
@@ -67,8 +62,8 @@ impl Deliveries {
 fn a_shared_group_spanning_gateways_gets_each_message_once() {
     let upstream = Mosquitto::start();
     let tmp = tempfile::tempdir().unwrap();
-    let a = gateway(&tmp.path().join("a"), &upstream);
-    let b = gateway(&tmp.path().join("b"), &upstream);
+    let a = upstream.gateway(&tmp.path().join("a"));
+    let b = upstream.gateway(&tmp.path().join("b"));
 
     let mut member_a = connect5(a.mqtt, "worker-on-a");
     let mut member_b = connect5(b.mqtt, "worker-on-b");
@@ -117,8 +112,8 @@ fn a_shared_group_spanning_gateways_gets_each_message_once() {
 fn a_will_reaches_subscribers_behind_another_gateway() {
     let upstream = Mosquitto::start();
     let tmp = tempfile::tempdir().unwrap();
-    let a = gateway(&tmp.path().join("a"), &upstream);
-    let b = gateway(&tmp.path().join("b"), &upstream);
+    let a = upstream.gateway(&tmp.path().join("a"));
+    let b = upstream.gateway(&tmp.path().join("b"));
 
     let mut watcher = connect5(b.mqtt, "watcher-on-b");
     assert_eq!(subscribe5(&mut watcher, 1, "status/#", QoS::AtLeastOnce), vec![1]);
@@ -150,21 +145,4 @@ fn a_will_reaches_subscribers_behind_another_gateway() {
         "the will is logged by the gateway the lamp was connected to, as the lamp's"
     );
     assert!(wills(&b.data).is_empty(), "and only there: each gateway logs its own clients");
-}
-
-/// Publishes on `topic` from `publisher` until `subscriber` receives one
-/// (the upstream subscription is asynchronous), then drains the rest.
-fn wait_until_routed(publisher: &mut Conn, subscriber: &mut Conn, topic: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut pkid = 60_000;
-    loop {
-        assert!(Instant::now() < deadline, "nothing published on {topic} was routed to the other gateway");
-        pkid += 1;
-        publisher.send5(&publish5_packet(topic, QoS::AtLeastOnce, pkid, b"probe", false, vec![])).unwrap();
-        publisher.expect(kind::PUBACK);
-        if subscriber.next_publish5(Duration::from_millis(200)).is_some() {
-            break;
-        }
-    }
-    while subscriber.next_publish5(Duration::from_millis(300)).is_some() {}
 }

@@ -38,6 +38,12 @@ impl RmqttCluster {
         Self { dir, nodes }
     }
 
+    /// Every node's address, starting from node `first` (0-based): the
+    /// order a gateway that should start on that node tries them.
+    pub fn nodes_from(&self, first: usize) -> Vec<String> {
+        (0..self.nodes.len()).map(|k| self.nodes[(first + k) % self.nodes.len()].clone()).collect()
+    }
+
     /// SIGKILLs node `n` (1-based), as a crash would.
     pub fn kill(&self, n: usize) {
         let status =

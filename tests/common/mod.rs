@@ -201,6 +201,12 @@ pub fn verify_ok(data: &Path) -> Verified {
     parse_verified(&sealmq(data, &["audit", "verify"]).ok())
 }
 
+/// The origin (checkpoint origin line) of the log in `data`.
+#[track_caller]
+pub fn log_origin(data: &Path) -> String {
+    vkey(data).parse::<sealmq_audit::VerifierKey>().unwrap().name().to_string()
+}
+
 /// The log's verifier key, as `audit vkey` prints it.
 #[track_caller]
 pub fn vkey(data: &Path) -> String {

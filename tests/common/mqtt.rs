@@ -634,3 +634,22 @@ pub fn subscribe4(conn: &mut Conn, pkid: u16, filter: &str, qos: QoS4) -> Vec<u8
     assert_eq!(suback.pkid(), pkid);
     suback.suback_codes(false)
 }
+
+/// Publishes a QoS 1 probe on `topic` from `publisher` until `subscriber`
+/// receives one (subscriptions reach an external broker asynchronously),
+/// then drains the rest of the probes.
+#[track_caller]
+pub fn wait_until_routed(publisher: &mut Conn, subscriber: &mut Conn, topic: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut pkid = 60_000;
+    loop {
+        assert!(std::time::Instant::now() < deadline, "nothing published on {topic} was routed to the subscriber");
+        pkid += 1;
+        publisher.send5(&publish5_packet(topic, QoS::AtLeastOnce, pkid, b"probe", false, vec![])).unwrap();
+        publisher.expect(kind::PUBACK);
+        if subscriber.next_publish5(Duration::from_millis(300)).is_some() {
+            break;
+        }
+    }
+    while subscriber.next_publish5(Duration::from_millis(300)).is_some() {}
+}
