@@ -47,8 +47,8 @@ fn messages_cross_gateways_exactly_once_and_each_log_holds_its_own() {
     let upstream = Mosquitto::start();
     let tmp = tempfile::tempdir().unwrap();
     let (data_a, data_b) = (tmp.path().join("a"), tmp.path().join("b"));
-    let a = upstream.gateway(&data_a);
-    let b = upstream.gateway(&data_b);
+    let a = common::gateway_behind(&data_a, &upstream);
+    let b = common::gateway_behind(&data_b, &upstream);
 
     let mut sub_a = connect5(a.mqtt, "hub-on-a");
     assert_eq!(subscribe5(&mut sub_a, 1, "plant/#", QoS::AtLeastOnce), vec![1]);
@@ -104,8 +104,8 @@ fn each_gateway_publishes_only_its_own_checkpoints() {
     let upstream = Mosquitto::start();
     let tmp = tempfile::tempdir().unwrap();
     let (data_a, data_b) = (tmp.path().join("a"), tmp.path().join("b"));
-    let a = upstream.gateway(&data_a);
-    let b = upstream.gateway(&data_b);
+    let a = common::gateway_behind(&data_a, &upstream);
+    let b = common::gateway_behind(&data_b, &upstream);
     let key_a: sealmq_audit::VerifierKey = common::vkey(&data_a).parse().unwrap();
     let key_b: sealmq_audit::VerifierKey = common::vkey(&data_b).parse().unwrap();
     assert_ne!(key_a.name(), key_b.name(), "two logs, two origins");
@@ -160,8 +160,8 @@ fn receipts_name_the_log_that_holds_the_index() {
     let upstream = Mosquitto::start();
     let tmp = tempfile::tempdir().unwrap();
     let (data_a, data_b) = (tmp.path().join("a"), tmp.path().join("b"));
-    let a = upstream.gateway(&data_a);
-    let b = upstream.gateway(&data_b);
+    let a = common::gateway_behind(&data_a, &upstream);
+    let b = common::gateway_behind(&data_b, &upstream);
     let (origin_a, origin_b) = (common::log_origin(&data_a), common::log_origin(&data_b));
     assert_ne!(origin_a, origin_b);
 

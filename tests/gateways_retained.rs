@@ -76,8 +76,8 @@ fn a_retained_message_is_retained_on_every_gateway_and_a_clear_on_any_removes_it
     let upstream = Mosquitto::start();
     let tmp = tempfile::tempdir().unwrap();
     let (data_a, data_b) = (tmp.path().join("a"), tmp.path().join("b"));
-    let a = upstream.gateway(&data_a);
-    let b = upstream.gateway(&data_b);
+    let a = common::gateway_behind(&data_a, &upstream);
+    let b = common::gateway_behind(&data_b, &upstream);
     let (origin_a, origin_b) = (common::log_origin(&data_a), common::log_origin(&data_b));
 
     let mut sensor = connect5(a.mqtt, "door-sensor");
@@ -162,8 +162,8 @@ fn a_restart_rebuilds_the_clusters_retained_messages_without_undoing_newer_ones(
     let mut upstream = Mosquitto::start();
     let tmp = tempfile::tempdir().unwrap();
     let (data_a, data_b, data_c) = (tmp.path().join("a"), tmp.path().join("b"), tmp.path().join("c"));
-    let a = upstream.gateway(&data_a);
-    let b = upstream.gateway(&data_b);
+    let a = common::gateway_behind(&data_a, &upstream);
+    let b = common::gateway_behind(&data_b, &upstream);
     let origin_b = common::log_origin(&data_b);
 
     let mut on_a = connect5(a.mqtt, "valve-a");
@@ -184,7 +184,7 @@ fn a_restart_rebuilds_the_clusters_retained_messages_without_undoing_newer_ones(
     let index_b = publish_retained(&mut on_b, 1, "plant/valve", b"newer", Default::default());
 
     // A comes back with its log, which still says "older" (and the clear): the newer one stays.
-    let a = upstream.gateway(&data_a);
+    let a = common::gateway_behind(&data_a, &upstream);
     for (name, gateway) in [("A", &a), ("B", &b)] {
         let got = retained_now(gateway, &format!("after-restart-{name}"), "plant/#");
         assert_eq!(payloads(&got), [&b"from a"[..], &b"newer"[..]], "on {name}");
@@ -198,7 +198,7 @@ fn a_restart_rebuilds_the_clusters_retained_messages_without_undoing_newer_ones(
     // from the cluster, and B's alarm stays cleared.
     upstream.kill();
     upstream.run();
-    let c = upstream.gateway(&data_c);
+    let c = common::gateway_behind(&data_c, &upstream);
     let expected = [&b"from a"[..], &b"newer"[..]];
     let got = eventually(&c, "plant/#", |got| payloads(got) == expected);
     assert_eq!(payloads(&got), expected, "on C, from the rebuilt cluster");
@@ -222,8 +222,8 @@ fn a_retained_will_fired_on_one_gateway_reaches_a_later_subscriber_on_another() 
     let upstream = Mosquitto::start();
     let tmp = tempfile::tempdir().unwrap();
     let (data_a, data_b) = (tmp.path().join("a"), tmp.path().join("b"));
-    let a = upstream.gateway(&data_a);
-    let b = upstream.gateway(&data_b);
+    let a = common::gateway_behind(&data_a, &upstream);
+    let b = common::gateway_behind(&data_b, &upstream);
 
     let connect = v5::Connect {
         keep_alive: 30,

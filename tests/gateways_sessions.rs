@@ -64,8 +64,8 @@ fn a_client_of_a_killed_gateway_gets_a_new_session_on_another_and_its_messages_o
     let node = Mosquitto::start();
     let tmp = tempfile::tempdir().unwrap();
     let (data_a, data_b) = (tmp.path().join("a"), tmp.path().join("b"));
-    let a = node.gateway(&data_a);
-    let b = node.gateway(&data_b);
+    let a = common::gateway_behind(&data_a, &node);
+    let b = common::gateway_behind(&data_b, &node);
     let (origin_a, origin_b) = (common::log_origin(&data_a), common::log_origin(&data_b));
 
     // A hub keeps a session on gateway A; a sensor publishes on B.
@@ -104,7 +104,7 @@ fn a_client_of_a_killed_gateway_gets_a_new_session_on_another_and_its_messages_o
     // A third gateway's clients reach the hub on B through the cluster, as
     // they reached it on A.
     let data_c = tmp.path().join("c");
-    let c = node.gateway(&data_c);
+    let c = common::gateway_behind(&data_c, &node);
     let mut sensor_c = connect5(c.mqtt, "sensor-c");
     let from_c = publish_until_delivered(&mut sensor_c, &mut hub, "plant/c", "from c");
     assert_eq!(receipt(&from_c).0, common::log_origin(&data_c), "the record is in C's log");

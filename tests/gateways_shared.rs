@@ -62,8 +62,8 @@ impl Deliveries {
 fn a_shared_group_spanning_gateways_gets_each_message_once() {
     let upstream = Mosquitto::start();
     let tmp = tempfile::tempdir().unwrap();
-    let a = upstream.gateway(&tmp.path().join("a"));
-    let b = upstream.gateway(&tmp.path().join("b"));
+    let a = common::gateway_behind(&tmp.path().join("a"), &upstream);
+    let b = common::gateway_behind(&tmp.path().join("b"), &upstream);
 
     let mut member_a = connect5(a.mqtt, "worker-on-a");
     let mut member_b = connect5(b.mqtt, "worker-on-b");
@@ -112,8 +112,8 @@ fn a_shared_group_spanning_gateways_gets_each_message_once() {
 fn a_will_reaches_subscribers_behind_another_gateway() {
     let upstream = Mosquitto::start();
     let tmp = tempfile::tempdir().unwrap();
-    let a = upstream.gateway(&tmp.path().join("a"));
-    let b = upstream.gateway(&tmp.path().join("b"));
+    let a = common::gateway_behind(&tmp.path().join("a"), &upstream);
+    let b = common::gateway_behind(&tmp.path().join("b"), &upstream);
 
     let mut watcher = connect5(b.mqtt, "watcher-on-b");
     assert_eq!(subscribe5(&mut watcher, 1, "status/#", QoS::AtLeastOnce), vec![1]);

@@ -201,6 +201,14 @@ pub fn verify_ok(data: &Path) -> Verified {
     parse_verified(&sealmq(data, &["audit", "verify"]).ok())
 }
 
+/// A sealmq gateway with its log in `data`, routing through `upstream`.
+/// (Here, not in `mosquitto.rs` or `broker.rs`: other crates' tests include
+/// each of those alone.)
+pub fn gateway_behind(data: &Path, upstream: &mosquitto::Mosquitto) -> broker::BrokerProcess {
+    let toml = format!("[upstream]\naddress = \"{}\"\n", upstream.address());
+    broker::BrokerProcess::start_with_config(data, &toml)
+}
+
 /// The origin (checkpoint origin line) of the log in `data`.
 #[track_caller]
 pub fn log_origin(data: &Path) -> String {

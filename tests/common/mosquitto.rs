@@ -27,12 +27,6 @@ pub fn mosquitto_binary() -> PathBuf {
 }
 
 impl Mosquitto {
-    /// A sealmq gateway with its log in `data`, routing through this broker.
-    pub fn gateway(&self, data: &std::path::Path) -> super::broker::BrokerProcess {
-        let toml = format!("[upstream]\naddress = \"{}\"\n", self.address());
-        super::broker::BrokerProcess::start_with_config(data, &toml)
-    }
-
     pub fn start() -> Self {
         let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port();
         let dir = tempfile::tempdir().unwrap();
