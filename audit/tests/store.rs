@@ -231,3 +231,39 @@ async fn many_blocks_cross_tile_boundaries() {
     assert!(report.is_ok(), "{:?}", report.failure);
     log.close().await.unwrap();
 }
+
+/// One thread: the sequencer runs whenever the test yields, as it does
+/// between a broker connection's decisions.
+#[tokio::test(flavor = "current_thread")]
+async fn an_announced_append_shares_the_commit_of_the_one_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(config(dir.path(), 4096, 60_000)).await.unwrap();
+    let mut device = SyntheticDevice::new(3, false);
+    // Unannounced, the sequencer commits what it has before the next comes.
+    let first = log.submit(entries(&mut device, 1)).await.unwrap();
+    tokio::task::yield_now().await;
+    let second = log.submit(entries(&mut device, 1)).await.unwrap();
+    assert_eq!((first.await.unwrap(), second.await.unwrap()), (0..1, 1..2));
+    assert_eq!(log.stats().commits(), 2, "two appends, each taken alone");
+
+    // Announced, it waits for the next: three appends, one commit.
+    let a = log.submit_more(entries(&mut device, 1), true).await.unwrap();
+    tokio::task::yield_now().await;
+    let b = log.submit_more(entries(&mut device, 1), true).await.unwrap();
+    tokio::task::yield_now().await;
+    let c = log.submit_more(entries(&mut device, 1), false).await.unwrap();
+    assert_eq!((a.await.unwrap(), b.await.unwrap(), c.await.unwrap()), (2..3, 3..4, 4..5));
+    assert_eq!(log.stats().commits(), 3, "the announced appends shared one commit");
+    log.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_announced_append_that_never_comes_delays_the_commit_only_briefly() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(config(dir.path(), 4096, 60_000)).await.unwrap();
+    let mut device = SyntheticDevice::new(4, false);
+    let alone = log.submit_more(entries(&mut device, 1), true).await.unwrap();
+    let range = tokio::time::timeout(Duration::from_secs(2), alone).await.expect("committed without the next");
+    assert_eq!(range.unwrap(), 0..1);
+    log.close().await.unwrap();
+}

@@ -50,6 +50,13 @@ pub(super) fn read_header(buf: &[u8]) -> Result<Option<Header>, CodecError> {
     Err(malformed("remaining length is longer than 4 bytes"))
 }
 
+/// Whether `buf` starts with a whole PUBLISH packet (any version: the
+/// fixed header's layout is the same): what a connection decides next
+/// without reading from its socket.
+pub fn publish_buffered(buf: &[u8]) -> bool {
+    matches!(read_header(buf), Ok(Some(header)) if header.kind() == 3 && header.size() <= buf.len())
+}
+
 pub(super) fn decode_frame(
     version: Version,
     origin: Origin,

@@ -57,7 +57,7 @@ mod tests;
 mod topic;
 mod v311;
 
-pub use frame::packet_name;
+pub use frame::{packet_name, publish_buffered};
 pub use topic::{FilterKind, topic_matches, validate_filter, validate_topic_name};
 use {check::*, encode::*, frame::*, v311::*};
 

@@ -16,7 +16,7 @@ use super::relay::Relay;
 use super::{End, Exit, pub_ack_reason, pub_rec_reason};
 use crate::admission::{Admission, Candidate, PROP_INDEX, admit_checked, route_logged};
 use crate::checks::{Check, Verdict};
-use crate::codec::{Version, v5, validate_topic_name};
+use crate::codec::{self, Version, v5, validate_topic_name};
 use crate::devices::replay::Freshness;
 use crate::ops::metrics::Rejection;
 use crate::route::Message;
@@ -306,7 +306,13 @@ impl Relay {
                 Outcome::Duplicate
             }
             Admission::Log { entry, message, kid } => {
-                let submitted = shared.log.submit(vec![entry]).await;
+                // More of this client's publishes are being checked, or
+                // one is read already and not held back by the rate limit:
+                // the next decision comes at once, and its record can share
+                // this one's commit (see `Log::submit_more`).
+                let more = !self.checks.is_empty()
+                    || (codec::publish_buffered(&client.buf) && self.rate.wait_until().is_none());
+                let submitted = shared.log.submit_more(vec![entry], more).await;
                 drop(gate);
                 if let Some(kid) = kid {
                     self.used_kids.or_default().insert(kid);
