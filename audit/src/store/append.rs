@@ -7,8 +7,9 @@
 //! records, their index rows, their payloads, COMMIT were five round trips,
 //! each two context switches, which on a broker pinned to one core were a
 //! quarter of its samples and a good part of publish → PUBACK latency. The
-//! common group (no retained topic, no replay window, every name already
-//! in the search index) goes as one multi-statement query instead.
+//! common group (no retained topic, every name already
+//! in the search index) goes as one multi-statement query instead, its
+//! replay windows (signed publishes) included.
 
 use std::collections::HashMap;
 
@@ -64,7 +65,7 @@ pub(super) async fn commit_in_one_trip(
     payloads: &mut Vec<(i64, Vec<u8>)>,
     names: &NameCache,
 ) -> Result<bool, StoreError> {
-    if rows.iter().any(|(_, entry)| entry.retained.is_some() || entry.replay.is_some()) {
+    if rows.iter().any(|(_, entry)| entry.retained.is_some()) {
         return Ok(false);
     }
     let bodies: Vec<(i64, &[u8])> = rows.iter().map(|(idx, entry)| (*idx, entry.body.as_slice())).collect();
@@ -73,6 +74,7 @@ pub(super) async fn commit_in_one_trip(
     push_records(&mut sql, rows);
     index::push_inserts(&mut sql, &index_rows);
     push_payloads(&mut sql, std::mem::take(payloads));
+    push_windows(&mut sql, rows);
     sql.push("COMMIT");
     if let Err(e) = sql.build().execute(&mut *conn).await {
         // A failed statement leaves the transaction open; a failed COMMIT
@@ -107,14 +109,31 @@ pub(super) async fn write_entries(
     }
 
     // The group's net effect: per topic the last retained publish (log
-    // order), per key the furthest window. Nothing is allocated when no
-    // entry has side effects.
+    // order). Nothing is allocated when no entry has one.
     let mut net_retained: HashMap<&str, Option<i64>> = HashMap::new();
-    let mut windows: HashMap<Kid, (u64, u64)> = HashMap::new();
     for (idx, entry) in rows {
         if let Some(update) = &entry.retained {
             net_retained.insert(&update.topic, (!update.clear).then_some(*idx));
         }
+    }
+    if !net_retained.is_empty() {
+        let changes: Vec<(&str, Option<i64>)> = net_retained.into_iter().collect();
+        retained::write(conn, &changes).await?;
+    }
+    let mut upserts = QueryBuilder::<Sqlite>::new("");
+    if push_windows(&mut upserts, rows) {
+        upserts.build().execute(&mut *conn).await?;
+    }
+    Ok(created)
+}
+
+/// Adds `INSERT INTO replay_windows … ON CONFLICT …; ` for the windows
+/// `rows` move forward: per key the furthest (see `Entry::with_replay`), a
+/// statement per chunk of keys. `false`, and nothing added, when no row
+/// moves a window (nothing is allocated then).
+pub(super) fn push_windows(sql: &mut QueryBuilder<Sqlite>, rows: &[(i64, &Entry)]) -> bool {
+    let mut windows: HashMap<Kid, (u64, u64)> = HashMap::new();
+    for (_, entry) in rows {
         if let Some(r) = entry.replay {
             windows
                 .entry(r.kid)
@@ -122,28 +141,23 @@ pub(super) async fn write_entries(
                 .or_insert((r.highest, r.seen));
         }
     }
-    if !net_retained.is_empty() {
-        let changes: Vec<(&str, Option<i64>)> = net_retained.into_iter().collect();
-        retained::write(conn, &changes).await?;
-    }
     let windows: Vec<(Kid, (u64, u64))> = windows.into_iter().collect();
     for chunk in windows.chunks(INSERT_CHUNK) {
-        let mut upsert = QueryBuilder::<Sqlite>::new("INSERT INTO replay_windows (kid, highest, seen) ");
-        upsert.push_values(chunk, |mut row, (kid, (highest, seen))| {
+        sql.push("INSERT INTO replay_windows (kid, highest, seen) ");
+        sql.push_values(chunk, |mut row, (kid, (highest, seen))| {
             row.push_bind(&kid[..]).push_bind(window_highest_to_sql(*highest)).push_bind(window_seen_to_sql(*seen));
         });
-        // Only forward (see `Entry::with_replay`). `highest` is stored
-        // order-preserving, so SQL compares it as the u64 it is; in DO
-        // UPDATE, bare column names are the stored row's.
-        upsert.push(
+        // Only forward. `highest` is stored order-preserving, so SQL
+        // compares it as the u64 it is; in DO UPDATE, bare column names are
+        // the stored row's.
+        sql.push(
             " ON CONFLICT (kid) DO UPDATE SET \
              seen = CASE WHEN excluded.highest = highest THEN seen | excluded.seen ELSE excluded.seen END, \
              highest = excluded.highest \
-             WHERE excluded.highest >= highest",
+             WHERE excluded.highest >= highest; ",
         );
-        upsert.build().execute(&mut *conn).await?;
     }
-    Ok(created)
+    !windows.is_empty()
 }
 
 /// The further of two states of one key's replay window.
