@@ -247,13 +247,20 @@ async fn an_announced_append_shares_the_commit_of_the_one_before() {
     assert_eq!(log.stats().commits(), 2, "two appends, each taken alone");
 
     // Announced, it waits for the next: three appends, one commit.
-    let a = log.submit_more(entries(&mut device, 1), true).await.unwrap();
+    let a = log.submit_more(entries(&mut device, 1), 64).await.unwrap();
     tokio::task::yield_now().await;
-    let b = log.submit_more(entries(&mut device, 1), true).await.unwrap();
+    let b = log.submit_more(entries(&mut device, 1), 64).await.unwrap();
     tokio::task::yield_now().await;
-    let c = log.submit_more(entries(&mut device, 1), false).await.unwrap();
+    let c = log.submit_more(entries(&mut device, 1), 0).await.unwrap();
     assert_eq!((a.await.unwrap(), b.await.unwrap(), c.await.unwrap()), (2..3, 3..4, 4..5));
     assert_eq!(log.stats().commits(), 3, "the announced appends shared one commit");
+
+    // A group as large as the last append asked for commits without waiting.
+    let d = log.submit_more(entries(&mut device, 1), 1).await.unwrap();
+    tokio::task::yield_now().await;
+    let e = log.submit_more(entries(&mut device, 1), 0).await.unwrap();
+    assert_eq!((d.await.unwrap(), e.await.unwrap()), (5..6, 6..7));
+    assert_eq!(log.stats().commits(), 5, "a group of one, as asked for, then the next alone");
     log.close().await.unwrap();
 }
 
@@ -262,7 +269,7 @@ async fn an_announced_append_that_never_comes_delays_the_commit_only_briefly() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(config(dir.path(), 4096, 60_000)).await.unwrap();
     let mut device = SyntheticDevice::new(4, false);
-    let alone = log.submit_more(entries(&mut device, 1), true).await.unwrap();
+    let alone = log.submit_more(entries(&mut device, 1), 64).await.unwrap();
     let range = tokio::time::timeout(Duration::from_secs(2), alone).await.expect("committed without the next");
     assert_eq!(range.unwrap(), 0..1);
     log.close().await.unwrap();

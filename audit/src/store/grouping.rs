@@ -16,26 +16,26 @@ use super::{Command, Entry, GROUP_MAX_RECORDS, Reply};
 const FOLLOW_WAIT: Duration = Duration::from_millis(3);
 
 /// Takes `first` and every append already queued behind it, and, while the
-/// last one taken announced another, waits for that one too (until
-/// [`FOLLOW_WAIT`] after the first was submitted). A command that is not an
+/// last one taken announced another and the group is smaller than it asked
+/// for (`more`), waits for that one too (until [`FOLLOW_WAIT`] after the
+/// first was submitted). A command that is not an
 /// append ends the group and is left in `stash`, to run after it.
 ///
 /// Why wait: a connection submits each publish as soon as it is decided,
 /// and signed publishes are decided as their verdicts come back from the
 /// check threads, eight at a time; the sequencer, taking what was queued,
 /// committed about 16 records a group, each commit 14 page writes and an
-/// fsync. Announced, a client's window of publishes shares one commit.
-/// Measured on the 2-core AMD EPYC VM, broker pinned to one core, the
-/// binaries before and after run interleaved (`sealmq-bench -p 1 -s 1
-/// --qos 1 --payload 64`, 8 s): signed, 79–87 µs of broker CPU per publish
-/// before, 68 µs after, at the same 10,500–11,600/s; unsigned, where a
-/// read's publishes are decided in one turn and a sequencer on another
-/// worker took the first alone, 59,682–62,856/s at 13.6–14.2 µs before,
-/// 72,208–73,040/s at 11.2–11.5 µs after.
+/// fsync. Measured on the 2-core AMD EPYC VM, broker pinned to one core,
+/// the binaries before and after run alternately (`sealmq-bench -p 1 -s 1
+/// --qos 1 --payload 64`, 8 s): unsigned, where a read's publishes are
+/// decided in one turn and a sequencer on another worker took the first
+/// alone, 59,682–62,856/s at 13.6–14.2 µs of broker CPU per publish before,
+/// 72,208–73,040/s at 11.2–11.5 µs waiting for the whole read. What a
+/// signed publish asks for is in the broker (`session::publish`).
 pub(super) async fn gather(
     first: (Vec<Entry>, Reply),
     submitted: Instant,
-    mut more: bool,
+    mut more: usize,
     commands: &mut mpsc::Receiver<Command>,
     stash: &mut Option<Command>,
 ) -> (Vec<(Vec<Entry>, Reply)>, Vec<Instant>) {
@@ -46,7 +46,7 @@ pub(super) async fn gather(
     while count < GROUP_MAX_RECORDS {
         let next = match commands.try_recv() {
             Ok(command) => Some(command),
-            Err(_) if more => tokio::time::timeout_at(deadline, commands.recv()).await.ok().flatten(),
+            Err(_) if count < more => tokio::time::timeout_at(deadline, commands.recv()).await.ok().flatten(),
             Err(_) => None,
         };
         match next {

@@ -55,12 +55,13 @@ const SEAL_RETRY: Duration = Duration::from_secs(1);
 const LOCK_FILE: &str = "log.lock";
 
 enum Command {
-    /// `more`: the caller said it submits again at once (see [`Log::submit_more`]).
+    /// `more`: the caller submits again at once, and the group may wait for
+    /// it while it holds fewer records than this (see [`Log::submit_more`]).
     Append {
         entries: Vec<Entry>,
         reply: Reply,
         submitted: Instant,
-        more: bool,
+        more: usize,
     },
     Seal {
         reply: oneshot::Sender<Result<Option<SealedBlock>, StoreError>>,
@@ -196,16 +197,18 @@ impl Log {
     /// some state (the registry) submits while that state holds, and waits
     /// for durability afterwards.
     pub async fn submit(&self, entries: Vec<Entry>) -> Result<Appending, StoreError> {
-        self.submit_more(entries, false).await
+        self.submit_more(entries, 0).await
     }
 
-    /// [`Log::submit`], saying whether the caller will submit again at
-    /// once (`more`: it has the next record's input at hand and only some
-    /// work to do first, such as a signature check). The group commit
-    /// that takes these records then waits for the next, up to about a
-    /// millisecond, rather than committing without it: one commit, and one
-    /// fsync, instead of two.
-    pub async fn submit_more(&self, entries: Vec<Entry>, more: bool) -> Result<Appending, StoreError> {
+    /// [`Log::submit`], saying that the caller will submit again at once:
+    /// it has the next record's input at hand and only some work to do
+    /// first, such as a signature check. The group commit that takes these
+    /// records then waits for the next (up to 3 ms after the group's first
+    /// submission) while the group holds fewer than `more` records, rather
+    /// than committing without it: one commit, and one fsync, for both.
+    /// `0`: no wait, as [`Log::submit`]. A small `more` lets a commit start
+    /// while the caller still works on the rest, a large one saves commits.
+    pub async fn submit_more(&self, entries: Vec<Entry>, more: usize) -> Result<Appending, StoreError> {
         let (reply, answer) = oneshot::channel();
         // From here: a wait for room in the queue is part of the latency.
         let submitted = Instant::now();
