@@ -55,31 +55,13 @@ const SEAL_RETRY: Duration = Duration::from_secs(1);
 const LOCK_FILE: &str = "log.lock";
 
 enum Command {
-    /// `more`: the caller submits again at once, and the group may wait for
-    /// it while it holds fewer records than this (see [`Log::submit_more`]).
-    Append {
-        entries: Vec<Entry>,
-        reply: Reply,
-        submitted: Instant,
-        more: usize,
-    },
-    Seal {
-        reply: oneshot::Sender<Result<Option<SealedBlock>, StoreError>>,
-    },
-    DrainOutbox {
-        reply: oneshot::Sender<Result<Vec<u64>, StoreError>>,
-    },
-    ReconcileRetained {
-        reply: oneshot::Sender<Result<RetainedState, StoreError>>,
-    },
-    SetFollower {
-        follower: Box<dyn Follower>,
-        reply: oneshot::Sender<Result<(), StoreError>>,
-    },
-    Erase {
-        batch: erasing::Batch,
-        reply: oneshot::Sender<Result<erasing::BatchDone, StoreError>>,
-    },
+    // `more`: see `Log::submit_more`.
+    Append { entries: Vec<Entry>, reply: Reply, submitted: Instant, more: usize },
+    Seal { reply: oneshot::Sender<Result<Option<SealedBlock>, StoreError>> },
+    DrainOutbox { reply: oneshot::Sender<Result<Vec<u64>, StoreError>> },
+    ReconcileRetained { reply: oneshot::Sender<Result<RetainedState, StoreError>> },
+    SetFollower { follower: Box<dyn Follower>, reply: oneshot::Sender<Result<(), StoreError>> },
+    Erase { batch: erasing::Batch, reply: oneshot::Sender<Result<erasing::BatchDone, StoreError>> },
 }
 
 /// What [`Log::take_derived`] hands out: each commit's derived records.

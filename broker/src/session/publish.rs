@@ -324,10 +324,12 @@ impl Relay {
             }
             Admission::Log { entry, message, kid } => {
                 // The next decision comes at once when another publish is
-                // read already (and not held back by the rate limit) or
-                // being checked: its record can share this one's commit
-                // (see `Log::submit_more`).
-                let more = if codec::publish_buffered(&client.buf) && self.rate.wait_until().is_none() {
+                // read already and the loop will decode it (room once this
+                // one is queued, no throttle), or is being checked: its
+                // record can share this one's commit (see `Log::submit_more`).
+                let decoded_next =
+                    codec::publish_buffered(&client.buf) && self.room_for(1) && self.rate.wait_until().is_none();
+                let more = if decoded_next {
                     GROUP_WHILE_READ
                 } else if !self.checks.is_empty() {
                     GROUP_WHILE_CHECKED

@@ -147,6 +147,12 @@ impl Relay {
         }
     }
 
+    /// Whether the pipeline has room for `adding` more publishes and one
+    /// after them: what the loop needs to read and decode the next packet.
+    pub(super) fn room_for(&self, adding: usize) -> bool {
+        self.checks.len() + self.pipeline.len() + adding < PIPELINE_DEPTH
+    }
+
     /// Resumes a persistent session on a new connection: what the client
     /// had not acknowledged goes again, in its first order (PUBLISH with
     /// DUP, or PUBREL), then what arrived while it was away.
@@ -213,7 +219,7 @@ impl Relay {
             // A client over its publish rate is not read from until it has
             // budget again: slowed down, and nothing it sent is lost.
             let throttled = self.rate.wait_until();
-            let reading = self.checks.len() + self.pipeline.len() < PIPELINE_DEPTH && throttled.is_none();
+            let reading = self.room_for(0) && throttled.is_none();
             // Packets already buffered are handled before reading more. No
             // wait here holds the decoded packet in a local (it is moved
             // into a boxed future first), so it takes no room in this loop's
