@@ -439,7 +439,7 @@ pub async fn replay(
             batch.push((expected, body, record));
             expected += 1;
         }
-        let mut payloads = fetch_payloads(pool, &wanted).await?;
+        let mut payloads = fetch_payloads(reader, &wanted).await?;
         for (index, body, record) in batch {
             if index != replayer.next_index() {
                 replayer.skip_to(index);
@@ -447,7 +447,7 @@ pub async fn replay(
             let payload = if replayer.wants_payload(index, &record) {
                 match payloads.remove(&index) {
                     Some(payload) => payload,
-                    None => fetch_payloads(pool, &[index]).await?.remove(&index).flatten(),
+                    None => fetch_payloads(reader, &[index]).await?.remove(&index).flatten(),
                 }
             } else {
                 None
@@ -465,22 +465,13 @@ pub async fn replay(
 }
 
 /// The stored payloads of `indices`: `Some(None)` for one not stored.
-async fn fetch_payloads(
-    pool: &sqlx::SqlitePool,
-    indices: &[u64],
-) -> Result<HashMap<u64, Option<Vec<u8>>>, RuleStoreError> {
+async fn fetch_payloads(reader: &LogReader, indices: &[u64]) -> Result<HashMap<u64, Option<Vec<u8>>>, RuleStoreError> {
     let mut found: HashMap<u64, Option<Vec<u8>>> = indices.iter().map(|i| (*i, None)).collect();
     if indices.is_empty() {
         return Ok(found);
     }
-    let list = serde_json::to_string(indices).expect("a list of numbers");
-    let rows: Vec<(i64, Vec<u8>)> =
-        sqlx::query_as("SELECT idx, data FROM payloads WHERE idx IN (SELECT value FROM json_each(?))")
-            .bind(list)
-            .fetch_all(pool)
-            .await?;
-    for (idx, data) in rows {
-        found.insert(u64::try_from(idx).unwrap_or(0), Some(data));
+    for (index, payload) in reader.payloads(indices).await? {
+        found.insert(index, Some(payload));
     }
     Ok(found)
 }

@@ -17,17 +17,46 @@ use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
 use super::super::StoreError;
 use super::super::index::{self, NameCache};
+use super::super::payload_files::{FILE_MIN, PayloadFiles};
 use super::super::registry::{window_highest_to_sql, window_seen_to_sql};
 use super::super::retained;
 use super::{Entry, INSERT_CHUNK};
 use crate::mqs1::Kid;
 
-/// Takes the payloads out of the entries, to be moved into the query: sqlx
-/// copies a borrowed blob into a buffer of its own before SQLite copies it
-/// again (a whole extra copy of a 1 MiB payload, in fresh pages). The
-/// entries are done with once committed.
-pub(super) fn take_payloads(rows: &mut [(i64, &mut Entry)]) -> Vec<(i64, Vec<u8>)> {
-    rows.iter_mut().filter_map(|(idx, entry)| Some((*idx, entry.payload.take()?))).collect()
+/// A group's payloads, taken out of its entries: sqlx copies a borrowed
+/// blob into a buffer of its own before SQLite copies it again, so the
+/// small ones are moved into the query; the large ones are in their files
+/// already ([`take_payloads`]).
+#[derive(Debug, Default)]
+pub(super) struct GroupPayloads {
+    /// Index and bytes of each payload kept in the database.
+    in_rows: Vec<(i64, Vec<u8>)>,
+    /// Index and length of each payload written to its file.
+    in_files: Vec<(i64, i64)>,
+}
+
+/// Takes the payloads out of the entries (they are done with once
+/// committed), and writes those of [`FILE_MIN`] bytes or more to their
+/// files, durably, before any of the group's SQL runs: once the group
+/// commits, every payload it names is on disk.
+pub(super) async fn take_payloads(
+    rows: &mut [(i64, &mut Entry)],
+    files: &PayloadFiles,
+) -> Result<GroupPayloads, StoreError> {
+    let (large, in_rows): (Vec<_>, Vec<_>) = rows
+        .iter_mut()
+        .filter_map(|(idx, entry)| Some((*idx, entry.payload.take()?)))
+        .partition(|(_, payload)| payload.len() >= FILE_MIN);
+    if large.is_empty() {
+        return Ok(GroupPayloads { in_rows, in_files: Vec::new() });
+    }
+    let in_files =
+        large.iter().map(|(idx, payload)| (*idx, i64::try_from(payload.len()).unwrap_or(i64::MAX))).collect();
+    let files = files.clone();
+    tokio::task::spawn_blocking(move || files.write(&large))
+        .await
+        .map_err(|e| StoreError::AppendFailed(format!("the payload file writer stopped: {e}")))??;
+    Ok(GroupPayloads { in_rows, in_files })
 }
 
 /// Adds `INSERT INTO records …; ` for `rows`, a statement per chunk.
@@ -42,13 +71,21 @@ pub(super) fn push_records(sql: &mut QueryBuilder<Sqlite>, rows: &[(i64, &Entry)
 }
 
 /// Adds `INSERT INTO payloads …; ` for `payloads`, a statement per chunk,
-/// each payload moved into the query.
-pub(super) fn push_payloads(sql: &mut QueryBuilder<Sqlite>, mut payloads: Vec<(i64, Vec<u8>)>) {
-    while !payloads.is_empty() {
-        let rest = payloads.split_off(payloads.len().min(INSERT_CHUNK));
+/// each payload kept in the database moved into the query.
+pub(super) fn push_payloads(sql: &mut QueryBuilder<Sqlite>, payloads: GroupPayloads) {
+    let GroupPayloads { mut in_rows, in_files } = payloads;
+    while !in_rows.is_empty() {
+        let rest = in_rows.split_off(in_rows.len().min(INSERT_CHUNK));
         sql.push("INSERT INTO payloads (idx, data) ");
-        sql.push_values(std::mem::replace(&mut payloads, rest), |mut row, (idx, data)| {
+        sql.push_values(std::mem::replace(&mut in_rows, rest), |mut row, (idx, data)| {
             row.push_bind(idx).push_bind(data);
+        });
+        sql.push("; ");
+    }
+    for chunk in in_files.chunks(INSERT_CHUNK) {
+        sql.push("INSERT INTO payloads (idx, data, file_len) ");
+        sql.push_values(chunk, |mut row, (idx, len)| {
+            row.push_bind(*idx).push("x''").push_bind(*len);
         });
         sql.push("; ");
     }
@@ -62,7 +99,7 @@ pub(super) fn push_payloads(sql: &mut QueryBuilder<Sqlite>, mut payloads: Vec<(i
 pub(super) async fn commit_in_one_trip(
     conn: &mut SqliteConnection,
     rows: &[(i64, &Entry)],
-    payloads: &mut Vec<(i64, Vec<u8>)>,
+    payloads: &mut GroupPayloads,
     names: &NameCache,
 ) -> Result<bool, StoreError> {
     if rows.iter().any(|(_, entry)| entry.retained.is_some()) {
@@ -86,15 +123,15 @@ pub(super) async fn commit_in_one_trip(
 }
 
 /// Inserts records (with their payloads and search index rows) at the
-/// given indices (`payloads`: theirs, moved into the query), and applies their side effects: the retained index and
-/// replay windows, each as one multi-row statement per chunk of the group
+/// given indices (`payloads`: theirs, see [`take_payloads`]), and applies
+/// their side effects: the retained index and replay windows, each as one multi-row statement per chunk of the group
 /// rather than one per record, so that the group commit's cost stays per
 /// group. Returns the index names created, for [`NameCache::learn`] once
 /// the transaction committed.
 pub(super) async fn write_entries(
     conn: &mut SqliteConnection,
     rows: &[(i64, &Entry)],
-    payloads: Vec<(i64, Vec<u8>)>,
+    payloads: GroupPayloads,
     names: &NameCache,
 ) -> Result<Vec<(String, i64)>, StoreError> {
     let mut records = QueryBuilder::<Sqlite>::new("");
@@ -102,7 +139,7 @@ pub(super) async fn write_entries(
     records.build().execute(&mut *conn).await?;
     let bodies: Vec<(i64, &[u8])> = rows.iter().map(|(idx, entry)| (*idx, entry.body.as_slice())).collect();
     let created = index::index_records(conn, &bodies, names).await?;
-    if !payloads.is_empty() {
+    if !payloads.in_rows.is_empty() || !payloads.in_files.is_empty() {
         let mut insert = QueryBuilder::<Sqlite>::new("");
         push_payloads(&mut insert, payloads);
         insert.build().execute(&mut *conn).await?;

@@ -3,7 +3,7 @@
 //! copied; [`restore`](super::restore) puts such a copy back.
 //!
 //! A backup directory is itself a data directory (`log.db`, `log.key`,
-//! plus `manifest.json`), so every `sealmq audit …` command reads it with
+//! the large payloads' files under `payloads/`, plus `manifest.json`), so every `sealmq audit …` command reads it with
 //! `--data BACKUP`. It holds the log's private key: it is made mode 0700,
 //! its files 0600.
 //!
@@ -23,6 +23,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::Connection;
 
+use super::backup_payloads::copy_payload_files;
+use super::payload_files::PAYLOAD_DIR;
 use super::reader::{LogReader, connect_options};
 use super::verify::{Failure, Progress, verify};
 use super::{DB_FILE, KEY_FILE, StoreError, keyfile, now_ms};
@@ -32,7 +34,8 @@ use crate::{LogKey, VerifierKey};
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// The manifest's `format`.
 pub const BACKUP_FORMAT: &str = "sealmq-backup/v1";
-/// The files a backup holds besides its manifest, each in the manifest.
+/// The files every backup holds besides its manifest, each in the manifest;
+/// with them, the payload files (`payloads/<n>/<index>`) of its database.
 pub const BACKUP_FILES: [&str; 2] = [DB_FILE, KEY_FILE];
 
 /// What a backup holds, written last: a directory without it is an
@@ -146,6 +149,7 @@ pub async fn backup(data_dir: &Path, out_dir: &Path, progress: impl FnMut(Progre
         for name in [DB_FILE.to_string(), format!("{DB_FILE}-wal"), format!("{DB_FILE}-shm"), KEY_FILE.to_string()] {
             let _ = std::fs::remove_file(out_dir.join(name));
         }
+        let _ = std::fs::remove_dir_all(out_dir.join(PAYLOAD_DIR));
     }
     taken
 }
@@ -187,9 +191,10 @@ async fn take(data_dir: &Path, out_dir: &Path, progress: impl FnMut(Progress)) -
     let seed = keyfile::load(&data_dir.join(KEY_FILE))?;
     write_private(&out_dir.join(KEY_FILE), format!("{}\n", hex::encode(seed)).as_bytes())?;
 
+    let payload_files = copy_payload_files(data_dir, out_dir, &copy).await?;
     let (records, block) = check_copy(out_dir, &vkey, &seed, progress).await?;
     remove_reader_files(out_dir)?;
-    let mut files = BTreeMap::new();
+    let mut files = payload_files;
     for name in BACKUP_FILES {
         files.insert(name.to_string(), digest_file(&out_dir.join(name))?);
     }
@@ -301,6 +306,24 @@ pub(super) fn copy_hashing(mut from: impl Read, mut to: impl Write, path: &Path)
         bytes += n as u64;
     }
     Ok(FileDigest { sha256: hex::encode(hasher.finalize()), bytes })
+}
+
+/// Copies `from` to a new file `to` (mode 0600, fsynced), hashing it as
+/// copied rather than before: what is checked against `expected` is what
+/// was copied, even if `from` changes meanwhile.
+pub(super) fn copy_checked(from: &Path, to: &Path, expected: &FileDigest) -> Result<FileDigest, BackupError> {
+    let source = File::open(from).map_err(io_error(from))?;
+    let mut target = private_options().open(to).map_err(io_error(to))?;
+    let actual = copy_hashing(source, &mut target, from)?;
+    target.sync_all().map_err(io_error(to))?;
+    if actual.sha256 != expected.sha256 || actual.bytes != expected.bytes {
+        return Err(BackupError::HashMismatch {
+            file: from.display().to_string(),
+            expected: expected.sha256.clone(),
+            actual: actual.sha256,
+        });
+    }
+    Ok(actual)
 }
 
 /// Writes `bytes` to a new file at `path`, mode 0600, fsynced.

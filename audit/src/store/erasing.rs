@@ -102,8 +102,9 @@ impl Log {
     }
 }
 
-/// A payload row with its record.
-type Row = (i64, Vec<u8>, i64);
+/// A payload row with its record: index, record, payload length, whether
+/// the payload is a file.
+type Row = (i64, Vec<u8>, i64, bool);
 
 impl Sequencer {
     /// Runs one batch; on failure the head is re-read, as after a failed append.
@@ -135,7 +136,8 @@ impl Sequencer {
         let bound = spec.below_index.map_or(self.next_index, |b| b.min(self.next_index));
         let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT p.idx, r.body, length(p.data) FROM payloads p JOIN records r ON r.idx = p.idx \
+            "SELECT p.idx, r.body, coalesce(p.file_len, length(p.data)), p.file_len IS NOT NULL \
+             FROM payloads p JOIN records r ON r.idx = p.idx \
              WHERE p.idx >= ? AND p.idx < ? ORDER BY p.idx LIMIT ?",
         )
         .bind(to_i64(batch.from))
@@ -146,7 +148,8 @@ impl Sequencer {
         let mut again: Vec<Row> = Vec::new();
         for chunk in batch.revisit.chunks(INSERT_CHUNK) {
             let mut select = QueryBuilder::<Sqlite>::new(
-                "SELECT p.idx, r.body, length(p.data) FROM payloads p JOIN records r ON r.idx = p.idx WHERE p.idx IN (",
+                "SELECT p.idx, r.body, coalesce(p.file_len, length(p.data)), p.file_len IS NOT NULL \
+                 FROM payloads p JOIN records r ON r.idx = p.idx WHERE p.idx IN (",
             );
             let mut list = select.separated(", ");
             for idx in chunk {
@@ -165,12 +168,13 @@ impl Sequencer {
         let goal = spec.bytes_goal;
         let reached = |bytes: u64| goal.is_some_and(|goal| bytes >= goal);
         let (mut count, mut bytes, mut kept, mut erase) = (0u64, 0u64, Vec::new(), Vec::new());
+        let mut erased_files = Vec::new();
         // Everything below `next` has been looked at.
         let mut next = batch.from;
         let mut stopped = false;
         // Revisited rows first: they are older than everything scanned.
         let revisited = again.len();
-        for (position, (idx, body, len)) in again.iter().chain(rows.iter()).enumerate() {
+        for (position, (idx, body, len, in_file)) in again.iter().chain(rows.iter()).enumerate() {
             let scanned = position >= revisited;
             let index = to_u64(*idx)?;
             if reached(bytes) {
@@ -200,6 +204,9 @@ impl Sequencer {
                 Some(true) if retained.contains(idx) => kept.push(index),
                 Some(true) => {
                     erase.push(*idx);
+                    if *in_file {
+                        erased_files.push(index);
+                    }
                     count += 1;
                     bytes += to_u64(*len)?;
                 }
@@ -242,8 +249,16 @@ impl Sequencer {
             };
             entries.push(Entry::new(&Record::Publish(publish), Some(json))?);
             let follower = self.follower.as_deref_mut();
-            let names =
-                write_followed(&mut tx, follower, self.next_index, &mut entries, &mut derived, &self.names).await?;
+            let names = write_followed(
+                &mut tx,
+                follower,
+                self.next_index,
+                &mut entries,
+                &mut derived,
+                &self.names,
+                &self.files,
+            )
+            .await?;
             record = Some(self.next_index);
             if let Some(seq) = batch.outbox.filter(|_| done) {
                 sqlx::query("DELETE FROM erasure_outbox WHERE seq = ?").bind(seq).execute(&mut *tx).await?;
@@ -255,6 +270,12 @@ impl Sequencer {
                 sqlx::query("DELETE FROM erasure_outbox WHERE seq = ?").bind(seq).execute(&mut *tx).await?;
             }
             tx.commit().await?;
+        }
+        // After the commit: a crash before these unlinks leaves files no
+        // row names, which the next open removes.
+        if !erased_files.is_empty() {
+            let files = self.files.clone();
+            let _ = tokio::task::spawn_blocking(move || files.remove(erased_files)).await;
         }
         self.checkpoint_soon();
         Ok((BatchDone { next, done, count, bytes, kept, record }, entries, derived))

@@ -185,11 +185,12 @@ impl super::LogReader {
     /// cap keeps a running total with it instead of summing every row
     /// each time.
     pub async fn payload_bytes_after(&self, after: Option<u64>) -> Result<(u64, Option<u64>), StoreError> {
-        let (bytes, last): (i64, Option<i64>) =
-            sqlx::query_as("SELECT coalesce(sum(length(data)), 0), max(idx) FROM payloads WHERE idx > ?")
-                .bind(after.map_or(-1, to_i64))
-                .fetch_one(self.pool())
-                .await?;
+        let (bytes, last): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT coalesce(sum(coalesce(file_len, length(data))), 0), max(idx) FROM payloads WHERE idx > ?",
+        )
+        .bind(after.map_or(-1, to_i64))
+        .fetch_one(self.pool())
+        .await?;
         Ok((to_u64(bytes)?, last.map(to_u64).transpose()?))
     }
 }

@@ -11,6 +11,7 @@ use sqlx::SqliteConnection;
 
 use super::super::follower::{Derived, Follower};
 use super::super::index::NameCache;
+use super::super::payload_files::PayloadFiles;
 use super::super::{StoreError, to_i64, to_u64};
 use super::append::{take_payloads, write_entries};
 use super::{Entry, Reply, Sequencer};
@@ -28,13 +29,14 @@ pub(super) async fn write_followed(
     entries: &mut Vec<Entry>,
     derived: &mut Vec<Derived>,
     names: &NameCache,
+    files: &PayloadFiles,
 ) -> Result<Vec<(String, i64)>, StoreError> {
     if let Some(follower) = follower {
         expand(follower, start, entries, derived)?;
     }
     let mut indexed: Vec<(i64, &mut Entry)> = (start..).map(to_i64).zip(entries.iter_mut()).collect();
     // What a follower derives may carry a payload.
-    let payloads = take_payloads(&mut indexed);
+    let payloads = take_payloads(&mut indexed, files).await?;
     let indexed: Vec<(i64, &Entry)> = indexed.into_iter().map(|(idx, entry)| (idx, &*entry)).collect();
     write_entries(conn, &indexed, payloads, names).await
 }
@@ -158,7 +160,7 @@ impl Sequencer {
             self.follower = Some(follower);
             return;
         }
-        match show_again(&mut self.conn, follower.as_mut(), from, self.next_index).await {
+        match show_again(&mut self.conn, &self.files, follower.as_mut(), from, self.next_index).await {
             Ok(()) => {
                 follower.commit();
                 tracing::warn!(from, to = self.next_index, "records of a failed commit landed; the follower saw them");
@@ -172,22 +174,30 @@ impl Sequencer {
     }
 }
 
+/// A record with its `payloads` row's `data` and `file_len`.
+type StoredRow = (i64, Vec<u8>, Option<Vec<u8>>, Option<i64>);
+
 /// Shows `follower` the logged records `from..to`, checking that what it
 /// derives is in the log right after each.
 async fn show_again(
     conn: &mut SqliteConnection,
+    files: &PayloadFiles,
     follower: &mut dyn Follower,
     from: u64,
     to: u64,
 ) -> Result<(), StoreError> {
-    let rows: Vec<(i64, Vec<u8>, Option<Vec<u8>>)> = sqlx::query_as(
-        "SELECT r.idx, r.body, p.data FROM records r LEFT JOIN payloads p ON p.idx = r.idx \
+    let stored: Vec<StoredRow> = sqlx::query_as(
+        "SELECT r.idx, r.body, p.data, p.file_len FROM records r LEFT JOIN payloads p ON p.idx = r.idx \
          WHERE r.idx >= ? AND r.idx < ? ORDER BY r.idx",
     )
     .bind(to_i64(from))
     .bind(to_i64(to))
     .fetch_all(&mut *conn)
     .await?;
+    let mut rows = Vec::with_capacity(stored.len());
+    for (idx, body, data, file_len) in stored {
+        rows.push((idx, body, files.resolve(idx, data, file_len).await?));
+    }
     let mut position = 0;
     while position < rows.len() {
         let (idx, body, payload) = &rows[position];

@@ -240,7 +240,7 @@ const BLOCK_OF_RECORD: &str = "(SELECT height FROM blocks b WHERE b.tree_size > 
 /// A found record's row: idx, body, leaf, sealing block's height.
 type FoundRow = (i64, Vec<u8>, Vec<u8>, Option<i64>);
 /// The same, and the stored payload.
-type FoundRowWithPayload = (i64, Vec<u8>, Vec<u8>, Option<i64>, Option<Vec<u8>>);
+type FoundRowWithPayload = (i64, Vec<u8>, Vec<u8>, Option<i64>, Option<Vec<u8>>, Option<i64>);
 
 fn found(idx: i64, body: Vec<u8>, leaf: Vec<u8>, block: Option<i64>) -> Result<FoundRecord, StoreError> {
     Ok(FoundRecord {
@@ -343,12 +343,14 @@ impl LogReader {
     pub async fn found_record(&self, index: u64) -> Result<Option<(FoundRecord, Option<Vec<u8>>)>, StoreError> {
         let Ok(index) = i64::try_from(index) else { return Ok(None) };
         let sql = format!(
-            "SELECT r.idx, r.body, r.leaf, {BLOCK_OF_RECORD}, p.data \
+            "SELECT r.idx, r.body, r.leaf, {BLOCK_OF_RECORD}, p.data, p.file_len \
              FROM records r LEFT JOIN payloads p ON p.idx = r.idx WHERE r.idx = ?"
         );
         let row: Option<FoundRowWithPayload> =
             sqlx::query_as(AssertSqlSafe(sql)).bind(index).fetch_optional(self.pool()).await?;
-        row.map(|(idx, body, leaf, block, payload)| Ok((found(idx, body, leaf, block)?, payload))).transpose()
+        let Some((idx, body, leaf, block, data, file_len)) = row else { return Ok(None) };
+        let payload = self.files().resolve(idx, data, file_len).await?;
+        Ok(Some((found(idx, body, leaf, block)?, payload)))
     }
 
     /// Ids of the names that exist, in no particular order.

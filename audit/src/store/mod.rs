@@ -36,12 +36,14 @@
 
 pub mod archive;
 pub mod backup;
+mod backup_payloads;
 mod checkpointer;
 pub mod cosignatures;
 pub mod erasure;
 mod follower;
 mod index;
 mod keyfile;
+mod payload_files;
 mod pending;
 mod reader;
 pub mod registry;
@@ -63,6 +65,7 @@ pub use cosignatures::Cosignatures;
 pub use erasure::{ERASURE_DEVICE, ERASURE_TOPIC, Erased, ErasureOutbox, ErasureRecord, ErasureSpec, Reason};
 pub use follower::{Derived, Follower};
 pub use index::{FILTER_TOPICS_MAX, FoundRecord, RecordQuery, SearchPage};
+pub use payload_files::{FILE_MIN, PAYLOAD_DIR};
 pub use reader::{LogReader, SealedBlock, StoredRecord};
 pub use registry::{
     Change, Device, DeviceKey, DeviceSettings, Policy, Registry, RegistryError, RegistrySnapshot, validate_device_id,

@@ -9,6 +9,7 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow};
 use sqlx::{AssertSqlSafe, Row};
 
+use super::payload_files::PayloadFiles;
 use super::{DB_FILE, StoreError, to_hash, to_i64, to_u64};
 use crate::tree::{Range, consistency_plan, inclusion_plan, resolve, stored_base, subtree_root};
 use crate::{BlockHeader, ConsistencyBundle, Frontier, Hash, NodeId, ProofBundle, ProofError, VerifierKey};
@@ -42,6 +43,7 @@ pub struct StoredRecord {
 pub struct LogReader {
     pool: SqlitePool,
     vkey: VerifierKey,
+    files: PayloadFiles,
 }
 
 pub(crate) fn connect_options(path: &Path) -> SqliteConnectOptions {
@@ -69,22 +71,48 @@ impl LogReader {
             pool.close().await;
             return Err(StoreError::NoLog(data_dir.to_path_buf()));
         }
-        Self::from_pool(pool).await
+        Self::from_pool(pool, data_dir).await
     }
 
-    pub(crate) async fn from_pool(pool: SqlitePool) -> Result<Self, StoreError> {
+    pub(crate) async fn from_pool(pool: SqlitePool, data_dir: &Path) -> Result<Self, StoreError> {
         let vkey: Option<String> = sqlx::query_scalar("SELECT value FROM log_meta WHERE name = 'vkey'")
             .fetch_optional(&pool)
             .await
             .map_err(|e| StoreError::Corrupt(format!("cannot read the log's metadata: {e}")))?;
         let vkey = vkey.ok_or_else(|| StoreError::Corrupt("the log has no verifier key recorded".into()))?;
-        Ok(Self { pool, vkey: VerifierKey::from_str(&vkey)? })
+        Ok(Self { pool, vkey: VerifierKey::from_str(&vkey)?, files: PayloadFiles::new(data_dir) })
     }
 
     /// The read-only connection pool, for queries this type has no method for
-    /// (the rules crate reads kind-3 records and retained payloads with it).
+    /// (the rules crate reads kind-3 records with it). Payloads are read
+    /// with [`LogReader::payloads`]: the large ones are files.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    pub(crate) fn files(&self) -> &PayloadFiles {
+        &self.files
+    }
+
+    /// The stored payloads of the records `indices` (an erased payload, or
+    /// a record without one, is not in the map).
+    pub async fn payloads(&self, indices: &[u64]) -> Result<HashMap<u64, Vec<u8>>, StoreError> {
+        let mut found = HashMap::new();
+        for chunk in indices.chunks(256) {
+            let list = serde_json::to_string(chunk).expect("a list of integers serializes");
+            let rows: Vec<(i64, Vec<u8>, Option<i64>)> = sqlx::query_as(
+                "SELECT idx, data, file_len FROM payloads WHERE idx IN (SELECT value FROM json_each(?))",
+            )
+            .bind(list)
+            .fetch_all(&self.pool)
+            .await?;
+            for (idx, data, file_len) in rows {
+                if let Some(payload) = self.files.resolve(idx, Some(data), file_len).await? {
+                    found.insert(to_u64(idx)?, payload);
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// The log's verifier key.
@@ -137,20 +165,19 @@ impl LogReader {
     /// The record at `index`, with its payload if stored.
     pub async fn record(&self, index: u64) -> Result<Option<StoredRecord>, StoreError> {
         let row = sqlx::query(
-            "SELECT r.body, r.leaf, p.data FROM records r LEFT JOIN payloads p ON p.idx = r.idx WHERE r.idx = ?",
+            "SELECT r.body, r.leaf, p.data, p.file_len FROM records r LEFT JOIN payloads p ON p.idx = r.idx \
+             WHERE r.idx = ?",
         )
         .bind(to_i64(index))
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|row| {
-            Ok(StoredRecord {
-                index,
-                body: row.try_get(0)?,
-                leaf: to_hash(row.try_get::<&[u8], _>(1)?, "leaf hash")?,
-                payload: row.try_get(2)?,
-            })
-        })
-        .transpose()
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(StoredRecord {
+            index,
+            body: row.try_get(0)?,
+            leaf: to_hash(row.try_get::<&[u8], _>(1)?, "leaf hash")?,
+            payload: self.files.resolve(to_i64(index), row.try_get(2)?, row.try_get(3)?).await?,
+        }))
     }
 
     /// Up to `limit` records from `from` (inclusive) to `to` (exclusive),
@@ -158,7 +185,7 @@ impl LogReader {
     /// read back in one query (the external router's refill).
     pub async fn records_between(&self, from: u64, to: u64, limit: u32) -> Result<Vec<StoredRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT r.idx, r.body, r.leaf, p.data FROM records r LEFT JOIN payloads p ON p.idx = r.idx \
+            "SELECT r.idx, r.body, r.leaf, p.data, p.file_len FROM records r LEFT JOIN payloads p ON p.idx = r.idx \
              WHERE r.idx >= ? AND r.idx < ? ORDER BY r.idx LIMIT ?",
         )
         .bind(to_i64(from))
@@ -166,16 +193,17 @@ impl LogReader {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(StoredRecord {
-                    index: to_u64(row.try_get(0)?)?,
-                    body: row.try_get(1)?,
-                    leaf: to_hash(row.try_get::<&[u8], _>(2)?, "leaf hash")?,
-                    payload: row.try_get(3)?,
-                })
-            })
-            .collect()
+        let mut records = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let idx: i64 = row.try_get(0)?;
+            records.push(StoredRecord {
+                index: to_u64(idx)?,
+                body: row.try_get(1)?,
+                leaf: to_hash(row.try_get::<&[u8], _>(2)?, "leaf hash")?,
+                payload: self.files.resolve(idx, row.try_get(3)?, row.try_get(4)?).await?,
+            });
+        }
+        Ok(records)
     }
 
     /// The latest block, or the block of the given size; an error naming

@@ -6,13 +6,14 @@
 //! one the manifest describes and verifies, that no broker has the data
 //! directory open, and that a log it replaces is moved aside, not deleted.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use super::backup::{
-    BACKUP_FILES, BACKUP_FORMAT, BackupError, MANIFEST_FILE, Manifest, check_copy, copy_hashing, io_error,
-    private_options, remove_reader_files, sync_dir,
+    BACKUP_FILES, BACKUP_FORMAT, BackupError, MANIFEST_FILE, Manifest, check_copy, copy_checked, io_error,
+    remove_reader_files, sync_dir,
 };
+use super::backup_payloads::{payload_index, stage_payload_files};
+use super::payload_files::PAYLOAD_DIR;
 use super::reader::LogReader;
 use super::verify::Progress;
 use super::writer::lock_data_dir;
@@ -69,7 +70,7 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, BackupError> {
         return Err(BackupError::Manifest(format!("format {:?} is not {BACKUP_FORMAT:?}", manifest.format)));
     }
     for name in manifest.files.keys() {
-        if !BACKUP_FILES.contains(&name.as_str()) {
+        if !BACKUP_FILES.contains(&name.as_str()) && payload_index(name).is_none() {
             return Err(BackupError::Manifest(format!("names a file {name:?} that no backup holds")));
         }
     }
@@ -143,9 +144,12 @@ pub async fn restore(
         Some((vkey, records)) => Some(move_aside(data_dir, vkey, records)?),
         None => None,
     };
-    // The database first: a log.key without its log.db is no log at all,
-    // and the broker would make a new one under it.
-    for name in [DB_FILE, KEY_FILE] {
+    // The payload files, then the database: a log.key without its log.db
+    // is no log at all, and the broker would make a new one under it.
+    for name in [PAYLOAD_DIR, DB_FILE, KEY_FILE] {
+        if name == PAYLOAD_DIR && !staging.join(name).exists() {
+            continue;
+        }
         let (from, to) = (staging.join(name), data_dir.join(name));
         std::fs::rename(&from, &to).map_err(io_error(&to))?;
     }
@@ -171,21 +175,9 @@ async fn stage(
 ) -> Result<(), BackupError> {
     for name in BACKUP_FILES {
         let (from, to) = (backup_dir.join(name), staging.join(name));
-        let expected = &manifest.files[name];
-        // Hashed as copied, not before: what is checked is what is restored,
-        // even if the backup changes meanwhile.
-        let source = File::open(&from).map_err(io_error(&from))?;
-        let mut target = private_options().open(&to).map_err(io_error(&to))?;
-        let actual = copy_hashing(source, &mut target, &from)?;
-        target.sync_all().map_err(io_error(&to))?;
-        if actual.sha256 != expected.sha256 || actual.bytes != expected.bytes {
-            return Err(BackupError::HashMismatch {
-                file: from.display().to_string(),
-                expected: expected.sha256.clone(),
-                actual: actual.sha256,
-            });
-        }
+        copy_checked(&from, &to, &manifest.files[name])?;
     }
+    stage_payload_files(backup_dir, staging, manifest)?;
     let seed = keyfile::load(&staging.join(KEY_FILE))?;
     let (records, block) = check_copy(staging, vkey, &seed, progress).await?;
     remove_reader_files(staging)?;
@@ -214,7 +206,7 @@ async fn describe(data_dir: &Path) -> (Option<String>, Option<u64>) {
 }
 
 /// Moves the data directory's log files (the database with its WAL and
-/// shared memory, and the key) to `replaced-<unix ms>/`.
+/// shared memory, the key and the payload files) to `replaced-<unix ms>/`.
 fn move_aside(data_dir: &Path, vkey: Option<String>, records: Option<u64>) -> Result<Replaced, BackupError> {
     let moved_to = data_dir.join(format!("replaced-{}", now_ms()));
     std::fs::create_dir(&moved_to).map_err(io_error(&moved_to))?;
@@ -222,7 +214,10 @@ fn move_aside(data_dir: &Path, vkey: Option<String>, records: Option<u64>) -> Re
     // The WAL before the database: a database left without its WAL by a
     // crash here is the old log short of its last commits, while the new
     // database beside an old WAL would have those pages written into it.
-    for name in [format!("{DB_FILE}-wal"), format!("{DB_FILE}-shm"), DB_FILE.to_string(), KEY_FILE.to_string()] {
+    let names = [format!("{DB_FILE}-wal"), format!("{DB_FILE}-shm"), DB_FILE.to_string(), KEY_FILE.to_string()];
+    // The payload files too (no broker can open the directory meanwhile:
+    // the restore holds its lock).
+    for name in names.into_iter().chain([PAYLOAD_DIR.to_string()]) {
         let from = data_dir.join(&name);
         match std::fs::rename(&from, moved_to.join(&name)) {
             Ok(()) => {}

@@ -15,6 +15,7 @@ use super::checkpointer::{self, Checkpointer};
 use super::follower::{Derived, Follower};
 use super::index::{self, NameCache};
 use super::keyfile;
+use super::payload_files::PayloadFiles;
 use super::pending::Pending;
 use super::reader::{LogReader, SealedBlock, connect_options};
 use super::retained;
@@ -120,12 +121,16 @@ impl Log {
         let mut conn = SqliteConnection::connect_with(&options).await?;
         super::migrate(&mut conn).await?;
         let key = opening::init_meta(&mut conn, &config, &seed).await?;
+        let swept = PayloadFiles::new(dir).sweep(&mut conn).await?;
+        if swept > 0 {
+            tracing::warn!(files = swept, "removed payload files of records that were never committed or were erased");
+        }
 
         let pool = sqlx::sqlite::SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(connect_options(&dir.join(DB_FILE)).read_only(true))
             .await?;
-        let reader = LogReader::from_pool(pool).await?;
+        let reader = LogReader::from_pool(pool, dir).await?;
 
         let (derived_tx, derived) = mpsc::unbounded_channel();
         let mut sequencer = Sequencer::resume(conn, options, key, &reader, &config, derived_tx).await?;
@@ -324,6 +329,8 @@ struct Sequencer {
     sealed: Option<watch::Sender<Option<SealedBlock>>>,
     /// Ids of device ids and topics in the search index.
     names: NameCache,
+    /// Where payloads of `FILE_MIN` bytes or more are written.
+    files: PayloadFiles,
     /// Told after each commit; `None` until the log serves appends.
     checkpoints: Option<Checkpointer>,
     /// Sees each record as it is appended (see `following.rs`).
@@ -383,6 +390,7 @@ impl Sequencer {
             block_interval: config.block_interval,
             sealed: None,
             names: NameCache::default(),
+            files: PayloadFiles::new(&config.data_dir),
             checkpoints: None,
             follower: None,
             derived,
@@ -536,7 +544,7 @@ impl Sequencer {
     async fn insert(&mut self, group: &mut [(Vec<Entry>, Reply)]) -> Result<(), StoreError> {
         let mut rows: Vec<(i64, &mut Entry)> =
             (self.next_index..).map(to_i64).zip(group.iter_mut().flat_map(|(entries, _)| entries)).collect();
-        let mut payloads = append::take_payloads(&mut rows);
+        let mut payloads = append::take_payloads(&mut rows, &self.files).await?;
         let rows: Vec<(i64, &Entry)> = rows.into_iter().map(|(idx, entry)| (idx, &*entry)).collect();
         if !append::commit_in_one_trip(&mut self.conn, &rows, &mut payloads, &self.names).await? {
             let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;

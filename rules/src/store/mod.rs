@@ -120,12 +120,12 @@ pub async fn load(reader: &LogReader) -> Result<Rules, RuleStoreError> {
     let mut conn = reader.pool().acquire().await?;
     // One read transaction: the records, the count and the retained table agree.
     sqlx::query("BEGIN").execute(&mut *conn).await?;
-    let loaded = load_in(&mut conn).await;
+    let loaded = load_in(&mut conn, reader).await;
     sqlx::query("ROLLBACK").execute(&mut *conn).await?;
     loaded
 }
 
-async fn load_in(conn: &mut SqliteConnection) -> Result<Rules, RuleStoreError> {
+async fn load_in(conn: &mut SqliteConnection, reader: &LogReader) -> Result<Rules, RuleStoreError> {
     let head: Option<i64> = sqlx::query_scalar("SELECT max(idx) FROM records").fetch_one(&mut *conn).await?;
     let head = head.map_or(0, |m| u64::try_from(m + 1).unwrap_or(0));
     let mut rules = Rules::new(0);
@@ -133,13 +133,19 @@ async fn load_in(conn: &mut SqliteConnection) -> Result<Rules, RuleStoreError> {
         rules.seek(entry.index);
         rules.apply(entry.index, &Record::Rule(entry.record), None);
     }
-    let retained: Vec<(String, i64, Option<Vec<u8>>)> =
-        sqlx::query_as("SELECT t.topic, t.idx, p.data FROM retained t LEFT JOIN payloads p ON p.idx = t.idx")
-            .fetch_all(&mut *conn)
-            .await?;
-    for (topic, idx, data) in retained {
-        let value = RetainedTexts::value_of(u64::try_from(idx).unwrap_or(0), data.as_deref());
-        rules.set_retained(&topic, value);
+    let retained: Vec<(String, i64, Option<Vec<u8>>, bool)> = sqlx::query_as(
+        "SELECT t.topic, t.idx, p.data, p.file_len IS NOT NULL FROM retained t LEFT JOIN payloads p ON p.idx = t.idx",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    // Large payloads are files beside the database; their rows hold no bytes.
+    let in_files: Vec<u64> =
+        retained.iter().filter(|(.., in_file)| *in_file).filter_map(|(_, idx, ..)| u64::try_from(*idx).ok()).collect();
+    let mut files = reader.payloads(&in_files).await?;
+    for (topic, idx, data, in_file) in retained {
+        let index = u64::try_from(idx).unwrap_or(0);
+        let payload = if in_file { files.remove(&index) } else { data };
+        rules.set_retained(&topic, RetainedTexts::value_of(index, payload.as_deref()));
     }
     rules.seek(head);
     rules.commit();

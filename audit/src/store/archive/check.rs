@@ -283,11 +283,11 @@ async fn check_tile(
     let fetch = |sql| sqlx::query_as::<_, (i64, Vec<u8>)>(sql).bind(to_i64(start)).bind(to_i64(end));
     let records: Rows = fetch(in_log("records", "body")).fetch_all(reader.pool()).await?;
     let kept: Rows = fetch(in_log("kept_leaves", "leaf")).fetch_all(reader.pool()).await?;
-    let stored_payloads: Rows = fetch(in_log("payloads", "data")).fetch_all(reader.pool()).await?;
     let by_index = |rows: Rows| -> Result<HashMap<u64, Vec<u8>>, StoreError> {
         rows.into_iter().map(|(idx, bytes)| Ok((to_u64(idx)?, bytes))).collect()
     };
-    let (records, kept, stored_payloads) = (by_index(records)?, by_index(kept)?, by_index(stored_payloads)?);
+    let (records, kept) = (by_index(records)?, by_index(kept)?);
+    let stored_payloads = reader.payloads(&(start..end).collect::<Vec<u64>>()).await?;
 
     for (k, entry) in entries.iter().enumerate() {
         let index = start + k as u64;

@@ -16,13 +16,14 @@ const GROUP: i64 = 1 << STORED_LEVEL_STEP;
 
 /// Removes records `[from, to)` the archive holds, except kind-2 and kind-3
 /// records and current retained messages; returns the rows and bytes
-/// (bodies and payloads) removed. `from` must still be the archived size.
+/// (bodies and payloads) removed, and the records whose payload files are
+/// to be removed once committed. `from` must still be the archived size.
 pub(crate) async fn prune(
     conn: &mut SqliteConnection,
     from: u64,
     to: u64,
     checkpoint: &str,
-) -> Result<(u64, u64), StoreError> {
+) -> Result<(u64, u64, Vec<u64>), StoreError> {
     let (from_i, to_i) = (to_i64(from), to_i64(to));
     let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
     let now = super::archived_size(&mut *tx).await?;
@@ -41,7 +42,7 @@ pub(crate) async fn prune(
     .fetch_one(&mut *tx)
     .await?;
     let payload_bytes: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
-        "SELECT coalesce(sum(length(data)), 0) FROM payloads WHERE {GOES} \
+        "SELECT coalesce(sum(coalesce(file_len, length(data))), 0) FROM payloads WHERE {GOES} \
          AND idx IN (SELECT idx FROM records WHERE {GOES} AND substr(body, 2, 1) = x'01')"
     )))
     .bind(from_i)
@@ -76,14 +77,18 @@ pub(crate) async fn prune(
     .bind(GROUP)
     .execute(&mut *tx)
     .await?;
-    sqlx::query(AssertSqlSafe(format!(
+    let files: Vec<i64> = sqlx::query_scalar::<_, Option<i64>>(AssertSqlSafe(format!(
         "DELETE FROM payloads WHERE {GOES} \
-         AND idx IN (SELECT idx FROM records WHERE {GOES} AND substr(body, 2, 1) = x'01')"
+         AND idx IN (SELECT idx FROM records WHERE {GOES} AND substr(body, 2, 1) = x'01') \
+         RETURNING CASE WHEN file_len IS NOT NULL THEN idx END"
     )))
     .bind(from_i)
     .bind(to_i)
-    .execute(&mut *tx)
-    .await?;
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .flatten()
+    .collect();
     sqlx::query(AssertSqlSafe(format!("DELETE FROM record_index WHERE {GOES} AND kind = 1")))
         .bind(from_i)
         .bind(to_i)
@@ -95,5 +100,5 @@ pub(crate) async fn prune(
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok((records, bytes))
+    Ok((records, bytes, files.into_iter().filter_map(|idx| u64::try_from(idx).ok()).collect()))
 }

@@ -14,7 +14,7 @@ use crate::store::{DB_FILE, LogReader, StoreError, to_i64, to_u64};
 use crate::tiles::{TILE_HEIGHT, TILE_WIDTH, push_entry, split_bundle, split_hashes, tile_levels, tile_path};
 
 /// A record as read for the archive: index, bytes, leaf hash, payload.
-type StoredRow = (i64, Vec<u8>, Vec<u8>, Option<Vec<u8>>);
+type StoredRow = (i64, Vec<u8>, Vec<u8>, Option<Vec<u8>>, Option<i64>);
 /// The same without its index (the rows are checked contiguous).
 type Row = (Vec<u8>, Vec<u8>, Option<Vec<u8>>);
 
@@ -105,8 +105,12 @@ pub async fn archive(data_dir: &Path, below: u64, dir: &ArchiveDir) -> Result<Ar
         return Err(ArchiveError::Refused(format!("the archive checked is of size {}, not {size}", check.tree_size)));
     }
     outcome.check = check;
-    let (records, bytes) = prune::prune(&mut conn, previous, size, &note).await?;
+    let (records, bytes, files) = prune::prune(&mut conn, previous, size, &note).await?;
     conn.close().await?;
+    // After the commit: a crash before these unlinks leaves files no row
+    // names, which the broker's next open removes.
+    let payload_files = reader.files().clone();
+    let _ = tokio::task::spawn_blocking(move || payload_files.remove(files)).await;
     outcome.records = records;
     outcome.bytes = bytes;
     outcome.tree_size = size;
@@ -205,7 +209,7 @@ impl Writer<'_> {
     /// Records `[from, to)` with leaf and payload; all must be there.
     async fn rows(&self, from: u64, to: u64) -> Result<Vec<Row>, ArchiveError> {
         let rows: Vec<StoredRow> = sqlx::query_as(
-            "SELECT r.idx, r.body, r.leaf, p.data FROM records r LEFT JOIN payloads p ON p.idx = r.idx \
+            "SELECT r.idx, r.body, r.leaf, p.data, p.file_len FROM records r LEFT JOIN payloads p ON p.idx = r.idx \
              WHERE r.idx >= ? AND r.idx < ? ORDER BY r.idx",
         )
         .bind(to_i64(from))
@@ -220,7 +224,11 @@ impl Writer<'_> {
         if rows.len() as u64 != to - from {
             return Err(StoreError::Corrupt(format!("records {from}..{to} are not all stored")).into());
         }
-        Ok(rows.into_iter().map(|(_, body, leaf, payload)| (body, leaf, payload)).collect())
+        let mut read = Vec::with_capacity(rows.len());
+        for (idx, body, leaf, data, file_len) in rows {
+            read.push((body, leaf, self.reader.files().resolve(idx, data, file_len).await?));
+        }
+        Ok(read)
     }
 
     /// The first `width` entries of tile `n`, from the previous archive's partial files.

@@ -10,6 +10,7 @@ use sqlx::SqlitePool;
 
 mod records;
 
+use self::records as records_mod;
 use records::{RawRecord, RecordStream};
 
 use super::archive::gap::check_kept_leaves;
@@ -182,7 +183,7 @@ pub async fn verify_with_archive(
     };
     let erasures = Erasures::load(reader, total).await?;
     let mut run = Run {
-        records: RecordStream::spawn(reader.pool().clone(), archived, total, erasures.clone()),
+        records: RecordStream::spawn(reader.pool().clone(), reader.files().clone(), archived, total, erasures.clone()),
         erasures,
         frontier,
         archived,
@@ -192,7 +193,7 @@ pub async fn verify_with_archive(
         retained: RetainedState::default(),
         retained_table,
     };
-    let kept = run.kept(reader.pool(), &mut report).await;
+    let kept = run.kept(reader, &mut report).await;
     let outcome = match kept {
         Ok(()) => {
             run.blocks(reader.pool(), vkey, &mut report, &mut |records| progress(Progress { records, total })).await
@@ -241,7 +242,7 @@ impl<E: Into<StoreError>> From<E> for Step {
 }
 
 /// A record kept below the archived size: index, leaf, bytes, payload.
-type KeptRow = (i64, Vec<u8>, Vec<u8>, Option<Vec<u8>>);
+type KeptRow = (i64, Vec<u8>, Vec<u8>, Option<Vec<u8>>, Option<i64>);
 
 /// One row of `blocks`, as stored.
 #[derive(sqlx::FromRow)]
@@ -276,7 +277,8 @@ struct Run {
 impl Run {
     /// The records kept below the archived size, each on its own, in order
     /// (they carry the retained state across the archived gap).
-    async fn kept(&mut self, pool: &SqlitePool, report: &mut VerifyReport) -> Result<(), Step> {
+    async fn kept(&mut self, reader: &LogReader, report: &mut VerifyReport) -> Result<(), Step> {
+        let pool = reader.pool();
         if self.archived == 0 {
             return Ok(());
         }
@@ -284,15 +286,16 @@ impl Run {
             fail(Place::Record(index), what)?;
         }
         let rows: Vec<KeptRow> = sqlx::query_as(
-            "SELECT r.idx, r.leaf, r.body, p.data FROM records r LEFT JOIN payloads p ON p.idx = r.idx \
+            "SELECT r.idx, r.leaf, r.body, p.data, p.file_len FROM records r LEFT JOIN payloads p ON p.idx = r.idx \
              WHERE r.idx < ? ORDER BY r.idx",
         )
         .bind(to_i64(self.archived))
         .fetch_all(pool)
         .await?;
-        for (idx, leaf, body, payload) in rows {
+        for (idx, leaf, body, data, file_len) in rows {
             let index = to_u64(idx)?;
-            let record = RawRecord::check(index, &leaf, &body, payload.as_deref(), &self.erasures);
+            let payload = records_mod::read_payload(reader.files(), idx, data.map(|data| (data, file_len))).await;
+            let record = RawRecord::check(index, &leaf, &body, &payload, &self.erasures);
             self.check_record(index, &record, report)?;
         }
         Ok(())

@@ -5,6 +5,7 @@ use sqlx::SqlitePool;
 use tokio::sync::mpsc;
 
 use super::super::erasure::{ERASURE_DEVICE, ErasureRecord, Erasures};
+use super::super::payload_files::PayloadFiles;
 use super::super::{StoreError, to_i64, to_u64};
 use super::{RECORD_CHUNK, Step};
 use crate::{Hash, Record, RetainedChange, leaf_hash, sha256};
@@ -28,17 +29,23 @@ pub(super) struct RawRecord {
 impl RawRecord {
     /// Checks what can be checked of one record alone: the stored leaf hash
     /// is the hash of its bytes, it decodes, and a stored payload matches
-    /// the record's payload hash and length.
+    /// the record's payload hash and length (`Err`: its payload file could
+    /// not be read, see [`read_payload`]).
     pub(super) fn check(
         index: u64,
         stored_leaf: &[u8],
         body: &[u8],
-        payload: Option<&[u8]>,
+        payload: &Result<Option<Vec<u8>>, String>,
         erasures: &Erasures,
     ) -> Self {
         let mut retained = None;
         let (mut erased, mut erasure, mut unaccounted) = (false, false, false);
+        let unreadable = payload.as_ref().err();
+        let payload = payload.as_ref().ok().and_then(Option::as_deref);
         let verdict = (|| {
+            if let Some(why) = unreadable {
+                return Err(format!("its payload file: {why}"));
+            }
             let leaf = leaf_hash(body);
             if stored_leaf != leaf {
                 return Err("its bytes do not hash to the stored leaf hash".to_string());
@@ -70,6 +77,17 @@ impl RawRecord {
     }
 }
 
+/// The payload of a `payloads` row (`None`: no row), its file read back
+/// when it is one; why the file cannot be read otherwise.
+pub(super) async fn read_payload(
+    files: &PayloadFiles,
+    idx: i64,
+    row: Option<(Vec<u8>, Option<i64>)>,
+) -> Result<Option<Vec<u8>>, String> {
+    let Some((data, file_len)) = row else { return Ok(None) };
+    files.resolve(idx, Some(data), file_len).await.map_err(|e| e.to_string())
+}
+
 /// Records in index order, read and checked ahead by a separate task so
 /// that SQLite reads, record checks and tree work overlap.
 pub(super) struct RecordStream {
@@ -81,7 +99,7 @@ impl RecordStream {
     /// Streams records `[start, end)`. Three stages overlap: SQLite reads
     /// (records and payloads as two sequential scans, merged here), record
     /// checks (hashing, decoding) on this task, tree work on the caller's.
-    pub(super) fn spawn(pool: SqlitePool, start: u64, end: u64, erasures: Erasures) -> Self {
+    pub(super) fn spawn(pool: SqlitePool, files: PayloadFiles, start: u64, end: u64, erasures: Erasures) -> Self {
         let (tx, chunks) = mpsc::channel(2);
         let (raw_tx, mut raw_rx) = mpsc::channel(2);
         tokio::spawn(async move {
@@ -93,8 +111,8 @@ impl RecordStream {
                 .bind(to_i64(from))
                 .bind(to_i64(to))
                 .fetch_all(&pool);
-                let payloads = sqlx::query_as::<_, (i64, Vec<u8>)>(
-                    "SELECT idx, data FROM payloads WHERE idx >= ? AND idx < ? ORDER BY idx",
+                let payloads = sqlx::query_as::<_, (i64, Vec<u8>, Option<i64>)>(
+                    "SELECT idx, data, file_len FROM payloads WHERE idx >= ? AND idx < ? ORDER BY idx",
                 )
                 .bind(to_i64(from))
                 .bind(to_i64(to))
@@ -111,17 +129,31 @@ impl RecordStream {
         });
         tokio::spawn(async move {
             while let Some(read) = raw_rx.recv().await {
-                let chunk = read.and_then(|(records, payloads)| {
-                    let mut payloads = payloads.into_iter().peekable();
-                    records
-                        .iter()
-                        .map(|(idx, leaf, body)| {
-                            while payloads.next_if(|(p, _)| p < idx).is_some() {}
-                            let payload = payloads.next_if(|(p, _)| p == idx).map(|(_, data)| data);
-                            Ok(RawRecord::check(to_u64(*idx)?, leaf, body, payload.as_deref(), &erasures))
-                        })
-                        .collect::<Result<Vec<_>, StoreError>>()
-                });
+                let chunk = match read {
+                    Ok((records, payloads)) => {
+                        let mut payloads = payloads.into_iter().peekable();
+                        let mut chunk = Ok(Vec::with_capacity(records.len()));
+                        for (idx, leaf, body) in &records {
+                            while payloads.next_if(|(p, ..)| p < idx).is_some() {}
+                            let row = payloads.next_if(|(p, ..)| p == idx);
+                            let payload = read_payload(&files, *idx, row.map(|(_, data, file_len)| (data, file_len)));
+                            let index = match to_u64(*idx) {
+                                Ok(index) => index,
+                                Err(e) => {
+                                    chunk = Err(e);
+                                    break;
+                                }
+                            };
+                            let payload = payload.await;
+                            let record = RawRecord::check(index, leaf, body, &payload, &erasures);
+                            if let Ok(chunk) = &mut chunk {
+                                chunk.push(record);
+                            }
+                        }
+                        chunk
+                    }
+                    Err(e) => Err(e),
+                };
                 let failed = chunk.is_err();
                 if tx.send(chunk).await.is_err() || failed {
                     return;

@@ -1,0 +1,16 @@
+-- sealmq schema 11: large payloads as files beside the database.
+--
+-- A payload of 64 KiB or more is written to `payloads/<idx / 4096>/<idx>`
+-- in the data directory and fsynced before the transaction that logs its
+-- record commits; its `payloads` row then holds an empty `data` and the
+-- file's length in `file_len`. In SQLite a 1 MiB blob was written three
+-- times (the WAL, the checkpoint's copy into the database, sqlx's bind
+-- copy) and kept the database file from shrinking when erased; as a file
+-- it is written once and erasing it frees its space at once.
+--
+-- The row stays the payload's only proof of existence: a file with no row
+-- (from a group that never committed, or an erasure that stopped between
+-- its commit and the unlink) is removed when the log is opened, and every
+-- reader checks the bytes against the length here (and `audit verify`
+-- against the record's hash).
+ALTER TABLE payloads ADD COLUMN file_len INTEGER CHECK (file_len IS NULL OR file_len >= 0);

@@ -1,0 +1,65 @@
+//! A large payload through the real broker (migration 0011): published
+//! QoS 1 and retained, it is delivered whole, its PUBACK comes once its
+//! file `payloads/<n>/<index>` holds exactly its bytes, a subscriber after
+//! a restart gets the retained message read back from that file, `audit
+//! verify` checks it against the record, and a changed byte in the file is
+//! a failure naming the record.
+
+mod common;
+
+use std::time::Duration;
+
+use rumqttc::v5::mqttbytes::v5;
+
+use common::broker::BrokerProcess;
+use common::mqtt::{self, QoS};
+use common::{sealmq, verify_ok};
+
+/// Larger than the store's threshold for files (64 KiB), below the default
+/// maximum packet size (1 MiB + 1 KiB).
+const SIZE: u32 = 300_000;
+
+#[test]
+fn a_large_retained_payload_is_delivered_logged_in_its_file_and_served_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let payload: Vec<u8> = (0..SIZE).map(|i| (i.wrapping_mul(7) % 251) as u8).collect();
+
+    let broker = BrokerProcess::start(data, &[]);
+    let mut subscriber = mqtt::connect5(broker.mqtt, "files-sub");
+    assert_eq!(mqtt::subscribe5(&mut subscriber, 1, "files/#", QoS::AtLeastOnce), [1]);
+    let mut publisher = mqtt::connect5(broker.mqtt, "files-pub");
+    let v5::Packet::Publish(publish) = mqtt::publish5_packet("files/big", QoS::AtLeastOnce, 1, &payload, true, vec![])
+    else {
+        unreachable!()
+    };
+    let ack = mqtt::publish5_acked(&mut publisher, publish).expect("a PUBACK");
+    assert!(ack.ack_reason() < 0x80, "refused: {:?}", ack.reason_string());
+    let index: u64 = ack.user_property("sealmq-index").expect("sealmq-index in the PUBACK").parse().unwrap();
+    // Acknowledged means durable: the file is complete by now.
+    let file = data.join("payloads").join((index / 4096).to_string()).join(index.to_string());
+    assert_eq!(std::fs::read(&file).expect("the payload's file"), payload);
+    let delivered = subscriber.next_publish5(Duration::from_secs(10)).expect("the publish is delivered");
+    assert_eq!((delivered.topic.as_ref(), delivered.payload.len()), (&b"files/big"[..], payload.len()));
+    assert!(delivered.payload[..] == payload[..], "delivered whole");
+    broker.stop();
+
+    // The retained message of a restarted broker comes from the log, so
+    // from the file.
+    let broker = BrokerProcess::start(data, &[]);
+    let mut late = mqtt::connect5(broker.mqtt, "files-late");
+    assert_eq!(mqtt::subscribe5(&mut late, 1, "files/big", QoS::AtLeastOnce), [1]);
+    let retained = late.next_publish5(Duration::from_secs(10)).expect("the retained message");
+    assert!(retained.retain, "MQTT 5 §3.3.1.3: retained messages sent on a new subscription have RETAIN set");
+    assert!(retained.payload[..] == payload[..], "the retained payload is read back whole");
+    broker.stop();
+
+    let verified = verify_ok(data);
+    assert!(verified.payloads >= 1, "the file's payload was checked: {verified:?}");
+
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[SIZE as usize / 2] ^= 0x01;
+    std::fs::write(&file, &bytes).unwrap();
+    let failed = sealmq(data, &["audit", "verify"]).failed();
+    assert!(failed.contains(&format!("record {index}")), "the failure names record {index}: {failed}");
+}
