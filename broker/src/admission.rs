@@ -167,7 +167,7 @@ pub fn admit_checked(
         signature: sb,
         cause: None,
     });
-    let mut entry = match Entry::new(&record, Some(payload.to_vec())) {
+    let mut entry = match Entry::with_payload(&record, Some(payload.clone())) {
         Ok(entry) => entry,
         Err(e) => return rejected(Rejection::Malformed, PAYLOAD_FORMAT_INVALID, e.to_string()),
     };

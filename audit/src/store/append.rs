@@ -43,10 +43,12 @@ pub(super) async fn take_payloads(
     rows: &mut [(i64, &mut Entry)],
     files: &PayloadFiles,
 ) -> Result<GroupPayloads, StoreError> {
-    let (large, in_rows): (Vec<_>, Vec<_>) = rows
+    let (large, small): (Vec<_>, Vec<_>) = rows
         .iter_mut()
         .filter_map(|(idx, entry)| Some((*idx, entry.payload.take()?)))
         .partition(|(_, payload)| payload.len() >= FILE_MIN);
+    // Without a copy when the entry held the only reference.
+    let in_rows = small.into_iter().map(|(idx, payload)| (idx, Vec::from(payload))).collect();
     if large.is_empty() {
         return Ok(GroupPayloads { in_rows, in_files: Vec::new() });
     }

@@ -1,6 +1,8 @@
 //! A record as the sequencer takes it ([`Entry`]): encoded and hashed on
 //! the caller's thread, with the side effects its transaction must carry.
 
+use bytes::Bytes;
+
 use crate::mqs1::Kid;
 use crate::{DecodeError, Hash, Record, RetainedChange, leaf_hash};
 
@@ -16,7 +18,7 @@ use crate::{DecodeError, Hash, Record, RetainedChange, leaf_hash};
 pub struct Entry {
     pub(super) body: Vec<u8>,
     pub(super) leaf: Hash,
-    pub(super) payload: Option<Vec<u8>>,
+    pub(super) payload: Option<Bytes>,
     pub(super) retained: Option<RetainedUpdate>,
     pub(super) replay: Option<ReplayUpdate>,
 }
@@ -47,6 +49,13 @@ impl Entry {
     /// Pass the payload of a retained publish, or there is nothing to
     /// restore it from after a restart.
     pub fn new(record: &Record, payload: Option<Vec<u8>>) -> Result<Self, DecodeError> {
+        Self::with_payload(record, payload.map(Bytes::from))
+    }
+
+    /// [`Entry::new`] with a payload the caller keeps using (the broker
+    /// delivers the same bytes): shared, not copied. A large payload goes
+    /// from here to its file without a copy of its own.
+    pub fn with_payload(record: &Record, payload: Option<Bytes>) -> Result<Self, DecodeError> {
         let body = record.encode()?;
         let retained = RetainedChange::of(record).map(|change| RetainedUpdate {
             topic: change.topic().to_string(),
