@@ -9,9 +9,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use sealmq_audit::store::archive::{ArchiveDir, archive};
 use sealmq_audit::store::{
     Entry, ErasureSpec, FILE_MIN, Log, LogConfig, LogReader, PAYLOAD_DIR, Place, Reason, Replace, Resume, backup,
-    restore, verify,
+    restore, verify, verify_with_archive,
 };
 use sealmq_audit::{PublishRecord, Record, sha256};
 
@@ -193,4 +194,34 @@ async fn a_backup_carries_the_payload_files_and_a_restore_checks_them() {
         "{refused:?}"
     );
     assert!(!damaged.join("log.db").exists(), "nothing was restored");
+}
+
+#[tokio::test]
+async fn archiving_moves_large_payloads_into_the_archive_and_removes_their_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, tiles) = (dir.path().join("data"), ArchiveDir::new(dir.path().join("archive")));
+    let (log, payloads) = log_with_sizes(&data).await;
+    // A record after the archived ones, so that the archive ends below the head.
+    log.append_one(publish("e", payload(FILE_MIN, 7))).await.unwrap();
+    while log.seal_now().await.unwrap().is_some() {}
+    log.close().await.unwrap();
+
+    let outcome = archive(&data, 4, &tiles).await.unwrap();
+    assert_eq!((outcome.tree_size, outcome.records), (4, 4));
+    // Bytes removed: the payloads, files included, and the four records' bodies.
+    let payload_bytes = sizes().iter().sum::<usize>() as u64;
+    assert!((payload_bytes..payload_bytes + 4 * 200).contains(&outcome.bytes), "{} bytes removed", outcome.bytes);
+    for index in 0..4 {
+        assert!(!file_of(&data, index).exists(), "payload file {index} was removed with its row");
+        assert_eq!(
+            tiles.payload(index, 4).unwrap().as_ref(),
+            Some(&payloads[index as usize]),
+            "archived payload {index}"
+        );
+    }
+    assert!(file_of(&data, 4).exists(), "the record after the archive keeps its file");
+
+    let reader = LogReader::open(&data).await.unwrap();
+    let report = verify_with_archive(&reader, reader.verifier_key(), Some(&tiles), |_| {}).await.unwrap();
+    assert!(report.is_ok(), "{:?}", report.failure);
 }
