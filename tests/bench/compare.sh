@@ -422,7 +422,7 @@ printf '%s\n' "${unpinned_scenarios[@]}" > "$out/unpinned.txt"
 export OUT="$out" BENCHMARKS="$benchmarks" WRITE="$write" QUICK="$quick" MQTT="$mqtt" CPU="$cpu" CORES="$cores" \
   RAM="$ram" KERNEL="$(uname -r)" REV="$rev" RUMQTTD="$rumqttd_version" MOSQUITTO="$mosquitto_version" \
   RUSTC="$(rustc --version)" PINNING="$pinning" FILE_LIMIT="$fd_limit" PORT_RANGE="$port_range" \
-  MAX_CONNECTIONS="$max_connections"
+  MAX_CONNECTIONS="$max_connections" REPORT_ONLY="$report_only"
 python3 - <<'PY'
 
 import datetime, glob, json, os, re, sys
@@ -448,6 +448,12 @@ meta = {
     "file_limit": int(env["FILE_LIMIT"]),
     "ephemeral_ports": env["PORT_RANGE"],
 }
+# --report-only: the runs are the ones already in the directory, so the
+# date, the machine and the versions are theirs, not those of now.
+previous = os.path.join(out, "results.json")
+if env["REPORT_ONLY"] == "1" and os.path.exists(previous):
+    kept = json.load(open(previous)).get("meta", {})
+    meta.update({key: kept[key] for key in ("date", "machine", "versions") if key in kept})
 
 results = {}
 for run, label, args in scenarios:
