@@ -8,9 +8,10 @@
 -- copy) and kept the database file from shrinking when erased; as a file
 -- it is written once and erasing it frees its space at once.
 --
--- The row stays the payload's only proof of existence: a file with no row
--- (from a group that never committed, or an erasure that stopped between
--- its commit and the unlink) is removed when the log is opened, and every
--- reader checks the bytes against the length here (and `audit verify`
--- against the record's hash).
+-- The row stays the payload's only claim to be in the log: a file below
+-- the log's head with no row (an erasure that stopped between its commit
+-- and the unlink) is removed when the log is opened, one past the head (a
+-- group that never committed) is overwritten by the next payload file at
+-- its index, and every reader checks the bytes against the length here
+-- (and `audit verify` against the record's hash).
 ALTER TABLE payloads ADD COLUMN file_len INTEGER CHECK (file_len IS NULL OR file_len >= 0);

@@ -2,9 +2,9 @@
 //! or more is in `payloads/<n>/<index>`, durable when its record is, read
 //! back by every reader as if it were in the database; `verify` checks it
 //! against the record's hash and names the record whose file changed or
-//! went missing; erasing it removes the file; files a crash left without a
-//! row go when the log is opened; backups carry the files and restores
-//! check them.
+//! went missing; erasing it removes the file; files below the head that no
+//! row names go when the log is opened, files past it are overwritten;
+//! backups carry the files and restores check them.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -136,31 +136,33 @@ async fn erasing_a_large_payload_removes_its_file_and_counts_its_bytes() {
 }
 
 #[tokio::test]
-async fn files_no_row_names_are_removed_when_the_log_opens() {
+async fn files_below_the_head_that_no_row_names_are_removed_when_the_log_opens() {
     let dir = tempfile::tempdir().unwrap();
     let (log, payloads) = log_with_sizes(dir.path()).await;
     log.close().await.unwrap();
-    // What a crash leaves: the files of a group that never committed (past
-    // the head), one of a record whose payload is in its row, a stray name.
-    let strays = [
-        file_of(dir.path(), 4),
-        file_of(dir.path(), 5000),
-        file_of(dir.path(), 0),
-        dir.path().join(PAYLOAD_DIR).join("0").join("junk"),
-    ];
-    for stray in &strays {
+    // What an interrupted erasure or a crash leaves below the head: a file
+    // for a record whose payload is in its row, and a name that is no index.
+    let below = [file_of(dir.path(), 0), dir.path().join(PAYLOAD_DIR).join("0").join("junk")];
+    // Past the head: what a group that never committed left (index 4), and
+    // what a longer copy of the log would name (5000).
+    let past = [file_of(dir.path(), 4), file_of(dir.path(), 5000)];
+    for stray in below.iter().chain(&past) {
         std::fs::create_dir_all(stray.parent().unwrap()).unwrap();
         std::fs::write(stray, b"left over").unwrap();
     }
     let log = Log::open(config(dir.path())).await.unwrap();
-    for stray in &strays {
+    for stray in &below {
         assert!(!stray.exists(), "{} was removed", stray.display());
     }
+    for kept in &past {
+        assert_eq!(std::fs::read(kept).unwrap(), b"left over", "{} past the head is kept", kept.display());
+    }
     assert_eq!(std::fs::read(file_of(dir.path(), 3)).unwrap(), payloads[3], "a named file stays");
-    // The log goes on: the next large payload takes index 4, its own file.
+    // The next large payload takes index 4: its file replaces the leftover.
     let next = payload(FILE_MIN + 1, 9);
     assert_eq!(log.append_one(publish("e", next.clone())).await.unwrap(), 4);
     assert_eq!(std::fs::read(file_of(dir.path(), 4)).unwrap(), next);
+    assert_eq!(log.reader().record(4).await.unwrap().unwrap().payload, Some(next));
     log.close().await.unwrap();
 }
 

@@ -7,8 +7,9 @@
 //! transaction that logs its record commits; its `payloads` row keeps an
 //! empty `data` and the file's length in `file_len`. The row remains the
 //! payload's only claim to be in the log: a file without one is left over
-//! (a group that never committed, an erasure that stopped between its
-//! commit and the unlink) and [`PayloadFiles::sweep`] removes it.
+//! (an erasure that stopped between its commit and the unlink, a group
+//! that never committed) and [`PayloadFiles::sweep`] removes it once the
+//! log's head has passed its index.
 
 use std::collections::{BTreeSet, HashSet};
 use std::fs::File;
@@ -119,16 +120,26 @@ impl PayloadFiles {
         }
     }
 
-    /// Removes the payload files that no `payloads` row names, and returns
-    /// how many: what a crash left between writing a group's files and its
-    /// commit, or between an erasure's commit and its unlinks. Run when the
-    /// log is opened for writing, before anything is appended; it reads
-    /// only the rows of the files found.
+    /// Removes the payload files below the log's head that no `payloads`
+    /// row names, and returns how many: what an erasure or an archive run
+    /// left when it stopped between its commit and its unlinks, or a group
+    /// that never committed left at indices the log has used since. Run
+    /// when the log is opened for writing, before anything is appended; it
+    /// reads only the rows of the files found.
+    ///
+    /// A file at or past the head is kept: one a group that never
+    /// committed left is overwritten by the next payload file at its index,
+    /// and one that a longer copy of this log names (a database rolled back
+    /// by hand) is not this process's to delete.
     pub(crate) async fn sweep(&self, conn: &mut SqliteConnection) -> Result<usize, StoreError> {
         let this = self.clone();
         let found = tokio::task::spawn_blocking(move || this.list())
             .await
             .map_err(|e| StoreError::Io { path: self.root.clone(), source: std::io::Error::other(e) })??;
+        let head: Option<i64> = sqlx::query_scalar("SELECT max(idx) FROM records").fetch_one(&mut *conn).await?;
+        let head = head.map_or(0, |last| u64::try_from(last).map_or(0, |last| last + 1));
+        let found: Vec<(Option<u64>, PathBuf)> =
+            found.into_iter().filter(|(index, _)| index.is_none_or(|index| index < head)).collect();
         let mut stored = HashSet::new();
         let indices: Vec<u64> = found.iter().filter_map(|(index, _)| *index).collect();
         for chunk in indices.chunks(256) {
