@@ -210,8 +210,8 @@ impl Erasures {
     /// [`ERASURE_DEVICE`] and commits to the stored JSON: a doctored index
     /// cannot make a deleted payload look accounted for.
     pub(crate) async fn load(reader: &super::LogReader, end: u64) -> Result<Self, StoreError> {
-        let rows: Vec<(i64, Vec<u8>, Option<Vec<u8>>)> = sqlx::query_as(
-            "SELECT ri.idx, r.body, p.data FROM record_index ri JOIN index_names n ON n.id = ri.device \
+        let stored: Vec<super::payload_files::RecordRow> = sqlx::query_as(
+            "SELECT ri.idx, r.body, p.data, p.file_len FROM record_index ri JOIN index_names n ON n.id = ri.device \
              JOIN records r ON r.idx = ri.idx LEFT JOIN payloads p ON p.idx = ri.idx \
              WHERE n.name = ? AND ri.idx < ? ORDER BY ri.idx",
         )
@@ -219,6 +219,11 @@ impl Erasures {
         .bind(to_i64(end))
         .fetch_all(reader.pool())
         .await?;
+        // An erasure record's JSON is small, but stored as any payload is.
+        let mut rows = Vec::with_capacity(stored.len());
+        for (idx, body, data, file_len) in stored {
+            rows.push((idx, body, reader.files().resolve(idx, data, file_len).await?));
+        }
         let mut records: Vec<(u64, ErasureRecord)> = rows
             .into_iter()
             .filter_map(|(idx, body, data)| {

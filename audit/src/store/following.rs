@@ -11,7 +11,7 @@ use sqlx::SqliteConnection;
 
 use super::super::follower::{Derived, Follower};
 use super::super::index::NameCache;
-use super::super::payload_files::PayloadFiles;
+use super::super::payload_files::{PayloadFiles, RecordRow};
 use super::super::{StoreError, to_i64, to_u64};
 use super::append::{take_payloads, write_entries};
 use super::{Entry, Reply, Sequencer};
@@ -174,9 +174,6 @@ impl Sequencer {
     }
 }
 
-/// A record with its `payloads` row's `data` and `file_len`.
-type StoredRow = (i64, Vec<u8>, Option<Vec<u8>>, Option<i64>);
-
 /// Shows `follower` the logged records `from..to`, checking that what it
 /// derives is in the log right after each.
 async fn show_again(
@@ -186,7 +183,7 @@ async fn show_again(
     from: u64,
     to: u64,
 ) -> Result<(), StoreError> {
-    let stored: Vec<StoredRow> = sqlx::query_as(
+    let stored: Vec<RecordRow> = sqlx::query_as(
         "SELECT r.idx, r.body, p.data, p.file_len FROM records r LEFT JOIN payloads p ON p.idx = r.idx \
          WHERE r.idx >= ? AND r.idx < ? ORDER BY r.idx",
     )

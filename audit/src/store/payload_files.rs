@@ -31,6 +31,10 @@ pub const PAYLOAD_DIR: &str = "payloads";
 /// Files per subdirectory, so that no directory grows without bound.
 const PER_DIR: u64 = 4096;
 
+/// A record read with its `payloads` row: index, body, `data`, `file_len`
+/// (see [`PayloadFiles::resolve`]).
+pub(crate) type RecordRow = (i64, Vec<u8>, Option<Vec<u8>>, Option<i64>);
+
 /// The payload files of one data directory.
 #[derive(Debug, Clone)]
 pub(crate) struct PayloadFiles {
