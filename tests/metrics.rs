@@ -246,6 +246,8 @@ fn counters_match_what_the_clients_did() {
     assert!(bytes >= 4096.0 && bytes % 512.0 == 0.0, "{bytes}");
     assert!(on_disk <= bytes, "the checkpointed file ({on_disk}) is not larger than the database ({bytes})");
     assert!(m.value("sealmq_log_database_free_bytes", &[]) <= bytes);
+    assert_eq!(m.value("sealmq_log_payload_files", &[]), 0.0, "every payload so far is small");
+    assert_eq!(m.value("sealmq_log_payload_file_bytes", &[]), 0.0);
 
     dashboard_names_are_served(&m);
 
@@ -255,6 +257,12 @@ fn counters_match_what_the_clients_did() {
         m.value("sealmq_messages_received_total", &[("qos", "1")]) == (QOS1 + 1) as f64
     });
     assert!(later.value("sealmq_log_appended_records_total", &[]) > head);
+    // A payload of 64 KiB or more is a file beside the database, counted apart.
+    let large = vec![0x5a; 70_000];
+    publish5_acked(&mut watcher, sized_publish("n/large", 10, &large));
+    let with_file =
+        scrape_until(broker.http, "the payload file counted", |m| m.value("sealmq_log_payload_files", &[]) == 1.0);
+    assert_eq!(with_file.value("sealmq_log_payload_file_bytes", &[]), large.len() as f64);
     drop((watcher, publisher, fenced, signer));
     let closed = scrape_until(broker.http, "connections closed", |m| {
         m.value("sealmq_connections_open", &[("listener", "tcp"), ("protocol", "5")]) == 0.0

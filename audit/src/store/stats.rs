@@ -290,11 +290,16 @@ pub struct DatabaseSize {
     /// Free pages × page size: room freed (deleted payloads) that new
     /// records reuse before the file grows.
     pub free_bytes: u64,
+    /// Payloads stored as files beside the database (64 KiB or more).
+    pub payload_files: u64,
+    /// Their bytes.
+    pub payload_file_bytes: u64,
 }
 
 impl LogReader {
-    /// The database's size, from its page counts (three PRAGMAs; no table
-    /// is read).
+    /// The database's size, from its page counts (three PRAGMAs), and the
+    /// payload files' count and bytes (from the `payload_files` index, which
+    /// holds only their rows).
     pub async fn database_size(&self) -> Result<DatabaseSize, StoreError> {
         let mut conn = self.pool().acquire().await?;
         let mut values = [0u64; 3];
@@ -303,7 +308,16 @@ impl LogReader {
             *value = to_u64(sqlx::query_scalar::<_, i64>(pragma).fetch_one(&mut *conn).await?)?;
         }
         let [page, pages, free] = values;
-        Ok(DatabaseSize { bytes: pages.saturating_mul(page), free_bytes: free.saturating_mul(page) })
+        let (files, file_bytes): (i64, i64) =
+            sqlx::query_as("SELECT count(*), coalesce(sum(file_len), 0) FROM payloads WHERE file_len IS NOT NULL")
+                .fetch_one(&mut *conn)
+                .await?;
+        Ok(DatabaseSize {
+            bytes: pages.saturating_mul(page),
+            free_bytes: free.saturating_mul(page),
+            payload_files: to_u64(files)?,
+            payload_file_bytes: to_u64(file_bytes)?,
+        })
     }
 }
 

@@ -296,6 +296,12 @@ impl Exposition {
                 "Free pages in the log database (erased payloads), reused before the file grows.",
                 size.free_bytes,
             )?;
+            out.gauge(
+                "log_payload_files",
+                "Payloads of 64 KiB or more, stored as files beside the log database.",
+                size.payload_files,
+            )?;
+            out.gauge("log_payload_file_bytes", "The bytes of those payload files.", size.payload_file_bytes)?;
         }
         Ok(())
     }
