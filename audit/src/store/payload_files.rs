@@ -215,6 +215,10 @@ fn write_file(path: &Path, data: &[u8], scratch: &mut Vec<u8>) -> std::io::Resul
         return Ok(file);
     }
     let _ = scratch;
+    write_buffered(path, data)
+}
+
+fn write_buffered(path: &Path, data: &[u8]) -> std::io::Result<File> {
     let mut file = File::create(path)?;
     file.write_all(data)?;
     Ok(file)
@@ -239,4 +243,35 @@ fn write_direct(path: &Path, data: &[u8], scratch: &mut Vec<u8>) -> std::io::Res
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io_error(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lengths around the 4 KiB blocks `O_DIRECT` writes in.
+    const LENGTHS: [usize; 6] = [1, 4095, 4096, 4097, FILE_MIN, FILE_MIN + 4099];
+
+    fn bytes(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8 + 1).collect()
+    }
+
+    #[test]
+    fn a_payload_file_holds_exactly_the_payload_whichever_way_it_was_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut scratch = Vec::new();
+        for len in LENGTHS {
+            let data = bytes(len);
+            let (through, direct) = (dir.path().join(format!("b{len}")), dir.path().join(format!("d{len}")));
+            write_file(&direct, &data, &mut scratch).unwrap().sync_data().unwrap();
+            write_buffered(&through, &data).unwrap().sync_data().unwrap();
+            assert_eq!(std::fs::read(&direct).unwrap(), data, "{len} bytes, O_DIRECT where allowed");
+            assert_eq!(std::fs::read(&through).unwrap(), data, "{len} bytes, through the page cache");
+        }
+        // A shorter payload over a longer leftover: the leftover's tail goes.
+        let path = dir.path().join("again");
+        write_file(&path, &bytes(FILE_MIN + 4099), &mut scratch).unwrap();
+        write_file(&path, &bytes(4097), &mut scratch).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), bytes(4097));
+    }
 }
