@@ -199,6 +199,29 @@ async fn a_backup_carries_the_payload_files_and_a_restore_checks_them() {
 }
 
 #[tokio::test]
+async fn a_restore_moves_payload_files_left_without_their_database_aside_only_when_forced() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, copy, target) = (dir.path().join("data"), dir.path().join("backup"), dir.path().join("target"));
+    let (log, payloads) = log_with_sizes(&data).await;
+    backup(&data, &copy, |_| {}).await.unwrap();
+    log.close().await.unwrap();
+    // A data directory that lost its database but kept payload files.
+    let stray = file_of(&target, 3);
+    std::fs::create_dir_all(stray.parent().unwrap()).unwrap();
+    std::fs::write(&stray, b"another log's payload").unwrap();
+
+    let refused = restore(&copy, &target, Replace::default(), |_| {}).await;
+    assert!(matches!(refused, Err(sealmq_audit::store::BackupError::Exists(_))), "{refused:?}");
+    assert_eq!(std::fs::read(&stray).unwrap(), b"another log's payload", "left as it was");
+
+    let forced = Replace { force: true, ..Replace::default() };
+    let restored = restore(&copy, &target, forced, |_| {}).await.unwrap();
+    let aside = restored.replaced.expect("the stray files were moved aside").moved_to;
+    assert_eq!(std::fs::read(file_of(&aside, 3)).unwrap(), b"another log's payload");
+    assert_eq!(std::fs::read(file_of(&target, 3)).unwrap(), payloads[3], "the backup's file is in place");
+}
+
+#[tokio::test]
 async fn archiving_moves_large_payloads_into_the_archive_and_removes_their_files() {
     let dir = tempfile::tempdir().unwrap();
     let (data, tiles) = (dir.path().join("data"), ArchiveDir::new(dir.path().join("archive")));

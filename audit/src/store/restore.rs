@@ -111,7 +111,9 @@ pub async fn restore(
     // Held until the new files are in place: no broker may open the log
     // half restored, and none may be serving the log being replaced.
     let _lock = lock_data_dir(data_dir)?;
-    let existing = if [DB_FILE, KEY_FILE].iter().any(|name| data_dir.join(name).exists()) {
+    // Payload files without a database are still a log's (one whose
+    // database was lost): not overwritten, not merged, moved aside.
+    let existing = if [DB_FILE, KEY_FILE, PAYLOAD_DIR].iter().any(|name| data_dir.join(name).exists()) {
         if !replace.force {
             return Err(BackupError::Exists(data_dir.to_path_buf()));
         }
