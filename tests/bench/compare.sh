@@ -156,7 +156,7 @@ if [ "$cores" -ge 2 ]; then
     "10to10-unpinned|10 → 10 (pairs), QoS 1, 256 B|-p 10 -s 10 --pattern pairs --qos 1 --payload 256 ${timing[*]}"
   )
 fi
-unpinned_brokers=(sealmq-unsigned mosquitto)
+unpinned_brokers=(sealmq-signed sealmq-unsigned mosquitto)
 # The payload sizes of the QoS 1 scenarios: the signature-check ceiling is
 # measured at each (SHA-256 of the payload is part of the check).
 ceiling_payloads=()
@@ -202,11 +202,13 @@ wait_for_port() {
 # The configuration sealmq runs with, and the one Mosquitto runs with.
 sealmq_toml='# No per-client publish rate limit (the default; Mosquitto and rumqttd
 # have none either), room for the idle-connection scenarios, and the same
-# per-client queue as Mosquitto gets below (the default is 1000).
+# per-client queue and Receive Maximum as Mosquitto gets below (the
+# defaults are 1000 and 64).
 [limits]
 max_publish_rate = 0
 max_connections = '"$max_connections"'
-max_queued_messages = 1000000'
+max_queued_messages = 1000000
+max_inflight = 100'
 mosquitto_conf_for() {
   cat <<EOF
 # Persistence off (sealmq's durability is what is measured against it);
@@ -278,7 +280,13 @@ stop_broker() {
     # After a clean stop every record is sealed: the checkpoint's tree size counts them.
     records=$("$sealmq" --data "$data" audit checkpoint 2>/dev/null | sed -n 2p || echo 0)
     printf '{"db_bytes": %s, "records": %s}\n' "$bytes" "${records:-0}" > "$out/runs/$kind-$run.store.json"
-    rm -rf "$data" "$data.toml"
+    # A run that wrote payload files keeps them until the whole comparison
+    # ends (they are in $work): on ext4 without a journal, every file
+    # created in the next minutes skips the inodes freed here one by one
+    # (the kernel's `recently_deleted`), so the next run's payload files
+    # would pay for this run's cleanup.
+    if [ -z "$(ls -A "$data/payloads" 2>/dev/null)" ]; then rm -rf "$data"; fi
+    rm -f "$data.toml"
   fi
 }
 
@@ -301,7 +309,7 @@ for entry in "${scenarios[@]}"; do
   echo "sealmq-bench --host HOST --mqtt $mqtt --broker-pid PID ${args}" >> "$commands"
 done
 if [ "${#unpinned_scenarios[@]}" -gt 0 ]; then
-  echo "# again, neither the broker nor the load tool pinned (no taskset), sealmq unsigned and Mosquitto only" >> "$commands"
+  echo "# again, neither the broker nor the load tool pinned (no taskset), sealmq and Mosquitto only" >> "$commands"
   for entry in "${unpinned_scenarios[@]}"; do
     IFS='|' read -r run label args <<<"$entry"
     echo "sealmq-bench --host HOST --mqtt $mqtt --broker-pid PID ${args}" >> "$commands"
@@ -538,7 +546,8 @@ w(f"Versions: sealmq {v['sealmq']}, rumqttd {v['rumqttd']} (alone: `rumqttd_alon
 w("")
 w("sealmq ran with `[limits] max_publish_rate = 0` (its default: no per-client limit, as in Mosquitto and "
   f"rumqttd), `max_connections = {env['MAX_CONNECTIONS']}` and `max_queued_messages = "
-  "1000000` (as Mosquitto's, so that a subscriber slower than 100 publishers is measured, not cut off); otherwise defaults "
+  "1000000` (as Mosquitto's, so that a subscriber slower than 100 publishers is measured, not cut off), "
+  "`max_inflight = 100` (Receive Maximum, as Mosquitto's `max_inflight_messages`; the default is 64); otherwise defaults "
   "(every message durable in SQLite, `synchronous=FULL`, before delivery). *signed*: every publisher a "
   "registered device signing each publish with MQS1 (Ed25519, checked by the broker); *unsigned*: unknown "
   "client ids accepted as legacy devices, logged unsigned. rumqttd alone and Mosquitto get the same unsigned load. "
@@ -560,7 +569,8 @@ for run, label, _ in tput:
 w("")
 if unpinned:
     w("**Throughput unpinned**: the same QoS 1 scenarios again with neither the broker nor the load tool pinned "
-      "(no `taskset`: both may use every core, and share them), sealmq unsigned and Mosquitto only; messages "
+      "(no `taskset`: both may use every core, and share them), sealmq unsigned and Mosquitto (sealmq signed: "
+      "below, against the signature-check ceiling); messages "
       "delivered per second, with the pinned figures of the table above beside them, and the broker's CPU in "
       "% of one core (above 100: more than one core).")
     w("")
@@ -643,6 +653,22 @@ if ceiling:
         w(f"| {label}{fixed} | {num(acked)}{flag(run, 'sealmq-signed')} | {num(c['single_1'])} | {num(c['single_n'])} | "
           f"{ratio(acked, c['single_n'])} | {ratio(acked, c['single_1'])} |")
     w("")
+    if unpinned:
+        w(f"Unpinned (neither the broker nor the load tool pinned, as in the unpinned table above): the broker may "
+          f"check on every core, beside the load tool, which signs every publish on them too.")
+        w("")
+        w(f"| scenario | sealmq signed, pinned: acked/s | sealmq signed, unpinned: acked/s | broker CPU unpinned | "
+          f"unpinned ÷ ceiling ({n}, single) | unpinned ÷ ceiling (1 thread, single) |")
+        w("|---|--:|--:|--:|--:|--:|")
+        pinned_runs = {label: run for run, label, _ in tput}
+        for run, label, args in unpinned:
+            c = ceiling_at(arg_of(args, "--payload") or 64)
+            pinned = pinned_runs.get(label)
+            acked = get(run, "sealmq-signed", "acked_per_s")
+            w(f"| {label} | {num(get(pinned, 'sealmq-signed', 'acked_per_s') if pinned else None)} | "
+              f"{num(acked)}{flag(run, 'sealmq-signed')} | {num(get(run, 'sealmq-signed', 'broker', 'cpu_percent'))} % | "
+              f"{ratio(acked, c['single_n'])} | {ratio(acked, c['single_1'])} |")
+        w("")
 else:
     w("No signature-check ceiling in this output directory (`sealmq-bench --verify-ceiling` ran in later versions of this script).")
     w("")
