@@ -3,7 +3,9 @@
 //! file `payloads/<n>/<index>` holds exactly its bytes, a subscriber after
 //! a restart gets the retained message read back from that file, `audit
 //! verify` checks it against the record, and a changed byte in the file is
-//! a failure naming the record.
+//! a failure naming the record. Large unsigned payloads are hashed off the
+//! connection's task (`checks::DIGEST_MIN`): a client's large and small
+//! publishes, pipelined, still keep their order and their hashes.
 
 mod common;
 
@@ -12,7 +14,7 @@ use std::time::Duration;
 use rumqttc::v5::mqttbytes::v5;
 
 use common::broker::BrokerProcess;
-use common::mqtt::{self, QoS};
+use common::mqtt::{self, QoS, kind};
 use common::{sealmq, verify_ok};
 
 /// Larger than the store's threshold for files (64 KiB), below the default
@@ -62,4 +64,56 @@ fn a_large_retained_payload_is_delivered_logged_in_its_file_and_served_after_a_r
     std::fs::write(&file, &bytes).unwrap();
     let failed = sealmq(data, &["audit", "verify"]).failed();
     assert!(failed.contains(&format!("record {index}")), "the failure names record {index}: {failed}");
+}
+
+#[test]
+fn large_and_small_publishes_of_one_client_keep_their_order_and_their_hashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let broker = BrokerProcess::start(data, &[]);
+    let mut subscriber = mqtt::connect5(broker.mqtt, "order-sub");
+    assert_eq!(mqtt::subscribe5(&mut subscriber, 1, "order/t", QoS::AtLeastOnce), [1]);
+    let mut publisher = mqtt::connect5(broker.mqtt, "order-pub");
+
+    // Alternately above and below the 64 KiB at which payloads are hashed
+    // off the connection's task, at QoS 0 and 1, all sent before any
+    // acknowledgement is read.
+    let sent: Vec<(QoS, Vec<u8>)> = (0..12u8)
+        .map(|n| {
+            let len = if n % 2 == 0 { 100_000 + usize::from(n) } else { 10 + usize::from(n) };
+            let qos = if n % 3 == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce };
+            (qos, (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(n)).collect())
+        })
+        .collect();
+    for (n, (qos, payload)) in sent.iter().enumerate() {
+        let pkid = n as u16 + 1;
+        publisher.send5(&mqtt::publish5_packet("order/t", *qos, pkid, payload, false, vec![])).unwrap();
+    }
+    let mut indices = Vec::new();
+    for (n, _) in sent.iter().enumerate().filter(|(_, (qos, _))| *qos == QoS::AtLeastOnce) {
+        let puback = publisher.expect(kind::PUBACK);
+        // MQTT-4.6.0-2: PUBACKs in the order the PUBLISH packets came.
+        assert_eq!(puback.pkid(), n as u16 + 1, "PUBACK out of order: {puback:?}");
+        assert!(puback.ack_reason() < 0x80, "refused: {:?}", puback.reason_string());
+        indices.push(puback.user_property("sealmq-index").expect("sealmq-index").parse::<u64>().unwrap());
+    }
+    assert!(indices.windows(2).all(|w| w[0] < w[1]), "logged in the order received: {indices:?}");
+
+    // MQTT-4.6.0-5 and -6: a subscriber gets one client's publishes to a
+    // topic in the order they were received.
+    for (n, (_, payload)) in sent.iter().enumerate() {
+        let got = subscriber.next_publish5(Duration::from_secs(10)).unwrap_or_else(|| panic!("publish {n} delivered"));
+        assert!(
+            got.payload[..] == payload[..],
+            "publish {n}: got {} bytes starting {:?}",
+            got.payload.len(),
+            &got.payload[..4]
+        );
+    }
+    broker.stop();
+
+    // Every record's payload hash (computed off the task for the large
+    // ones) matches the payload stored.
+    let verified = verify_ok(data);
+    assert!(verified.records >= 12 && verified.payloads >= 12, "{verified:?}");
 }

@@ -100,6 +100,12 @@ impl Candidate {
         self.found.as_ref().ok()?.as_ref().map(|(sb, _)| sb)
     }
 
+    /// Whether it carries no signature block at all (neither a property
+    /// nor an envelope, well-formed or not).
+    pub fn is_unsigned(&self) -> bool {
+        matches!(self.found, Ok(None))
+    }
+
     /// The application payload (without an MQS1 envelope).
     pub fn payload(&self) -> &Bytes {
         &self.payload
@@ -116,14 +122,16 @@ impl Candidate {
 /// Call it with [`Shared::registry_gate`] held and `device` looked up under
 /// the current registry generation, and queue the record before letting go.
 pub fn admit(shared: &Shared, device: &Device, client_id: &Arc<str>, topic: &str, publish: v5::Publish) -> Admission {
-    admit_checked(shared, device, client_id, topic, Candidate::new(publish), None)
+    admit_checked(shared, device, client_id, topic, Candidate::new(publish), None, None)
 }
 
 /// [`admit`] for a candidate whose signature may have been checked already
-/// (`verdict`, from [`crate::checks`]). The verdict counts only if it was
-/// reached with the key the device has for that kid now; otherwise (the
-/// registry changed meanwhile) the signature is checked here again. Every
-/// other rule is applied here, under the gate, as [`admit`] does.
+/// (`verdict`, from [`crate::checks`]), or, unsigned, whose payload may
+/// have been hashed already (`digest`, by [`crate::checks::CheckPool::digest`]).
+/// The verdict counts only if it was reached with the key the device has
+/// for that kid now; otherwise (the registry changed meanwhile) the
+/// signature is checked here again. Every other rule is applied here, under
+/// the gate, as [`admit`] does.
 pub fn admit_checked(
     shared: &Shared,
     device: &Device,
@@ -131,6 +139,7 @@ pub fn admit_checked(
     topic: &str,
     candidate: Candidate,
     verdict: Option<Verdict>,
+    digest: Option<Hash>,
 ) -> Admission {
     if topic.starts_with('$') {
         return rejected(Rejection::ReservedTopic, NOT_AUTHORIZED, "topics starting with $ belong to the broker");
@@ -148,7 +157,7 @@ pub fn admit_checked(
         Ok(Some((sb, carrier))) => (Some(sb), Some(carrier)),
     };
     let (window, digest) = match &sb {
-        None => (None, sha256(&payload)),
+        None => (None, digest.unwrap_or_else(|| sha256(&payload))),
         Some(sb) => match check_signature(shared, device, topic, &payload, publish.retain, sb, verdict) {
             Ok((Some(window), digest)) => (Some(window), digest),
             Ok((None, _)) => return Admission::Duplicate,

@@ -9,14 +9,16 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, StreamExt};
+use sealmq_audit::Hash;
 use sealmq_audit::store::StoreError;
 
 use super::connect::Client;
 use super::relay::Relay;
 use super::{End, Exit, pub_ack_reason, pub_rec_reason};
 use crate::admission::{Admission, Candidate, PROP_INDEX, admit_checked, route_logged};
-use crate::checks::{Check, Verdict};
+use crate::checks::{Check, DIGEST_MIN, Verdict};
 use crate::codec::{self, Version, v5, validate_topic_name};
+use crate::devices::identity::Policy;
 use crate::devices::replay::Freshness;
 use crate::ops::metrics::Rejection;
 use crate::route::Message;
@@ -52,6 +54,9 @@ pub(super) struct Checked {
     pkid: u16,
     /// The pool's verdict on its signature (`None`: not checked there).
     verdict: Option<Verdict>,
+    /// Unsigned, the SHA-256 of its payload, when the pool hashed it
+    /// (`None`: hashed when it is decided, if it needs to be).
+    digest: Option<Hash>,
 }
 
 /// A decided client PUBLISH, waiting for its record to be durable (or,
@@ -279,17 +284,30 @@ impl Relay {
             Some(self.shared.checks.check(check))
         });
         match checking {
+            // A large unsigned payload that will be logged is hashed by the
+            // pool too, in this connection's turn (see `checks::DIGEST_MIN`).
+            None if candidate.is_unsigned()
+                && candidate.payload().len() >= DIGEST_MIN
+                && self.device.policy != Policy::Signed =>
+            {
+                let digest = self.shared.checks.digest(candidate.payload().clone());
+                self.checks.push_back(Box::pin(async move {
+                    let digest = digest.await;
+                    Checked { candidate, topic, qos, pkid, verdict: None, digest }
+                }));
+            }
             // Nothing to wait for: decided now, unless earlier ones still wait.
             None if self.checks.is_empty() => {
-                return self.decide(client, Checked { candidate, topic, qos, pkid, verdict: None }, false).await;
+                let checked = Checked { candidate, topic, qos, pkid, verdict: None, digest: None };
+                return self.decide(client, checked, false).await;
             }
             None => {
-                let checked = Checked { candidate, topic, qos, pkid, verdict: None };
+                let checked = Checked { candidate, topic, qos, pkid, verdict: None, digest: None };
                 self.checks.push_back(Box::pin(std::future::ready(checked)));
             }
             Some(verdict) => self.checks.push_back(Box::pin(async move {
                 let verdict = Some(verdict.await);
-                Checked { candidate, topic, qos, pkid, verdict }
+                Checked { candidate, topic, qos, pkid, verdict, digest: None }
             })),
         }
         Ok(None)
@@ -306,7 +324,7 @@ impl Relay {
         checked: Checked,
         ending: bool,
     ) -> Result<Option<Exit>, End> {
-        let Checked { candidate, topic, qos, pkid, verdict } = checked;
+        let Checked { candidate, topic, qos, pkid, verdict, digest } = checked;
         let shared = Arc::clone(&self.shared);
         let gate = shared.registry_gate.read().await;
         if !self.refresh_device().await {
@@ -316,7 +334,7 @@ impl Relay {
             }
             return Ok(Some(Exit::Abnormal));
         }
-        let outcome = match admit_checked(&shared, &self.device, &self.client_id, &topic, candidate, verdict) {
+        let outcome = match admit_checked(&shared, &self.device, &self.client_id, &topic, candidate, verdict, digest) {
             Admission::Rejected { reason, code, why } => Outcome::Rejected { topic, reason, code, why },
             Admission::Duplicate => {
                 self.shared.stats.duplicate();
