@@ -135,13 +135,14 @@ impl PayloadFiles {
     /// committed left is overwritten by the next payload file at its index,
     /// and one that a longer copy of this log names (a database rolled back
     /// by hand) is not this process's to delete.
-    pub(crate) async fn sweep(&self, conn: &mut SqliteConnection) -> Result<usize, StoreError> {
+    ///
+    /// `head` is the log's next index as the sequencer resumed it (not the
+    /// highest record in the table: archiving may have left none there).
+    pub(crate) async fn sweep(&self, conn: &mut SqliteConnection, head: u64) -> Result<usize, StoreError> {
         let this = self.clone();
         let found = tokio::task::spawn_blocking(move || this.list())
             .await
             .map_err(|e| StoreError::Io { path: self.root.clone(), source: std::io::Error::other(e) })??;
-        let head: Option<i64> = sqlx::query_scalar("SELECT max(idx) FROM records").fetch_one(&mut *conn).await?;
-        let head = head.map_or(0, |last| u64::try_from(last).map_or(0, |last| last + 1));
         let found: Vec<(Option<u64>, PathBuf)> =
             found.into_iter().filter(|(index, _)| index.is_none_or(|index| index < head)).collect();
         let mut stored = HashSet::new();

@@ -121,11 +121,6 @@ impl Log {
         let mut conn = SqliteConnection::connect_with(&options).await?;
         super::migrate(&mut conn).await?;
         let key = opening::init_meta(&mut conn, &config, &seed).await?;
-        let swept = PayloadFiles::new(dir).sweep(&mut conn).await?;
-        if swept > 0 {
-            tracing::warn!(files = swept, "removed payload files of records that were never committed or were erased");
-        }
-
         let pool = sqlx::sqlite::SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(connect_options(&dir.join(DB_FILE)).read_only(true))
@@ -134,6 +129,10 @@ impl Log {
 
         let (derived_tx, derived) = mpsc::unbounded_channel();
         let mut sequencer = Sequencer::resume(conn, options, key, &reader, &config, derived_tx).await?;
+        let swept = sequencer.files.sweep(&mut sequencer.conn, sequencer.next_index).await?;
+        if swept > 0 {
+            tracing::warn!(files = swept, "removed payload files of records that were never committed or were erased");
+        }
         // Before anything is appended: the catch-up starts after the
         // highest indexed record, and each append indexes its own records.
         index::catch_up(&mut sequencer.conn, sequencer.next_index, &mut sequencer.names).await?;
