@@ -128,8 +128,8 @@ pub(super) async fn commit_in_one_trip(
 /// given indices (`payloads`: theirs, see [`take_payloads`]), and applies
 /// their side effects: the retained index and replay windows, each as one
 /// multi-row statement per chunk of the group rather than one per record,
-/// so that the group commit's cost stays per group. Returns the index names created, for [`NameCache::learn`] once
-/// the transaction committed.
+/// so that the group commit's cost stays per group. Returns the index
+/// names created, for [`NameCache::learn`] once the transaction committed.
 pub(super) async fn write_entries(
     conn: &mut SqliteConnection,
     rows: &[(i64, &Entry)],
