@@ -9,7 +9,7 @@ use sealmq_audit::mqs1::{self, Carrier, SignatureBlock};
 use sealmq_audit::store::{Entry, now_ms};
 use sealmq_audit::{Hash, PublishRecord, Record, sha256};
 
-use crate::checks::{self, Verdict};
+use crate::checks::{self, Prechecked, Verdict};
 use crate::codec::v5;
 use crate::devices::identity::{Device, Policy};
 use crate::devices::replay::{Freshness, Window};
@@ -122,24 +122,22 @@ impl Candidate {
 /// Call it with [`Shared::registry_gate`] held and `device` looked up under
 /// the current registry generation, and queue the record before letting go.
 pub fn admit(shared: &Shared, device: &Device, client_id: &Arc<str>, topic: &str, publish: v5::Publish) -> Admission {
-    admit_checked(shared, device, client_id, topic, Candidate::new(publish), None, None)
+    admit_checked(shared, device, client_id, topic, Candidate::new(publish), None)
 }
 
-/// [`admit`] for a candidate whose signature may have been checked already
-/// (`verdict`, from [`crate::checks`]), or, unsigned, whose payload may
-/// have been hashed already (`digest`, by [`crate::checks::CheckPool::digest`]).
-/// The verdict counts only if it was reached with the key the device has
-/// for that kid now; otherwise (the registry changed meanwhile) the
-/// signature is checked here again. Every other rule is applied here, under
-/// the gate, as [`admit`] does.
+/// [`admit`] for a candidate the check pool has seen already
+/// (`prechecked`, from [`crate::checks`]): its signature checked, or,
+/// unsigned, its payload hashed. A verdict counts only if it was reached
+/// with the key the device has for that kid now; otherwise (the registry
+/// changed meanwhile) the signature is checked here again. Every other rule
+/// is applied here, under the gate, as [`admit`] does.
 pub fn admit_checked(
     shared: &Shared,
     device: &Device,
     client_id: &Arc<str>,
     topic: &str,
     candidate: Candidate,
-    verdict: Option<Verdict>,
-    digest: Option<Hash>,
+    prechecked: Option<Prechecked>,
 ) -> Admission {
     if topic.starts_with('$') {
         return rejected(Rejection::ReservedTopic, NOT_AUTHORIZED, "topics starting with $ belong to the broker");
@@ -157,8 +155,16 @@ pub fn admit_checked(
         Ok(Some((sb, carrier))) => (Some(sb), Some(carrier)),
     };
     let (window, digest) = match &sb {
-        None => (None, digest.unwrap_or_else(|| sha256(&payload))),
-        Some(sb) => match check_signature(shared, device, topic, &payload, publish.retain, sb, verdict) {
+        None => (None, prechecked.and_then(Prechecked::digest).unwrap_or_else(|| sha256(&payload))),
+        Some(sb) => match check_signature(
+            shared,
+            device,
+            topic,
+            &payload,
+            publish.retain,
+            sb,
+            prechecked.and_then(Prechecked::verdict),
+        ) {
             Ok((Some(window), digest)) => (Some(window), digest),
             Ok((None, _)) => return Admission::Duplicate,
             Err((reason, why)) => return rejected(reason, NOT_AUTHORIZED, why),

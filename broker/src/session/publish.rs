@@ -9,14 +9,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, StreamExt};
-use sealmq_audit::Hash;
 use sealmq_audit::store::StoreError;
 
 use super::connect::Client;
 use super::relay::Relay;
 use super::{End, Exit, pub_ack_reason, pub_rec_reason};
 use crate::admission::{Admission, Candidate, PROP_INDEX, admit_checked, route_logged};
-use crate::checks::{Check, DIGEST_MIN, Verdict};
+use crate::checks::{Check, DIGEST_MIN, Prechecked};
 use crate::codec::{self, Version, v5, validate_topic_name};
 use crate::devices::identity::Policy;
 use crate::devices::replay::Freshness;
@@ -52,11 +51,9 @@ pub(super) struct Checked {
     topic: String,
     qos: QoS,
     pkid: u16,
-    /// The pool's verdict on its signature (`None`: not checked there).
-    verdict: Option<Verdict>,
-    /// Unsigned, the SHA-256 of its payload, when the pool hashed it
-    /// (`None`: hashed when it is decided, if it needs to be).
-    digest: Option<Hash>,
+    /// What the pool found: the verdict on its signature, or, unsigned, its
+    /// payload's SHA-256 (`None`: not seen there; worked out when decided).
+    prechecked: Option<Prechecked>,
 }
 
 /// A decided client PUBLISH, waiting for its record to be durable (or,
@@ -292,22 +289,21 @@ impl Relay {
             {
                 let digest = self.shared.checks.digest(candidate.payload().clone());
                 self.checks.push_back(Box::pin(async move {
-                    let digest = digest.await;
-                    Checked { candidate, topic, qos, pkid, verdict: None, digest }
+                    let prechecked = digest.await.map(Prechecked::Digest);
+                    Checked { candidate, topic, qos, pkid, prechecked }
                 }));
             }
             // Nothing to wait for: decided now, unless earlier ones still wait.
             None if self.checks.is_empty() => {
-                let checked = Checked { candidate, topic, qos, pkid, verdict: None, digest: None };
-                return self.decide(client, checked, false).await;
+                return self.decide(client, Checked { candidate, topic, qos, pkid, prechecked: None }, false).await;
             }
             None => {
-                let checked = Checked { candidate, topic, qos, pkid, verdict: None, digest: None };
+                let checked = Checked { candidate, topic, qos, pkid, prechecked: None };
                 self.checks.push_back(Box::pin(std::future::ready(checked)));
             }
             Some(verdict) => self.checks.push_back(Box::pin(async move {
-                let verdict = Some(verdict.await);
-                Checked { candidate, topic, qos, pkid, verdict, digest: None }
+                let prechecked = Some(Prechecked::Verdict(verdict.await));
+                Checked { candidate, topic, qos, pkid, prechecked }
             })),
         }
         Ok(None)
@@ -324,7 +320,7 @@ impl Relay {
         checked: Checked,
         ending: bool,
     ) -> Result<Option<Exit>, End> {
-        let Checked { candidate, topic, qos, pkid, verdict, digest } = checked;
+        let Checked { candidate, topic, qos, pkid, prechecked } = checked;
         let shared = Arc::clone(&self.shared);
         let gate = shared.registry_gate.read().await;
         if !self.refresh_device().await {
@@ -334,7 +330,7 @@ impl Relay {
             }
             return Ok(Some(Exit::Abnormal));
         }
-        let outcome = match admit_checked(&shared, &self.device, &self.client_id, &topic, candidate, verdict, digest) {
+        let outcome = match admit_checked(&shared, &self.device, &self.client_id, &topic, candidate, prechecked) {
             Admission::Rejected { reason, code, why } => Outcome::Rejected { topic, reason, code, why },
             Admission::Duplicate => {
                 self.shared.stats.duplicate();
