@@ -560,6 +560,8 @@ w("sealmq ran with `[limits] max_publish_rate = 0` (its default: no per-client l
 w("")
 
 tput = [s for s in scenarios if not s[0].startswith("idle")]
+# An unpinned scenario's pinned twin, by label.
+pinned_runs = {label: run for run, label, _ in tput}
 w("**Throughput**: messages delivered per second at the subscribers, in the measured window (ratios: sealmq ÷ the other broker, higher is better for sealmq).")
 w("")
 w("| scenario | sealmq signed | sealmq unsigned | rumqttd alone | Mosquitto | signed ÷ rumqttd | unsigned ÷ rumqttd | signed ÷ Mosquitto | unsigned ÷ Mosquitto |")
@@ -581,7 +583,6 @@ if unpinned:
     w("| scenario | sealmq unsigned, pinned | sealmq unsigned, unpinned | Mosquitto, pinned | Mosquitto, unpinned "
       "| unsigned ÷ Mosquitto, pinned | unsigned ÷ Mosquitto, unpinned | broker CPU unpinned: sealmq / Mosquitto |")
     w("|---|--:|--:|--:|--:|--:|--:|--:|")
-    pinned_runs = {label: run for run, label, _ in tput}
     for run, label, _ in unpinned:
         pinned = pinned_runs.get(label)
         d = {b: get(run, b, "delivered_per_s") for b in ("sealmq-unsigned", "mosquitto")}
@@ -664,7 +665,6 @@ if ceiling:
         w(f"| scenario | sealmq signed, pinned: acked/s | sealmq signed, unpinned: acked/s | broker CPU unpinned | "
           f"unpinned ÷ ceiling ({n}, single) | unpinned ÷ ceiling (1 thread, single) |")
         w("|---|--:|--:|--:|--:|--:|")
-        pinned_runs = {label: run for run, label, _ in tput}
         for run, label, args in unpinned:
             c = ceiling_at(arg_of(args, "--payload") or 64)
             pinned = pinned_runs.get(label)
