@@ -10,107 +10,22 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose,
-};
 use rumqttc::v5::mqttbytes::v5 as mq5;
-use tokio_rustls::rustls;
 
 use common::broker::BrokerProcess;
 use common::mqtt::{QoS, WAIT, connect5, connect5_pw, kind, publish5_packet, subscribe5, try_connect4, try_connect5};
 use common::sealmq;
+use common::transports::{Pki, Via, runtime};
 
 const BAD_PASSWORD_V5: u8 = 0x86;
 const SERVER_BUSY_V5: u8 = 0x89;
 const SERVER_UNAVAILABLE_V4: u8 = 0x03;
 const CONNECTION_RATE_EXCEEDED_V5: u8 = 0x9F;
-
-/// A test CA, the broker's certificate (for `localhost`) and client
-/// certificates, as PEM files in `dir`.
-struct Pki {
-    dir: PathBuf,
-    ca: CertifiedIssuer<'static, KeyPair>,
-}
-
-impl Pki {
-    fn new(dir: &Path) -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, "sealmq test CA");
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        std::fs::write(dir.join("ca.crt"), ca.pem()).unwrap();
-        let pki = Self { dir: dir.to_path_buf(), ca };
-        let mut server = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-        server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        pki.issue("server", server);
-        pki
-    }
-
-    /// Signs `params` with the CA; writes `<name>.crt` and `<name>.key`.
-    fn issue(&self, name: &str, params: CertificateParams) {
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.ca).unwrap();
-        std::fs::write(self.dir.join(format!("{name}.crt")), cert.pem()).unwrap();
-        std::fs::write(self.dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
-    }
-
-    /// A client certificate whose subject CN is `cn`.
-    fn client(&self, cn: &str) {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, cn);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        self.issue(cn, params);
-    }
-
-    fn path(&self, file: &str) -> String {
-        self.dir.join(file).to_str().unwrap().to_string()
-    }
-
-    fn read(&self, file: &str) -> Vec<u8> {
-        std::fs::read(self.dir.join(file)).unwrap()
-    }
-
-    /// A rustls client config trusting the CA, with `client`'s certificate.
-    fn client_config(&self, client: Option<&str>) -> Arc<rustls::ClientConfig> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut roots = rustls::RootCertStore::empty();
-        let ca = rustls::pki_types::CertificateDer::from(self.ca.der().to_vec());
-        roots.add(ca).unwrap();
-        let builder = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots);
-        let config = match client {
-            Some(name) => {
-                use rustls::pki_types::pem::PemObject;
-                let chain = rustls::pki_types::CertificateDer::pem_slice_iter(&self.read(&format!("{name}.crt")))
-                    .collect::<Result<Vec<_>, _>>()
-                    .unwrap();
-                let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(&self.read(&format!("{name}.key"))).unwrap();
-                builder.with_client_auth_cert(chain, key).unwrap()
-            }
-            None => builder.with_no_client_auth(),
-        };
-        Arc::new(config)
-    }
-
-    /// The `[tls]` section for the broker.
-    fn toml(&self, require_client_cert: bool) -> String {
-        format!(
-            "[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\nrequire_client_cert = {require_client_cert}\n",
-            self.path("server.crt"),
-            self.path("server.key"),
-            self.path("ca.crt"),
-        )
-    }
-}
 
 /// Waits until the broker's log (stderr, read on another thread) says `what`.
 #[track_caller]
@@ -120,37 +35,6 @@ fn assert_logged(broker: &BrokerProcess, what: &str) {
         assert!(Instant::now() < deadline, "the broker never logged {what:?}:\n{}", broker.stderr.lock().unwrap());
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// How a rumqttc test client reaches the broker.
-#[derive(Clone)]
-enum Via {
-    Tls(Arc<rustls::ClientConfig>),
-    Ws,
-    Wss(Arc<rustls::ClientConfig>),
-}
-
-impl Via {
-    /// What rumqttc takes as the host: a name for TLS, a URL for WebSocket.
-    fn host(&self, addr: SocketAddr) -> String {
-        match self {
-            Via::Tls(_) => "localhost".into(),
-            Via::Ws => format!("ws://127.0.0.1:{}/mqtt", addr.port()),
-            Via::Wss(_) => format!("wss://localhost:{}/mqtt", addr.port()),
-        }
-    }
-
-    fn transport(self) -> rumqttc::Transport {
-        match self {
-            Via::Tls(config) => rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(config)),
-            Via::Ws => rumqttc::Transport::Ws,
-            Via::Wss(config) => rumqttc::Transport::wss_with_config(rumqttc::TlsConfiguration::Rustls(config)),
-        }
-    }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
 /// Connects with rumqttc MQTT 5 over `via`, publishes one QoS 1 message and

@@ -11,6 +11,7 @@ pub mod mosquitto;
 pub mod mqtt;
 pub mod rules;
 pub mod signed;
+pub mod transports;
 pub mod witness;
 pub mod witness_process;
 

@@ -261,3 +261,48 @@ pub(super) fn finish(out: &mut BytesMut, start: usize, max: Option<u32>) -> Resu
     }
     Ok(written)
 }
+
+/// Makes the PUBLISH just appended at `out[start..]`, encoded with an empty
+/// payload, the head of one whose `payload_len`-byte payload is sent right
+/// after it: its Remaining Length grows by `payload_len` (the payload is
+/// the last field of a PUBLISH in both versions, with no length of its
+/// own). A packet over `max`, or over MQTT's largest, is refused, leaving
+/// `out` as it was before `start`. Returns the head's length.
+pub(super) fn extend_to_payload(
+    out: &mut BytesMut,
+    start: usize,
+    payload_len: usize,
+    max: Option<u32>,
+) -> Result<usize, CodecError> {
+    let Some(header) = read_header(&out[start..])? else {
+        return Err(cannot("no PUBLISH head was written"));
+    };
+    let remaining = header.remaining + payload_len;
+    let head_len = fixed_header_len(remaining) + header.remaining;
+    let size = head_len + payload_len;
+    let limit = max.map_or(MAX_REMAINING_LENGTH + 5, |max| max as usize);
+    if remaining > MAX_REMAINING_LENGTH || size > limit {
+        out.truncate(start);
+        return Err(CodecError::PacketTooLarge { size, max: limit as u32 });
+    }
+    let body = start + header.len..out.len();
+    let new_len = fixed_header_len(remaining);
+    out.resize(out.len() + new_len - header.len, 0);
+    out.copy_within(body, start + new_len);
+    let mut rest = remaining;
+    for byte in &mut out[start + 1..start + new_len] {
+        *byte = (rest & 0x7F) as u8 | if rest > 0x7F { 0x80 } else { 0 };
+        rest >>= 7;
+    }
+    Ok(head_len)
+}
+
+/// The fixed header's length for a Remaining Length (MQTT 5 §1.5.5).
+fn fixed_header_len(remaining: usize) -> usize {
+    match remaining {
+        0..=0x7F => 2,
+        0x80..=0x3FFF => 3,
+        0x4000..=0x1F_FFFF => 4,
+        _ => 5,
+    }
+}

@@ -306,6 +306,26 @@ impl ClientCodec {
     }
 }
 
+/// Payloads of at least this many bytes are not copied into a client's
+/// output buffer: [`ClientCodec::encode_publish_head`] writes the packet
+/// up to its payload, and the payload goes out from where it is, in the
+/// same vectored write. Below it a copy costs less than the extra slice.
+pub const SPLICE_MIN: usize = 16 * 1024;
+
+impl ClientCodec {
+    /// [`ClientCodec::encode`] for a PUBLISH, without its payload: the bytes
+    /// that precede it on the wire (the Remaining Length counts it), which
+    /// the caller must send immediately followed by `publish.payload`. The
+    /// same refusals as [`ClientCodec::encode`], the whole packet's size
+    /// held to `max_outgoing`. Returns the head's length.
+    pub fn encode_publish_head(&self, publish: &v5::Publish, out: &mut BytesMut) -> Result<usize, CodecError> {
+        let head = v5::Publish { payload: Bytes::new(), ..publish.clone() };
+        let start = out.len();
+        self.encode(&v5::Packet::Publish(head), out)?;
+        extend_to_payload(out, start, publish.payload.len(), self.max_outgoing)
+    }
+}
+
 /// Decodes one MQTT 5 packet from the upstream broker (`max`: largest whole
 /// packet accepted). Any packet type but AUTH is accepted (so this also serves
 /// a broker-side test harness); the connection logic refuses unexpected ones.

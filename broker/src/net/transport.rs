@@ -3,7 +3,7 @@
 //! `wss://`, subprotocol `mqtt`). Every transport ends as a byte stream the
 //! session reads MQTT from; nothing above this module knows which it was.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -344,5 +344,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsBytes<S> {
 /// Writes all of `bytes` and flushes (TLS and WebSocket buffer writes).
 pub async fn write_flushed(write: &mut ClientWrite, bytes: &[u8]) -> io::Result<()> {
     write.write_all(bytes).await?;
+    write.flush().await
+}
+
+/// Writes every slice, in order, in as few writes as the transport takes
+/// (plain TCP: one `writev` for all, when the socket has room), then flushes.
+pub async fn write_all_vectored(write: &mut ClientWrite, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+    IoSlice::advance_slices(&mut slices, 0);
+    while !slices.is_empty() {
+        let written = write.write_vectored(slices).await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut slices, written);
+    }
     write.flush().await
 }

@@ -162,6 +162,46 @@ fn client_maximum_packet_size_is_respected() {
     assert!(size > 0);
 }
 
+/// A PUBLISH sent as a head and its payload from where it lies is, on the
+/// wire, the packet [`ClientCodec::encode`] writes: the same Remaining
+/// Length (its 1 to 4 bytes, MQTT 5 §1.5.5, around every boundary), the
+/// same refusals of a packet over the client's Maximum Packet Size
+/// [MQTT-3.1.2-24], and nothing of a refused one left in the buffer.
+#[test]
+fn a_publish_head_and_its_payload_are_the_whole_packet() {
+    for version in [Version::V5, Version::V311] {
+        for properties in [false, true] {
+            let mut publish = sample_publish(QoS::AtLeastOnce, 9, properties);
+            publish.payload = Bytes::new();
+            // Remaining Length without a payload (under 128: a 2-byte fixed header).
+            let bare = enc_client(version, &P::Publish(publish.clone())).unwrap().len() - 2;
+            // Payloads that put the Remaining Length around each boundary.
+            let lens = [0, 1]
+                .into_iter()
+                .chain([127, 16_383, 2_097_151].into_iter().flat_map(|last| last - bare - 1..=last - bare + 1));
+            for len in lens {
+                publish.payload = Bytes::from(vec![0xA5; len]);
+                let whole = enc_client(version, &P::Publish(publish.clone())).unwrap();
+                let codec = ClientCodec { version, max_incoming: MAX, max_outgoing: None };
+                let mut out = BytesMut::from(&b"before"[..]);
+                let head = codec.encode_publish_head(&publish, &mut out).unwrap();
+                assert_eq!(head, out.len() - 6, "{version:?} {len}");
+                assert_eq!(&out[..6], b"before");
+                out.extend_from_slice(&publish.payload);
+                assert_eq!(out[6..], whole[..], "{version:?} properties {properties} payload {len}");
+
+                let exact = ClientCodec { max_outgoing: Some(whole.len() as u32), ..codec };
+                assert!(exact.encode_publish_head(&publish, &mut BytesMut::new()).is_ok());
+                let small = ClientCodec { max_outgoing: Some(whole.len() as u32 - 1), ..codec };
+                let mut out = BytesMut::from(&b"ab"[..]);
+                let refused = small.encode_publish_head(&publish, &mut out).unwrap_err();
+                assert!(matches!(refused, CodecError::PacketTooLarge { size, .. } if size == whole.len()), "{refused}");
+                assert_eq!(&out[..], b"ab");
+            }
+        }
+    }
+}
+
 #[test]
 fn connect_encodes_into_a_non_empty_buffer() {
     let p = sample_connect_v5();
