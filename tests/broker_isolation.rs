@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use rumqttc::v5::mqttbytes::v5;
 
-use common::broker::BrokerProcess;
+use common::broker::{BrokerProcess, rss_kib};
 use common::logged::{by_payload, publishes};
 use common::mqtt::{
     Conn, Got, QoS, QoS4, WAIT, connect4, connect5, encode_varint, frame, kind, publish4_packet, publish5_packet,
@@ -262,13 +262,6 @@ fn each_message_reaches_exactly_one_member_of_its_shared_group() {
 // ---------------------------------------------------------------------------
 // Memory before login
 // ---------------------------------------------------------------------------
-
-/// The broker's resident memory, in KiB (`VmRSS` of /proc/PID/status).
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the broker's /proc status");
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("a VmRSS line");
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
 
 /// Declared size of each oversized CONNECT.
 const DECLARED: usize = 1024 * 1024;

@@ -197,3 +197,10 @@ pub fn spawn_piped(mut command: Command, what: &str) -> (Child, Arc<Mutex<String
     });
     (child, stderr, rx)
 }
+
+/// A process's resident memory, in KiB (`VmRSS` of /proc/PID/status).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the broker's /proc status");
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("a VmRSS line");
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
