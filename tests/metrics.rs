@@ -240,6 +240,10 @@ fn counters_match_what_the_clients_did() {
     assert!(groups >= 1.0 && groups <= appends);
     let (lags, _) = m.histogram("sealmq_log_seal_lag_seconds");
     assert_eq!(lags, head, "one seal lag per record sealed");
+    let blocks = Db::open_read_only(&data).int("SELECT COUNT(*) FROM blocks") as f64;
+    let (seals, sealing) = m.histogram("sealmq_log_seal_seconds");
+    assert_eq!(seals, blocks, "one seal time per block this process sealed");
+    assert!(sealing > 0.0 && sealing < seals * 10.0, "{sealing} s over {seals} seals");
     assert_eq!(m.value("sealmq_log_commit_failures_total", &[]), 0.0);
     let bytes = m.value("sealmq_log_database_bytes", &[]);
     let on_disk = std::fs::metadata(data.join("log.db")).unwrap().len() as f64;

@@ -36,6 +36,7 @@ impl Sequencer {
     /// link, tree hashes, tree root and signed checkpoint, in one
     /// transaction. (The records' search index rows were written with them.)
     pub(super) async fn seal_block(&mut self) -> Result<SealedBlock, StoreError> {
+        let started = Instant::now();
         let open = self.pending.next_block().expect("no empty blocks");
         let (height, prev_block_hash) = match self.last_block {
             Some((height, hash)) => (height + 1, hash),
@@ -80,7 +81,7 @@ impl Sequencer {
 
         self.pending.sealed_next();
         self.unsealed.sealed(header.tree_size, Instant::now(), &self.stats);
-        self.stats.sealed(header.tree_size);
+        self.stats.sealed(header.tree_size, started.elapsed());
         self.last_block = Some((height, block.hash));
         self.seal_due = (!self.pending.is_empty()).then(|| Instant::now() + self.block_interval);
         tracing::debug!(height, records = count, tree_size = header.tree_size, "sealed a block");

@@ -142,6 +142,7 @@ pub struct LogStats {
     append_latency: Histogram,
     group_size: Histogram,
     seal_lag: Histogram,
+    seal_time: Histogram,
 }
 
 impl LogStats {
@@ -157,6 +158,7 @@ impl LogStats {
             append_latency: Histogram::new(APPEND_LATENCY_NS),
             group_size: Histogram::new(GROUP_SIZE),
             seal_lag: Histogram::new(SEAL_LAG_NS),
+            seal_time: Histogram::new(APPEND_LATENCY_NS),
         }
     }
 
@@ -205,6 +207,12 @@ impl LogStats {
         self.seal_lag.snapshot()
     }
 
+    /// How long each seal held the sequencer (its appends wait meanwhile),
+    /// in nanoseconds, in the append latency's buckets.
+    pub fn seal_time(&self) -> HistogramSnapshot {
+        self.seal_time.snapshot()
+    }
+
     /// Records at `range` are durable.
     pub(super) fn committed(&self, range: &Range<u64>) {
         self.appended_records.fetch_add(range.end - range.start, Ordering::Relaxed);
@@ -227,8 +235,9 @@ impl LogStats {
     }
 
     /// A checkpoint now covers `size` records.
-    pub(super) fn sealed(&self, size: u64) {
+    pub(super) fn sealed(&self, size: u64, took: Duration) {
         self.sealed_size.store(size, Ordering::Release);
+        self.seal_time.observe(nanos(took));
     }
 }
 

@@ -283,6 +283,13 @@ impl Exposition {
             &log.seal_lag(),
             1e9,
         )?;
+        out.histogram(
+            "log_seal_seconds",
+            "Time the log's sequencer spent sealing each block (its tree hashes, header and signed checkpoint, \
+             one transaction); appends wait meanwhile.",
+            &log.seal_time(),
+            1e9,
+        )?;
         out.gauge("log_records", "Records in the log: its head, the index the next record gets.", log.head())?;
         out.gauge("log_sealed_records", "Records covered by the latest signed checkpoint.", log.sealed_size())?;
         if let Some(size) = self.scrape.database {
