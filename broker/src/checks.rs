@@ -7,9 +7,10 @@
 //! (curve25519-dalek's AVX-512 IFMA backend, `.cargo/config.toml`; 39 µs
 //! with AVX2), more than the rest of a publish's path. Checked inline, a
 //! connection's task verified a whole read's worth of publishes in one
-//! turn, holding its tokio worker for milliseconds; here the connection tasks only hand checks over and take
-//! the verdicts back, and the kernel shares the cores between the checks
-//! and the I/O ([`work`]); with more than one core they run in parallel.
+//! turn, holding its tokio worker for milliseconds; here the connection
+//! tasks only hand checks over and take the verdicts back, and the kernel
+//! shares the cores between the checks and the I/O ([`work`]); with more
+//! than one core they run in parallel.
 //!
 //! Only the expensive, stateless part runs here. The decision itself (the
 //! key still registered and still the one checked, the replay window, the

@@ -10,9 +10,10 @@ use super::{Command, Entry, GROUP_MAX_RECORDS, Reply};
 /// How long a group waits, at most, for an append its last one announced
 /// (`more`), counted from the group's first submission: a window of 64
 /// signed publishes takes at most about 2.6 ms to check on one core (41 µs
-/// each on the AMD EPYC VM with AVX2, 23 µs with AVX-512 IFMA). Tokio's timers round it up to the next millisecond
-/// tick; the whole wait is spent only when an announced append does not
-/// come (its check failed, or its client went away).
+/// each on the AMD EPYC VM with AVX2, 23 µs with AVX-512 IFMA). Tokio's
+/// timers round it up to the next millisecond tick; the whole wait is
+/// spent only when an announced append does not come (its check failed,
+/// or its client went away).
 const FOLLOW_WAIT: Duration = Duration::from_millis(3);
 
 /// Takes `first` and every append already queued behind it, and, while the

@@ -42,11 +42,10 @@ impl Client {
     /// `out` starts empty (an idle connection then holds no output buffer,
     /// one resident page less) and keeps the size it grows to, up to
     /// [`OUT_KEEP`]; large payloads never grow it (they are sent from where
-    /// they are). `buf` stays
-    /// 4 KiB: while decoded payloads still share it, `BytesMut` refills into
-    /// a new buffer of its first capacity, so a smaller one means more,
-    /// smaller reads (1 KiB: 47% more syscalls per 1 KiB publish, −10%
-    /// throughput).
+    /// they are). `buf` stays 4 KiB: while decoded payloads still share it,
+    /// `BytesMut` refills into a new buffer of its first capacity, so a
+    /// smaller one means more, smaller reads (1 KiB: 47% more syscalls per
+    /// 1 KiB publish, −10% throughput).
     pub(super) fn new(read: ClientRead, write: ClientWrite) -> Self {
         Self { read, write, buf: BytesMut::with_capacity(4096), out: BytesMut::new(), spliced: Vec::new() }
     }
