@@ -1,5 +1,6 @@
-//! The record search index: filled as records are appended, showing only
-//! the sealed ones, rebuilt on open when missing, and searched by device,
+//! The record search index: filled as records are appended (in batches, by
+//! the next seal at the latest), showing only the sealed ones, completed
+//! on open after a crash, rebuilt on open when missing, and searched by device,
 //! topic (exact or MQTT filter), time and kind with stable paging in both
 //! directions.
 
@@ -167,5 +168,76 @@ async fn a_missing_index_is_rebuilt_on_open() {
     let load =
         all_pages(&log, RecordQuery { device: Some(device.device_id().into()), limit: 500, ..Default::default() });
     assert_eq!(load.await, (300..350).collect::<Vec<_>>());
+    log.close().await.unwrap();
+}
+
+/// What a crash would leave of an open log: its database, WAL and key
+/// as they are now (its payloads are all small, in the database).
+fn crash_copy(from: &std::path::Path, to: &std::path::Path) {
+    for name in ["log.db", "log.db-wal", "log.db-shm", "log.key"] {
+        if from.join(name).exists() {
+            std::fs::copy(from.join(name), to.join(name)).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn index_rows_a_crash_left_unwritten_are_written_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(config(dir.path())).await.unwrap();
+    // Fewer than a block (64): nothing is sealed, so their index rows wait.
+    for i in 0..40 {
+        log.append(vec![publish("late", "x/y", 10 + i)]).await.unwrap();
+    }
+    // Let the WAL checkpointer settle, then take the files as a crash would leave them.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let crashed = tempfile::tempdir().unwrap();
+    crash_copy(dir.path(), crashed.path());
+    log.close().await.unwrap();
+
+    let db = format!("sqlite://{}", crashed.path().join("log.db").display());
+    let mut conn = SqliteConnection::connect(&db).await.unwrap();
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM record_index").fetch_one(&mut conn).await.unwrap();
+    assert!(rows < 40, "the crash should leave index rows unwritten; {rows} were written");
+    conn.close().await.unwrap();
+
+    let log = Log::open(config(crashed.path())).await.unwrap();
+    let query = RecordQuery { device: Some("late".into()), limit: 100, ..Default::default() };
+    assert_eq!(all_pages(&log, query).await, (0..40).collect::<Vec<_>>());
+    let by_topic = RecordQuery { topic: Some("x/+".into()), limit: 100, ..Default::default() };
+    assert_eq!(all_pages(&log, by_topic).await, (0..40).collect::<Vec<_>>());
+    log.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_failed_append_leaves_no_hole_in_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(config(dir.path())).await.unwrap();
+    for i in 0..10 {
+        log.append(vec![publish("d", "a/b", i)]).await.unwrap();
+    }
+    // The database refuses record 10: that append fails, and the index
+    // rows waiting for records 0..10 are let go with it.
+    let db = format!("sqlite://{}", dir.path().join("log.db").display());
+    let mut conn = SqliteConnection::connect(&db).await.unwrap();
+    let refuse =
+        "CREATE TRIGGER refuse_10 BEFORE INSERT ON records WHEN NEW.idx = 10 BEGIN SELECT RAISE(ABORT, 'forced'); END";
+    sqlx::query(refuse).execute(&mut conn).await.unwrap();
+    assert!(matches!(log.append(vec![publish("d", "a/b", 10)]).await, Err(StoreError::AppendFailed(_))));
+    sqlx::query("DROP TRIGGER refuse_10").execute(&mut conn).await.unwrap();
+    conn.close().await.unwrap();
+
+    for i in 10..20 {
+        log.append(vec![publish("d", "a/b", i)]).await.unwrap();
+    }
+    log.seal_now().await.unwrap();
+    let query = RecordQuery { device: Some("d".into()), limit: 100, ..Default::default() };
+    assert_eq!(all_pages(&log, query).await, (0..20).collect::<Vec<_>>());
+    log.close().await.unwrap();
+
+    // Nothing is left for the next open to index: the index was whole.
+    let log = Log::open(config(dir.path())).await.unwrap();
+    let query = RecordQuery { device: Some("d".into()), limit: 100, ..Default::default() };
+    assert_eq!(all_pages(&log, query).await, (0..20).collect::<Vec<_>>());
     log.close().await.unwrap();
 }

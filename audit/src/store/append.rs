@@ -1,6 +1,7 @@
-//! A group commit's SQL: the records, their payloads, index rows and side
-//! effects ([`write_entries`]), and the common group in one round trip to
-//! SQLite's thread ([`commit_in_one_trip`]).
+//! A group commit's SQL: the records, their payloads, index rows (when a
+//! batch is due, see [`index`]) and side effects ([`write_entries`]), and
+//! the common group in one round trip to SQLite's thread
+//! ([`commit_in_one_trip`]).
 //!
 //! The write connection runs on a thread of its own (sqlx), and each
 //! statement is a message to that thread and an answer back: BEGIN, the
@@ -16,7 +17,7 @@ use std::collections::HashMap;
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
 use super::super::StoreError;
-use super::super::index::{self, NameCache};
+use super::super::index::{self, IndexWrite, Indexing};
 use super::super::payload_files::{FILE_MIN, PayloadFiles};
 use super::super::registry::{window_highest_to_sql, window_seen_to_sql};
 use super::super::retained;
@@ -95,23 +96,24 @@ pub(super) fn push_payloads(sql: &mut QueryBuilder<Sqlite>, payloads: GroupPaylo
 
 /// Writes and commits `rows` (and `payloads`, theirs) in one query when the
 /// group allows it: `Ok(false)` when it has side effects or new names, and
-/// nothing was done (`payloads` untouched). On error the transaction was
-/// rolled back: nothing of the group is in the log (unless the COMMIT
-/// itself failed after landing; the caller resyncs).
+/// nothing was done (`payloads` untouched). Their index rows wait in
+/// `index` unless a batch is due. On error the transaction was rolled
+/// back: nothing of the group is in the log (unless the COMMIT itself
+/// failed after landing; the caller resyncs).
 pub(super) async fn commit_in_one_trip(
     conn: &mut SqliteConnection,
     rows: &[(i64, &Entry)],
     payloads: &mut GroupPayloads,
-    names: &NameCache,
+    index: &mut Indexing,
 ) -> Result<bool, StoreError> {
     if rows.iter().any(|(_, entry)| entry.retained.is_some()) {
         return Ok(false);
     }
     let bodies: Vec<(i64, &[u8])> = rows.iter().map(|(idx, entry)| (*idx, entry.body.as_slice())).collect();
-    let Some(index_rows) = index::cached_rows(&bodies, names)? else { return Ok(false) };
+    let Some(index_rows) = index::cached_rows(&bodies, &index.names)? else { return Ok(false) };
     let mut sql = QueryBuilder::<Sqlite>::new("BEGIN IMMEDIATE; ");
     push_records(&mut sql, rows);
-    index::push_inserts(&mut sql, &index_rows);
+    let indexed = index.push(&mut sql, index_rows);
     push_payloads(&mut sql, std::mem::take(payloads));
     push_windows(&mut sql, rows);
     sql.push("COMMIT");
@@ -121,26 +123,28 @@ pub(super) async fn commit_in_one_trip(
         let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
         return Err(e.into());
     }
+    index.committed(indexed);
     Ok(true)
 }
 
-/// Inserts records (with their payloads and search index rows) at the
-/// given indices (`payloads`: theirs, see [`take_payloads`]), and applies
-/// their side effects: the retained index and replay windows, each as one
-/// multi-row statement per chunk of the group rather than one per record,
-/// so that the group commit's cost stays per group. Returns the index
-/// names created, for [`NameCache::learn`] once the transaction committed.
+/// Inserts records (with their payloads, see [`take_payloads`], and their
+/// search index rows when a batch is due, see [`index`]) at the given
+/// indices, and applies their side effects: the retained index and replay
+/// windows, each as one multi-row statement per chunk of the group rather
+/// than one per record, so that the group commit's cost stays per group.
+/// Returns what it did to the index, for [`Indexing::committed`] once the
+/// transaction committed.
 pub(super) async fn write_entries(
     conn: &mut SqliteConnection,
     rows: &[(i64, &Entry)],
     payloads: GroupPayloads,
-    names: &NameCache,
-) -> Result<Vec<(String, i64)>, StoreError> {
+    index: &Indexing,
+) -> Result<IndexWrite, StoreError> {
     let mut records = QueryBuilder::<Sqlite>::new("");
     push_records(&mut records, rows);
     records.build().execute(&mut *conn).await?;
     let bodies: Vec<(i64, &[u8])> = rows.iter().map(|(idx, entry)| (*idx, entry.body.as_slice())).collect();
-    let created = index::index_records(conn, &bodies, names).await?;
+    let indexed = index.write(conn, &bodies).await?;
     if !payloads.in_rows.is_empty() || !payloads.in_files.is_empty() {
         let mut insert = QueryBuilder::<Sqlite>::new("");
         push_payloads(&mut insert, payloads);
@@ -163,7 +167,7 @@ pub(super) async fn write_entries(
     if push_windows(&mut upserts, rows) {
         upserts.build().execute(&mut *conn).await?;
     }
-    Ok(created)
+    Ok(indexed)
 }
 
 /// Adds `INSERT INTO replay_windows … ON CONFLICT …; ` for the windows

@@ -249,13 +249,13 @@ impl Sequencer {
             };
             entries.push(Entry::new(&Record::Publish(publish), Some(json))?);
             let follower = self.follower.as_deref_mut();
-            let names = write_followed(
+            let indexed = write_followed(
                 &mut tx,
                 follower,
                 self.next_index,
                 &mut entries,
                 &mut derived,
-                &self.names,
+                &self.index,
                 &self.files,
             )
             .await?;
@@ -264,7 +264,7 @@ impl Sequencer {
                 sqlx::query("DELETE FROM erasure_outbox WHERE seq = ?").bind(seq).execute(&mut *tx).await?;
             }
             tx.commit().await?;
-            self.names.learn(names);
+            self.index.committed(indexed);
         } else {
             if let Some(seq) = batch.outbox.filter(|_| done) {
                 sqlx::query("DELETE FROM erasure_outbox WHERE seq = ?").bind(seq).execute(&mut *tx).await?;

@@ -204,38 +204,43 @@ pub struct Erasures {
 }
 
 impl Erasures {
-    /// The erasure records below `end`, found through the search index.
-    /// The index is derived data, so each is taken only if its record
-    /// (which `verify` checks against its leaf hash) is from
-    /// [`ERASURE_DEVICE`] and commits to the stored JSON: a doctored index
-    /// cannot make a deleted payload look accounted for.
+    /// The erasure records below `end`, found through the search index,
+    /// and among the few records past it (their index rows still wait in
+    /// the sequencer, see `index.rs`). The index is derived data, so each
+    /// is taken only if its record (which `verify` checks against its leaf
+    /// hash) is from [`ERASURE_DEVICE`] and commits to the stored JSON: a
+    /// doctored index cannot make a deleted payload look accounted for.
     pub(crate) async fn load(reader: &super::LogReader, end: u64) -> Result<Self, StoreError> {
         let stored: Vec<super::payload_files::RecordRow> = sqlx::query_as(
             "SELECT ri.idx, r.body, p.data, p.file_len FROM record_index ri JOIN index_names n ON n.id = ri.device \
              JOIN records r ON r.idx = ri.idx LEFT JOIN payloads p ON p.idx = ri.idx \
-             WHERE n.name = ? AND ri.idx < ? ORDER BY ri.idx",
+             WHERE n.name = ? AND ri.idx < ? \
+             UNION ALL \
+             SELECT r.idx, r.body, p.data, p.file_len FROM records r LEFT JOIN payloads p ON p.idx = r.idx \
+             WHERE r.idx > (SELECT coalesce(max(idx), -1) FROM record_index) AND r.idx < ? \
+               AND substr(r.body, 2, 1) = x'01' \
+             ORDER BY 1",
         )
         .bind(ERASURE_DEVICE)
         .bind(to_i64(end))
+        .bind(to_i64(end))
         .fetch_all(reader.pool())
         .await?;
-        // An erasure record's JSON is small, but stored as any payload is.
-        let mut rows = Vec::with_capacity(stored.len());
+        let mut records = Vec::new();
         for (idx, body, data, file_len) in stored {
-            rows.push((idx, body, reader.files().resolve(idx, data, file_len).await?));
+            let Ok(crate::Record::Publish(p)) = crate::Record::decode(&body) else { continue };
+            if p.device_id != ERASURE_DEVICE {
+                continue;
+            }
+            // An erasure record's JSON is small, but stored as any payload is.
+            let Some(data) = reader.files().resolve(idx, data, file_len).await? else { continue };
+            if p.payload_sha256 != sha256(&data) {
+                continue;
+            }
+            if let (Ok(index), Ok(record)) = (to_u64(idx), ErasureRecord::from_json(&data)) {
+                records.push((index, record));
+            }
         }
-        let mut records: Vec<(u64, ErasureRecord)> = rows
-            .into_iter()
-            .filter_map(|(idx, body, data)| {
-                let data = data?;
-                match crate::Record::decode(&body).ok()? {
-                    crate::Record::Publish(p) if p.device_id == ERASURE_DEVICE && p.payload_sha256 == sha256(&data) => {
-                        Some((to_u64(idx).ok()?, ErasureRecord::from_json(&data).ok()?))
-                    }
-                    _ => None,
-                }
-            })
-            .collect();
         records.sort_by_key(|(_, record)| record.below_index);
         Ok(Self { records })
     }

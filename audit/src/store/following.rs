@@ -10,7 +10,7 @@
 use sqlx::SqliteConnection;
 
 use super::super::follower::{Derived, Follower};
-use super::super::index::NameCache;
+use super::super::index::{IndexWrite, Indexing};
 use super::super::payload_files::{PayloadFiles, RecordRow};
 use super::super::{StoreError, to_i64, to_u64};
 use super::append::{take_payloads, write_entries};
@@ -20,7 +20,7 @@ use crate::Record;
 /// Writes the records the log makes itself (outbox rows, erasure records)
 /// from index `start` in the caller's transaction, each followed by what
 /// `follower` derives from it (added to `entries` and to `derived`).
-/// Returns the index names created, for [`NameCache::learn`] once the
+/// Returns what it did to the index, for [`Indexing::committed`] once the
 /// transaction committed.
 pub(super) async fn write_followed(
     conn: &mut SqliteConnection,
@@ -28,9 +28,9 @@ pub(super) async fn write_followed(
     start: u64,
     entries: &mut Vec<Entry>,
     derived: &mut Vec<Derived>,
-    names: &NameCache,
+    index: &Indexing,
     files: &PayloadFiles,
-) -> Result<Vec<(String, i64)>, StoreError> {
+) -> Result<IndexWrite, StoreError> {
     if let Some(follower) = follower {
         expand(follower, start, entries, derived)?;
     }
@@ -38,7 +38,7 @@ pub(super) async fn write_followed(
     // What a follower derives may carry a payload.
     let payloads = take_payloads(&mut indexed, files).await?;
     let indexed: Vec<(i64, &Entry)> = indexed.into_iter().map(|(idx, entry)| (idx, &*entry)).collect();
-    write_entries(conn, &indexed, payloads, names).await
+    write_entries(conn, &indexed, payloads, index).await
 }
 
 /// Shows `entries` (the first at index `start`) to `follower` in order and

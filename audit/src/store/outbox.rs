@@ -125,14 +125,14 @@ impl Sequencer {
         let mut entries = rows.iter().map(|(seq, bytes)| outbox.entry(*seq, bytes)).collect::<Result<Vec<_>, _>>()?;
         let mut derived = Vec::new();
         let follower = self.follower.as_deref_mut();
-        let names =
-            write_followed(&mut tx, follower, self.next_index, &mut entries, &mut derived, &self.names, &self.files)
+        let indexed =
+            write_followed(&mut tx, follower, self.next_index, &mut entries, &mut derived, &self.index, &self.files)
                 .await?;
         if let Some((last, _)) = rows.last() {
             sqlx::query(outbox.delete()).bind(last).execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        self.names.learn(names);
+        self.index.committed(indexed);
         self.checkpoint_soon();
         Ok((entries, derived))
     }

@@ -1,13 +1,15 @@
 //! Sealing: the pending records become a block, with its tree hashes and
 //! signed checkpoint, in one transaction; a failed seal is retried.
 
-use sqlx::{Connection, QueryBuilder, Sqlite};
+use sqlx::{Connection, QueryBuilder, Sqlite, SqliteConnection};
 use tokio::time::Instant;
 
+use super::super::index::{IndexWrite, Indexing};
 use super::super::reader::SealedBlock;
 use super::super::{StoreError, now_ms, to_i64};
 use super::{INSERT_CHUNK, SEAL_RETRY, Sequencer};
-use crate::{BlockHeader, Checkpoint};
+use crate::tree::NodeId;
+use crate::{BlockHeader, Checkpoint, Hash};
 
 impl Sequencer {
     /// Seals blocks while a full block's worth of records is pending.
@@ -34,9 +36,12 @@ impl Sequencer {
 
     /// Seals up to one block's worth of pending records: block root, chain
     /// link, tree hashes, tree root and signed checkpoint, in one
-    /// transaction. (The records' search index rows were written with them.)
+    /// transaction, with the search index rows still waiting.
     pub(super) async fn seal_block(&mut self) -> Result<SealedBlock, StoreError> {
         let started = Instant::now();
+        // Every sealed record is searchable: the index rows waiting go in
+        // with the block (see `write_block`).
+        self.catch_up_index().await;
         let open = self.pending.next_block().expect("no empty blocks");
         let (height, prev_block_hash) = match self.last_block {
             Some((height, hash)) => (height + 1, hash),
@@ -60,23 +65,12 @@ impl Sequencer {
         let block = SealedBlock { header, hash: header.hash(), checkpoint };
         let count = open.count;
 
-        let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
-        for chunk in open.nodes.chunks(INSERT_CHUNK) {
-            let mut insert = QueryBuilder::<Sqlite>::new("INSERT INTO tree_nodes (level, idx, hash) ");
-            insert.push_values(chunk, |mut row, (id, hash)| {
-                row.push_bind(i64::from(id.level)).push_bind(to_i64(id.index)).push_bind(&hash[..]);
-            });
-            insert.build().execute(&mut *tx).await?;
+        if let Err(e) = write_block(&mut self.conn, &self.index, &open.nodes, &block).await {
+            // The COMMIT may have landed, the waiting rows with it.
+            self.index.failed();
+            return Err(e);
         }
-        sqlx::query("INSERT INTO blocks (height, header, hash, tree_size, checkpoint) VALUES (?, ?, ?, ?, ?)")
-            .bind(to_i64(height))
-            .bind(&header.encode()[..])
-            .bind(&block.hash[..])
-            .bind(to_i64(header.tree_size))
-            .bind(&block.checkpoint)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
+        self.index.committed(IndexWrite::waiting_only());
         self.checkpoint_soon();
 
         self.pending.sealed_next();
@@ -90,4 +84,37 @@ impl Sequencer {
         }
         Ok(block)
     }
+}
+
+/// The seal's transaction: the index rows waiting, the block's tree hashes
+/// and the block.
+async fn write_block(
+    conn: &mut SqliteConnection,
+    index: &Indexing,
+    nodes: &[(NodeId, Hash)],
+    block: &SealedBlock,
+) -> Result<(), StoreError> {
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    let mut waiting = QueryBuilder::<Sqlite>::new("");
+    if index.push_waiting(&mut waiting) {
+        waiting.build().execute(&mut *tx).await?;
+    }
+    for chunk in nodes.chunks(INSERT_CHUNK) {
+        let mut insert = QueryBuilder::<Sqlite>::new("INSERT INTO tree_nodes (level, idx, hash) ");
+        insert.push_values(chunk, |mut row, (id, hash)| {
+            row.push_bind(i64::from(id.level)).push_bind(to_i64(id.index)).push_bind(&hash[..]);
+        });
+        insert.build().execute(&mut *tx).await?;
+    }
+    let header = &block.header;
+    sqlx::query("INSERT INTO blocks (height, header, hash, tree_size, checkpoint) VALUES (?, ?, ?, ?, ?)")
+        .bind(to_i64(header.height))
+        .bind(&header.encode()[..])
+        .bind(&block.hash[..])
+        .bind(to_i64(header.tree_size))
+        .bind(&block.checkpoint)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
 }

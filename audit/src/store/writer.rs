@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::checkpointer::{self, Checkpointer};
 use super::follower::{Derived, Follower};
-use super::index::{self, NameCache};
+use super::index::Indexing;
 use super::keyfile;
 use super::payload_files::PayloadFiles;
 use super::pending::Pending;
@@ -37,6 +37,8 @@ mod grouping;
 mod opening;
 #[path = "outbox.rs"]
 mod outbox;
+#[path = "recovery.rs"]
+mod recovery;
 #[path = "sealing.rs"]
 mod sealing;
 
@@ -134,8 +136,9 @@ impl Log {
             tracing::warn!(files = swept, "removed payload files of records that were never committed or were erased");
         }
         // Before anything is appended: the catch-up starts after the
-        // highest indexed record, and each append indexes its own records.
-        index::catch_up(&mut sequencer.conn, sequencer.next_index, &mut sequencer.names).await?;
+        // highest indexed record (rows a crash left unwritten included), and
+        // the appends' rows continue from there.
+        sequencer.index.catch_up(&mut sequencer.conn, sequencer.next_index).await?;
         // Registry and rule changes made while no broker ran are logged
         // before the broker serves anyone with them (and before any
         // follower is set: one starts from the log as it is then).
@@ -326,8 +329,8 @@ struct Sequencer {
     block_max_records: usize,
     block_interval: Duration,
     sealed: Option<watch::Sender<Option<SealedBlock>>>,
-    /// Ids of device ids and topics in the search index.
-    names: NameCache,
+    /// The search index's names and the rows not written yet.
+    index: Indexing,
     /// Where payloads of `FILE_MIN` bytes or more are written.
     files: PayloadFiles,
     /// Told after each commit; `None` until the log serves appends.
@@ -388,7 +391,7 @@ impl Sequencer {
             block_max_records,
             block_interval: config.block_interval,
             sealed: None,
-            names: NameCache::default(),
+            index: Indexing::new(),
             files: PayloadFiles::new(&config.data_dir),
             checkpoints: None,
             follower: None,
@@ -541,67 +544,19 @@ impl Sequencer {
     /// transaction. May take the payloads out of the entries (they are
     /// handed to SQLite rather than copied).
     async fn insert(&mut self, group: &mut [(Vec<Entry>, Reply)]) -> Result<(), StoreError> {
+        self.catch_up_index().await;
         let mut rows: Vec<(i64, &mut Entry)> =
             (self.next_index..).map(to_i64).zip(group.iter_mut().flat_map(|(entries, _)| entries)).collect();
         let mut payloads = append::take_payloads(&mut rows, &self.files).await?;
         let rows: Vec<(i64, &Entry)> = rows.into_iter().map(|(idx, entry)| (idx, &*entry)).collect();
-        if !append::commit_in_one_trip(&mut self.conn, &rows, &mut payloads, &self.names).await? {
+        if !append::commit_in_one_trip(&mut self.conn, &rows, &mut payloads, &mut self.index).await? {
             let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
-            let names = append::write_entries(&mut tx, &rows, payloads, &self.names).await?;
+            let indexed = append::write_entries(&mut tx, &rows, payloads, &self.index).await?;
             tx.commit().await?;
-            self.names.learn(names);
+            self.index.committed(indexed);
         }
         self.checkpoint_soon();
         Ok(())
-    }
-
-    /// After a failed transaction, takes the log's head from the database:
-    /// a commit that reported failure may still have landed, and the next
-    /// append must neither collide with nor skip those records.
-    async fn resync(&mut self) -> Result<(), StoreError> {
-        let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as("SELECT idx, leaf FROM records WHERE idx >= ? ORDER BY idx")
-            .bind(to_i64(self.next_index))
-            .fetch_all(&mut self.conn)
-            .await?;
-        let start = self.next_index;
-        for (idx, leaf) in rows {
-            if to_u64(idx)? != self.next_index {
-                return Err(StoreError::Corrupt(format!("record {} is missing", self.next_index)));
-            }
-            self.pending.push(super::to_hash(&leaf, "leaf hash")?);
-            self.next_index += 1;
-            self.seal_due.get_or_insert_with(Instant::now);
-        }
-        if self.next_index > start {
-            self.stats.committed(&(start..self.next_index));
-            self.unsealed.committed(self.next_index, Instant::now());
-        }
-        Ok(())
-    }
-
-    /// Makes the write connection usable after a failed transaction.
-    ///
-    /// When a COMMIT fails for lack of space (SQLITE_FULL, or EFBIG under a
-    /// file-size limit) SQLite has already rolled the transaction back, so
-    /// the ROLLBACK sqlx queues when its transaction is dropped fails, and
-    /// sqlx then believes a transaction is still open: every later BEGIN
-    /// would fail ("non-zero transaction depth") even once space is back.
-    /// Running a statement flushes the queued ROLLBACK; if sqlx still counts
-    /// an open transaction, the connection is replaced by a new one.
-    async fn recover_connection(&mut self) {
-        let _ = sqlx::query("SELECT 1").execute(&mut self.conn).await;
-        if !self.conn.is_in_transaction() {
-            return;
-        }
-        match SqliteConnection::connect_with(&self.options).await {
-            Ok(conn) => {
-                tracing::warn!("reopened the log's write connection after a failed transaction");
-                let stale = std::mem::replace(&mut self.conn, conn);
-                // Closing may fail like the rollback did; the connection is gone either way.
-                let _ = stale.close().await;
-            }
-            Err(e) => tracing::error!(error = %e, "cannot reopen the log's write connection; retrying later"),
-        }
     }
 }
 
