@@ -14,9 +14,12 @@
 //!
 //! Why not in each group commit: the rows went into the table and its
 //! three indexes, four more B-tree pages in every commit's WAL frames and
-//! fsync. At 36,000 publishes/s (half the 1 → 1 rate, groups of about 15)
-//! that put p50 / p99 publish → delivery at 0.68 / 2.54 ms, against 0.42 /
-//! 1.51 ms with no index rows written (see BENCHMARKS.md, stop 26).
+//! fsync. Unsigned 1 → 1 at 36,000 publishes/s (half the 1 → 1 rate,
+//! groups of about 15), broker pinned: p50 / p99 publish → delivery 0.64–
+//! 0.68 / 2.36–2.66 ms with a row per record in each commit, 0.42 / 1.51 ms
+//! with none written at all. Why batches of 128: with 512 the p50 was the
+//! same but the commits (and seals) carrying a batch put p99 at 2.53–2.73
+//! ms, against 2.21–2.47 ms with 128 (BENCHMARKS.md, stop 26).
 //! Why not only when a block seals: indexing a whole block (4096 rows) took
 //! about 8 ms of the sequencer's time in one go, during which no append
 //! committed.
@@ -57,7 +60,7 @@ impl NameCache {
 
 /// Index rows that may wait for a later commit, at most: a group commit
 /// writes the waiting rows and its own once they reach this many.
-pub(crate) const INDEX_BATCH: usize = 512;
+pub(crate) const INDEX_BATCH: usize = 128;
 
 /// The sequencer's side of the index: the ids of names, and the rows of
 /// the committed records past the stored index.

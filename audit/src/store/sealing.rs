@@ -1,7 +1,7 @@
 //! Sealing: the pending records become a block, with its tree hashes and
 //! signed checkpoint, in one transaction; a failed seal is retried.
 
-use sqlx::{Connection, QueryBuilder, Sqlite, SqliteConnection};
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 use tokio::time::Instant;
 
 use super::super::index::{IndexWrite, Indexing};
@@ -87,34 +87,41 @@ impl Sequencer {
 }
 
 /// The seal's transaction: the index rows waiting, the block's tree hashes
-/// and the block.
+/// and the block, in one round trip to SQLite's thread (see `append.rs`
+/// for why). On error the transaction was rolled back, unless the COMMIT
+/// itself failed after landing.
 async fn write_block(
     conn: &mut SqliteConnection,
     index: &Indexing,
     nodes: &[(NodeId, Hash)],
     block: &SealedBlock,
 ) -> Result<(), StoreError> {
-    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-    let mut waiting = QueryBuilder::<Sqlite>::new("");
-    if index.push_waiting(&mut waiting) {
-        waiting.build().execute(&mut *tx).await?;
-    }
+    let mut sql = QueryBuilder::<Sqlite>::new("BEGIN IMMEDIATE; ");
+    index.push_waiting(&mut sql);
     for chunk in nodes.chunks(INSERT_CHUNK) {
-        let mut insert = QueryBuilder::<Sqlite>::new("INSERT INTO tree_nodes (level, idx, hash) ");
-        insert.push_values(chunk, |mut row, (id, hash)| {
+        sql.push("INSERT INTO tree_nodes (level, idx, hash) ");
+        sql.push_values(chunk, |mut row, (id, hash)| {
             row.push_bind(i64::from(id.level)).push_bind(to_i64(id.index)).push_bind(&hash[..]);
         });
-        insert.build().execute(&mut *tx).await?;
+        sql.push("; ");
     }
     let header = &block.header;
-    sqlx::query("INSERT INTO blocks (height, header, hash, tree_size, checkpoint) VALUES (?, ?, ?, ?, ?)")
-        .bind(to_i64(header.height))
-        .bind(&header.encode()[..])
-        .bind(&block.hash[..])
-        .bind(to_i64(header.tree_size))
-        .bind(&block.checkpoint)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
+    sql.push("INSERT INTO blocks (height, header, hash, tree_size, checkpoint) VALUES (")
+        .push_bind(to_i64(header.height))
+        .push(", ")
+        .push_bind(header.encode().to_vec())
+        .push(", ")
+        .push_bind(&block.hash[..])
+        .push(", ")
+        .push_bind(to_i64(header.tree_size))
+        .push(", ")
+        .push_bind(&block.checkpoint)
+        .push("); COMMIT");
+    if let Err(e) = sql.build().execute(&mut *conn).await {
+        // As in a group commit: a failed statement leaves the transaction
+        // open, a failed COMMIT may have ended it (this ROLLBACK then fails).
+        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+        return Err(e.into());
+    }
     Ok(())
 }
