@@ -3,7 +3,8 @@
 //! random moments, over and over on the same data directory. After each
 //! kill the log as the kill left it must verify and hold every publish that
 //! got a PUBACK exactly once; the restarted broker must serve again within
-//! [`RESTART_LIMIT`] and have rebuilt the retained messages from the log.
+//! [`RESTART_LIMIT`] and have rebuilt the retained messages from the log
+//! and the search index rows the kill left unwritten.
 //!
 //! The publishers never retransmit: each connection dies with the broker,
 //! and what was in flight is given up. So the log may hold an
@@ -300,6 +301,10 @@ fn killed_broker_loses_no_acknowledged_publish() {
         let records = logged::publishes(&data);
         let mut db = common::Db::open_read_only(&data);
         assert_eq!(db.int("SELECT count(*) FROM records") as u64, verified.records, "round {round}");
+        // The search index is written in batches: a kill may leave the
+        // newest rows unwritten, never a hole below written ones.
+        let prefix = db.int("SELECT count(*) = coalesce(max(idx), -1) + 1 FROM record_index");
+        assert_eq!(prefix, 1, "round {round}: the search index has a hole");
         db.close();
         let occurrences = logged::by_payload(&records);
         for (payload, indices) in &occurrences {
@@ -369,6 +374,10 @@ fn killed_broker_loses_no_acknowledged_publish() {
     // every acknowledged publish is still there exactly once.
     let verified = verify_ok(&data);
     assert_eq!((verified.unsealed, verified.tree_size), (0, verified.records), "{verified:?}");
+    // Each start indexed what the kill before it left unwritten.
+    let mut db = common::Db::open_read_only(&data);
+    assert_eq!(db.int("SELECT count(*) FROM record_index") as u64, verified.records, "records missing from the index");
+    db.close();
     let occurrences = logged::by_payload(&logged::publishes(&data));
     let found = acked.keys().filter(|payload| occurrences.get(*payload).is_some_and(|i| i.len() == 1)).count();
     assert_eq!(found, acked.len(), "acknowledged publishes missing or duplicated after the final restart");
