@@ -17,7 +17,8 @@ use std::collections::HashMap;
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
 use super::super::StoreError;
-use super::super::index::{self, IndexWrite, Indexing};
+use super::super::index;
+use super::super::indexing::{IndexWrite, Indexing};
 use super::super::payload_files::{FILE_MIN, PayloadFiles};
 use super::super::registry::{window_highest_to_sql, window_seen_to_sql};
 use super::super::retained;

@@ -10,7 +10,7 @@
 use sqlx::SqliteConnection;
 
 use super::super::follower::{Derived, Follower};
-use super::super::index::{IndexWrite, Indexing};
+use super::super::indexing::{IndexWrite, Indexing};
 use super::super::payload_files::{PayloadFiles, RecordRow};
 use super::super::{StoreError, to_i64, to_u64};
 use super::append::{take_payloads, write_entries};

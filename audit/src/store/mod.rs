@@ -42,6 +42,7 @@ pub mod cosignatures;
 pub mod erasure;
 mod follower;
 mod index;
+mod indexing;
 mod keyfile;
 mod payload_files;
 mod pending;

@@ -4,7 +4,7 @@
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 use tokio::time::Instant;
 
-use super::super::index::{IndexWrite, Indexing};
+use super::super::indexing::{IndexWrite, Indexing};
 use super::super::reader::SealedBlock;
 use super::super::{StoreError, now_ms, to_i64};
 use super::{INSERT_CHUNK, SEAL_RETRY, Sequencer};

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::checkpointer::{self, Checkpointer};
 use super::follower::{Derived, Follower};
-use super::index::Indexing;
+use super::indexing::Indexing;
 use super::keyfile;
 use super::payload_files::PayloadFiles;
 use super::pending::Pending;
