@@ -122,9 +122,7 @@ impl Indexing {
         }
         Ok(())
     }
-}
 
-impl Indexing {
     /// Indexes records, given as (index, canonical bytes), inside the
     /// caller's transaction, which adds them: creates the names they need,
     /// and writes their rows (with those waiting) when a batch is due.
