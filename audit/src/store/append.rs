@@ -117,6 +117,18 @@ pub(super) async fn commit_in_one_trip(
     let indexed = index.push(&mut sql, index_rows);
     push_payloads(&mut sql, std::mem::take(payloads));
     push_windows(&mut sql, rows);
+    execute_in_one_trip(conn, sql).await?;
+    index.committed(indexed);
+    Ok(true)
+}
+
+/// Runs `sql`, a transaction's statements after its `BEGIN IMMEDIATE; `,
+/// and COMMIT, as one query. On error the transaction was rolled back
+/// (unless the COMMIT itself failed after landing).
+pub(super) async fn execute_in_one_trip(
+    conn: &mut SqliteConnection,
+    mut sql: QueryBuilder<Sqlite>,
+) -> Result<(), StoreError> {
     sql.push("COMMIT");
     if let Err(e) = sql.build().execute(&mut *conn).await {
         // A failed statement leaves the transaction open; a failed COMMIT
@@ -124,8 +136,7 @@ pub(super) async fn commit_in_one_trip(
         let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
         return Err(e.into());
     }
-    index.committed(indexed);
-    Ok(true)
+    Ok(())
 }
 
 /// Inserts records (with their payloads, see [`take_payloads`], and their

@@ -76,11 +76,9 @@ impl Indexing {
     }
 
     /// Adds the INSERTs of the waiting rows to `sql`, for a transaction
-    /// that adds no records ([`IndexWrite::waiting_only`] once committed);
-    /// whether there were any.
-    pub(crate) fn push_waiting(&self, sql: &mut QueryBuilder<Sqlite>) -> bool {
+    /// that adds no records ([`IndexWrite::waiting_only`] once committed).
+    pub(crate) fn push_waiting(&self, sql: &mut QueryBuilder<Sqlite>) {
         push_inserts(sql, &self.waiting);
-        !self.waiting.is_empty()
     }
 
     /// After a transaction committed.

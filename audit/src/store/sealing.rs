@@ -7,6 +7,7 @@ use tokio::time::Instant;
 use super::super::indexing::{IndexWrite, Indexing};
 use super::super::reader::SealedBlock;
 use super::super::{StoreError, now_ms, to_i64};
+use super::append::execute_in_one_trip;
 use super::{INSERT_CHUNK, SEAL_RETRY, Sequencer};
 use crate::tree::NodeId;
 use crate::{BlockHeader, Checkpoint, Hash};
@@ -65,11 +66,9 @@ impl Sequencer {
         let block = SealedBlock { header, hash: header.hash(), checkpoint };
         let count = open.count;
 
-        if let Err(e) = write_block(&mut self.conn, &self.index, &open.nodes, &block).await {
-            // The COMMIT may have landed, the waiting rows with it.
-            self.index.failed();
-            return Err(e);
-        }
+        // On error the caller's `recover_connection` lets the waiting rows
+        // go (the COMMIT may have landed with them).
+        write_block(&mut self.conn, &self.index, &open.nodes, &block).await?;
         self.index.committed(IndexWrite::waiting_only());
         self.checkpoint_soon();
 
@@ -88,8 +87,7 @@ impl Sequencer {
 
 /// The seal's transaction: the index rows waiting, the block's tree hashes
 /// and the block, in one round trip to SQLite's thread (see `append.rs`
-/// for why). On error the transaction was rolled back, unless the COMMIT
-/// itself failed after landing.
+/// for why).
 async fn write_block(
     conn: &mut SqliteConnection,
     index: &Indexing,
@@ -116,12 +114,6 @@ async fn write_block(
         .push_bind(to_i64(header.tree_size))
         .push(", ")
         .push_bind(&block.checkpoint)
-        .push("); COMMIT");
-    if let Err(e) = sql.build().execute(&mut *conn).await {
-        // As in a group commit: a failed statement leaves the transaction
-        // open, a failed COMMIT may have ended it (this ROLLBACK then fails).
-        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-        return Err(e.into());
-    }
-    Ok(())
+        .push("); ");
+    execute_in_one_trip(conn, sql).await
 }

@@ -285,8 +285,8 @@ impl Exposition {
         )?;
         out.histogram(
             "log_seal_seconds",
-            "Time the log's sequencer spent sealing each block (its tree hashes, header and signed checkpoint, \
-             one transaction); appends wait meanwhile.",
+            "Time the log's sequencer spent sealing each block (its tree hashes, header, signed checkpoint and \
+             the search index rows waiting, one transaction); appends wait meanwhile.",
             &log.seal_time(),
             1e9,
         )?;
