@@ -3,8 +3,8 @@
 # other in one run, against
 #   1. sealmq, every publisher an MQS1-signing registered device,
 #   2. sealmq, unsigned publishers (unknown client ids, accepted as legacy),
-#   3. rumqttd 0.20 alone (rumqttd_alone: the router sealmq embeds, with the
-#      gateway's settings, no gateway, no log),
+#   3. rumqttd 0.20 alone (rumqttd_alone: the router sealmq embedded until
+#      routing moved in process, with the settings the gateway gave it),
 #   4. Mosquitto from Debian (installed when missing),
 # each on a loopback port, loaded and measured by `sealmq-bench`; and, once
 # per run, the in-process MQS1 signature-check ceiling (`sealmq-bench

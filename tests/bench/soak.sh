@@ -9,9 +9,9 @@
 # per publisher (default 500, so 5,000/s in all), unsigned, every message
 # durable in the log; broker pinned to core 0 and load tool to core 1 when
 # there are two. Flat means: after two minutes of warming up (allocator,
-# SQLite page cache, the router's per-filter logs filling), the mean RSS of
-# the last minute is within 10 % of the third minute's. --report-only
-# rebuilds the result from an earlier run's --out directory.
+# SQLite page cache, session queues and buffers at their working sizes),
+# the mean RSS of the last minute is within 10 % of the third minute's.
+# --report-only rebuilds the result from an earlier run's --out directory.
 set -euo pipefail
 
 minutes=10
@@ -26,7 +26,7 @@ while [ $# -gt 0 ]; do
     --out) out="$2"; shift ;;
     --no-write) write=0 ;;
     --report-only) report_only=1 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "soak.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
