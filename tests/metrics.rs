@@ -238,6 +238,13 @@ fn counters_match_what_the_clients_did() {
     assert_eq!(grouped, (QOS0 + QOS1) as f64, "every appended publish in one group");
     assert_eq!(groups, m.value("sealmq_log_commits_total", &[]));
     assert!(groups >= 1.0 && groups <= appends);
+    // Each append waits at least for its own group's transaction.
+    let (timed, committing) = m.histogram("sealmq_log_commit_seconds");
+    assert_eq!(timed, groups, "one commit time per group commit");
+    assert!(
+        committing > 0.0 && committing <= latency_sum,
+        "{committing} s committing, {latency_sum} s of append latency"
+    );
     let (lags, _) = m.histogram("sealmq_log_seal_lag_seconds");
     assert_eq!(lags, head, "one seal lag per record sealed");
     let blocks = Db::open_read_only(&data).int("SELECT COUNT(*) FROM blocks") as f64;

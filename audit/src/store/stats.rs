@@ -141,6 +141,7 @@ pub struct LogStats {
     failed_commits: AtomicU64,
     append_latency: Histogram,
     group_size: Histogram,
+    commit_time: Histogram,
     seal_lag: Histogram,
     seal_time: Histogram,
 }
@@ -157,6 +158,7 @@ impl LogStats {
             failed_commits: AtomicU64::new(0),
             append_latency: Histogram::new(APPEND_LATENCY_NS),
             group_size: Histogram::new(GROUP_SIZE),
+            commit_time: Histogram::new(APPEND_LATENCY_NS),
             seal_lag: Histogram::new(SEAL_LAG_NS),
             seal_time: Histogram::new(APPEND_LATENCY_NS),
         }
@@ -200,6 +202,15 @@ impl LogStats {
         self.group_size.snapshot()
     }
 
+    /// How long each successful group commit took to make its records
+    /// durable (payload files, the transaction and its fsync), in
+    /// nanoseconds, in the append latency's buckets: the part of an
+    /// append's latency that is its own commit rather than the wait for
+    /// the one ahead of it.
+    pub fn commit_time(&self) -> HistogramSnapshot {
+        self.commit_time.snapshot()
+    }
+
     /// Each record's wait from durable (acknowledged) to covered by a
     /// signed checkpoint, in nanoseconds; records committed by an earlier
     /// process are not counted.
@@ -219,11 +230,12 @@ impl LogStats {
         self.head.store(range.end, Ordering::Release);
     }
 
-    /// A group of `records` committed at `now`, submitted at `submitted`
-    /// (one instant per append call).
-    pub(super) fn group_committed(&self, records: u64, submitted: &[Instant], now: Instant) {
+    /// A group of `records` committed at `now`, in `took`, submitted at
+    /// `submitted` (one instant per append call).
+    pub(super) fn group_committed(&self, records: u64, submitted: &[Instant], now: Instant, took: Duration) {
         self.commits.fetch_add(1, Ordering::Relaxed);
         self.group_size.observe(records);
+        self.commit_time.observe(nanos(took));
         for at in submitted {
             self.append_latency.observe(nanos(now.saturating_duration_since(*at)));
         }

@@ -508,6 +508,7 @@ impl Sequencer {
     /// derives spliced in after each (their indices are final only here).
     /// `submitted`: when each caller submitted (for the latency figures).
     async fn commit_group(&mut self, mut group: Vec<(Vec<Entry>, Reply)>, submitted: &[Instant]) {
+        let started = Instant::now();
         let written = match self.follow_group(&mut group) {
             Ok(derived) => self.insert(&mut group).await.map(|()| derived),
             Err(e) => Err(e),
@@ -521,7 +522,7 @@ impl Sequencer {
                     let _ = reply.send(Ok(range));
                 }
                 self.followed(derived);
-                self.stats.group_committed(self.next_index - start, submitted, now);
+                self.stats.group_committed(self.next_index - start, submitted, now, now - started);
             }
             Err(e) => {
                 self.stats.group_failed();

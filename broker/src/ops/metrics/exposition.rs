@@ -278,6 +278,13 @@ impl Exposition {
         )?;
         out.histogram("log_commit_group_records", "Records per group commit.", &log.group_size(), 1.0)?;
         out.histogram(
+            "log_commit_seconds",
+            "Time each group commit took to make its records durable (payload files, transaction, fsync); the \
+             appends queued behind it wait meanwhile.",
+            &log.commit_time(),
+            1e9,
+        )?;
+        out.histogram(
             "log_seal_lag_seconds",
             "From a record being durable (PUBACK) to a signed checkpoint covering it.",
             &log.seal_lag(),
