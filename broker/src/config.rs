@@ -38,9 +38,6 @@ pub struct BrokerConfig {
     pub block_max_records: u32,
     /// …or this many milliseconds after the first pending one.
     pub block_interval_ms: u64,
-    /// Nice levels the log's write connection thread is raised above the
-    /// broker's other threads, where the process may (`LogConfig::writer_boost`).
-    pub log_writer_boost: u8,
     /// What happens to client ids that are not in the device registry.
     pub unknown_devices: UnknownDevices,
     /// Limits that protect the broker from any one client.
@@ -78,7 +75,6 @@ impl Default for BrokerConfig {
             origin: None,
             block_max_records: 4096,
             block_interval_ms: 250,
-            log_writer_boost: 10,
             unknown_devices: UnknownDevices::default(),
             limits: Limits::default(),
             upstream: Upstream::default(),

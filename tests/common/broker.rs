@@ -65,14 +65,6 @@ impl BrokerProcess {
         Self::launch(shell, data, EPHEMERAL, &["--config", config.to_str().unwrap()], DEFAULT_LOG)
     }
 
-    /// As [`BrokerProcess::start`], run by `wrapper` (a program and its
-    /// arguments, the broker's command line after them), such as `setpriv`.
-    pub fn start_wrapped(wrapper: &[&str], data: &Path, extra: &[&str]) -> Self {
-        let mut command = Command::new(wrapper[0]);
-        command.args(&wrapper[1..]).arg(sealmq_bin());
-        Self::launch(command, data, EPHEMERAL, extra, DEFAULT_LOG)
-    }
-
     fn launch(mut command: Command, data: &Path, [mqtt, http]: [&str; 2], extra: &[&str], rust_log: &str) -> Self {
         let mut args = vec!["--data", data.to_str().unwrap(), "serve", "--listen", mqtt, "--http", http];
         args.extend_from_slice(extra);

@@ -99,11 +99,6 @@ pub struct LogConfig {
     pub block_interval: Duration,
     /// Appends waiting for the sequencer before callers are held back.
     pub queue_depth: usize,
-    /// Nice levels the write connection's thread is raised above the
-    /// opening thread, where the process may (`0`: not raised). Appends
-    /// wait for that thread; on a busy core it otherwise waits its turn
-    /// behind everything else.
-    pub writer_boost: u8,
 }
 
 impl LogConfig {
@@ -115,7 +110,6 @@ impl LogConfig {
             block_max_records: 4096,
             block_interval: Duration::from_millis(250),
             queue_depth: 16 * 1024,
-            writer_boost: 10,
         }
     }
 }

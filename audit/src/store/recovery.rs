@@ -6,7 +6,7 @@ use sqlx::sqlite::SqliteConnection;
 use tokio::time::Instant;
 
 use super::super::{StoreError, to_i64, to_u64};
-use super::{Sequencer, writer_thread};
+use super::Sequencer;
 
 impl Sequencer {
     /// Indexes what a failed transaction left unindexed, if anything; on
@@ -60,7 +60,6 @@ impl Sequencer {
         match SqliteConnection::connect_with(&self.options).await {
             Ok(conn) => {
                 tracing::warn!("reopened the log's write connection after a failed transaction");
-                writer_thread::raise(self.writer_boost);
                 let stale = std::mem::replace(&mut self.conn, conn);
                 // Closing may fail like the rollback did; the connection is gone either way.
                 let _ = stale.close().await;

@@ -41,8 +41,6 @@ mod outbox;
 mod recovery;
 #[path = "sealing.rs"]
 mod sealing;
-#[path = "writer_thread.rs"]
-mod writer_thread;
 
 pub use entry::Entry;
 pub use erasing::Resume;
@@ -121,9 +119,8 @@ impl Log {
         let seed = keyfile::load_or_create(&dir.join(KEY_FILE))?;
 
         let base = connect_options(&dir.join(DB_FILE)).create_if_missing(true).synchronous(SqliteSynchronous::Full);
-        let options = writer_thread::named(checkpointer::writer_options(base.clone()));
+        let options = checkpointer::writer_options(base.clone());
         let mut conn = SqliteConnection::connect_with(&options).await?;
-        writer_thread::raise(config.writer_boost);
         super::migrate(&mut conn).await?;
         let key = opening::init_meta(&mut conn, &config, &seed).await?;
         let pool = sqlx::sqlite::SqlitePoolOptions::new()
@@ -320,8 +317,6 @@ struct Sequencer {
     conn: SqliteConnection,
     /// How `conn` was opened, to open it again (see [`Sequencer::recover_connection`]).
     options: SqliteConnectOptions,
-    /// How far `conn`'s thread is raised (`LogConfig::writer_boost`).
-    writer_boost: u8,
     key: LogKey,
     /// The index the next appended record gets.
     next_index: u64,
@@ -388,7 +383,6 @@ impl Sequencer {
         Ok(Self {
             conn,
             options,
-            writer_boost: config.writer_boost,
             key,
             next_index,
             last_block: last.map(|b| (b.header.height, b.hash)),

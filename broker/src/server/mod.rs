@@ -107,7 +107,6 @@ impl Broker {
         log_config.origin = config.origin.clone();
         log_config.block_max_records = config.block_max_records;
         log_config.block_interval = config.block_interval();
-        log_config.writer_boost = config.log_writer_boost;
         // Opening the log also logs registry changes made while no broker ran.
         let log = Arc::new(Log::open(log_config).await?);
         let registry = Registry::open(&config.data).await?;
